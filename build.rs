@@ -1,0 +1,33 @@
+//! Links the binaries to the libtorch that torch-sys found (the project's `.venv`, `torch/lib`) with an
+//! rpath, so they run without `LD_LIBRARY_PATH`, and records that libtorch's version for `veil doctor`.
+
+use std::{env, fs, path::Path};
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let Ok(lib_dir) = env::var("DEP_TCH_LIBTORCH_LIB") else {
+        // torch-sys only reports the directory on Linux and macOS; elsewhere the loader's own
+        // search path has to find libtorch.
+        println!("cargo:rustc-env=VEIL_LIBTORCH_LIB=");
+        println!("cargo:rustc-env=VEIL_LIBTORCH_VERSION=unknown");
+        return;
+    };
+    // The rpath covers every binary of the package, tests included. `libtorch_cuda.so` sits in the same
+    // directory and is opened at run time through the same rpath (see `engine::cuda`).
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
+    println!("cargo:rustc-env=VEIL_LIBTORCH_LIB={lib_dir}");
+    // The PyPI wheel keeps its version in torch/version.py: `__version__ = '2.11.0+cu130'`.
+    let version_py = Path::new(&lib_dir).join("..").join("version.py");
+    println!("cargo:rerun-if-changed={}", version_py.display());
+    let version = fs::read_to_string(&version_py)
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let rest = line.strip_prefix("__version__")?;
+                let value = rest.split('=').nth(1)?.trim();
+                Some(value.trim_matches(|c| c == '\'' || c == '"').to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=VEIL_LIBTORCH_VERSION={version}");
+}

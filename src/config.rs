@@ -1,0 +1,457 @@
+//! Veil's configuration: one TOML file in which every key has a default.
+//!
+//! The file is read once into [`Config`]; unknown keys and invalid values are rejected with the file,
+//! the line and the dotted key (`engine.device`). Paths may start with `~`. Keys whose default depends
+//! on the platform (state directory, socket, models) are optional in the file and filled in by
+//! [`Config::resolve`], which is what `veil config show` prints and what the binaries run on.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths::{self, Dirs};
+
+/// File name of the configuration inside the platform config directory.
+pub const FILE_NAME: &str = "veil.toml";
+
+/// The whole configuration. `Default` is the embedded configuration `veild` runs on without a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub log: LogConfig,
+    pub paths: PathsConfig,
+    pub models: ModelsConfig,
+    /// Folders `veild` watches, each with the folder protected copies go to.
+    pub folders: Vec<FolderConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Where tensors live: `auto` takes CUDA when it loaded, else the CPU.
+    pub device: DeviceChoice,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `veil=debug,warn`, …); the `VEIL_LOG` variable overrides it.
+    pub filter: LogFilter,
+}
+
+/// Where Veil keeps its own files. `None` means the platform default (see [`Config::resolve`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Veil's state (the job database, lock files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// The control socket `veil` talks to `veild` through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Folder holding `manifest.toml`, the generators it lists and `mtcnn/` (the face detector).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+/// One watched folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RawFolder")]
+pub struct FolderConfig {
+    /// The folder photos are dropped into. Veil only ever reads from it.
+    pub path: PathBuf,
+    /// Where protected copies are written.
+    pub output: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFolder {
+    path: PathBuf,
+    output: PathBuf,
+}
+
+impl TryFrom<RawFolder> for FolderConfig {
+    type Error = String;
+
+    fn try_from(raw: RawFolder) -> Result<Self, String> {
+        if raw.path.as_os_str().is_empty() || raw.output.as_os_str().is_empty() {
+            return Err("`path` and `output` must not be empty".to_string());
+        }
+        if raw.path == raw.output {
+            return Err(format!(
+                "`output` must differ from `path` ({}): Veil never writes into the folder it reads",
+                raw.path.display()
+            ));
+        }
+        Ok(FolderConfig { path: raw.path, output: raw.output })
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            engine: EngineConfig::default(),
+            log: LogConfig::default(),
+            paths: PathsConfig::default(),
+            models: ModelsConfig::default(),
+            folders: vec![FolderConfig {
+                path: PathBuf::from("~/Pictures/Veil/To-Share"),
+                output: PathBuf::from("~/Pictures/Veil/Protected"),
+            }],
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { device: DeviceChoice::Auto }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { filter: LogFilter("info".to_string()) }
+    }
+}
+
+/// `engine.device`: `auto`, `cpu`, `cuda` (the first GPU) or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| {
+                    format!("invalid device {s:?}: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")
+                }),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(d: DeviceChoice) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// A `tracing` filter directive, checked when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogFilter(String);
+
+impl LogFilter {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for LogFilter {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&s)
+            .map_err(|e| format!("invalid log filter {s:?}: {e}"))?;
+        Ok(LogFilter(s))
+    }
+}
+
+impl From<LogFilter> for String {
+    fn from(f: LogFilter) -> String {
+        f.0
+    }
+}
+
+/// Where the configuration in use came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// Read from this file.
+    File(PathBuf),
+    /// No file: the embedded defaults. `looked_at` is the platform path that had none.
+    Defaults { looked_at: Option<PathBuf> },
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Defaults { looked_at: Some(p) } => {
+                write!(f, "built-in defaults (no file at {})", p.display())
+            }
+            Source::Defaults { looked_at: None } => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {}, line {line}: key `{key}`: {message}", path.display())]
+    Invalid { path: PathBuf, line: usize, key: String, message: String },
+    #[error("config file {}, line {line}: {message}", path.display())]
+    Syntax { path: PathBuf, line: usize, message: String },
+}
+
+impl Config {
+    /// Loads the configuration: `explicit` (from `--config`) must exist; without it the platform file
+    /// is read when there is one, and the embedded defaults are used when there is none.
+    pub fn load(explicit: Option<&Path>, dirs: &Dirs) -> Result<(Config, Source), ConfigError> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let candidate = dirs.config_dir.as_ref().map(|d| d.join(FILE_NAME));
+                match candidate {
+                    Some(p) if p.exists() => p,
+                    looked_at => return Ok((Config::default(), Source::Defaults { looked_at })),
+                }
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let config = Config::parse(&text, &path)?;
+        Ok((config, Source::File(path)))
+    }
+
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let line_of = |span: Option<std::ops::Range<usize>>| {
+            span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1).unwrap_or(1)
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line: line_of(e.span()),
+            message: e.message().to_string(),
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of(inner.span()),
+                key: unknown_key(inner.message()).map_or(key.clone(), |k| join_key(&key, k)),
+                message: inner.message().to_string(),
+            }
+        })
+    }
+
+    /// The effective configuration: platform defaults filled in, `~` expanded.
+    pub fn resolve(&self, dirs: &Dirs) -> Config {
+        let home = |p: &Path| paths::expand_home(p, dirs.home.as_deref());
+        let state_dir = self.paths.state_dir.as_deref().map(home).unwrap_or_else(|| dirs.state_dir.clone());
+        let socket = self.paths.socket.as_deref().map(home).unwrap_or_else(|| dirs.socket.clone());
+        let models_dir = self.models.dir.as_deref().map(home).unwrap_or_else(|| dirs.models_dir.clone());
+        Config {
+            engine: self.engine.clone(),
+            log: self.log.clone(),
+            paths: PathsConfig { state_dir: Some(state_dir), socket: Some(socket) },
+            models: ModelsConfig { dir: Some(models_dir) },
+            folders: self
+                .folders
+                .iter()
+                .map(|f| FolderConfig { path: home(&f.path), output: home(&f.output) })
+                .collect(),
+        }
+    }
+
+    /// The configuration as TOML (what `veil config show` prints).
+    pub fn to_toml(&self) -> String {
+        // Serializing plain structs of strings, paths and vectors cannot fail, except for a path
+        // that is not UTF-8, which is shown lossily rather than dropped.
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot show configuration: {e}\n"))
+    }
+}
+
+/// serde reports an unknown key as "unknown field `x`, expected …" with the path of its table.
+fn unknown_key(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// serde_path_to_error ends the path with the unknown key inside tables but not at the top level.
+fn join_key(table: &str, key: &str) -> String {
+    if table.is_empty() || table == "." {
+        key.to_string()
+    } else if table.rsplit('.').next() == Some(key) {
+        table.to_string()
+    } else {
+        format!("{table}.{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/veil.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn device_values() {
+        for (text, want) in [
+            ("auto", DeviceChoice::Auto),
+            ("cpu", DeviceChoice::Cpu),
+            ("cuda", DeviceChoice::Cuda(0)),
+            ("cuda:3", DeviceChoice::Cuda(3)),
+        ] {
+            let c = parse(&format!("[engine]\ndevice = \"{text}\"\n")).unwrap();
+            assert_eq!(c.engine.device, want);
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[engine]\ndevice = \"cpu\"\ndevcie = \"cuda\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/veil.toml"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("`engine.devcie`"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let msg = parse("\n\nwatch = 1\n").unwrap_err().to_string();
+        assert!(msg.contains("line 3") && msg.contains("`watch`"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_value_names_file_line_and_key() {
+        let msg = parse("[log]\nfilter = \"info\"\n[engine]\ndevice = \"gpu\"\n").unwrap_err().to_string();
+        assert!(msg.contains("line 4") && msg.contains("`engine.device`"), "{msg}");
+        assert!(msg.contains("\"gpu\""), "{msg}");
+    }
+
+    #[test]
+    fn invalid_log_filter_is_rejected() {
+        let msg = parse("[log]\nfilter = \"veil=loud\"\n").unwrap_err().to_string();
+        assert!(msg.contains("line 2") && msg.contains("`log.filter`"), "{msg}");
+    }
+
+    #[test]
+    fn folder_errors_point_at_the_folder() {
+        let msg = parse(
+            "[[folders]]\npath = \"/a\"\noutput = \"/b\"\n\n[[folders]]\npath = \"/c\"\noutput = \"/c\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("`folders[1]`"), "{msg}");
+        assert!(msg.contains("must differ"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let msg = parse("[engine]\ndevice = \n").unwrap_err().to_string();
+        assert!(msg.contains("/etc/veil.toml, line 2"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_rejected() {
+        let msg = parse("folders = 3\n").unwrap_err().to_string();
+        assert!(msg.contains("line 1") && msg.contains("`folders`"), "{msg}");
+    }
+
+    #[test]
+    fn resolve_fills_platform_paths_and_expands_home() {
+        let dirs = Dirs::for_tests(Path::new("/home/ann"));
+        let resolved = Config::default().resolve(&dirs);
+        assert_eq!(resolved.folders[0].path, Path::new("/home/ann/Pictures/Veil/To-Share"));
+        assert_eq!(resolved.folders[0].output, Path::new("/home/ann/Pictures/Veil/Protected"));
+        assert_eq!(resolved.paths.state_dir.as_deref(), Some(dirs.state_dir.as_path()));
+        assert_eq!(resolved.paths.socket.as_deref(), Some(dirs.socket.as_path()));
+        // What `config show` prints reads back as the same configuration.
+        let again = parse(&resolved.to_toml()).unwrap();
+        assert_eq!(again, resolved);
+    }
+
+    const EXAMPLE: &str = include_str!("../config/veil.example.toml");
+
+    #[test]
+    fn example_config_parses_to_the_defaults() {
+        assert_eq!(parse(EXAMPLE).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn example_config_documents_every_key() {
+        // Every key of the effective configuration (platform paths filled in) appears in the example,
+        // set or commented out, under its table.
+        let resolved = Config::default().resolve(&Dirs::for_tests(Path::new("/home/ann")));
+        let value: toml::Table = toml::from_str(&resolved.to_toml()).unwrap();
+        let lines: Vec<&str> = EXAMPLE.lines().map(|l| l.trim_start_matches(['#', ' '])).collect();
+        for (table, entry) in &value {
+            let (header, keys): (String, Vec<&String>) = match entry {
+                toml::Value::Table(t) => (format!("[{table}]"), t.keys().collect()),
+                toml::Value::Array(items) => {
+                    let keys = items.iter().filter_map(|i| i.as_table()).flat_map(|t| t.keys()).collect();
+                    (format!("[[{table}]]"), keys)
+                }
+                _ => (String::new(), vec![table]),
+            };
+            let start = lines
+                .iter()
+                .position(|l| *l == header)
+                .unwrap_or_else(|| panic!("no {header} in the example"));
+            let section = lines[start + 1..].iter().take_while(|l| !l.starts_with('['));
+            let documented: Vec<&str> = section.filter_map(|l| l.split_once(" =").map(|(k, _)| k)).collect();
+            for key in keys {
+                assert!(
+                    documented.contains(&key.as_str()),
+                    "{table}.{key} is not in config/veil.example.toml"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let dirs = Dirs::for_tests(Path::new("/home/ann"));
+        let err = Config::load(Some(Path::new("/nonexistent/veil.toml")), &dirs).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/veil.toml"));
+    }
+}

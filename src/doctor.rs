@@ -1,0 +1,235 @@
+//! `veil doctor`: everything a user needs to know when something is off, as a list of checks.
+//!
+//! The checks never stop at the first problem: a config that does not parse is reported, and the
+//! rest is checked on the defaults, so one run shows everything that is wrong.
+
+use std::{ffi::CString, fmt, os::unix::ffi::OsStrExt, path::Path};
+
+use crate::{
+    config::{Config, Source},
+    engine::{self, CudaStatus},
+    models::{Inventory, MANIFEST},
+    paths::Dirs,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Information, neither good nor bad (a path, CUDA absent on a CPU machine).
+    Info,
+    Ok,
+    /// Works now, but worth knowing (a folder veild will create).
+    Warn,
+    /// Veil cannot do its job until this is fixed: `veil doctor` exits non-zero.
+    Fail,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Level::Info => "--",
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub level: Level,
+    pub what: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn push(&mut self, level: Level, what: impl Into<String>, detail: impl Into<String>) {
+        self.checks.push(Check { level, what: what.into(), detail: detail.into() });
+    }
+
+    pub fn failed(&self) -> bool {
+        self.checks.iter().any(|c| c.level == Level::Fail)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self.checks.iter().map(|c| c.what.len()).max().unwrap_or(0);
+        for c in &self.checks {
+            writeln!(f, "{:>4}  {:width$}  {}", c.level, c.what, c.detail)?;
+        }
+        let fails = self.checks.iter().filter(|c| c.level == Level::Fail).count();
+        let warns = self.checks.iter().filter(|c| c.level == Level::Warn).count();
+        match (fails, warns) {
+            (0, 0) => writeln!(f, "\nEverything Veil needs is in place."),
+            (0, w) => writeln!(f, "\nVeil can run; {w} warning(s) above."),
+            (n, _) => writeln!(f, "\n{n} problem(s) above stop Veil from protecting photos."),
+        }
+    }
+}
+
+/// Runs every check. `explicit` is the `--config` argument, if any.
+pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
+    let mut report = Report::default();
+
+    report.push(Level::Info, "veil", env!("CARGO_PKG_VERSION"));
+    let lib = if engine::LIBTORCH_LIB_DIR.is_empty() { "loader path" } else { engine::LIBTORCH_LIB_DIR };
+    report.push(Level::Ok, "libtorch", format!("{} ({lib})", engine::LIBTORCH_VERSION));
+
+    let config = match Config::load(explicit, dirs) {
+        Ok((config, source)) => {
+            let what = match source {
+                Source::File(_) => format!("{source}: parsed"),
+                Source::Defaults { .. } => source.to_string(),
+            };
+            report.push(Level::Ok, "config", what);
+            config
+        }
+        Err(e) => {
+            report.push(Level::Fail, "config", format!("{e} (checking the rest with the defaults)"));
+            Config::default()
+        }
+    }
+    .resolve(dirs);
+
+    match engine::cuda() {
+        CudaStatus::Available { gpus } => {
+            for gpu in gpus {
+                report.push(Level::Ok, "CUDA", gpu.to_string());
+            }
+        }
+        CudaStatus::Unavailable { reason } => {
+            report.push(Level::Info, "CUDA", format!("not available: {reason}"))
+        }
+    }
+    match engine::select_device(config.engine.device) {
+        Ok(device) => report.push(
+            Level::Ok,
+            "device",
+            format!("{} (engine.device = \"{}\")", engine::describe(device), config.engine.device),
+        ),
+        Err(e) => report.push(Level::Fail, "device", e.to_string()),
+    }
+
+    check_models(&mut report, &config);
+
+    if let Some(state) = &config.paths.state_dir {
+        report.push(Level::Info, "state", describe_dir(state));
+    }
+    if let Some(socket) = &config.paths.socket {
+        let running = if socket.exists() { "present" } else { "absent: no daemon running" };
+        report.push(Level::Info, "socket", format!("{} ({running})", socket.display()));
+    }
+
+    if config.folders.is_empty() {
+        report.push(Level::Warn, "folders", "none configured: veild has nothing to watch");
+    }
+    for folder in &config.folders {
+        check_folder(&mut report, "watch", &folder.path, false);
+        check_folder(&mut report, "output", &folder.output, true);
+    }
+    report
+}
+
+fn check_models(report: &mut Report, config: &Config) {
+    let Some(dir) = config.models.dir.as_deref() else { return };
+    report.push(Level::Info, "models", dir.display().to_string());
+    let inventory = Inventory::take(dir);
+    let broken: Vec<String> = inventory
+        .detector
+        .iter()
+        .filter_map(|(path, loaded)| loaded.as_ref().err().map(|e| format!("{}: {e}", path.display())))
+        .collect();
+    if broken.is_empty() {
+        report.push(Level::Ok, "face detector", "MTCNN pnet, rnet, onet load");
+    } else {
+        report.push(
+            Level::Fail,
+            "face detector",
+            format!(
+                "{} (run `make setup` in the Veil checkout to fetch and convert them)",
+                broken.join("; ")
+            ),
+        );
+    }
+    match &inventory.generators {
+        Err(e) => report.push(Level::Fail, "generators", format!("{e}: no generators to protect against")),
+        Ok(models) if models.is_empty() => {
+            report.push(Level::Fail, "generators", format!("{} lists no model", dir.join(MANIFEST).display()))
+        }
+        Ok(models) => {
+            for (entry, loaded) in models {
+                let what = format!("model {}", entry.name);
+                match loaded {
+                    Ok(()) => {
+                        report.push(Level::Ok, what, format!("{:?}, {}", entry.role, entry.file.display()))
+                    }
+                    Err(e) => report.push(Level::Fail, what, e.clone()),
+                }
+            }
+        }
+    }
+}
+
+fn describe_dir(path: &Path) -> String {
+    let state = if path.is_dir() { "exists" } else { "will be created" };
+    format!("{} ({state})", path.display())
+}
+
+fn check_folder(report: &mut Report, what: &str, path: &Path, needs_write: bool) {
+    let shown = path.display();
+    if !path.exists() {
+        report.push(Level::Warn, what, format!("{shown}: missing (veild creates it at start)"));
+    } else if !path.is_dir() {
+        report.push(Level::Fail, what, format!("{shown}: not a folder"));
+    } else if let Err(e) = std::fs::read_dir(path) {
+        report.push(Level::Fail, what, format!("{shown}: cannot read: {e}"));
+    } else if needs_write && !writable(path) {
+        report.push(Level::Fail, what, format!("{shown}: not writable"));
+    } else {
+        let access = if needs_write { "writable" } else { "readable" };
+        report.push(Level::Ok, what, format!("{shown} ({access})"));
+    }
+}
+
+fn writable(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access() reads a valid NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_checks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut report = Report::default();
+        check_folder(&mut report, "watch", &tmp.path().join("absent"), false);
+        check_folder(&mut report, "output", tmp.path(), true);
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        check_folder(&mut report, "watch", &file, false);
+        let levels: Vec<Level> = report.checks.iter().map(|c| c.level).collect();
+        assert_eq!(levels, [Level::Warn, Level::Ok, Level::Fail]);
+        assert!(report.failed());
+    }
+
+    #[test]
+    fn bad_config_is_reported_and_the_rest_still_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("veil.toml");
+        std::fs::write(&file, "[engine]\ndevice = \"tpu\"\n").unwrap();
+        let report = run(Some(&file), &Dirs::for_tests(tmp.path()));
+        let config = report.checks.iter().find(|c| c.what == "config").unwrap();
+        assert_eq!(config.level, Level::Fail);
+        assert!(config.detail.contains("line 2") && config.detail.contains("engine.device"), "{config:?}");
+        assert!(report.checks.iter().any(|c| c.what == "device"));
+        assert!(report.checks.iter().any(|c| c.what == "watch"));
+    }
+}

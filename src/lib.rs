@@ -1,0 +1,28 @@
+//! Veil protects personal photos against deepfakes.
+//!
+//! # Layout
+//!
+//! The flow, once every part has landed: `watch` notices a photo in a share folder → `store` records
+//! it as a job → a worker decodes it (`imageio`), finds the faces (`faces`), computes an adversarial
+//! perturbation against the generator ensemble (`protect`, on `engine`'s device) → `imageio` writes
+//! the protected copy with the original's metadata → `store` marks the job done. `control` lets the
+//! `veil` CLI see and steer the daemon.
+//!
+//! What is here now:
+//! - [`config`]: the TOML configuration, its defaults and its errors (file, line, key).
+//! - [`paths`]: the platform's places for config, state, socket and models.
+//! - [`engine`]: libtorch at run time: loading CUDA, choosing the device.
+//! - [`models`]: the models folder: generator manifest and face-detector weights.
+//! - [`logging`]: `tracing` to the systemd journal or to stderr.
+//! - [`doctor`]: the checks behind `veil doctor`.
+//! - [`service`]: `veild`'s main loop, which takes its configuration and its shutdown signal.
+//!
+//! The binaries in `src/bin/` only parse arguments, wire these together and print errors.
+
+pub mod config;
+pub mod doctor;
+pub mod engine;
+pub mod logging;
+pub mod models;
+pub mod paths;
+pub mod service;

@@ -1,0 +1,279 @@
+//! End to end: the real `veil` and `veild` binaries, each in its own temporary home, run without
+//! `LD_LIBRARY_PATH` (the rpath must find libtorch).
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use tch::{CModule, Kind, Tensor};
+
+/// A temporary home with the XDG folders inside it.
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        Home { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, bin: &str) -> Command {
+        let mut cmd = Command::new(bin);
+        let home = self.path();
+        cmd.env_remove("LD_LIBRARY_PATH")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("VEIL_LOG")
+            .env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("XDG_STATE_HOME", home.join(".local/state"))
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .env("XDG_RUNTIME_DIR", home.join("run"));
+        cmd
+    }
+
+    fn veil(&self, args: &[&str]) -> Output {
+        self.command(env!("CARGO_BIN_EXE_veil")).args(args).output().unwrap()
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A models folder with the MTCNN weights from the checkout (converted by `make setup`) and,
+    /// if asked, a manifest naming one tiny traced generator.
+    fn models(&self, with_generator: bool) -> PathBuf {
+        let dir = self.path().join("models");
+        std::fs::create_dir_all(dir.join("mtcnn")).unwrap();
+        for stage in ["pnet", "rnet", "onet"] {
+            let from =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/mtcnn/{stage}.safetensors"));
+            std::fs::copy(&from, dir.join(format!("mtcnn/{stage}.safetensors")))
+                .unwrap_or_else(|e| panic!("{}: {e} (run `make setup`)", from.display()));
+        }
+        if with_generator {
+            // forward(x [N,3,8,8] in [-1,1], c [N,2]) -> tanh(x + mean(c)), traced into TorchScript.
+            let x = Tensor::zeros([1, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
+            let c = Tensor::zeros([1, 2], (Kind::Float, tch::Device::Cpu));
+            let module = CModule::create_by_tracing("Tiny", "forward", &[x, c], &mut |inputs| {
+                let shift = inputs[1].mean_dim(&[1i64][..], true, Kind::Float).view([-1, 1, 1, 1]);
+                vec![(&inputs[0] + shift).tanh()]
+            })
+            .unwrap();
+            module.save(dir.join("tiny.pt")).unwrap();
+            std::fs::write(
+                dir.join("manifest.toml"),
+                "[[model]]\nname = \"tiny\"\nfile = \"tiny.pt\"\nrole = \"ensemble\"\ninput_size = 8\n\
+                 attributes = [\"Male\", \"Young\"]\nconditions = [[1, 0], [0, 1]]\n",
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    fn config_with_models(&self, models: &Path) -> PathBuf {
+        self.write(
+            "veil.toml",
+            &format!(
+                "[engine]\ndevice = \"auto\"\n\n[models]\ndir = \"{}\"\n\n[[folders]]\npath = \"~/In\"\noutput = \"~/Out\"\n",
+                models.display()
+            ),
+        )
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn doctor_reports_libtorch_and_the_cpu_without_ld_library_path() {
+    let home = Home::new();
+    let models = home.models(true);
+    let config = home.config_with_models(&models);
+    let out = home.veil(&["--config", config.to_str().unwrap(), "doctor"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "doctor failed:\n{text}{}", stderr(&out));
+    assert!(text.contains("libtorch") && text.contains("2.11.0"), "{text}");
+    assert!(text.contains(&format!("{}: parsed", config.display())), "{text}");
+    assert!(text.contains("CUDA"), "{text}");
+    // This machine (and CI's) has no GPU: auto must land on the CPU and say so.
+    if !text.contains("ok  CUDA") {
+        assert!(text.contains("cpu (") && text.contains("engine.device = \"auto\""), "{text}");
+    }
+    assert!(text.contains("MTCNN pnet, rnet, onet load"), "{text}");
+    assert!(text.contains("model tiny") && text.contains("Ensemble, tiny.pt"), "{text}");
+    assert!(text.contains(&format!("{}/In: missing", home.path().display())), "{text}");
+    assert!(text.contains("socket") && text.contains("state"), "{text}");
+}
+
+#[test]
+fn doctor_fails_when_generators_are_missing_and_says_where_it_looked() {
+    let home = Home::new();
+    let models = home.models(false);
+    let config = home.config_with_models(&models);
+    let out = home.veil(&["--config", config.to_str().unwrap(), "doctor"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&models.join("manifest.toml").display().to_string()), "{text}");
+    assert!(text.contains("problem(s) above"), "{text}");
+}
+
+#[test]
+fn doctor_fails_when_cuda_is_demanded_but_absent() {
+    let home = Home::new();
+    let models = home.models(true);
+    let config = home.write(
+        "cuda.toml",
+        &format!("[engine]\ndevice = \"cuda:0\"\n[models]\ndir = \"{}\"\n", models.display()),
+    );
+    let out = home.veil(&["--config", config.to_str().unwrap(), "doctor"]);
+    let text = stdout(&out);
+    if text.contains("ok  CUDA") {
+        return; // a GPU machine: cuda:0 exists
+    }
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("engine.device is cuda:0 but CUDA is not available"), "{text}");
+}
+
+#[test]
+fn a_bad_config_is_named_with_its_line_and_key() {
+    let home = Home::new();
+    let config = home.write("bad.toml", "[engine]\ndevice = \"cuda\"\n\n[log]\nlevel = \"debug\"\n");
+    let out = home.veil(&["--config", config.to_str().unwrap(), "config", "show"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&config.display().to_string()) && err.contains("line 5") && err.contains("`log.level`"),
+        "{err}"
+    );
+
+    let out = home
+        .command(env!("CARGO_BIN_EXE_veild"))
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("`log.level`"), "{}", stderr(&out));
+}
+
+#[test]
+fn config_show_prints_the_effective_defaults_without_a_file() {
+    let home = Home::new();
+    let out = home.veil(&["config", "show"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let expected_file = home.path().join(".config/veil/veil.toml");
+    assert!(text.contains(&format!("built-in defaults (no file at {})", expected_file.display())), "{text}");
+    let shown: veil::config::Config = toml::from_str(&text).unwrap();
+    assert_eq!(shown.folders[0].path, home.path().join("Pictures/Veil/To-Share"));
+    assert_eq!(shown.folders[0].output, home.path().join("Pictures/Veil/Protected"));
+    assert_eq!(shown.paths.socket, Some(home.path().join("run/veil/veil.sock")));
+
+    // The platform file is picked up when present.
+    home.write(".config/veil/veil.toml", "[engine]\ndevice = \"cpu\"\n");
+    let text = stdout(&home.veil(&["config", "show"]));
+    assert!(
+        text.contains(&format!("source: {}", expected_file.display())) && text.contains("device = \"cpu\""),
+        "{text}"
+    );
+}
+
+/// Starts veild, waits for `ready` on its stderr, and returns the child with all stderr so far.
+fn start_veild(home: &Home, args: &[&str], ready: &str) -> (Child, mpsc::Receiver<String>, String) {
+    let mut child = home
+        .command(env!("CARGO_BIN_EXE_veild"))
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    while !log.contains(ready) {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("veild never logged {ready:?}:\n{log}");
+            }
+        }
+    }
+    (child, rx, log)
+}
+
+fn stop(
+    mut child: Child,
+    rx: mpsc::Receiver<String>,
+    signal: i32,
+    mut log: String,
+) -> (std::process::ExitStatus, String) {
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    let status = child.wait().unwrap();
+    log.extend(rx.iter().map(|l| l + "\n"));
+    (status, log)
+}
+
+#[test]
+fn veild_starts_on_the_defaults_creates_the_folders_and_stops_cleanly_on_ctrl_c() {
+    let home = Home::new();
+    let (child, rx, log) = start_veild(&home, &[], "share folder");
+    assert!(home.path().join("Pictures/Veil/To-Share").is_dir());
+    assert!(home.path().join("Pictures/Veil/Protected").is_dir());
+    let (status, log) = stop(child, rx, libc::SIGINT, log);
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("config: built-in defaults"), "{log}");
+    assert!(log.contains("device: "), "{log}");
+    assert!(log.contains("models: "), "{log}");
+    assert!(log.contains("SIGINT received") && log.contains("shutting down"), "{log}");
+}
+
+#[test]
+fn veild_logs_its_config_device_and_models_and_stops_on_sigterm() {
+    let home = Home::new();
+    let models = home.models(true);
+    let config = home.config_with_models(&models);
+    let (child, rx, log) = start_veild(&home, &["--config", config.to_str().unwrap()], "share folder");
+    let (status, log) = stop(child, rx, libc::SIGTERM, log);
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains(&format!("config: {}", config.display())), "{log}");
+    assert!(log.contains("face detector: MTCNN loaded"), "{log}");
+    assert!(log.contains("generator tiny (Ensemble) loaded"), "{log}");
+    assert!(home.path().join("In").is_dir() && home.path().join("Out").is_dir());
+}
+
+#[test]
+fn veil_log_overrides_the_configured_filter() {
+    let home = Home::new();
+    let mut cmd = home.command(env!("CARGO_BIN_EXE_veild"));
+    let out = cmd.env("VEIL_LOG", "veil=loud").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("VEIL_LOG=\"veil=loud\" is not a valid log filter"), "{}", stderr(&out));
+}
