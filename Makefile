@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: all setup build run test lint clean
+.PHONY: all setup fixtures build run test lint clean
 all: build
 
 setup: $(VENV)/.veil-installed $(MTCNN)
@@ -30,6 +30,15 @@ $(FACENET_WHEEL): | $(VENV)/.veil-installed
 $(MTCNN) &: $(FACENET_WHEEL) models/convert_mtcnn.py $(VENV)/.veil-installed
 	$(VENV)/bin/python models/convert_mtcnn.py $(FACENET_WHEEL) models/mtcnn
 
+# Tiny generator-zoo fixtures for the tests: every architecture, trained for seconds on the CPU
+# (models/train/train.py --tiny), with their manifest. Needs ../shared/data/celeba.
+FIXTURES := target/fixtures/models
+TRAIN_SCRIPTS := $(wildcard models/train/*.py)
+$(FIXTURES)/manifest.toml: $(TRAIN_SCRIPTS) | $(VENV)/.veil-installed
+	$(VENV)/bin/python models/train/train.py all --tiny --data ../shared/data/celeba --out $(FIXTURES)
+
+fixtures: $(FIXTURES)/manifest.toml
+
 build: setup
 	cargo build --release
 
@@ -37,7 +46,7 @@ build: setup
 run: build
 	./target/release/veild $(ARGS)
 
-test: setup
+test: setup fixtures
 	cargo test --release
 
 lint: setup

@@ -5,7 +5,7 @@
 //! the priority, the target and the source location as journal fields (through
 //! `systemd-journal-logger`), so `journalctl --user -u veil -p warning` works.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, io::IsTerminal};
 
 use systemd_journal_logger::JournalLog;
 use tracing::field::{Field, Visit};
@@ -51,6 +51,7 @@ pub fn init(default_filter: &LogFilter) -> Result<Sink, LoggingError> {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
             .try_init()
             .map_err(|_| LoggingError::AlreadyInstalled)?;

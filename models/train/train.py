@@ -1,0 +1,372 @@
+"""Train one model of Veil's generator zoo and export it as TorchScript.
+
+    python models/train/train.py MODEL --data DIR --out DIR [--tiny] [--iters N] [--batch B] [--width W]
+
+MODEL is one of: stargan, ganimation, attgan, cyclegan, faceswap, stargan_adv, classifier, or `all`
+(every model in turn; with --tiny this is how `make test` builds its fixtures). DIR is a CelebA-style
+folder (attributes.csv + train/ val/ test/) or a tar made by pack.py; only the `train` split is read.
+
+Each generator is exported to OUT/<model>.pt with the interface
+`forward(x: [N,3,S,S] in [-1,1], c: [N,C]) -> [N,3,S,S] in [-1,1]`, weights stored in fp16 (Veil loads
+them as fp32 on the CPU). A JSON log with parameters, iterations and seconds goes next to it
+(OUT/<model>.json), and with `all` a manifest.toml for the whole folder.
+
+--tiny: small widths, 32 px, a few hundred images and iterations: a fixture that trains on a laptop CPU
+in seconds, for tests. It exercises the same code; its outputs are not meant to edit faces well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import data as D  # noqa: E402
+import nets  # noqa: E402
+
+GENERATORS = ["stargan", "ganimation", "attgan", "cyclegan", "faceswap", "stargan_adv"]
+ALL = GENERATORS + ["classifier"]
+
+# Role in Veil: `ensemble` models are attacked; `holdout` models only judge transfer in `veil eval`.
+ROLES = {
+    "stargan": "ensemble",
+    "ganimation": "ensemble",
+    "attgan": "ensemble",
+    "faceswap": "ensemble",
+    "cyclegan": "holdout",
+    "stargan_adv": "holdout",
+}
+
+# The condition vectors the protection attacks (order: STARGAN_ATTRS). A user's photo has no labels,
+# so the set spans the space: every hair colour, both sexes, both ages.
+ATTACKED = [
+    [1, 0, 0, 1, 1],
+    [0, 1, 0, 0, 1],
+    [0, 0, 1, 1, 0],
+    [1, 0, 0, 0, 0],
+    [0, 1, 0, 1, 0],
+]
+
+
+DEVICE = "cpu"
+
+
+def settings(args) -> dict:
+    tiny = args.tiny
+    s = {
+        "size": args.size or (32 if tiny else 128),
+        "width": args.width or (4 if tiny else 32),
+        "blocks": 1 if tiny else 4,
+        "batch": args.batch or (8 if tiny else 16),
+        "iters": args.iters or (30 if tiny else 20000),
+        "limit": 256 if tiny else None,
+        "lr": args.lr,
+        "n_critic": 1 if tiny else args.n_critic,
+        "pgd_iters": 2 if tiny else 10,
+        "minutes": args.minutes,
+    }
+    return s
+
+
+def gradient_penalty(critic, real, fake):
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    src, _ = critic(mix)
+    (grad,) = torch.autograd.grad(src.sum(), mix, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def pgd(g_frozen: nn.Module, x: torch.Tensor, c: torch.Tensor, eps=0.05, step=0.01, iters=10) -> torch.Tensor:
+    """The paper's attack on a frozen generator: L-inf PGD from a random start, maximizing
+    MSE(G(x_adv, c), G(x, c)). x `[B,3,S,S]` in [-1,1]."""
+    with torch.no_grad():
+        target = g_frozen(x, c)
+    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(-1, 1)
+    for _ in range(iters):
+        x_adv.requires_grad_(True)
+        loss = F.mse_loss(g_frozen(x_adv, c), target)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        with torch.no_grad():
+            x_adv = x + (x_adv + step * grad.sign() - x).clamp(-eps, eps)
+            x_adv = x_adv.clamp(-1, 1)
+    return x_adv.detach()
+
+
+def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
+    """StarGAN, GANimation-style, AttGAN-style and adversarially trained StarGAN: WGAN-GP critic with an
+    attribute head, classification and reconstruction losses."""
+    c_dim = len(D.STARGAN_ATTRS)
+    if model == "attgan":
+        g = nets.AttGAN(c_dim, s["width"])
+    else:
+        g = nets.ResNetTranslator(c_dim, s["width"], s["blocks"], attention=(model == "ganimation"))
+    d = nets.Discriminator(s["size"], c_dim, s["width"], depth=5 if s["size"] >= 64 else 3)
+    g, d = g.to(DEVICE), d.to(DEVICE)
+    opt_g = torch.optim.Adam(g.parameters(), s["lr"], betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), s["lr"], betas=(0.5, 0.999))
+    adversarial = model == "stargan_adv"
+    frozen = copy.deepcopy(g).eval().requires_grad_(False) if adversarial else None
+    n = len(train)
+    for it in range(1, s["iters"] + 1):
+        if time.time() > s["deadline"]:
+            s["iters_done"] = it - 1
+            break
+        x, c_org = train.batch(torch.randint(0, n, (s["batch"],)))
+        if torch.rand(()) < 0.5:
+            x = x.flip(3)
+        c_trg = D.random_targets(c_org)
+        x_in = x
+        if adversarial:
+            # G+D adversarial training: G learns to translate adversarial inputs, D sees their outputs.
+            if it % 50 == 1:
+                frozen.load_state_dict(g.state_dict())
+            x_in = pgd(frozen, x, c_trg, iters=s["pgd_iters"])
+
+        # Critic.
+        src_real, cls_real = d(x)
+        fake = g(x_in, c_trg).detach()
+        src_fake, _ = d(fake)
+        loss_d = (
+            src_fake.mean() - src_real.mean()
+            + 10.0 * gradient_penalty(d, x, fake)
+            + F.binary_cross_entropy_with_logits(cls_real, c_org)
+        )
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+
+        if it % s["n_critic"] == 0:
+            fake = g(x_in, c_trg)
+            src, cls = d(fake)
+            if model == "attgan":
+                # AttGAN reconstructs with the image's own attributes instead of a cycle.
+                rec = F.l1_loss(g(x_in, c_org), x)
+            else:
+                back_in = pgd(frozen, fake.detach(), c_org, iters=s["pgd_iters"]) if adversarial else fake
+                rec = F.l1_loss(g(back_in, c_org), x)
+            loss_g = -src.mean() + F.binary_cross_entropy_with_logits(cls, c_trg) + 10.0 * rec
+            if model == "ganimation":
+                a = g.attention_mask(x_in, c_trg)
+                tv = (a[:, :, 1:] - a[:, :, :-1]).abs().mean() + (a[..., 1:] - a[..., :-1]).abs().mean()
+                # Keep the mask sparse (most pixels from the input) and smooth, as GANimation does.
+                loss_g = loss_g + 0.1 * (1 - a).mean() + 1e-4 * tv
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+        if it % max(1, s["iters"] // 20) == 0 or it == s["iters"]:
+            log(it, loss_d=loss_d.item(), loss_g=loss_g.item() if it >= s["n_critic"] else float("nan"))
+    return g
+
+
+def train_cyclegan(train: D.Split, s: dict, log) -> nn.Module:
+    """CycleGAN between not-Young (A) and Young (B), LSGAN critics, cycle and identity losses.
+    Returns the A->B translator (makes a face look younger)."""
+    young = train.labels[:, D.STARGAN_ATTRS.index("Young")] > 0.5
+    idx_a, idx_b = torch.nonzero(~young).flatten(), torch.nonzero(young).flatten()
+    g_ab, g_ba = (nets.CycleTranslator(s["width"], s["blocks"]) for _ in range(2))
+    d_a, d_b = (nets.Discriminator(s["size"], 0, s["width"], depth=3).to(DEVICE) for _ in range(2))
+    g_ab, g_ba = g_ab.to(DEVICE), g_ba.to(DEVICE)
+    opt_g = torch.optim.Adam(list(g_ab.parameters()) + list(g_ba.parameters()), s["lr"], betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(list(d_a.parameters()) + list(d_b.parameters()), s["lr"], betas=(0.5, 0.999))
+    bs = s["batch"]
+    for it in range(1, s["iters"] + 1):
+        if time.time() > s["deadline"]:
+            s["iters_done"] = it - 1
+            break
+        a, _ = train.batch(idx_a[torch.randint(0, len(idx_a), (bs,))])
+        b, _ = train.batch(idx_b[torch.randint(0, len(idx_b), (bs,))])
+        fake_b, fake_a = g_ab(a), g_ba(b)
+        loss_g = (
+            ((d_b(fake_b)[0] - 1) ** 2).mean() + ((d_a(fake_a)[0] - 1) ** 2).mean()
+            + 10.0 * (F.l1_loss(g_ba(fake_b), a) + F.l1_loss(g_ab(fake_a), b))
+            + 5.0 * (F.l1_loss(g_ab(b), b) + F.l1_loss(g_ba(a), a))
+        )
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        loss_d = 0.5 * (
+            ((d_b(b)[0] - 1) ** 2).mean() + (d_b(fake_b.detach())[0] ** 2).mean()
+            + ((d_a(a)[0] - 1) ** 2).mean() + (d_a(fake_a.detach())[0] ** 2).mean()
+        )
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        if it % max(1, s["iters"] // 20) == 0 or it == s["iters"]:
+            log(it, loss_d=loss_d.item(), loss_g=loss_g.item())
+    return nets.Unconditional(g_ab)
+
+
+def train_faceswap(train: D.Split, s: dict, log) -> nn.Module:
+    ae = nets.FaceSwapAE(s["size"], s["width"], code=64 if s["size"] < 64 else 512).to(DEVICE)
+    opt = torch.optim.Adam(ae.parameters(), s["lr"] * 2.5, betas=(0.5, 0.999))
+    n = len(train)
+    for it in range(1, s["iters"] + 1):
+        if time.time() > s["deadline"]:
+            s["iters_done"] = it - 1
+            break
+        x, _ = train.batch(torch.randint(0, n, (s["batch"],)))
+        if torch.rand(()) < 0.5:
+            x = x.flip(3)
+        loss = F.l1_loss(ae(x), x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if it % max(1, s["iters"] // 20) == 0 or it == s["iters"]:
+            log(it, l1=loss.item())
+    return nets.Unconditional(ae)
+
+
+def train_classifier(train: D.Split, s: dict, log) -> nn.Module:
+    clf = nets.AttributeClassifier(len(D.STARGAN_ATTRS), width=max(4, s["width"] // 2)).to(DEVICE)
+    opt = torch.optim.Adam(clf.parameters(), 1e-3)
+    n = len(train)
+    for it in range(1, s["iters"] + 1):
+        if time.time() > s["deadline"]:
+            s["iters_done"] = it - 1
+            break
+        x, y = train.batch(torch.randint(0, n, (s["batch"] * 2,)))
+        if torch.rand(()) < 0.5:
+            x = x.flip(3)
+        loss = F.binary_cross_entropy_with_logits(clf(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if it % max(1, s["iters"] // 20) == 0 or it == s["iters"]:
+            log(it, bce=loss.item())
+    return clf.eval()
+
+
+class Exported(nn.Module):
+    """The interface Veil attacks: forward(x, c) -> image, for every generator."""
+
+    def __init__(self, g: nn.Module):
+        super().__init__()
+        self.g = g
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.g(x, c)
+
+
+def export(module: nn.Module, path: str, size: int, c_dim: int, takes_condition: bool = True) -> None:
+    module = module.eval().cpu()
+    x = torch.zeros(1, 3, size, size)
+    with torch.no_grad():
+        if takes_condition:
+            traced = torch.jit.trace(Exported(module), (x, torch.zeros(1, c_dim)))
+        else:
+            traced = torch.jit.trace(module, (x,))
+    traced = traced.half()
+    tmp = path + ".tmp"
+    torch.jit.save(traced, tmp)
+    os.replace(tmp, path)
+
+
+def train_one(model: str, train: D.Split, s: dict, out: str) -> dict:
+    torch.manual_seed(0)
+    started = time.time()
+    s = dict(s, deadline=started + 60 * s["minutes"] if s["minutes"] else float("inf"), iters_done=s["iters"])
+    history = []
+
+    def log(it, **values):
+        history.append({"iter": it, **values})
+        shown = " ".join(f"{k}={v:.4f}" for k, v in values.items())
+        print(f"[{model}] {it}/{s['iters']} {shown} ({time.time() - started:.0f}s)", flush=True)
+
+    if model == "classifier":
+        net = train_classifier(train, s, log)
+    elif model == "cyclegan":
+        net = train_cyclegan(train, s, log)
+    elif model == "faceswap":
+        net = train_faceswap(train, s, log)
+    else:
+        net = train_conditional(model, train, s, log)
+    seconds = time.time() - started
+    path = os.path.join(out, f"{model}.pt")
+    if model == "classifier":
+        export(net, path, s["size"], 0, takes_condition=False)
+    else:
+        export(net, path, s["size"], len(D.STARGAN_ATTRS))
+    info = {
+        "model": model,
+        "file": f"{model}.pt",
+        "parameters": nets.param_count(net),
+        "iterations": s["iters_done"],
+        "batch": s["batch"],
+        "size": s["size"],
+        "width": s["width"],
+        "seconds": round(seconds, 1),
+        "device": torch.cuda.get_device_name() if DEVICE.startswith("cuda") else "cpu",
+        "threads": torch.get_num_threads(),
+        "bytes": os.path.getsize(path),
+        "history": history,
+    }
+    with open(os.path.join(out, f"{model}.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    print(f"[{model}] wrote {path}: {info['parameters']} parameters, {info['bytes']} bytes, {seconds:.0f}s")
+    return info
+
+
+def manifest(models: list[str], size: int) -> str:
+    attrs = ", ".join(f'"{a}"' for a in D.STARGAN_ATTRS)
+    conds = ", ".join("[" + ", ".join(str(v) for v in c) + "]" for c in ATTACKED)
+    parts = ["# Written by models/train/train.py.\n"]
+    for m in models:
+        if m == "classifier":
+            continue
+        conditional = m not in ("cyclegan", "faceswap")
+        parts.append(
+            f'\n[[model]]\nname = "{m}"\nfile = "{m}.pt"\nrole = "{ROLES[m]}"\ninput_size = {size}\n'
+            + (f"attributes = [{attrs}]\nconditions = [{conds}]\n" if conditional else "")
+        )
+    return "".join(parts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=ALL + ["all"])
+    p.add_argument("--data", required=True, help="CelebA-style folder or tar (train split is used)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tiny", action="store_true", help="test fixtures: seconds on a CPU")
+    p.add_argument("--iters", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--size", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--minutes", type=float, help="stop each model after this many minutes (iterations run are logged)")
+    p.add_argument("--n-critic", type=int, default=1)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = p.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # Tiny fixtures train on one thread: on a busy machine (CI building in parallel) several OpenMP
+    # threads spin against each other and run many times slower than one.
+    threads = args.threads or (1 if args.tiny else None)
+    if threads:
+        torch.set_num_threads(threads)
+    s = settings(args)
+    os.makedirs(args.out, exist_ok=True)
+    train = D.load_split(args.data, "train", s["size"], limit=s["limit"]).to(DEVICE)
+    print(f"train split: {len(train)} images at {s['size']} px; settings {s}", flush=True)
+    models = ALL if args.model == "all" else [args.model]
+    for m in models:
+        train_one(m, train, s, args.out)
+    if args.model == "all":
+        with open(os.path.join(args.out, "manifest.toml"), "w") as f:
+            f.write(manifest(models, s["size"]))
+
+
+if __name__ == "__main__":
+    main()
