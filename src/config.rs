@@ -26,6 +26,7 @@ pub struct Config {
     pub log: LogConfig,
     pub paths: PathsConfig,
     pub models: ModelsConfig,
+    pub protect: crate::protect::ProtectConfig,
     /// Folders `veild` watches, each with the folder protected copies go to.
     pub folders: Vec<FolderConfig>,
 }
@@ -105,6 +106,7 @@ impl Default for Config {
             log: LogConfig::default(),
             paths: PathsConfig::default(),
             models: ModelsConfig::default(),
+            protect: crate::protect::ProtectConfig::default(),
             folders: vec![FolderConfig {
                 path: PathBuf::from("~/Pictures/Veil/To-Share"),
                 output: PathBuf::from("~/Pictures/Veil/Protected"),
@@ -287,6 +289,7 @@ impl Config {
             log: self.log.clone(),
             paths: PathsConfig { state_dir: Some(state_dir), socket: Some(socket) },
             models: ModelsConfig { dir: Some(models_dir) },
+            protect: self.protect.clone(),
             folders: self
                 .folders
                 .iter()

@@ -14,6 +14,8 @@
 //! - [`engine`]: libtorch at run time: loading CUDA, choosing the device.
 //! - [`models`]: the models folder: generator manifest and face-detector weights.
 //! - [`logging`]: `tracing` to the systemd journal or to stderr.
+//! - [`protect`]: the attack: PGD against the generator ensemble, class-transferable and
+//!   spread-spectrum, face region by face region, quantized within ε.
 //! - [`doctor`]: the checks behind `veil doctor`.
 //! - [`service`]: `veild`'s main loop, which takes its configuration and its shutdown signal.
 //!
@@ -25,4 +27,5 @@ pub mod engine;
 pub mod logging;
 pub mod models;
 pub mod paths;
+pub mod protect;
 pub mod service;

@@ -1,0 +1,175 @@
+//! The generators the protection attacks (or, for `veil eval`, judges against), loaded from the
+//! manifest as TorchScript on the engine device.
+
+use std::{collections::BTreeMap, path::Path};
+
+use tch::{CModule, Device, Kind, Tensor};
+
+use super::{spread::Transform, ProtectError};
+use crate::models::{Manifest, Role};
+
+/// One loaded generator with its attacked condition vectors.
+#[derive(Debug)]
+pub struct Generator {
+    pub name: String,
+    pub role: Role,
+    /// Square side the generator takes.
+    pub input_size: i64,
+    /// `[K,C]` on the device (`[1,0]` for unconditional models).
+    pub conditions: Tensor,
+    /// Weight of this generator's (normalized) loss.
+    pub weight: f64,
+    module: CModule,
+}
+
+impl Generator {
+    pub fn condition_count(&self) -> usize {
+        self.conditions.size()[0] as usize
+    }
+
+    /// Runs the module on `x: [N,3,S,S]` with conditions `c: [N,C]`; a model that answers with the
+    /// wrong shape is an error, not a panic.
+    pub fn run(&self, x: &Tensor, c: &Tensor) -> Result<Tensor, ProtectError> {
+        let y = self
+            .module
+            .forward_ts(&[x, c])
+            .map_err(|e| ProtectError::Model { name: self.name.clone(), message: e.to_string() })?;
+        if y.size() != x.size() {
+            return Err(ProtectError::Model {
+                name: self.name.clone(),
+                message: format!("returned {:?} for an input of {:?}", y.size(), x.size()),
+            });
+        }
+        Ok(y)
+    }
+
+    /// `x: [1,3,h,w] in [-1,1]` resized to the input size and repeated for every condition.
+    fn input(&self, x: &Tensor, t: Transform) -> Tensor {
+        let s = self.input_size;
+        t.apply(&super::spread::resize(x, s, s)).expand([self.condition_count() as i64, 3, s, s], false)
+    }
+
+    /// `G(resize(x), c)` for every attacked condition: `[K,3,S,S]`.
+    pub fn forward_all(&self, x: &Tensor) -> Result<Tensor, ProtectError> {
+        self.run(&self.input(x, Transform::Identity), &self.conditions)
+    }
+
+    /// Joint loss: mean over all conditions of `MSE(G(T(resize(x_adv)), c), target)`, one batched pass.
+    pub fn loss_all(&self, x_adv: &Tensor, target: &Tensor, t: Transform) -> Result<Tensor, ProtectError> {
+        let y = self.run(&self.input(x_adv, t), &self.conditions)?;
+        Ok(y.mse_loss(target, tch::Reduction::Mean))
+    }
+
+    /// Iterative variant: the loss for condition `k` only.
+    pub fn loss_one(
+        &self,
+        x_adv: &Tensor,
+        target: &Tensor,
+        k: usize,
+        t: Transform,
+    ) -> Result<Tensor, ProtectError> {
+        let s = self.input_size;
+        let xin = t.apply(&super::spread::resize(x_adv, s, s));
+        let k = k as i64;
+        let y = self.run(&xin, &self.conditions.narrow(0, k, 1))?;
+        Ok(y.mse_loss(&target.narrow(0, k, 1), tch::Reduction::Mean))
+    }
+}
+
+/// The loaded generators of one or more roles.
+#[derive(Debug)]
+pub struct Ensemble {
+    pub generators: Vec<Generator>,
+    pub device: Device,
+}
+
+impl Ensemble {
+    /// Loads every model of `roles` from `dir/manifest.toml` onto `device` in fp32, with gradients
+    /// off for their parameters (backward then computes only the input gradient). `weights` overrides
+    /// the loss weight (1.0) per model name.
+    pub fn load(
+        dir: &Path,
+        roles: &[Role],
+        device: Device,
+        weights: &BTreeMap<String, f64>,
+    ) -> Result<Ensemble, ProtectError> {
+        let manifest = Manifest::load(dir)?;
+        let mut generators = Vec::new();
+        for entry in manifest.models.iter().filter(|m| roles.contains(&m.role)) {
+            let err = |message: String| ProtectError::Model { name: entry.name.clone(), message };
+            let path = dir.join(&entry.file);
+            let mut module = CModule::load_on_device(&path, device)
+                .map_err(|e| err(format!("{}: {e}", path.display())))?;
+            module.to(device, Kind::Float, false);
+            module.set_eval();
+            for (_, p) in module.named_parameters().map_err(|e| err(e.to_string()))? {
+                let _ = p.set_requires_grad(false);
+            }
+            let conditions = if entry.conditions.is_empty() {
+                Tensor::zeros([1, 0], (Kind::Float, device))
+            } else {
+                let flat: Vec<f32> = entry.conditions.iter().flatten().copied().collect();
+                Tensor::from_slice(&flat)
+                    .view([entry.conditions.len() as i64, entry.attributes.len() as i64])
+                    .to_device(device)
+            };
+            generators.push(Generator {
+                name: entry.name.clone(),
+                role: entry.role,
+                input_size: i64::from(entry.input_size),
+                conditions,
+                weight: weights.get(&entry.name).copied().unwrap_or(1.0),
+                module,
+            });
+        }
+        if generators.is_empty() {
+            return Err(ProtectError::EmptyEnsemble(dir.join(crate::models::MANIFEST).display().to_string()));
+        }
+        Ok(Ensemble { generators, device })
+    }
+
+    /// Keeps only the attacked conditions `range` of every conditional generator (a single-condition
+    /// attack is `0..1`); unconditional generators keep their one empty condition.
+    pub fn restrict_conditions(&mut self, range: std::ops::Range<i64>) {
+        for g in &mut self.generators {
+            if g.conditions.size()[1] > 0 {
+                let end = range.end.min(g.conditions.size()[0]);
+                g.conditions = g.conditions.narrow(0, range.start, end - range.start);
+            }
+        }
+    }
+
+    /// Per generator and attacked condition, what an attacker who applies `defense` to every input
+    /// sees: `MSE(G(T(x_prot), c), G(T(x), c))`, both `[1,3,h,w] in [-1,1]`.
+    pub fn mse_per_condition(
+        &self,
+        x: &Tensor,
+        x_prot: &Tensor,
+        defense: Transform,
+    ) -> Result<Vec<(String, Vec<f64>)>, ProtectError> {
+        tch::no_grad(|| {
+            self.generators
+                .iter()
+                .map(|g| {
+                    let clean = g.run(&g.input(x, defense), &g.conditions)?;
+                    let prot = g.run(&g.input(x_prot, defense), &g.conditions)?;
+                    let per = (prot - clean).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
+                    Ok((g.name.clone(), Vec::<f64>::try_from(per).unwrap_or_default()))
+                })
+                .collect()
+        })
+    }
+
+    /// Per generator, `MSE(G(x_prot), G(x))` averaged over its attacked conditions (no transform):
+    /// the disruption the protection achieved. Both `[1,3,h,w] in [-1,1]`.
+    pub fn disruption(&self, x: &Tensor, x_prot: &Tensor) -> Result<Vec<(String, f64)>, ProtectError> {
+        self.generators
+            .iter()
+            .map(|g| {
+                let clean = g.forward_all(x)?;
+                let loss = g.loss_all(x_prot, &clean, Transform::Identity)?;
+                Ok((g.name.clone(), loss.double_value(&[])))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,276 @@
+//! The protection engine: class-transferable, spread-spectrum PGD against an ensemble of generators
+//! (Ruiz, Bargal and Sclaroff, *Disrupting Deepfakes*, 2020), applied face by face at full resolution.
+//!
+//! For each face region the attack works on the region's own pixels (`[1,3,h,w] in [-1,1]`): a
+//! differentiable antialiased resize feeds every generator its input size, one transform from the
+//! spread is applied per step, and the loss is each generator's `MSE(G(T(x_adv), c), G(x, c))`
+//! (away from the clean output), normalized per generator by its value at the random start and
+//! weighted by the config. The perturbation is feathered at the region's edge, quantized to 8 bits,
+//! and bounded by ε *after* rounding: no output byte moves by more than `floor(ε·127.5)`.
+
+pub mod ensemble;
+pub mod settings;
+pub mod spread;
+
+use tch::{Device, Kind, Tensor};
+
+pub use ensemble::{Ensemble, Generator};
+pub use settings::{Mode, NoFace, Params, Preset, ProtectConfig};
+use spread::Transform;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtectError {
+    #[error("generator {name}: {message}")]
+    Model { name: String, message: String },
+    #[error("cannot load models: {0}")]
+    Models(#[from] crate::models::ModelsError),
+    #[error("the ensemble is empty: {0} lists no `ensemble` model")]
+    EmptyEnsemble(String),
+    #[error("image tensor must be [3,H,W] uint8, got {0:?}")]
+    BadImage(Vec<i64>),
+}
+
+/// A rectangle of the image in full-resolution pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x: i64,
+    pub y: i64,
+    pub w: i64,
+    pub h: i64,
+}
+
+impl Region {
+    fn overlaps(&self, o: &Region) -> bool {
+        self.x < o.x + o.w && o.x < self.x + self.w && self.y < o.y + o.h && o.y < self.y + self.h
+    }
+
+    fn union(&self, o: &Region) -> Region {
+        let (x, y) = (self.x.min(o.x), self.y.min(o.y));
+        let (r, b) = ((self.x + self.w).max(o.x + o.w), (self.y + self.h).max(o.y + o.h));
+        Region { x, y, w: r - x, h: b - y }
+    }
+
+    /// Clipped to an image of `width`×`height`; `None` when nothing is left.
+    pub fn clip(&self, width: i64, height: i64) -> Option<Region> {
+        let (x, y) = (self.x.max(0), self.y.max(0));
+        let (r, b) = ((self.x + self.w).min(width), (self.y + self.h).min(height));
+        (r > x && b > y).then_some(Region { x, y, w: r - x, h: b - y })
+    }
+}
+
+/// Merges overlapping regions (repeatedly, so chains merge too) after clipping them to the image.
+pub fn merge_regions(regions: &[Region], width: i64, height: i64) -> Vec<Region> {
+    let mut out: Vec<Region> = regions.iter().filter_map(|r| r.clip(width, height)).collect();
+    loop {
+        let mut merged = false;
+        'scan: for i in 0..out.len() {
+            for j in i + 1..out.len() {
+                if out[i].overlaps(&out[j]) {
+                    out[i] = out[i].union(&out[j]);
+                    out.remove(j);
+                    merged = true;
+                    break 'scan;
+                }
+            }
+        }
+        if !merged {
+            return out;
+        }
+    }
+}
+
+/// What the attack did to one region.
+#[derive(Debug, Clone)]
+pub struct RegionReport {
+    pub region: Region,
+    /// Per generator: `MSE(G(x_adv), G(x))` averaged over its attacked conditions, on the final
+    /// quantized pixels, no transform.
+    pub losses: Vec<(String, f64)>,
+}
+
+/// Small deterministic generator (SplitMix64) for the random start and the spread draws, so a seed
+/// reproduces a run exactly on the CPU.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0,1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    /// `[1,3,h,w]` uniform in [-eps, eps].
+    fn uniform(&mut self, shape: [i64; 4], eps: f64) -> Tensor {
+        let n: i64 = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| ((self.unit() * 2.0 - 1.0) * eps) as f32).collect();
+        Tensor::from_slice(&v).view(shape)
+    }
+}
+
+/// A feather mask `[1,1,h,w]` in [0,1]: 1 inside, falling linearly to 0 over `feather` × the shorter
+/// side at each edge (0 = no feathering).
+pub fn feather_mask(h: i64, w: i64, feather: f64, device: Device) -> Tensor {
+    let ramp = |len: i64| {
+        let band = (feather * h.min(w) as f64).max(1e-6);
+        let v: Vec<f32> = (0..len)
+            .map(|i| {
+                let d = (i.min(len - 1 - i) as f64 + 0.5) / band;
+                d.min(1.0) as f32
+            })
+            .collect();
+        Tensor::from_slice(&v)
+    };
+    (ramp(h).view([h, 1]) * ramp(w).view([1, w])).view([1, 1, h, w]).to_device(device)
+}
+
+/// `[3,H,W]` uint8 → `[1,3,H,W]` float in [-1,1] on `device`.
+pub fn to_unit(pixels: &Tensor, device: Device) -> Tensor {
+    (pixels.to_device(device).to_kind(Kind::Float) / 127.5 - 1.0).unsqueeze(0)
+}
+
+/// Largest change in 8-bit levels that stays within ε after rounding.
+pub fn max_levels(epsilon: f64) -> i64 {
+    (epsilon * 127.5 + 1e-9).floor() as i64
+}
+
+/// PGD on one region. `x: [1,3,h,w] in [-1,1]` on the ensemble's device; `mask: [1,1,h,w]` (feather).
+/// Returns `x_adv` in the same layout (not yet quantized).
+pub fn attack(
+    ensemble: &Ensemble,
+    x: &Tensor,
+    mask: &Tensor,
+    params: &Params,
+    rng: &mut Rng,
+) -> Result<Tensor, ProtectError> {
+    let eps = params.epsilon;
+    let size = x.size();
+    let dev = x.device();
+    // Clean outputs per generator: G(resize(x), c) for all its attacked conditions, [K,3,S,S].
+    let targets: Vec<Tensor> =
+        tch::no_grad(|| ensemble.generators.iter().map(|g| g.forward_all(x)).collect::<Result<_, _>>())?;
+    // Random start in the ε-ball: at x_adv = x the loss gradient is exactly zero.
+    let mut delta = rng.uniform([size[0], size[1], size[2], size[3]], eps).to_device(dev);
+    let spread = &params.spread;
+    let mut norms: Vec<Option<f64>> = vec![None; ensemble.generators.len()];
+    for step in 0..params.iterations {
+        let t = if spread.is_empty() { Transform::Identity } else { spread[rng.below(spread.len())] };
+        let d = delta.detach().set_requires_grad(true);
+        let x_adv = (x + &d * mask).clamp(-1.0, 1.0);
+        let mut total: Option<Tensor> = None;
+        for (i, g) in ensemble.generators.iter().enumerate() {
+            let loss = match params.mode {
+                Mode::Joint => g.loss_all(&x_adv, &targets[i], t)?,
+                Mode::Iterative => {
+                    let k = step as usize % g.condition_count();
+                    g.loss_one(&x_adv, &targets[i], k, t)?
+                }
+            };
+            // Normalize by the loss at the random start so no generator dominates.
+            let norm = *norms[i].get_or_insert_with(|| loss.double_value(&[]).max(1e-8));
+            let term = loss * (g.weight / norm);
+            total = Some(match total {
+                Some(acc) => acc + term,
+                None => term,
+            });
+        }
+        let Some(total) = total else { break };
+        total.backward();
+        let grad = d.grad();
+        delta = tch::no_grad(|| {
+            let stepped = d.detach() + grad.sign() * params.step;
+            stepped.clamp(-eps, eps)
+        });
+    }
+    Ok(tch::no_grad(|| (x + &delta * mask).clamp(-1.0, 1.0)))
+}
+
+/// Protects the given face regions of an image. `pixels: [3,H,W]` uint8 (CPU, upright). Returns the
+/// protected pixels (same layout) and one report per merged region.
+pub fn protect_pixels(
+    ensemble: &Ensemble,
+    pixels: &Tensor,
+    regions: &[Region],
+    params: &Params,
+    rng: &mut Rng,
+) -> Result<(Tensor, Vec<RegionReport>), ProtectError> {
+    let size = pixels.size();
+    if size.len() != 3 || size[0] != 3 || pixels.kind() != Kind::Uint8 {
+        return Err(ProtectError::BadImage(size));
+    }
+    let (height, width) = (size[1], size[2]);
+    let out = pixels.copy();
+    let mut reports = Vec::new();
+    let levels = max_levels(params.epsilon) as f64;
+    for region in merge_regions(regions, width, height) {
+        let crop_u8 = pixels.narrow(1, region.y, region.h).narrow(2, region.x, region.w);
+        let x = to_unit(&crop_u8, ensemble.device);
+        let mask = feather_mask(region.h, region.w, params.feather, ensemble.device);
+        let x_adv = attack(ensemble, &x, &mask, params, rng)?;
+        // Quantize: whole 8-bit levels, at most floor(ε·127.5) away from the original byte.
+        let protected = tch::no_grad(|| {
+            let delta = ((&x_adv - &x) * 127.5).round().clamp(-levels, levels);
+            let orig = crop_u8.to_device(ensemble.device).to_kind(Kind::Float).unsqueeze(0);
+            (orig + delta).clamp(0.0, 255.0).squeeze_dim(0).to_kind(Kind::Uint8).to_device(Device::Cpu)
+        });
+        let losses = tch::no_grad(|| ensemble.disruption(&x, &to_unit(&protected, ensemble.device)))?;
+        out.narrow(1, region.y, region.h).narrow(2, region.x, region.w).copy_(&protected);
+        reports.push(RegionReport { region, losses });
+    }
+    Ok((out, reports))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_merge_when_they_overlap_and_clip_to_the_image() {
+        let r = |x, y, w, h| Region { x, y, w, h };
+        let merged =
+            merge_regions(&[r(0, 0, 10, 10), r(50, 50, 10, 10), r(8, 8, 10, 10), r(17, 17, 5, 5)], 100, 100);
+        assert_eq!(merged, [r(0, 0, 22, 22), r(50, 50, 10, 10)]);
+        assert_eq!(merge_regions(&[r(-5, 90, 20, 20)], 100, 100), [r(0, 90, 15, 10)]);
+        assert!(merge_regions(&[r(200, 200, 5, 5)], 100, 100).is_empty());
+    }
+
+    #[test]
+    fn feather_mask_is_one_inside_and_falls_to_the_edges() {
+        let m = feather_mask(40, 40, 0.1, Device::Cpu);
+        assert_eq!(m.double_value(&[0, 0, 20, 20]), 1.0);
+        let corner = m.double_value(&[0, 0, 0, 0]);
+        assert!(corner > 0.0 && corner < 0.1, "{corner}");
+        assert_eq!(feather_mask(8, 8, 0.0, Device::Cpu).min().double_value(&[]), 1.0);
+    }
+
+    #[test]
+    fn max_levels_matches_the_paper_epsilon() {
+        assert_eq!(max_levels(0.05), 6); // 6 / 127.5 = 0.047 <= 0.05
+        assert_eq!(max_levels(8.0 / 127.5), 8);
+    }
+
+    #[test]
+    fn rng_is_reproducible() {
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        assert_eq!(
+            (0..5).map(|_| a.next_u64()).collect::<Vec<_>>(),
+            (0..5).map(|_| b.next_u64()).collect::<Vec<_>>()
+        );
+        assert!((0..1000).map(|_| a.unit()).all(|u| (0.0..1.0).contains(&u)));
+    }
+}

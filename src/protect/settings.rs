@@ -1,0 +1,235 @@
+//! The `[protect]` configuration section, its presets, and the resolved attack parameters.
+
+use std::{collections::BTreeMap, fmt, str::FromStr};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::spread::{self, Family, Transform, Width};
+
+/// `[protect]` in the configuration. The preset gives every parameter; a key set here overrides it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtectConfig {
+    pub preset: Preset,
+    /// L∞ bound in [-1,1] pixel space (0.05 ≈ 6 of 255 levels).
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "epsilon")]
+    pub epsilon: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "step")]
+    pub step: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "iterations")]
+    pub iterations: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Vec<Family>>,
+    /// Fixes the random start and the spread draws; unset, every run draws afresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Width of the perturbation's fade-out at a face region's edge, as a fraction of its shorter side.
+    #[serde(deserialize_with = "feather")]
+    pub feather: f64,
+    pub no_face: NoFace,
+    /// Loss weight per generator name (default 1.0).
+    #[serde(deserialize_with = "weights")]
+    pub weights: BTreeMap<String, f64>,
+}
+
+impl Default for ProtectConfig {
+    fn default() -> Self {
+        ProtectConfig {
+            preset: Preset::Balanced,
+            epsilon: None,
+            step: None,
+            iterations: None,
+            mode: None,
+            spread: None,
+            seed: None,
+            feather: 0.1,
+            no_face: NoFace::Copy,
+            weights: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Fast,
+    Balanced,
+    Strong,
+}
+
+impl FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fast" => Ok(Preset::Fast),
+            "balanced" => Ok(Preset::Balanced),
+            "strong" => Ok(Preset::Strong),
+            _ => Err(format!("unknown preset {s:?}: expected fast, balanced or strong")),
+        }
+    }
+}
+
+impl fmt::Display for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Preset::Fast => "fast",
+            Preset::Balanced => "balanced",
+            Preset::Strong => "strong",
+        })
+    }
+}
+
+/// Class-transferable variants: `joint` sums the losses of all attacked conditions each step (one
+/// batched pass); `iterative` cycles through them, one per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Joint,
+    Iterative,
+}
+
+/// What to do with a photo in which no face was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoFace {
+    /// Write an unchanged copy (metadata kept) and report it.
+    Copy,
+    /// Write nothing and report it.
+    Skip,
+    /// Attack the whole image as one region.
+    Whole,
+}
+
+/// Everything one attack needs, resolved from a preset and overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    pub epsilon: f64,
+    pub step: f64,
+    pub iterations: u32,
+    pub mode: Mode,
+    pub spread: Vec<Transform>,
+    pub feather: f64,
+}
+
+impl Params {
+    pub fn preset(preset: Preset) -> Params {
+        use Family::*;
+        let (step, iterations, families, width): (f64, u32, &[Family], Width) = match preset {
+            Preset::Fast => (0.02, 5, &[Identity, Gaussian, Jpeg], Width::Paper),
+            Preset::Balanced => (0.01, 10, &[Identity, Gaussian, Box, Resize, Jpeg], Width::Paper),
+            Preset::Strong => (0.01, 30, &[Identity, Gaussian, Box, Resize, Jpeg], Width::Wide),
+        };
+        Params {
+            epsilon: 0.05,
+            step,
+            iterations,
+            mode: Mode::Joint,
+            spread: spread::spread(families, width),
+            feather: 0.1,
+        }
+    }
+}
+
+impl ProtectConfig {
+    /// The parameters in effect: `preset` (or the configured one) with this section's overrides.
+    pub fn params(&self, preset: Option<Preset>) -> Params {
+        let preset = preset.unwrap_or(self.preset);
+        let mut p = Params::preset(preset);
+        if let Some(e) = self.epsilon {
+            p.epsilon = e;
+        }
+        if let Some(s) = self.step {
+            p.step = s;
+        }
+        if let Some(i) = self.iterations {
+            p.iterations = i;
+        }
+        if let Some(m) = self.mode {
+            p.mode = m;
+        }
+        if let Some(families) = &self.spread {
+            let width = if preset == Preset::Strong { Width::Wide } else { Width::Paper };
+            p.spread = spread::spread(families, width);
+        }
+        p.feather = self.feather;
+        p
+    }
+
+    /// The configured seed, or a fresh one.
+    pub fn seed(&self) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        self.seed.unwrap_or_else(|| std::collections::hash_map::RandomState::new().build_hasher().finish())
+    }
+}
+
+fn bounded<'de, D: Deserializer<'de>>(d: D, lo: f64, hi: f64, what: &str) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() && v > lo && v <= hi {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!("{what} must be in ({lo}, {hi}], got {v}")))
+    }
+}
+
+fn epsilon<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    bounded(d, 0.0, 1.0, "epsilon").map(Some)
+}
+
+fn step<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    bounded(d, 0.0, 1.0, "step").map(Some)
+}
+
+fn iterations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let v = u32::deserialize(d)?;
+    if (1..=1000).contains(&v) {
+        Ok(Some(v))
+    } else {
+        Err(serde::de::Error::custom(format!("iterations must be between 1 and 1000, got {v}")))
+    }
+}
+
+fn feather<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if (0.0..=0.5).contains(&v) {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!("feather must be between 0 and 0.5, got {v}")))
+    }
+}
+
+fn weights<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    let w = BTreeMap::<String, f64>::deserialize(d)?;
+    match w.iter().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+        Some((k, v)) => {
+            Err(serde::de::Error::custom(format!("weight of {k} must be a number >= 0, got {v}")))
+        }
+        None => Ok(w),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balanced_is_the_paper() {
+        let p = ProtectConfig::default().params(None);
+        assert_eq!((p.epsilon, p.step, p.iterations, p.mode), (0.05, 0.01, 10, Mode::Joint));
+        // The paper's blurs are all in the spread, with identity.
+        for t in [Transform::Identity, Transform::Gaussian { sigma: 1.5 }, Transform::Box { k: 9 }] {
+            assert!(p.spread.contains(&t), "{t}");
+        }
+        assert!(p.spread.iter().any(|t| matches!(t, Transform::Jpeg { .. })));
+        assert!(p.spread.iter().any(|t| matches!(t, Transform::Resize { .. })));
+    }
+
+    #[test]
+    fn overrides_apply_on_top_of_any_preset() {
+        let c = ProtectConfig { iterations: Some(3), mode: Some(Mode::Iterative), ..Default::default() };
+        let p = c.params(Some(Preset::Strong));
+        assert_eq!((p.iterations, p.mode), (3, Mode::Iterative));
+        assert!(Params::preset(Preset::Strong).spread.len() > Params::preset(Preset::Balanced).spread.len());
+    }
+}

@@ -1,0 +1,289 @@
+//! Spread-spectrum transforms: each PGD step passes the adversarial image through one transform drawn
+//! from a spread, so the perturbation survives what a deepfake tool or a messaging app does to a photo
+//! first (blur, resize, JPEG). Every transform here is differentiable and keeps shape and range:
+//! `[N,3,S,S] in [-1,1] -> [N,3,S,S] in [-1,1]`.
+//!
+//! The same code serves as the *defenses* in `veil eval` and the tests (Gaussian blur k11 σ1.5 is the
+//! paper's defense).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// One transform, with its parameter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Transform {
+    Identity,
+    /// Gaussian blur, kernel 11, standard deviation σ (pixels at the generator's input size).
+    Gaussian {
+        sigma: f64,
+    },
+    /// Box blur of side k (odd).
+    Box {
+        k: i64,
+    },
+    /// Downscale by `factor` (antialiased) and back up (bilinear).
+    Resize {
+        factor: f64,
+    },
+    /// A differentiable approximation of JPEG at `quality`: 8×8 DCT of YCbCr, quantization by the
+    /// standard tables scaled to the quality, with a cubic rounding surrogate.
+    Jpeg {
+        quality: u8,
+    },
+}
+
+impl fmt::Display for Transform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Transform::Identity => f.write_str("identity"),
+            Transform::Gaussian { sigma } => write!(f, "gaussian σ{sigma}"),
+            Transform::Box { k } => write!(f, "box {k}"),
+            Transform::Resize { factor } => write!(f, "resize ×{factor}"),
+            Transform::Jpeg { quality } => write!(f, "jpeg q{quality}"),
+        }
+    }
+}
+
+/// The families a spread may draw from (the config's `protect.spread`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Identity,
+    Gaussian,
+    Box,
+    Resize,
+    Jpeg,
+}
+
+/// How wide a spread is: `Paper` is the paper's blurs plus modest resize and JPEG; `Wide` (the strong
+/// preset) reaches further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    Paper,
+    Wide,
+}
+
+/// Every concrete transform of the given families, at the given width.
+pub fn spread(families: &[Family], width: Width) -> Vec<Transform> {
+    let wide = width == Width::Wide;
+    let mut out = Vec::new();
+    for family in families {
+        match family {
+            Family::Identity => out.push(Transform::Identity),
+            Family::Gaussian => {
+                let sigmas: &[f64] =
+                    if wide { &[1.0, 1.5, 2.0, 2.5, 3.0, 3.5] } else { &[1.0, 1.5, 2.0, 2.5, 3.0] };
+                out.extend(sigmas.iter().map(|&sigma| Transform::Gaussian { sigma }));
+            }
+            Family::Box => {
+                let ks: &[i64] = if wide { &[5, 7, 9, 11] } else { &[5, 7, 9] };
+                out.extend(ks.iter().map(|&k| Transform::Box { k }));
+            }
+            Family::Resize => {
+                let fs: &[f64] =
+                    if wide { &[0.4, 0.5, 0.6, 0.7, 0.8, 0.9] } else { &[0.5, 0.6, 0.7, 0.8, 0.9] };
+                out.extend(fs.iter().map(|&factor| Transform::Resize { factor }));
+            }
+            Family::Jpeg => {
+                let qs: &[u8] = if wide { &[50, 60, 70, 80, 90, 95] } else { &[60, 70, 80, 90, 95] };
+                out.extend(qs.iter().map(|&quality| Transform::Jpeg { quality }));
+            }
+        }
+    }
+    out
+}
+
+impl Transform {
+    /// Applies the transform to `x: [N,3,H,W] in [-1,1]` (differentiable).
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        match *self {
+            Transform::Identity => x.shallow_clone(),
+            Transform::Gaussian { sigma } => gaussian_blur(x, 11, sigma),
+            Transform::Box { k } => box_blur(x, k),
+            Transform::Resize { factor } => down_up(x, factor),
+            Transform::Jpeg { quality } => jpeg_approx(x, quality),
+        }
+    }
+}
+
+fn depthwise(x: &Tensor, kernel: &Tensor) -> Tensor {
+    // kernel [k,k] -> [3,1,k,k], applied per channel with reflection padding (no dark border).
+    let k = kernel.size()[0];
+    let w = kernel.to_kind(x.kind()).to_device(x.device()).view([1, 1, k, k]).repeat([3, 1, 1, 1]);
+    let p = k / 2;
+    let padded = x.reflection_pad2d([p, p, p, p]);
+    padded.conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 3)
+}
+
+pub fn gaussian_blur(x: &Tensor, k: i64, sigma: f64) -> Tensor {
+    let r = (k / 2) as f64;
+    let g: Vec<f32> =
+        (0..k).map(|i| (-((i as f64 - r).powi(2)) / (2.0 * sigma * sigma)).exp() as f32).collect();
+    let g = Tensor::from_slice(&g);
+    let g = &g / g.sum(Kind::Float);
+    let kernel = g.unsqueeze(1).matmul(&g.unsqueeze(0));
+    depthwise(x, &kernel)
+}
+
+pub fn box_blur(x: &Tensor, k: i64) -> Tensor {
+    let kernel = Tensor::ones([k, k], (Kind::Float, tch::Device::Cpu)) / (k * k) as f64;
+    depthwise(x, &kernel)
+}
+
+/// Antialiased resize of `[N,3,H,W]` to `h`×`w` (differentiable).
+pub fn resize(x: &Tensor, h: i64, w: i64) -> Tensor {
+    let size = x.size();
+    if size[2] == h && size[3] == w {
+        return x.shallow_clone();
+    }
+    x.internal_upsample_bilinear2d_aa([h, w], false, None, None)
+}
+
+fn down_up(x: &Tensor, factor: f64) -> Tensor {
+    let size = x.size();
+    let (h, w) = (size[2], size[3]);
+    let small =
+        resize(x, ((h as f64 * factor).round() as i64).max(1), ((w as f64 * factor).round() as i64).max(1));
+    small.upsample_bilinear2d([h, w], false, None, None)
+}
+
+/// The standard JPEG luminance and chrominance quantization tables (ITU T.81, Annex K).
+const Q_LUMA: [f32; 64] = [
+    16., 11., 10., 16., 24., 40., 51., 61., 12., 12., 14., 19., 26., 58., 60., 55., 14., 13., 16., 24., 40.,
+    57., 69., 56., 14., 17., 22., 29., 51., 87., 80., 62., 18., 22., 37., 56., 68., 109., 103., 77., 24.,
+    35., 55., 64., 81., 104., 113., 92., 49., 64., 78., 87., 103., 121., 120., 101., 72., 92., 95., 98.,
+    112., 100., 103., 99.,
+];
+const Q_CHROMA: [f32; 64] = [
+    17., 18., 24., 47., 99., 99., 99., 99., 18., 21., 26., 66., 99., 99., 99., 99., 24., 26., 56., 99., 99.,
+    99., 99., 99., 47., 66., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99.,
+    99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99., 99.,
+    99.,
+];
+
+/// libjpeg's scaling of the base tables for a quality 1..=100.
+fn quant_table(base: &[f32; 64], quality: u8) -> Vec<f32> {
+    let q = f32::from(quality.clamp(1, 100));
+    let scale = if q < 50.0 { 5000.0 / q } else { 200.0 - 2.0 * q };
+    base.iter().map(|&b| ((b * scale + 50.0) / 100.0).floor().clamp(1.0, 255.0)).collect()
+}
+
+/// The orthonormal 8×8 DCT-II matrix `D` (`D·X·Dᵀ` is the 2-D DCT of a block `X`).
+fn dct_matrix() -> Tensor {
+    let mut m = [0f32; 64];
+    for (k, row) in m.chunks_mut(8).enumerate() {
+        let a = if k == 0 { (1.0f64 / 8.0).sqrt() } else { (2.0f64 / 8.0).sqrt() };
+        for (n, v) in row.iter_mut().enumerate() {
+            *v = (a * ((std::f64::consts::PI * (2 * n + 1) as f64 * k as f64) / 16.0).cos()) as f32;
+        }
+    }
+    Tensor::from_slice(&m).view([8, 8])
+}
+
+/// Differentiable JPEG approximation (Shin & Song 2017): YCbCr, 8×8 DCT, quantize with
+/// `round(x) + (x − round(x))³`, dequantize, inverse DCT, back to RGB. No chroma subsampling (Veil writes
+/// 4:4:4). `x: [N,3,H,W] in [-1,1]`; H and W are padded to multiples of 8 by replication and cropped back.
+pub fn jpeg_approx(x: &Tensor, quality: u8) -> Tensor {
+    let (dev, size) = (x.device(), x.size());
+    let (n, h, w) = (size[0], size[2], size[3]);
+    let (ph, pw) = ((8 - h % 8) % 8, (8 - w % 8) % 8);
+    let x255 = (x + 1.0) * 127.5;
+    let x255 = if ph + pw > 0 { x255.replication_pad2d([0, pw, 0, ph]) } else { x255 };
+    let (hh, ww) = (h + ph, w + pw);
+    // RGB -> YCbCr (JFIF), centred on 0.
+    let rgb2ycc = Tensor::from_slice(&[
+        0.299f32, 0.587, 0.114, -0.168_736, -0.331_264, 0.5, 0.5, -0.418_688, -0.081_312,
+    ])
+    .view([3, 3])
+    .to_device(dev);
+    let ycc = x255.permute([0, 2, 3, 1]).matmul(&rgb2ycc.tr()).permute([0, 3, 1, 2]);
+    let offset = Tensor::from_slice(&[-128f32, 0.0, 0.0]).view([1, 3, 1, 1]).to_device(dev);
+    let ycc = ycc + &offset;
+    // [N,3,H,W] -> blocks [N,3,H/8,W/8,8,8]
+    let blocks = ycc.view([n, 3, hh / 8, 8, ww / 8, 8]).permute([0, 1, 2, 4, 3, 5]);
+    let d = dct_matrix().to_device(dev);
+    let coef = d.matmul(&blocks).matmul(&d.tr());
+    let ql = Tensor::from_slice(&quant_table(&Q_LUMA, quality)).view([8, 8]);
+    let qc = Tensor::from_slice(&quant_table(&Q_CHROMA, quality)).view([8, 8]);
+    let q = Tensor::stack(&[&ql, &qc, &qc], 0).view([1, 3, 1, 1, 8, 8]).to_device(dev);
+    let scaled = &coef / &q;
+    let rounded = scaled.round().detach();
+    let diff = &scaled - &rounded;
+    let approx = &rounded + &diff * &diff * &diff;
+    let coef = approx * &q;
+    let blocks = d.tr().matmul(&coef).matmul(&d);
+    let ycc = blocks.permute([0, 1, 2, 4, 3, 5]).reshape([n, 3, hh, ww]) - offset;
+    let ycc2rgb = Tensor::from_slice(&[1.0f32, 0.0, 1.402, 1.0, -0.344_136, -0.714_136, 1.0, 1.772, 0.0])
+        .view([3, 3])
+        .to_device(dev);
+    let rgb = ycc.permute([0, 2, 3, 1]).matmul(&ycc2rgb.tr()).permute([0, 3, 1, 2]);
+    let rgb = rgb.narrow(2, 0, h).narrow(3, 0, w);
+    (rgb / 127.5 - 1.0).clamp(-1.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn image() -> Tensor {
+        tch::manual_seed(1);
+        Tensor::rand([2, 3, 36, 36], (Kind::Float, Device::Cpu)) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn transforms_keep_shape_and_range() {
+        let x = image();
+        for t in spread(
+            &[Family::Identity, Family::Gaussian, Family::Box, Family::Resize, Family::Jpeg],
+            Width::Wide,
+        ) {
+            let y = t.apply(&x);
+            assert_eq!(y.size(), x.size(), "{t}");
+            assert!(
+                y.max().double_value(&[]) <= 1.0 + 1e-5 && y.min().double_value(&[]) >= -1.0 - 1e-5,
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn blurs_preserve_a_flat_image_and_smooth_noise() {
+        let flat = Tensor::full([1, 3, 20, 20], 0.3, (Kind::Float, Device::Cpu));
+        for t in
+            [Transform::Gaussian { sigma: 2.0 }, Transform::Box { k: 5 }, Transform::Resize { factor: 0.5 }]
+        {
+            let d = (t.apply(&flat) - &flat).abs().max().double_value(&[]);
+            assert!(d < 1e-5, "{t}: {d}");
+        }
+        let x = image();
+        let var = |t: &Tensor| t.var(true).double_value(&[]);
+        assert!(var(&gaussian_blur(&x, 11, 1.5)) < 0.3 * var(&x));
+    }
+
+    #[test]
+    fn jpeg_approximation_is_close_at_high_quality_and_lossy_at_low() {
+        let x = gaussian_blur(&image(), 11, 1.0); // photo-like: smooth
+        let err = |q| (jpeg_approx(&x, q) - &x).abs().mean(Kind::Float).double_value(&[]);
+        let (hi, lo) = (err(95), err(30));
+        assert!(hi < 0.01, "q95 error {hi}");
+        assert!(lo > hi, "q30 {lo} vs q95 {hi}");
+    }
+
+    #[test]
+    fn jpeg_approximation_passes_gradients() {
+        let x = image().set_requires_grad(true);
+        jpeg_approx(&x, 75).sum(Kind::Float).backward();
+        let g = x.grad();
+        assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn quant_tables_follow_libjpeg() {
+        assert_eq!(quant_table(&Q_LUMA, 50)[0], 16.0);
+        assert_eq!(quant_table(&Q_LUMA, 100)[0], 1.0);
+        assert_eq!(quant_table(&Q_LUMA, 75)[0], 8.0);
+    }
+}

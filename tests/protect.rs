@@ -1,0 +1,166 @@
+//! The protection engine on the tiny generator fixtures (`make test` trains them) and real CelebA
+//! faces: the ε bound after quantization, PGD against random noise, joint against single-condition
+//! attacks on the conditions the single attack never saw, and spread-spectrum against the paper's blur
+//! defense. Each comparison is averaged over several faces.
+
+use std::{collections::BTreeMap, path::Path};
+
+use tch::{Device, Kind, Tensor};
+use veil::{
+    models::Role,
+    protect::{self, spread::Transform, Ensemble, Params, Preset, Region, Rng},
+};
+
+fn fixtures() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/models");
+    assert!(dir.join("manifest.toml").is_file(), "{} is missing: run `make fixtures`", dir.display());
+    dir
+}
+
+fn ensemble() -> Ensemble {
+    // One intra-op thread: the tiny models gain nothing from more, and several tests run at once.
+    tch::set_num_threads(1);
+    Ensemble::load(&fixtures(), &[Role::Ensemble], Device::Cpu, &BTreeMap::new()).unwrap()
+}
+
+/// Up to `n` CelebA val photos as `[3,218,178]` uint8, or none when the data is absent.
+fn faces(n: usize) -> Vec<Tensor> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/celeba/val");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        println!("skipped: {} is not there", dir.display());
+        return Vec::new();
+    };
+    let mut paths: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    paths.sort();
+    paths.iter().take(n).map(|p| tch::vision::image::load(p).unwrap()).collect()
+}
+
+/// The aligned face of a CelebA photo: the central 178×178 square.
+const FACE: Region = Region { x: 0, y: 20, w: 178, h: 178 };
+
+fn protect(ens: &Ensemble, img: &Tensor, params: &Params, seed: u64) -> Tensor {
+    protect::protect_pixels(ens, img, &[FACE], params, &mut Rng::new(seed)).unwrap().0
+}
+
+fn unit_face(img: &Tensor) -> Tensor {
+    protect::to_unit(&img.narrow(1, FACE.y, FACE.h).narrow(2, FACE.x, FACE.w), Device::Cpu)
+}
+
+/// Mean over generators and conditions of the MSE an attacker applying `defense` sees.
+fn disruption(
+    ens: &Ensemble,
+    img: &Tensor,
+    prot: &Tensor,
+    defense: Transform,
+    conditions: std::ops::Range<usize>,
+) -> f64 {
+    let per = ens.mse_per_condition(&unit_face(img), &unit_face(prot), defense).unwrap();
+    let vals: Vec<f64> = per
+        .iter()
+        .flat_map(|(_, v)| if v.len() > 1 { v[conditions.clone()].to_vec() } else { v.clone() })
+        .collect();
+    vals.iter().sum::<f64>() / vals.len() as f64
+}
+
+fn params(spread: Vec<Transform>) -> Params {
+    Params { spread, ..Params::preset(Preset::Balanced) }
+}
+
+#[test]
+fn epsilon_bound_holds_exactly_after_quantization() {
+    let ens = ensemble();
+    for img in faces(3) {
+        let p = Params::preset(Preset::Balanced);
+        let prot = protect(&ens, &img, &p, 1);
+        let diff = (prot.to_kind(Kind::Int64) - img.to_kind(Kind::Int64)).abs();
+        let max = diff.max().int64_value(&[]);
+        assert!(max <= protect::max_levels(p.epsilon), "a byte moved by {max}");
+        assert!(max as f64 / 127.5 <= p.epsilon);
+        // Outside the face region nothing changes; inside, most pixels do.
+        assert_eq!(diff.narrow(1, 0, FACE.y).sum(Kind::Int64).int64_value(&[]), 0);
+        let inside =
+            diff.narrow(1, FACE.y, FACE.h).ne(0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!(inside > 0.5, "only {inside} of the face pixels changed");
+    }
+}
+
+#[test]
+fn same_seed_same_protection() {
+    let ens = ensemble();
+    let Some(img) = faces(1).pop() else { return };
+    let p = Params::preset(Preset::Fast);
+    assert!(protect(&ens, &img, &p, 5).equal(&protect(&ens, &img, &p, 5)));
+    assert!(!protect(&ens, &img, &p, 5).equal(&protect(&ens, &img, &p, 6)));
+}
+
+#[test]
+fn pgd_beats_random_noise_by_a_wide_margin() {
+    let ens = ensemble();
+    let imgs = faces(6);
+    let (mut pgd, mut noise) = (0.0, 0.0);
+    let levels = protect::max_levels(0.05);
+    for (i, img) in imgs.iter().enumerate() {
+        let prot = protect(&ens, img, &params(vec![Transform::Identity]), i as u64);
+        pgd += disruption(&ens, img, &prot, Transform::Identity, 0..5);
+        // ±ε noise: every face pixel moved by the full bound, random sign.
+        tch::manual_seed(i as i64);
+        let sign = Tensor::randint(2, [3, FACE.h, FACE.w], (Kind::Int64, Device::Cpu)) * 2 - 1;
+        let noisy = img.copy();
+        let mut face = noisy.narrow(1, FACE.y, FACE.h).narrow(2, FACE.x, FACE.w);
+        let moved = (face.to_kind(Kind::Int64) + sign * levels).clamp(0, 255).to_kind(Kind::Uint8);
+        face.copy_(&moved);
+        noise += disruption(&ens, img, &noisy, Transform::Identity, 0..5);
+    }
+    println!("mean MSE over {} faces: PGD {pgd:.5}, ±ε noise {noise:.5}", imgs.len());
+    assert!(pgd > 3.0 * noise, "PGD {pgd} vs noise {noise}");
+}
+
+#[test]
+fn joint_attack_beats_single_condition_attack_on_conditions_it_did_not_attack() {
+    let joint = ensemble();
+    let mut single = ensemble();
+    single.restrict_conditions(0..1);
+    let imgs = faces(6);
+    let (mut j, mut s) = (0.0, 0.0);
+    for (i, img) in imgs.iter().enumerate() {
+        let p = params(vec![Transform::Identity]);
+        // Judged by the full ensemble on conditions 1..5, which the single attack never saw.
+        j += disruption(&joint, img, &protect(&joint, img, &p, i as u64), Transform::Identity, 1..5);
+        s += disruption(&joint, img, &protect(&single, img, &p, i as u64), Transform::Identity, 1..5);
+    }
+    println!("unattacked conditions, mean MSE: joint {j:.5}, single {s:.5}");
+    assert!(j > s, "joint {j} vs single {s}");
+}
+
+#[test]
+fn iterative_mode_also_disrupts_every_condition() {
+    let ens = ensemble();
+    let Some(img) = faces(1).pop() else { return };
+    let p = Params { mode: protect::Mode::Iterative, ..params(vec![Transform::Identity]) };
+    let prot = protect(&ens, &img, &p, 3);
+    let per = ens.mse_per_condition(&unit_face(&img), &unit_face(&prot), Transform::Identity).unwrap();
+    for (name, v) in per {
+        assert!(v.iter().all(|m| *m > 0.0), "{name}: {v:?}");
+    }
+}
+
+#[test]
+fn spread_spectrum_beats_the_plain_attack_under_the_blur_defense() {
+    let ens = ensemble();
+    let imgs = faces(6);
+    let blur = Transform::Gaussian { sigma: 1.5 };
+    let (mut with, mut without) = (0.0, 0.0);
+    for (i, img) in imgs.iter().enumerate() {
+        let spread = Params::preset(Preset::Balanced).spread;
+        with += disruption(&ens, img, &protect(&ens, img, &params(spread), i as u64), blur, 0..5);
+        without += disruption(
+            &ens,
+            img,
+            &protect(&ens, img, &params(vec![Transform::Identity]), i as u64),
+            blur,
+            0..5,
+        );
+    }
+    println!("under Gaussian blur k11 σ1.5, mean MSE: spread {with:.5}, plain {without:.5}");
+    assert!(with > without, "spread {with} vs plain {without}");
+}
