@@ -26,6 +26,8 @@ pub struct Config {
     pub log: LogConfig,
     pub paths: PathsConfig,
     pub models: ModelsConfig,
+    /// Decoding and writing photos: limits, metadata, JPEG settings.
+    pub imageio: crate::imageio::Settings,
     /// Folders `veild` watches, each with the folder protected copies go to.
     pub folders: Vec<FolderConfig>,
 }
@@ -72,6 +74,9 @@ pub struct FolderConfig {
     pub path: PathBuf,
     /// Where protected copies are written.
     pub output: PathBuf,
+    /// The format protected copies are written in; `None`: the format of each source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::imageio::Format>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +84,8 @@ pub struct FolderConfig {
 struct RawFolder {
     path: PathBuf,
     output: PathBuf,
+    #[serde(default)]
+    format: Option<crate::imageio::Format>,
 }
 
 impl TryFrom<RawFolder> for FolderConfig {
@@ -94,7 +101,7 @@ impl TryFrom<RawFolder> for FolderConfig {
                 raw.path.display()
             ));
         }
-        Ok(FolderConfig { path: raw.path, output: raw.output })
+        Ok(FolderConfig { path: raw.path, output: raw.output, format: raw.format })
     }
 }
 
@@ -105,9 +112,11 @@ impl Default for Config {
             log: LogConfig::default(),
             paths: PathsConfig::default(),
             models: ModelsConfig::default(),
+            imageio: crate::imageio::Settings::default(),
             folders: vec![FolderConfig {
                 path: PathBuf::from("~/Pictures/Veil/To-Share"),
                 output: PathBuf::from("~/Pictures/Veil/Protected"),
+                format: None,
             }],
         }
     }
@@ -287,10 +296,11 @@ impl Config {
             log: self.log.clone(),
             paths: PathsConfig { state_dir: Some(state_dir), socket: Some(socket) },
             models: ModelsConfig { dir: Some(models_dir) },
+            imageio: self.imageio.clone(),
             folders: self
                 .folders
                 .iter()
-                .map(|f| FolderConfig { path: home(&f.path), output: home(&f.output) })
+                .map(|f| FolderConfig { path: home(&f.path), output: home(&f.output), format: f.format })
                 .collect(),
         }
     }
@@ -446,6 +456,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn imageio_settings_and_folder_format() {
+        let c = parse(
+            "[imageio]\nmetadata = \"keep-no-gps\"\njpeg_quality = 90\njpeg_chroma = \"420\"\n\n\
+             [[folders]]\npath = \"/a\"\noutput = \"/b\"\nformat = \"png\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.imageio.metadata, crate::imageio::MetadataPolicy::KeepNoGps);
+        assert_eq!(c.imageio.jpeg_quality.get(), 90);
+        assert_eq!(c.imageio.jpeg_chroma, crate::imageio::Chroma::Half);
+        assert_eq!(c.folders[0].format, Some(crate::imageio::Format::Png));
+        let msg = parse("[imageio]\n\njpeg_quality = 101\n").unwrap_err().to_string();
+        assert!(msg.contains("line 3") && msg.contains("`imageio.jpeg_quality`"), "{msg}");
+        let msg = parse("[imageio]\nmetadata = \"some\"\n").unwrap_err().to_string();
+        assert!(msg.contains("line 2") && msg.contains("`imageio.metadata`"), "{msg}");
     }
 
     #[test]
