@@ -701,6 +701,10 @@ fn prepare_exif(blob: &[u8], s: &Settings, stored: &DynamicImage, max_len: usize
         tracing::info!("removed the GPS IFD (imageio.metadata = \"keep-no-gps\")");
     }
     match tiffmeta::thumbnail(&blob) {
+        (_, Some(th)) if !blob[th.offset..th.offset + th.len].starts_with(&[0xFF, 0xD8]) => {
+            // Empty or not a JPEG: no viewer shows it, and it holds no picture to replace.
+            tracing::debug!(len = th.len, "the EXIF thumbnail pointer leads to no JPEG; kept as it is");
+        }
         (_, Some(th)) => {
             let old = &blob[th.offset..th.offset + th.len];
             let (tw, th_h) =
@@ -715,10 +719,17 @@ fn prepare_exif(blob: &[u8], s: &Settings, stored: &DynamicImage, max_len: usize
                 tiffmeta::drop_thumbnail(&mut blob);
             }
         }
-        (true, None) => {
-            tracing::info!("dropped the EXIF IFD1 (a thumbnail Veil cannot regenerate)");
-            tiffmeta::drop_thumbnail(&mut blob);
-        }
+        (true, None) => match tiffmeta::raw_thumbnail(&blob) {
+            Some(raw) => {
+                let small = stored.thumbnail_exact(raw.width, raw.height).into_rgb8();
+                let len = small.as_raw().len();
+                blob[raw.offset..raw.offset + len].copy_from_slice(small.as_raw());
+            }
+            None => {
+                tracing::info!("dropped the EXIF IFD1 (a thumbnail Veil cannot regenerate)");
+                tiffmeta::drop_thumbnail(&mut blob);
+            }
+        },
         (false, None) => {}
     }
     (blob.len() <= max_len).then_some(blob)

@@ -209,6 +209,38 @@ pub fn thumbnail(blob: &[u8]) -> (bool, Option<Thumbnail>) {
     (true, Some(Thumbnail { offset, len, len_entry: l.pos }))
 }
 
+/// An uncompressed 8-bit RGB thumbnail in IFD1, in one strip: where its bytes are and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawThumbnail {
+    pub offset: usize,
+    pub width: u32,
+    pub height: u32,
+}
+
+pub fn raw_thumbnail(blob: &[u8]) -> Option<RawThumbnail> {
+    let t = Tiff::new(blob)?;
+    let ifd1 = t.ifd1()?;
+    let get = |tag| t.find(&ifd1, tag).and_then(|e| t.scalar(&e));
+    let count = |tag| t.find(&ifd1, tag).map(|e| e.count);
+    let (width, height) = (get(256)?, get(257)?);
+    let uncompressed_rgb = get(259)? == 1 && get(262)? == 2 && get(277).unwrap_or(3) == 3;
+    let chunky = get(284).unwrap_or(1) == 1;
+    let eight_bits = t
+        .find(&ifd1, 258)
+        .is_none_or(|e| (0..e.count as usize).all(|k| t.u16_at(e.value_pos + 2 * k) == Some(8)));
+    let len = (width as usize).checked_mul(height as usize)?.checked_mul(3)?;
+    let offset = get(273)? as usize;
+    let fits = count(273)? == 1 && count(279)? == 1 && get(279)? as usize == len;
+    (uncompressed_rgb
+        && chunky
+        && eight_bits
+        && fits
+        && offset.checked_add(len)? <= blob.len()
+        && width > 0
+        && height > 0)
+        .then_some(RawThumbnail { offset, width, height })
+}
+
 /// Unlinks IFD1 from IFD0 and zeroes the old thumbnail's bytes (a copy of the unprotected photo).
 pub fn drop_thumbnail(blob: &mut [u8]) {
     let Some(t) = Tiff::new(blob) else { return };
@@ -451,6 +483,34 @@ mod tests {
     }
 
     #[test]
+    fn finds_an_uncompressed_thumbnail() {
+        let le = false;
+        let mut b = header(le);
+        let p0 = write_ifd(&mut b, &[], le, &mut Vec::new());
+        set_ifd0(&mut b, p0, le);
+        let short = |v: u16| OutValue::Bytes(v.to_be_bytes().to_vec());
+        let ifd1 = vec![
+            OutEntry { tag: 256, typ: 3, count: 1, value: short(4) },
+            OutEntry { tag: 257, typ: 3, count: 1, value: short(2) },
+            OutEntry { tag: 258, typ: 3, count: 3, value: OutValue::Bytes(vec![0, 8, 0, 8, 0, 8]) },
+            OutEntry { tag: 259, typ: 3, count: 1, value: short(1) },
+            OutEntry { tag: 262, typ: 3, count: 1, value: short(2) },
+            OutEntry { tag: 273, typ: 4, count: 1, value: OutValue::Offsets(vec![0]) },
+            OutEntry { tag: 279, typ: 3, count: 1, value: short(24) },
+        ];
+        let mut arrays = Vec::new();
+        let p1 = write_ifd(&mut b, &ifd1, le, &mut arrays);
+        let next = Tiff::new(&b).unwrap().ifd(p0).unwrap().next_ptr_pos;
+        set_u32(&mut b, next, p1 as u32, le);
+        let at = b.len();
+        set_u32(&mut b, arrays[0].1, at as u32, le);
+        b.extend_from_slice(&[9; 24]);
+        assert_eq!(raw_thumbnail(&b), Some(RawThumbnail { offset: at, width: 4, height: 2 }));
+        b.truncate(b.len() - 1);
+        assert_eq!(raw_thumbnail(&b), None);
+    }
+
+    #[test]
     fn garbage_is_not_a_panic() {
         for blob in [&b""[..], b"II*\0", b"II*\0\xff\xff\xff\xff", b"MM\0*\0\0\0\x08\xff\xff"] {
             assert_eq!(orientation(blob), None);
@@ -458,6 +518,7 @@ mod tests {
             assert!(!remove_gps(&mut v));
             drop_thumbnail(&mut v);
             assert!(thumbnail(blob).1.is_none());
+            assert!(raw_thumbnail(blob).is_none());
         }
     }
 }
