@@ -24,7 +24,7 @@ pub fn resolve_in_folder(folder: &Path, path: &Path) -> Result<PathBuf, ImageErr
 /// Reads `file` (which `shown` names in errors): opened read-only, without following a symbolic
 /// link, not blocking on a FIFO; checked to be a regular file no larger than `max` before reading.
 /// Returns the bytes and the file's (device, inode).
-pub fn read_source(shown: &Path, file: &Path, max: u64) -> Result<(Vec<u8>, Option<(u64, u64)>), ImageError> {
+pub fn read_source(shown: &Path, file: &Path, max: u64) -> Result<(Vec<u8>, FileId), ImageError> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -54,6 +54,9 @@ pub fn read_source(shown: &Path, file: &Path, max: u64) -> Result<(Vec<u8>, Opti
     Ok((bytes, Some((meta.dev(), meta.ino()))))
 }
 
+/// A file's (device, inode), which tells the source apart from any output.
+pub type FileId = Option<(u64, u64)>;
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn is_disk_full(e: &io::Error) -> bool {
@@ -80,7 +83,7 @@ pub fn write_atomic(
     name: &str,
     bytes: &[u8],
     replace: bool,
-    source: Option<(u64, u64)>,
+    source: FileId,
 ) -> Result<PathBuf, ImageError> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}

@@ -224,7 +224,7 @@ pub struct Photo {
     deep: Option<ImageBuffer<Rgb<u16>, Vec<u16>>>,
     /// The upright size, which the new pixels must keep.
     size: (u32, u32),
-    source_id: Option<(u64, u64)>,
+    source_id: fsio::FileId,
 }
 
 /// Metadata pulled out of the source.
@@ -732,7 +732,11 @@ fn prepare_exif(blob: &[u8], s: &Settings, stored: &DynamicImage, max_len: usize
         },
         (false, None) => {}
     }
-    (blob.len() <= max_len).then_some(blob)
+    if blob.len() > max_len {
+        tracing::warn!(bytes = blob.len(), "dropped the EXIF block: too large for the output format");
+        return None;
+    }
+    Some(blob)
 }
 
 fn fit(w: u32, h: u32, max: u32) -> (u32, u32) {

@@ -92,8 +92,8 @@ pub fn splice(
         flags |= 0x04;
     }
     let mut vp8x = vec![flags, 0, 0, 0];
-    vp8x.extend_from_slice(&(width - 1).to_le_bytes()[..3]);
-    vp8x.extend_from_slice(&(height - 1).to_le_bytes()[..3]);
+    vp8x.extend_from_slice(&width.saturating_sub(1).to_le_bytes()[..3]);
+    vp8x.extend_from_slice(&height.saturating_sub(1).to_le_bytes()[..3]);
     let mut body = b"WEBP".to_vec();
     put_chunk(&mut body, b"VP8X", &vp8x);
     for (k, d) in carried.iter().filter(|(k, _)| k == b"ICCP") {
