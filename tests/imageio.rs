@@ -369,14 +369,14 @@ fn symlink_out_of_the_watched_folder_is_refused() {
     assert_eq!(imageio::read(&target, &settings).unwrap().pixels, img);
 }
 
-/// Mounts a tmpfs of `size` on a fresh folder; `None` (with the reason) where that is impossible.
-fn small_fs(size: &str) -> Result<(tempfile::TempDir, Unmount), String> {
+/// Mounts a tmpfs with `options` on a fresh folder; `Err` (with the reason) where that is impossible.
+fn small_fs(options: &str) -> Result<(tempfile::TempDir, Unmount), String> {
     if unsafe_geteuid() != 0 {
         return Err("not running as root, so no tmpfs can be mounted".into());
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
         .arg(dir.path())
         .output()
         .map_err(|e| format!("cannot run mount: {e}"))?;
@@ -402,7 +402,7 @@ fn unsafe_geteuid() -> u32 {
 
 #[test]
 fn disk_full_leaves_no_partial_file() {
-    let (dir, _unmount) = match small_fs("64k") {
+    let (dir, _unmount) = match small_fs("size=64k") {
         Ok(v) => v,
         Err(reason) => {
             println!("SKIPPED disk_full_leaves_no_partial_file: {reason}");
@@ -431,6 +431,26 @@ fn disk_full_leaves_no_partial_file() {
     small.save(&small_src).unwrap();
     let photo = imageio::read(&small_src, &Settings::default()).unwrap();
     imageio::write(&photo, dir.path(), "small.png", None, &Settings::default()).unwrap();
+}
+
+#[test]
+fn read_only_output_directory_is_a_clear_error() {
+    let (dir, _unmount) = match small_fs("ro,size=64k") {
+        Ok(v) => v,
+        Err(reason) => {
+            println!("SKIPPED read_only_output_directory_is_a_clear_error: {reason}");
+            return;
+        }
+    };
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("a.png");
+    image::RgbImage::from_pixel(4, 4, image::Rgb([9, 9, 9])).save(&src).unwrap();
+    let photo = imageio::read(&src, &Settings::default()).unwrap();
+    let err = imageio::write(&photo, dir.path(), "a.png", None, &Settings::default()).unwrap_err();
+    assert!(matches!(err, ImageError::OutputDirNotWritable { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&*dir.path().to_string_lossy()) && msg.contains("not writable"), "{msg}");
+    assert!(msg.to_lowercase().contains("read-only"), "{msg}");
 }
 
 #[test]

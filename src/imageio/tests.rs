@@ -218,6 +218,38 @@ fn truncated_jpeg_is_a_clear_error() {
 }
 
 #[test]
+fn progressive_jpeg_and_grey_png_read_and_write() {
+    let d = tempfile::tempdir().unwrap();
+    let img = gradient(40, 24);
+    let mut prog = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut prog, 90);
+    enc.set_progressive(true);
+    enc.encode(img.as_raw(), 40, 24, jpeg_encoder::ColorType::Rgb).unwrap();
+    assert!(jpeg::parse(&prog).unwrap().frame.unwrap().progressive);
+    let photo = decode_bytes(Path::new("p.jpg"), prog, &Settings::default()).unwrap();
+    assert_eq!(photo.pixels.dimensions(), (40, 24));
+    let w = write(&photo, d.path(), "p.jpg", None, &Settings::default()).unwrap();
+    assert_eq!(image::image_dimensions(&w.path).unwrap(), (40, 24));
+
+    let grey = DynamicImage::ImageLuma8(ImageBuffer::from_fn(20, 10, |x, y| Luma([(x * 10 + y) as u8])));
+    let photo = decode_bytes(Path::new("g.png"), png_file(&grey, &[]), &Settings::default()).unwrap();
+    let w = write(&photo, d.path(), "g.png", None, &Settings::default()).unwrap();
+    // Lossless: the grey values come back exactly (as RGB).
+    assert_eq!(image::open(&w.path).unwrap().to_luma8(), grey.to_luma8());
+}
+
+#[test]
+fn twelve_bit_jpeg_is_a_clear_error() {
+    let mut data = camera_jpeg(&gradient(16, 16), 1);
+    let l = jpeg::parse(&data).unwrap();
+    let sof = l.segments.iter().find(|s| s.marker == 0xC0).unwrap().payload.start;
+    data[sof] = 12;
+    let err = decode_bytes(Path::new("deep.jpg"), data, &Settings::default()).unwrap_err();
+    assert!(matches!(err, ImageError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().starts_with("deep.jpg: unsupported format: 12-bit JPEG"), "{err}");
+}
+
+#[test]
 fn limits_are_checked_from_the_header() {
     // A 100000×100000 PNG in a few dozen bytes: rejected before any pixel buffer exists.
     let mut bomb = png::SIGNATURE.to_vec();
