@@ -98,8 +98,10 @@ pub fn write_atomic(
         }
         Err(source) => return Err(ImageError::OutputDirNotWritable { dir: dir.into(), source }),
     }
+    // Short enough for any file system's name limit, whatever the length of `name`.
+    let short: String = name.chars().take(64).collect();
     let tmp = dir.join(format!(
-        ".{name}.veil-{}-{}.tmp",
+        ".{short}.veil-{}-{}.tmp",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
@@ -222,6 +224,13 @@ mod tests {
         assert_eq!(std::fs::read(&a).unwrap(), b"three");
         let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn long_names_get_a_short_temporary_name() {
+        let d = tempfile::tempdir().unwrap();
+        let name = format!("{}.jpg", "é".repeat(120));
+        assert_eq!(write_atomic(d.path(), &name, b"x", false, None).unwrap(), d.path().join(&name));
     }
 
     #[test]

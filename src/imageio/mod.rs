@@ -195,6 +195,8 @@ pub enum ImageError {
     PixelSize { path: PathBuf, got_w: u32, got_h: u32, want_w: u32, want_h: u32 },
     #[error("{}: cannot encode {format}: {message}", path.display())]
     Encode { path: PathBuf, format: Format, message: String },
+    #[error("{name:?} is not a plain file name for an output file")]
+    BadName { name: String },
     #[error("output directory {} does not exist", dir.display())]
     OutputDirMissing { dir: PathBuf },
     #[error("output directory {} is not writable: {source}", dir.display())]
@@ -599,6 +601,11 @@ pub fn write(
     settings: &Settings,
 ) -> Result<Written, ImageError> {
     let format = format.unwrap_or(photo.format);
+    let plain =
+        Path::new(file_name).file_name().is_some_and(|n| n == file_name) && !file_name.starts_with('.');
+    if !plain {
+        return Err(ImageError::BadName { name: file_name.to_string() });
+    }
     let name = output_name(file_name, format);
     let target = out_dir.join(&name);
     let (w, h) = photo.pixels.dimensions();

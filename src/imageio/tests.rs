@@ -427,6 +427,10 @@ fn pixels_of_the_wrong_size_are_refused() {
     photo.pixels = gradient(10, 10);
     let err = write(&photo, d.path(), "out.jpg", None, &Settings::default()).unwrap_err();
     assert!(matches!(err, ImageError::PixelSize { .. }), "{err}");
+    for bad in ["../out.jpg", "a/b.jpg", "", ".hidden.jpg", ".."] {
+        let err = write(&photo, d.path(), bad, None, &Settings::default()).unwrap_err();
+        assert!(matches!(err, ImageError::BadName { .. }), "{bad}: {err}");
+    }
 }
 
 #[test]
