@@ -112,6 +112,25 @@ fn thumb_range(t: &[u8]) -> Option<std::ops::Range<usize>> {
     }
 }
 
+/// The resources of a Photoshop APP13 block: (id, whole resource).
+fn photoshop_resources(p: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Some(mut i) = p.starts_with(b"Photoshop 3.0\0").then_some(14) else { return out };
+    while p.get(i..i + 4) == Some(b"8BIM") {
+        let Some(&name_len) = p.get(i + 6) else { break };
+        let size_at = i + 6 + ((name_len as usize + 2) & !1);
+        let Some(size) =
+            p.get(size_at..size_at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        else {
+            break;
+        };
+        let end = (size_at + 4 + size + (size & 1)).min(p.len());
+        out.push((u16::from_be_bytes([p[i + 4], p[i + 5]]), p[i..end].to_vec()));
+        i = end;
+    }
+    out
+}
+
 fn mean_abs_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
     assert_eq!(a.dimensions(), b.dimensions());
     let sum: u64 =
@@ -171,6 +190,18 @@ fn check_metadata(src: &Path, out: &Path, format: Format) {
                         "{}: {differs} EXIF bytes changed outside the thumbnail",
                         src.display()
                     );
+                } else if *m == 0xED
+                    && photoshop_resources(p).iter().any(|(id, _)| matches!(id, 0x0409 | 0x040C))
+                {
+                    // Photoshop thumbnails are regenerated; every other resource is as it was.
+                    let others = |p: &[u8]| {
+                        photoshop_resources(p)
+                            .into_iter()
+                            .filter(|(id, _)| !matches!(id, 0x0409 | 0x040C))
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(others(p), others(gp), "{}: Photoshop resources changed", src.display());
+                    assert_ne!(p, gp, "{}: the Photoshop thumbnail was not regenerated", src.display());
                 } else {
                     assert!(p == gp, "{}: segment {m:#x} changed", src.display());
                 }

@@ -19,6 +19,7 @@
 //! upright).
 
 mod fsio;
+mod irb;
 mod jpeg;
 mod png;
 mod tiffmeta;
@@ -746,6 +747,24 @@ fn prepare_exif(blob: &[u8], s: &Settings, stored: &DynamicImage, max_len: usize
     Some(blob)
 }
 
+/// The APP13 block with its Photoshop thumbnails regenerated from `stored` (at a lower quality
+/// when needed to fit the segment), or dropped where they cannot fit.
+fn photoshop_thumbnails(block: &[u8], stored: &DynamicImage) -> Vec<u8> {
+    for q in [90u8, 75, 60, 40] {
+        let rebuilt = irb::replace_thumbnails(block, &mut |w, h, bgr| {
+            let mut small = stored.thumbnail_exact(w, h).into_rgb8();
+            if bgr {
+                small.pixels_mut().for_each(|p| p.0.swap(0, 2));
+            }
+            encode_jpeg(&small, q, Chroma::Half).ok()
+        });
+        if let Some(b) = rebuilt.filter(|b| b.len() <= jpeg::MAX_PAYLOAD) {
+            return b;
+        }
+    }
+    irb::replace_thumbnails(block, &mut |_, _, _| None).unwrap_or_else(|| block.to_vec())
+}
+
 fn fit(w: u32, h: u32, max: u32) -> (u32, u32) {
     if w >= h {
         (max, (h * max / w.max(1)).max(1))
@@ -799,6 +818,8 @@ fn encode(photo: &Photo, stored: &DynamicImage, format: Format, s: &Settings) ->
                             if let Some(e) = &exif_payload {
                                 carried.push((*m, e.clone()));
                             }
+                        } else if *m == 0xED && !strip && p.starts_with(irb::ID) && irb::has_thumbnail(p) {
+                            carried.push((*m, photoshop_thumbnails(p, stored)));
                         } else if icc || !strip {
                             carried.push((*m, p.clone()));
                         }
