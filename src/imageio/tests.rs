@@ -443,3 +443,50 @@ fn settings_defaults() {
     assert_eq!(output_name("a.png", Format::Jpeg), "a.jpg");
     assert_eq!((inverse(6), inverse(8), inverse(5)), (8, 6, 5));
 }
+
+#[test]
+fn damaged_files_never_panic() {
+    // Every format, cut short at many lengths and with bytes flipped (headers and metadata
+    // included): reading returns a result, and what reads also writes.
+    let jpeg = camera_jpeg(&gradient(24, 16), 6);
+    let png = png_file(
+        &DynamicImage::ImageRgba8(ImageBuffer::from_pixel(12, 8, Rgba([1, 2, 3, 4]))),
+        &[(b"eXIf", exif_blob_with(3, &[]))],
+    );
+    let mut webp = Vec::new();
+    DynamicImage::ImageRgb8(gradient(12, 8))
+        .write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut webp))
+        .unwrap();
+    let tiff = encode_tiff(&DynamicImage::ImageRgb8(gradient(12, 8)), true, Vec::new()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut seed = 7u32;
+    for (name, data) in [("a.jpg", jpeg), ("a.png", png), ("a.webp", webp), ("a.tiff", tiff)] {
+        let mut variants: Vec<Vec<u8>> = (0..data.len()).step_by(7).map(|n| data[..n].to_vec()).collect();
+        variants.push(data.clone());
+        for _ in 0..200 {
+            let mut v = data.clone();
+            for _ in 0..3 {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let at = (seed >> 8) as usize % v.len();
+                v[at] ^= (seed >> 24) as u8 | 1;
+            }
+            variants.push(v);
+        }
+        let (mut read_ok, mut refused) = (0, 0);
+        for v in variants {
+            match decode_bytes(Path::new(name), v, &Settings::default()) {
+                Ok(photo) => {
+                    read_ok += 1;
+                    if let Err(e) = write(&photo, out.path(), name, None, &Settings::default()) {
+                        assert!(e.to_string().contains(name), "{e}");
+                    }
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert!(e.to_string().starts_with(name), "{e}");
+                }
+            }
+        }
+        assert!(read_ok > 0 && refused > 0, "{name}: {read_ok} read, {refused} refused");
+    }
+}
