@@ -27,6 +27,8 @@ pub struct Config {
     pub paths: PathsConfig,
     pub models: ModelsConfig,
     pub protect: crate::protect::ProtectConfig,
+    /// Decoding and writing photos: limits, metadata, JPEG settings.
+    pub imageio: crate::imageio::Settings,
     /// Folders `veild` watches, each with the folder protected copies go to.
     pub folders: Vec<FolderConfig>,
 }
@@ -73,6 +75,9 @@ pub struct FolderConfig {
     pub path: PathBuf,
     /// Where protected copies are written.
     pub output: PathBuf,
+    /// The format protected copies are written in; `None`: the format of each source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::imageio::Format>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +85,8 @@ pub struct FolderConfig {
 struct RawFolder {
     path: PathBuf,
     output: PathBuf,
+    #[serde(default)]
+    format: Option<crate::imageio::Format>,
 }
 
 impl TryFrom<RawFolder> for FolderConfig {
@@ -95,7 +102,7 @@ impl TryFrom<RawFolder> for FolderConfig {
                 raw.path.display()
             ));
         }
-        Ok(FolderConfig { path: raw.path, output: raw.output })
+        Ok(FolderConfig { path: raw.path, output: raw.output, format: raw.format })
     }
 }
 
@@ -107,9 +114,11 @@ impl Default for Config {
             paths: PathsConfig::default(),
             models: ModelsConfig::default(),
             protect: crate::protect::ProtectConfig::default(),
+            imageio: crate::imageio::Settings::default(),
             folders: vec![FolderConfig {
                 path: PathBuf::from("~/Pictures/Veil/To-Share"),
                 output: PathBuf::from("~/Pictures/Veil/Protected"),
+                format: None,
             }],
         }
     }
@@ -290,10 +299,11 @@ impl Config {
             paths: PathsConfig { state_dir: Some(state_dir), socket: Some(socket) },
             models: ModelsConfig { dir: Some(models_dir) },
             protect: self.protect.clone(),
+            imageio: self.imageio.clone(),
             folders: self
                 .folders
                 .iter()
-                .map(|f| FolderConfig { path: home(&f.path), output: home(&f.output) })
+                .map(|f| FolderConfig { path: home(&f.path), output: home(&f.output), format: f.format })
                 .collect(),
         }
     }
@@ -443,12 +453,31 @@ mod tests {
             let section = lines[start + 1..].iter().take_while(|l| !l.starts_with('['));
             let documented: Vec<&str> = section.filter_map(|l| l.split_once(" =").map(|(k, _)| k)).collect();
             for key in keys {
+                // A sub-table (`[protect.weights]`) documents itself with its own header.
+                let subtable = format!("[{table}.{key}]");
                 assert!(
-                    documented.contains(&key.as_str()),
+                    documented.contains(&key.as_str()) || lines.contains(&subtable.as_str()),
                     "{table}.{key} is not in config/veil.example.toml"
                 );
             }
         }
+    }
+
+    #[test]
+    fn imageio_settings_and_folder_format() {
+        let c = parse(
+            "[imageio]\nmetadata = \"keep-no-gps\"\njpeg_quality = 90\njpeg_chroma = \"420\"\n\n\
+             [[folders]]\npath = \"/a\"\noutput = \"/b\"\nformat = \"png\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.imageio.metadata, crate::imageio::MetadataPolicy::KeepNoGps);
+        assert_eq!(c.imageio.jpeg_quality.get(), 90);
+        assert_eq!(c.imageio.jpeg_chroma, crate::imageio::Chroma::Half);
+        assert_eq!(c.folders[0].format, Some(crate::imageio::Format::Png));
+        let msg = parse("[imageio]\n\njpeg_quality = 101\n").unwrap_err().to_string();
+        assert!(msg.contains("line 3") && msg.contains("`imageio.jpeg_quality`"), "{msg}");
+        let msg = parse("[imageio]\nmetadata = \"some\"\n").unwrap_err().to_string();
+        assert!(msg.contains("line 2") && msg.contains("`imageio.metadata`"), "{msg}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! What is here now:
 //! - [`config`]: the TOML configuration, its defaults and its errors (file, line, key).
 //! - [`paths`]: the platform's places for config, state, socket and models.
+//! - [`imageio`]: decoding and encoding photos with their metadata, atomic safe writes.
 //! - [`engine`]: libtorch at run time: loading CUDA, choosing the device.
 //! - [`models`]: the models folder: generator manifest and face-detector weights.
 //! - [`logging`]: `tracing` to the systemd journal or to stderr.
@@ -24,6 +25,7 @@
 pub mod config;
 pub mod doctor;
 pub mod engine;
+pub mod imageio;
 pub mod logging;
 pub mod models;
 pub mod paths;

@@ -1,0 +1,286 @@
+//! Opening sources safely and writing outputs atomically.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Read, Write},
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use super::ImageError;
+
+/// Resolves `path` (found in `folder`) to the file it names, refusing any that leads outside
+/// `folder` through a symbolic link.
+pub fn resolve_in_folder(folder: &Path, path: &Path) -> Result<PathBuf, ImageError> {
+    let root = folder.canonicalize().map_err(|source| ImageError::Open { path: folder.into(), source })?;
+    let target = path.canonicalize().map_err(|source| ImageError::Open { path: path.into(), source })?;
+    if !target.starts_with(&root) {
+        return Err(ImageError::OutsideFolder { path: path.into(), target, folder: folder.into() });
+    }
+    Ok(target)
+}
+
+/// Reads `file` (which `shown` names in errors): opened read-only, without following a symbolic
+/// link, not blocking on a FIFO; checked to be a regular file no larger than `max` before reading.
+/// Returns the bytes and the file's (device, inode).
+pub fn read_source(shown: &Path, file: &Path, max: u64) -> Result<(Vec<u8>, FileId), ImageError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(file)
+        .map_err(|source| {
+            if source.raw_os_error() == Some(libc::ELOOP) {
+                ImageError::Symlink { path: shown.into() }
+            } else {
+                ImageError::Open { path: shown.into(), source }
+            }
+        })?;
+    let meta = f.metadata().map_err(|source| ImageError::Open { path: shown.into(), source })?;
+    if !meta.is_file() {
+        return Err(ImageError::NotAFile { path: shown.into() });
+    }
+    if meta.len() > max {
+        return Err(ImageError::FileTooLarge { path: shown.into(), size: meta.len(), max });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // `take` guards against a file that grows while it is read.
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ImageError::Open { path: shown.into(), source })?;
+    if bytes.len() as u64 > max {
+        return Err(ImageError::FileTooLarge { path: shown.into(), size: bytes.len() as u64, max });
+    }
+    Ok((bytes, Some((meta.dev(), meta.ino()))))
+}
+
+/// A file's (device, inode), which tells the source apart from any output.
+pub type FileId = Option<(u64, u64)>;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// `name`, then `stem (1).ext`, `stem (2).ext`, …
+fn candidate(name: &str, k: u32) -> String {
+    if k == 0 {
+        return name.to_string();
+    }
+    match name.rfind('.').filter(|&i| i > 0) {
+        Some(i) => format!("{} ({k}){}", &name[..i], &name[i..]),
+        None => format!("{name} ({k})"),
+    }
+}
+
+/// Writes `bytes` as `dir/name` atomically: a hidden temporary file in `dir` is written and
+/// synced, then renamed into place without replacing anything (a free `name (k).ext` is picked),
+/// or replacing an existing file when `replace` says so, but never the source `(dev, inode)`. The
+/// directory is synced last. On any error the temporary file is removed.
+pub fn write_atomic(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    replace: bool,
+    source: FileId,
+) -> Result<PathBuf, ImageError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(ImageError::OutputDirNotWritable {
+                dir: dir.into(),
+                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ImageError::OutputDirMissing { dir: dir.into() })
+        }
+        Err(source) => return Err(ImageError::OutputDirNotWritable { dir: dir.into(), source }),
+    }
+    // Short enough for any file system's name limit, whatever the length of `name`.
+    let short: String = name.chars().take(64).collect();
+    let tmp = dir.join(format!(
+        ".{short}.veil-{}-{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let target = dir.join(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+                ImageError::OutputDirNotWritable { dir: dir.into(), source }
+            }
+            _ if is_disk_full(&source) => ImageError::DiskFull { path: target.clone() },
+            _ => ImageError::Write { path: target.clone(), source },
+        })?;
+    let result = (|| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    drop(file);
+    let fail = |source: io::Error, at: &Path| {
+        let _ = std::fs::remove_file(&tmp);
+        if is_disk_full(&source) {
+            ImageError::DiskFull { path: at.into() }
+        } else {
+            ImageError::Write { path: at.into(), source }
+        }
+    };
+    if let Err(e) = result {
+        return Err(fail(e, &target));
+    }
+    let mut placed = None;
+    for k in 0..10_000 {
+        let path = dir.join(candidate(name, k));
+        let outcome = if replace {
+            let is_source = std::fs::symlink_metadata(&path)
+                .ok()
+                .is_some_and(|m| source == Some((m.dev(), m.ino())) || m.file_type().is_symlink());
+            if is_source {
+                continue;
+            }
+            std::fs::rename(&tmp, &path)
+        } else {
+            rename_noreplace(&tmp, &path)
+        };
+        match outcome {
+            Ok(()) => {
+                placed = Some(path);
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(fail(e, &path)),
+        }
+    }
+    let Some(path) = placed else {
+        return Err(fail(
+            io::Error::new(io::ErrorKind::AlreadyExists, "no free name after 10000 tries"),
+            &target,
+        ));
+    };
+    // The rename is durable once the directory is synced; some file systems cannot sync one.
+    if let Ok(d) = File::open(dir) {
+        if let Err(e) = d.sync_all() {
+            if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) {
+                return Err(ImageError::Write { path, source: e });
+            }
+        }
+    }
+    Ok(path)
+}
+
+/// Renames without replacing an existing file (`AlreadyExists` then).
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+        let (f, t) = (c(from)?, c(to)?);
+        // SAFETY: both are valid NUL-terminated paths that outlive the call.
+        let r = unsafe {
+            libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE)
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::ENOTSUP)) {
+            return Err(e);
+        }
+    }
+    // Without renameat2: a hard link fails when the name exists; then the temporary name goes.
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates() {
+        assert_eq!(candidate("photo.jpg", 0), "photo.jpg");
+        assert_eq!(candidate("photo.jpg", 1), "photo (1).jpg");
+        assert_eq!(candidate("a.b.png", 2), "a.b (2).png");
+        assert_eq!(candidate(".hidden", 1), ".hidden (1)");
+    }
+
+    #[test]
+    fn never_clobbers_and_leaves_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let a = write_atomic(d.path(), "p.jpg", b"one", false, None).unwrap();
+        let b = write_atomic(d.path(), "p.jpg", b"two", false, None).unwrap();
+        assert_eq!(a, d.path().join("p.jpg"));
+        assert_eq!(b, d.path().join("p (1).jpg"));
+        assert_eq!(std::fs::read(&a).unwrap(), b"one");
+        let c = write_atomic(d.path(), "p.jpg", b"three", true, None).unwrap();
+        assert_eq!(c, a);
+        assert_eq!(std::fs::read(&a).unwrap(), b"three");
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn long_names_get_a_short_temporary_name() {
+        let d = tempfile::tempdir().unwrap();
+        let name = format!("{}.jpg", "é".repeat(120));
+        assert_eq!(write_atomic(d.path(), &name, b"x", false, None).unwrap(), d.path().join(&name));
+    }
+
+    #[test]
+    fn replace_never_touches_the_source() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("p.jpg");
+        std::fs::write(&src, b"original").unwrap();
+        let m = std::fs::metadata(&src).unwrap();
+        let out = write_atomic(d.path(), "p.jpg", b"copy", true, Some((m.dev(), m.ino()))).unwrap();
+        assert_eq!(out, d.path().join("p (1).jpg"));
+        assert_eq!(std::fs::read(&src).unwrap(), b"original");
+    }
+
+    #[test]
+    fn missing_output_directory_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope");
+        let err = write_atomic(&missing, "p.jpg", b"x", false, None).unwrap_err();
+        assert!(matches!(err, ImageError::OutputDirMissing { .. }));
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn symlinked_source_is_refused_and_folder_escape_named() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret.jpg");
+        std::fs::write(&secret, b"x").unwrap();
+        let link = d.path().join("link.jpg");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let err = read_source(&link, &link, 100).unwrap_err();
+        assert!(matches!(err, ImageError::Symlink { .. }), "{err}");
+        let err = resolve_in_folder(d.path(), &link).unwrap_err();
+        assert!(matches!(err, ImageError::OutsideFolder { .. }), "{err}");
+        assert!(err.to_string().contains("outside the watched folder"), "{err}");
+        // A link that stays inside the folder resolves to its target.
+        let inside = d.path().join("real.jpg");
+        std::fs::write(&inside, b"y").unwrap();
+        let link2 = d.path().join("link2.jpg");
+        std::os::unix::fs::symlink(&inside, &link2).unwrap();
+        let target = resolve_in_folder(d.path(), &link2).unwrap();
+        assert_eq!(read_source(&link2, &target, 100).unwrap().0, b"y");
+    }
+
+    #[test]
+    fn size_limit_is_checked_before_reading() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("big.jpg");
+        std::fs::write(&p, vec![0u8; 1000]).unwrap();
+        let err = read_source(&p, &p, 999).unwrap_err();
+        assert!(matches!(err, ImageError::FileTooLarge { size: 1000, max: 999, .. }), "{err}");
+    }
+}

@@ -1,0 +1,281 @@
+//! JPEG container surgery: walk the markers (the whole file, so a truncated one is caught), pick
+//! the metadata segments to carry, and splice them into freshly encoded JPEG data.
+
+use std::ops::Range;
+
+pub const SOI: u8 = 0xD8;
+pub const EOI: u8 = 0xD9;
+pub const SOS: u8 = 0xDA;
+pub const COM: u8 = 0xFE;
+pub const APP0: u8 = 0xE0;
+pub const APP1: u8 = 0xE1;
+pub const APP2: u8 = 0xE2;
+pub const APP14: u8 = 0xEE;
+
+pub const EXIF_ID: &[u8] = b"Exif\0\0";
+pub const XMP_ID: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
+pub const ICC_ID: &[u8] = b"ICC_PROFILE\0";
+pub const MPF_ID: &[u8] = b"MPF\0";
+
+/// The largest payload a marker segment can hold (its length field counts itself).
+pub const MAX_PAYLOAD: usize = 0xFFFF - 2;
+
+/// One marker segment: `marker_pos` is the position of its 0xFF, `payload` its bytes after the
+/// length field.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub marker: u8,
+    pub marker_pos: usize,
+    pub payload: Range<usize>,
+}
+
+/// What the frame header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    pub precision: u8,
+    pub height: u16,
+    pub width: u16,
+    pub components: u8,
+    pub progressive: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Every segment with a length field, in file order (those after the first SOS included).
+    pub segments: Vec<Segment>,
+    pub frame: Option<Frame>,
+    /// Where the bytes after EOI start (MPF images, vendor trailers).
+    pub trailer: usize,
+}
+
+fn is_sof(m: u8) -> bool {
+    matches!(m, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF)
+}
+
+/// Walks the markers from SOI to EOI. Errors say what is wrong in words for the user.
+pub fn parse(data: &[u8]) -> Result<Layout, String> {
+    if data.get(0..2) != Some(&[0xFF, SOI]) {
+        return Err("not a JPEG file (no start-of-image marker)".into());
+    }
+    let mut segments = Vec::new();
+    let mut frame = None;
+    let mut i = 2;
+    loop {
+        // Find the next marker, skipping fill bytes.
+        if data.get(i) != Some(&0xFF) {
+            return match data.get(i) {
+                None => Err("truncated JPEG (the file ends before the end-of-image marker)".into()),
+                Some(b) => {
+                    Err(format!("corrupt JPEG (byte {b:#04x} where a marker should be at offset {i})"))
+                }
+            };
+        }
+        while data.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&marker) = data.get(i) else {
+            return Err("truncated JPEG (the file ends inside a marker)".into());
+        };
+        let marker_pos = i - 1;
+        i += 1;
+        match marker {
+            EOI => return Ok(Layout { segments, frame, trailer: i }),
+            0x01 | 0xD0..=0xD7 => continue,
+            0x00 => return Err(format!("corrupt JPEG (stray 0xFF00 at offset {marker_pos})")),
+            _ => {}
+        }
+        let Some(len) = data.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize) else {
+            return Err("truncated JPEG (the file ends inside a segment header)".into());
+        };
+        if len < 2 || i + len > data.len() {
+            return Err(format!(
+                "truncated JPEG (segment {marker:#04x} at offset {marker_pos} runs past the end)"
+            ));
+        }
+        let payload = i + 2..i + len;
+        if is_sof(marker) && frame.is_none() {
+            let p = &data[payload.clone()];
+            if p.len() >= 6 {
+                frame = Some(Frame {
+                    precision: p[0],
+                    height: u16::from_be_bytes([p[1], p[2]]),
+                    width: u16::from_be_bytes([p[3], p[4]]),
+                    components: p[5],
+                    progressive: matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE),
+                });
+            }
+        }
+        segments.push(Segment { marker, marker_pos, payload });
+        i += len;
+        if marker == SOS {
+            // Entropy-coded data: runs until a 0xFF that is neither stuffing (0x00), a restart
+            // marker nor fill.
+            loop {
+                let Some(off) = data.get(i..).and_then(|rest| rest.iter().position(|&b| b == 0xFF)) else {
+                    return Err("truncated JPEG (the file ends inside the image data)".into());
+                };
+                i += off;
+                let mut j = i + 1;
+                while data.get(j) == Some(&0xFF) {
+                    j += 1;
+                }
+                match data.get(j) {
+                    None => return Err("truncated JPEG (the file ends inside the image data)".into()),
+                    Some(0x00 | 0xD0..=0xD7) => i = j + 1,
+                    Some(_) => {
+                        i = j - 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dimensions of a JPEG in memory (for the EXIF thumbnail).
+pub fn dimensions(data: &[u8]) -> Option<(u32, u32)> {
+    let f = parse(data).ok()?.frame?;
+    Some((f.width as u32, f.height as u32))
+}
+
+impl Layout {
+    /// Segments before the first SOS.
+    pub fn header<'a>(&'a self) -> impl Iterator<Item = &'a Segment> + 'a {
+        self.segments.iter().take_while(|s| s.marker != SOS)
+    }
+}
+
+pub fn starts(data: &[u8], seg: &Segment, id: &[u8]) -> bool {
+    data[seg.payload.clone()].starts_with(id)
+}
+
+/// Writes one segment (marker, length, payload) to `out`. The caller keeps payloads within
+/// [`MAX_PAYLOAD`].
+pub fn put_segment(out: &mut Vec<u8>, marker: u8, payload: &[u8]) {
+    out.extend_from_slice(&[0xFF, marker]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Splits an ICC profile into APP2 chunks as ICC.1 Annex B describes.
+pub fn icc_segments(icc: &[u8]) -> Vec<Vec<u8>> {
+    let room = MAX_PAYLOAD - ICC_ID.len() - 2;
+    let chunks: Vec<&[u8]> = icc.chunks(room).collect();
+    let n = chunks.len().min(255);
+    chunks
+        .iter()
+        .take(n)
+        .enumerate()
+        .map(|(k, c)| {
+            let mut p = ICC_ID.to_vec();
+            p.extend_from_slice(&[(k + 1) as u8, n as u8]);
+            p.extend_from_slice(c);
+            p
+        })
+        .collect()
+}
+
+/// Reassembles an ICC profile from its APP2 chunks (ordered by their sequence numbers).
+pub fn icc_profile(data: &[u8], layout: &Layout) -> Option<Vec<u8>> {
+    let mut parts: Vec<(u8, &[u8])> = layout
+        .header()
+        .filter(|s| s.marker == APP2 && starts(data, s, ICC_ID))
+        .filter_map(|s| {
+            let p = &data[s.payload.clone()];
+            Some((*p.get(ICC_ID.len())?, p.get(ICC_ID.len() + 2..)?))
+        })
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    parts.sort_by_key(|(seq, _)| *seq);
+    Some(parts.into_iter().flat_map(|(_, p)| p.iter().copied()).collect())
+}
+
+/// Builds the output: SOI, the `carried` segments (marker, payload) in order, then the encoded
+/// JPEG's own segments from its first non-APPn one (tables, frame, scans, EOI). The encoder's APP0
+/// (JFIF) is kept only when nothing carried can stand first (no APP0 and no EXIF APP1).
+pub fn splice(encoded: &[u8], carried: &[(u8, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    let enc = parse(encoded).map_err(|e| format!("the encoder produced an unreadable JPEG: {e}"))?;
+    let body = enc
+        .segments
+        .iter()
+        .find(|s| !(0xE0..=0xEF).contains(&s.marker) && s.marker != COM)
+        .map(|s| s.marker_pos)
+        .ok_or("the encoder produced a JPEG without image data")?;
+    let mut out =
+        Vec::with_capacity(encoded.len() + carried.iter().map(|(_, p)| p.len() + 4).sum::<usize>() + 2);
+    out.extend_from_slice(&[0xFF, SOI]);
+    let has_first = carried.iter().any(|(m, p)| *m == APP0 || *m == APP1 && p.starts_with(EXIF_ID));
+    if !has_first {
+        for s in enc.header().filter(|s| s.marker == APP0) {
+            out.extend_from_slice(&encoded[s.marker_pos..s.payload.end]);
+        }
+    }
+    for (marker, payload) in carried {
+        put_segment(&mut out, *marker, payload);
+    }
+    out.extend_from_slice(&encoded[body..enc.trailer]);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(extra: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut v = vec![0xFF, SOI];
+        for (m, p) in extra {
+            put_segment(&mut v, *m, p);
+        }
+        // A fake frame header and a scan with stuffing and a restart marker.
+        put_segment(&mut v, 0xC0, &[8, 0, 2, 0, 3, 3, 1, 0x11, 0, 2, 0x11, 1, 3, 0x11, 1]);
+        put_segment(&mut v, SOS, &[1, 1, 0, 0, 63, 0]);
+        v.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56, 0xFF, EOI]);
+        v
+    }
+
+    #[test]
+    fn parses_markers_frame_and_trailer() {
+        let mut data = tiny(&[(APP1, b"Exif\0\0II*\0"), (COM, b"hello")]);
+        let end = data.len();
+        data.extend_from_slice(b"trailer");
+        let l = parse(&data).unwrap();
+        assert_eq!(l.trailer, end);
+        let f = l.frame.unwrap();
+        assert_eq!((f.width, f.height, f.precision, f.components), (3, 2, 8, 3));
+        let markers: Vec<u8> = l.header().map(|s| s.marker).collect();
+        assert_eq!(markers, vec![APP1, COM, 0xC0]);
+    }
+
+    #[test]
+    fn truncation_is_an_error_at_every_length() {
+        let data = tiny(&[(APP1, b"Exif\0\0II*\0")]);
+        for n in 0..data.len() - 1 {
+            let err = parse(&data[..n]).unwrap_err();
+            assert!(err.contains("truncated") || err.contains("not a JPEG"), "{n}: {err}");
+        }
+    }
+
+    #[test]
+    fn icc_round_trips_through_chunks() {
+        let icc: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        let segs = icc_segments(&icc);
+        assert_eq!(segs.len(), 3);
+        let carried: Vec<(u8, &[u8])> = segs.iter().rev().map(|p| (APP2, p.as_slice())).collect();
+        let data = tiny(&carried);
+        assert_eq!(icc_profile(&data, &parse(&data).unwrap()).unwrap(), icc);
+    }
+
+    #[test]
+    fn splice_replaces_the_encoders_header() {
+        let encoded = tiny(&[(APP0, b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0")]);
+        let out = splice(&encoded, &[(APP1, b"Exif\0\0MM\0*".to_vec()), (COM, b"c".to_vec())]).unwrap();
+        let l = parse(&out).unwrap();
+        let markers: Vec<u8> = l.header().map(|s| s.marker).collect();
+        assert_eq!(markers, vec![APP1, COM, 0xC0]);
+        let out = splice(&encoded, &[(COM, b"c".to_vec())]).unwrap();
+        let markers: Vec<u8> = parse(&out).unwrap().header().map(|s| s.marker).collect();
+        assert_eq!(markers, vec![APP0, COM, 0xC0]);
+    }
+}

@@ -1,0 +1,1021 @@
+//! Image input and output that keeps the photo's metadata and never risks the original.
+//!
+//! [`read`] (or [`read_in_folder`] for a file found in a watched folder) opens a source read-only
+//! without following symbolic links, checks the file size and the pixel count from the header before
+//! anything is decoded, rejects decompression bombs, decodes JPEG, PNG, WebP and TIFF, and returns a
+//! [`Photo`]: the upright RGB pixels (EXIF orientation applied) that faces are found and protected
+//! on, plus everything needed to write the copy back as the same photo.
+//!
+//! [`write`] takes the photo with its new upright pixels, turns them back into the original's stored
+//! orientation (the Orientation tag is unchanged, so viewers show the copy as they showed the
+//! original), re-encodes in the input's format (or another, per folder), re-inserts the metadata
+//! segments byte for byte (EXIF with maker notes and GPS, XMP, ICC, IPTC, comments; PNG and WebP
+//! chunks; TIFF tags), regenerates the EXIF thumbnail from the protected pixels, and writes the file
+//! atomically: hidden temporary name, `fsync`, rename that never clobbers (`photo (1).jpg`) unless
+//! `replace_existing` says so, `fsync` of the directory. No partial file is ever left behind.
+//!
+//! The policy for metadata is [`MetadataPolicy`]: `keep` (default), `keep-no-gps` (the GPS IFD is
+//! removed and its bytes zeroed) or `strip` (only the colour profile stays; pixels are written
+//! upright).
+
+mod fsio;
+mod irb;
+mod jpeg;
+mod png;
+mod tiffmeta;
+mod webp;
+
+use std::{
+    fmt,
+    io::Cursor,
+    path::{Path, PathBuf},
+};
+
+use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, RgbImage, Rgba};
+use serde::{Deserialize, Serialize};
+
+use tiffmeta::{OutEntry, OutValue, Tiff};
+
+/// The `[imageio]` configuration section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Largest image accepted, in pixels (width × height), checked from the header.
+    pub max_pixels: u64,
+    /// Largest source file accepted, in bytes, checked before it is read.
+    pub max_file_bytes: u64,
+    /// What happens to the metadata of the protected copy.
+    pub metadata: MetadataPolicy,
+    /// JPEG quality (1–100) of protected copies.
+    pub jpeg_quality: JpegQuality,
+    /// JPEG chroma subsampling of protected copies: "444" (full colour resolution) or "420".
+    pub jpeg_chroma: Chroma,
+    /// Replace an existing file of the same name in the output folder instead of picking
+    /// `name (1).ext`. A source file is never replaced.
+    pub replace_existing: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_pixels: 100_000_000,
+            max_file_bytes: 200_000_000,
+            metadata: MetadataPolicy::Keep,
+            jpeg_quality: JpegQuality(95),
+            jpeg_chroma: Chroma::Full,
+            replace_existing: false,
+        }
+    }
+}
+
+/// `imageio.metadata`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetadataPolicy {
+    /// Every segment, chunk and tag as it was (the EXIF thumbnail regenerated).
+    Keep,
+    /// As `keep`, without the GPS IFD.
+    KeepNoGps,
+    /// Only the colour profile; the pixels are written upright.
+    Strip,
+}
+
+/// `imageio.jpeg_chroma`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Chroma {
+    #[serde(rename = "444")]
+    Full,
+    #[serde(rename = "420")]
+    Half,
+}
+
+/// A JPEG quality, 1–100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct JpegQuality(u8);
+
+impl JpegQuality {
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for JpegQuality {
+    type Error = String;
+    fn try_from(q: i64) -> Result<Self, String> {
+        u8::try_from(q)
+            .ok()
+            .filter(|q| (1..=100).contains(q))
+            .map(JpegQuality)
+            .ok_or_else(|| format!("invalid JPEG quality {q}: expected 1 to 100"))
+    }
+}
+
+impl From<JpegQuality> for i64 {
+    fn from(q: JpegQuality) -> i64 {
+        q.0.into()
+    }
+}
+
+/// An image format Veil reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Jpeg,
+    Png,
+    Webp,
+    Tiff,
+}
+
+impl Format {
+    /// The usual file extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jpeg => "jpg",
+            Format::Png => "png",
+            Format::Webp => "webp",
+            Format::Tiff => "tiff",
+        }
+    }
+
+    fn accepts_extension(self, ext: &str) -> bool {
+        let ext = ext.to_ascii_lowercase();
+        match self {
+            Format::Jpeg => matches!(ext.as_str(), "jpg" | "jpeg" | "jpe" | "jfif"),
+            Format::Png => ext == "png",
+            Format::Webp => ext == "webp",
+            Format::Tiff => matches!(ext.as_str(), "tif" | "tiff"),
+        }
+    }
+
+    fn image_format(self) -> ImageFormat {
+        match self {
+            Format::Jpeg => ImageFormat::Jpeg,
+            Format::Png => ImageFormat::Png,
+            Format::Webp => ImageFormat::WebP,
+            Format::Tiff => ImageFormat::Tiff,
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Jpeg => "JPEG",
+            Format::Png => "PNG",
+            Format::Webp => "WebP",
+            Format::Tiff => "TIFF",
+        })
+    }
+}
+
+/// Everything that can go wrong; each variant names the file (or folder) it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{}: cannot open: {source}", path.display())]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{}: is a symbolic link, which Veil does not follow here", path.display())]
+    Symlink { path: PathBuf },
+    #[error("{}: leads to {}, outside the watched folder {}; refused", path.display(), target.display(), folder.display())]
+    OutsideFolder { path: PathBuf, target: PathBuf, folder: PathBuf },
+    #[error("{}: not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("{}: the file is {size} bytes, more than imageio.max_file_bytes ({max})", path.display())]
+    FileTooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("{}: the image is {width}×{height} pixels, more than imageio.max_pixels ({max})", path.display())]
+    TooManyPixels { path: PathBuf, width: u64, height: u64, max: u64 },
+    #[error("{}: HEIC/HEIF is not supported by this build", path.display())]
+    HeicNotSupported { path: PathBuf },
+    #[error("{}: unsupported format: {what}", path.display())]
+    Unsupported { path: PathBuf, what: String },
+    #[error("{}: {message}", path.display())]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{}: cannot decode the {format} image: {message}", path.display())]
+    Decode { path: PathBuf, format: Format, message: String },
+    #[error("{}: the new pixels are {got_w}×{got_h}, the photo is {want_w}×{want_h}", path.display())]
+    PixelSize { path: PathBuf, got_w: u32, got_h: u32, want_w: u32, want_h: u32 },
+    #[error("{}: cannot encode {format}: {message}", path.display())]
+    Encode { path: PathBuf, format: Format, message: String },
+    #[error("{name:?} is not a plain file name for an output file")]
+    BadName { name: String },
+    #[error("output directory {} does not exist", dir.display())]
+    OutputDirMissing { dir: PathBuf },
+    #[error("output directory {} is not writable: {source}", dir.display())]
+    OutputDirNotWritable { dir: PathBuf, source: std::io::Error },
+    #[error("{}: disk full; nothing was written", path.display())]
+    DiskFull { path: PathBuf },
+    #[error("{}: cannot write: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// A decoded photo: upright pixels to protect, and what it takes to write it back.
+#[derive(Debug, Clone)]
+pub struct Photo {
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// Its format (the default output format).
+    pub format: Format,
+    /// Its EXIF orientation (1–8; 1 when it has none).
+    pub orientation: u8,
+    /// The upright pixels: replace them with the protected ones before [`write`].
+    pub pixels: RgbImage,
+    /// Size of the source file in bytes.
+    pub input_bytes: u64,
+    meta: Meta,
+    /// Alpha channel and 16-bit colour of the original, upright, for formats that keep them.
+    alpha: Option<DynamicImage>,
+    deep: Option<ImageBuffer<Rgb<u16>, Vec<u16>>>,
+    /// The upright size, which the new pixels must keep.
+    size: (u32, u32),
+    source_id: fsio::FileId,
+}
+
+/// Metadata pulled out of the source.
+#[derive(Debug, Clone, Default)]
+struct Meta {
+    /// The EXIF TIFF structure (without JPEG's `Exif\0\0`).
+    exif: Option<Vec<u8>>,
+    icc: Option<Vec<u8>>,
+    xmp: Option<Vec<u8>>,
+    native: Native,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Native {
+    #[default]
+    None,
+    /// Metadata segments in file order (marker, payload); `cmyk` when the source was CMYK, whose
+    /// ICC profile does not describe RGB output.
+    Jpeg { segments: Vec<(u8, Vec<u8>)>, cmyk: bool },
+    /// Carried chunks in file order (type, whole raw chunk).
+    Png { chunks: Vec<([u8; 4], Vec<u8>)> },
+    /// Carried chunks in file order (type, data).
+    Webp { chunks: Vec<([u8; 4], Vec<u8>)> },
+    /// IFD0's descriptive tags (values byte for byte) and the byte order they are in.
+    Tiff { le: bool, entries: Vec<OutEntry> },
+}
+
+/// What [`write`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub path: PathBuf,
+    pub format: Format,
+    /// Size of the written file.
+    pub bytes: u64,
+    /// Size of the source file.
+    pub input_bytes: u64,
+}
+
+impl fmt::Display for Written {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}, {} bytes; the original had {} bytes)",
+            self.path.display(),
+            self.format,
+            self.bytes,
+            self.input_bytes
+        )
+    }
+}
+
+/// Reads a photo. The file itself must not be a symbolic link.
+pub fn read(path: &Path, settings: &Settings) -> Result<Photo, ImageError> {
+    let (bytes, id) = fsio::read_source(path, path, settings.max_file_bytes)?;
+    decode(path, bytes, id, settings)
+}
+
+/// Reads a photo found in a watched folder: a symbolic link is followed only when it (and every
+/// folder on the way) stays inside `folder`.
+pub fn read_in_folder(folder: &Path, path: &Path, settings: &Settings) -> Result<Photo, ImageError> {
+    let target = fsio::resolve_in_folder(folder, path)?;
+    let (bytes, id) = fsio::read_source(path, &target, settings.max_file_bytes)?;
+    decode(path, bytes, id, settings)
+}
+
+/// Decodes a photo held in memory (`path` names it in errors).
+pub fn decode_bytes(path: &Path, bytes: Vec<u8>, settings: &Settings) -> Result<Photo, ImageError> {
+    if bytes.len() as u64 > settings.max_file_bytes {
+        return Err(ImageError::FileTooLarge {
+            path: path.into(),
+            size: bytes.len() as u64,
+            max: settings.max_file_bytes,
+        });
+    }
+    decode(path, bytes, None, settings)
+}
+
+fn sniff(path: &Path, b: &[u8]) -> Result<Format, ImageError> {
+    if b.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return Ok(Format::Jpeg);
+    }
+    if b.starts_with(png::SIGNATURE) {
+        return Ok(Format::Png);
+    }
+    if b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP" {
+        return Ok(Format::Webp);
+    }
+    if b.starts_with(b"II*\0") || b.starts_with(b"MM\0*") {
+        return Ok(Format::Tiff);
+    }
+    if b.len() >= 12 && &b[4..8] == b"ftyp" {
+        let brand = &b[8..12];
+        if [&b"heic"[..], b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"]
+            .contains(&brand)
+        {
+            if brand == b"avif" {
+                return Err(ImageError::Unsupported { path: path.into(), what: "AVIF".into() });
+            }
+            return Err(ImageError::HeicNotSupported { path: path.into() });
+        }
+    }
+    let what = if b.starts_with(b"GIF8") {
+        "GIF".to_string()
+    } else if b.starts_with(b"BM") {
+        "BMP".to_string()
+    } else if b.is_empty() {
+        "the file is empty".to_string()
+    } else {
+        "not a JPEG, PNG, WebP or TIFF file".to_string()
+    };
+    Err(ImageError::Unsupported { path: path.into(), what })
+}
+
+fn decode(
+    path: &Path,
+    bytes: Vec<u8>,
+    source_id: Option<(u64, u64)>,
+    s: &Settings,
+) -> Result<Photo, ImageError> {
+    let corrupt = |message: String| ImageError::Corrupt { path: path.into(), message };
+    let format = sniff(path, &bytes)?;
+    let meta = match format {
+        Format::Jpeg => {
+            let layout = jpeg::parse(&bytes).map_err(corrupt)?;
+            if let Some(f) = layout.frame {
+                if f.precision != 8 {
+                    return Err(ImageError::Unsupported {
+                        path: path.into(),
+                        what: format!("{}-bit JPEG (this build decodes 8-bit JPEGs only)", f.precision),
+                    });
+                }
+            }
+            jpeg_meta(&bytes, &layout)
+        }
+        Format::Png => {
+            let chunks = png::parse(&bytes).map_err(corrupt)?;
+            png::check_bombs(&bytes, &chunks).map_err(corrupt)?;
+            png_meta(&bytes, &chunks)
+        }
+        Format::Webp => {
+            let chunks = webp::parse(&bytes).map_err(corrupt)?;
+            if webp::is_animated(&chunks) {
+                return Err(ImageError::Unsupported { path: path.into(), what: "animated WebP".into() });
+            }
+            webp_meta(&bytes, &chunks)
+        }
+        Format::Tiff => {
+            tiff_meta(&bytes).ok_or_else(|| corrupt("corrupt TIFF (unreadable first IFD)".into()))?
+        }
+    };
+
+    let decode_err = |e: image::ImageError| match e {
+        image::ImageError::Unsupported(u) => {
+            ImageError::Unsupported { path: path.into(), what: u.to_string() }
+        }
+        other => ImageError::Decode { path: path.into(), format, message: other.to_string() },
+    };
+    // The header first: nothing is allocated for pixels before the size is known to be acceptable.
+    let reader = || image::ImageReader::with_format(Cursor::new(&bytes[..]), format.image_format());
+    let (w, h) = reader().into_dimensions().map_err(decode_err)?;
+    if u64::from(w) * u64::from(h) > s.max_pixels {
+        return Err(ImageError::TooManyPixels {
+            path: path.into(),
+            width: w.into(),
+            height: h.into(),
+            max: s.max_pixels,
+        });
+    }
+    let mut r = reader();
+    let mut limits = image::Limits::default();
+    // 16-bit RGBA is the widest layout the decoders produce, plus room for their own buffers.
+    limits.max_alloc = Some(s.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    r.limits(limits);
+    let mut img = r.decode().map_err(decode_err)?;
+
+    let orientation = meta.exif.as_deref().and_then(tiffmeta::orientation).unwrap_or(1);
+    if let Some(o) = image::metadata::Orientation::from_exif(orientation) {
+        img.apply_orientation(o);
+    }
+    let color = img.color();
+    let alpha = color.has_alpha().then(|| alpha_of(&img));
+    let deep = (color.bytes_per_pixel() / color.channel_count() == 2).then(|| img.to_rgb16());
+    let pixels = img.into_rgb8();
+    Ok(Photo {
+        size: pixels.dimensions(),
+        source: path.into(),
+        format,
+        orientation,
+        pixels,
+        input_bytes: bytes.len() as u64,
+        meta,
+        alpha,
+        deep,
+        source_id,
+    })
+}
+
+fn alpha_of(img: &DynamicImage) -> DynamicImage {
+    let (w, h) = (img.width(), img.height());
+    if img.color().bytes_per_pixel() / img.color().channel_count() == 2 {
+        let rgba = img.to_rgba16();
+        DynamicImage::ImageLuma16(ImageBuffer::from_fn(w, h, |x, y| Luma([rgba.get_pixel(x, y)[3]])))
+    } else {
+        let rgba = img.to_rgba8();
+        DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| Luma([rgba.get_pixel(x, y)[3]])))
+    }
+}
+
+fn jpeg_meta(data: &[u8], layout: &jpeg::Layout) -> Meta {
+    let mut meta = Meta::default();
+    let mut segments = Vec::new();
+    let cmyk = layout.frame.is_some_and(|f| f.components == 4);
+    for s in layout.header() {
+        let p = &data[s.payload.clone()];
+        let keep = match s.marker {
+            jpeg::APP0 => {
+                // A JFIF thumbnail (or a JFXX one) is a copy of the unprotected photo.
+                let thumb = p.starts_with(b"JFIF\0") && p.len() >= 14 && (p[12] != 0 || p[13] != 0)
+                    || p.starts_with(b"JFXX\0");
+                if thumb {
+                    tracing::info!("dropping a JFIF thumbnail (a copy of the unprotected photo)");
+                }
+                !thumb
+            }
+            jpeg::APP1 if p.starts_with(jpeg::EXIF_ID) && meta.exif.is_none() => {
+                meta.exif = Some(p[jpeg::EXIF_ID.len()..].to_vec());
+                true
+            }
+            jpeg::APP1 if p.starts_with(jpeg::XMP_ID) && meta.xmp.is_none() => {
+                meta.xmp = Some(p[jpeg::XMP_ID.len()..].to_vec());
+                true
+            }
+            // Multi-picture (MPF) index: it points at images after EOI, which are not carried.
+            jpeg::APP2 if p.starts_with(jpeg::MPF_ID) => false,
+            // Adobe's segment describes the colour transform of the old encoding.
+            jpeg::APP14 => false,
+            0xE0..=0xEF | jpeg::COM => true,
+            _ => false,
+        };
+        if keep {
+            segments.push((s.marker, p.to_vec()));
+        }
+    }
+    if layout.trailer < data.len() && data[layout.trailer..].iter().any(|&b| b != 0) {
+        tracing::info!(
+            bytes = data.len() - layout.trailer,
+            "dropping data after the JPEG's end (multi-picture images, vendor trailers)"
+        );
+    }
+    meta.icc = jpeg::icc_profile(data, layout);
+    meta.native = Native::Jpeg { segments, cmyk };
+    meta
+}
+
+fn png_meta(data: &[u8], chunks: &[png::Chunk]) -> Meta {
+    let mut meta = Meta::default();
+    let mut carried = Vec::new();
+    for c in chunks {
+        let d = &data[c.data.clone()];
+        match &c.kind {
+            b"eXIf" if meta.exif.is_none() => meta.exif = Some(d.to_vec()),
+            b"iCCP" if meta.icc.is_none() => meta.icc = png::icc(d),
+            b"iTXt" if meta.xmp.is_none() => meta.xmp = png::xmp(d).map(<[u8]>::to_vec),
+            _ => {}
+        }
+        if png::carry(&c.kind, false) {
+            carried.push((c.kind, data[c.raw.clone()].to_vec()));
+        }
+    }
+    meta.native = Native::Png { chunks: carried };
+    meta
+}
+
+fn webp_meta(data: &[u8], chunks: &[webp::Chunk]) -> Meta {
+    let mut meta = Meta::default();
+    let mut carried = Vec::new();
+    for c in chunks {
+        let d = &data[c.data.clone()];
+        match &c.kind {
+            // Some writers put JPEG's "Exif\0\0" in front of the TIFF structure.
+            b"EXIF" if meta.exif.is_none() => {
+                meta.exif = Some(d.strip_prefix(jpeg::EXIF_ID).unwrap_or(d).to_vec())
+            }
+            b"ICCP" if meta.icc.is_none() => meta.icc = Some(d.to_vec()),
+            b"XMP " if meta.xmp.is_none() => meta.xmp = Some(d.to_vec()),
+            _ => {}
+        }
+        if webp::carry(&c.kind, false) {
+            carried.push((c.kind, d.to_vec()));
+        }
+    }
+    meta.native = Native::Webp { chunks: carried };
+    meta
+}
+
+/// TIFF tags that describe the pixel encoding (rewritten by the encoder) rather than the photo.
+fn structural_tiff_tag(tag: u16) -> bool {
+    matches!(
+        tag,
+        254 | 255
+            | 256
+            | 257
+            | 258
+            | 259
+            | 262
+            | 263
+            | 266
+            | 273
+            | 277
+            | 278
+            | 279
+            | 280
+            | 281
+            | 284
+            | 292
+            | 293
+            | 317
+            | 320
+            | 322
+            | 323
+            | 324
+            | 325
+            | 330
+            | 338
+            | 339
+            | 340
+            | 341
+            | 347
+            | 512..=521 | 529 | 530 | 532
+    )
+}
+
+const TIFF_ICC: u16 = 34675;
+const TIFF_XMP: u16 = 700;
+
+fn tiff_meta(data: &[u8]) -> Option<Meta> {
+    let t = Tiff::new(data)?;
+    let ifd0 = t.ifd(t.ifd0_offset()?)?;
+    let entries = tiffmeta::copy_ifd(&t, ifd0.pos, &structural_tiff_tag, 0);
+    let raw = |tag: u16| match entries.iter().find(|e| e.tag == tag).map(|e| &e.value) {
+        Some(OutValue::Bytes(b)) => Some(b.clone()),
+        _ => None,
+    };
+    let mut meta = Meta { icc: raw(TIFF_ICC), xmp: raw(TIFF_XMP), ..Meta::default() };
+    // The descriptive tags as an EXIF structure, for orientation and for other output formats.
+    let exif_entries: Vec<OutEntry> =
+        entries.iter().filter(|e| !matches!(e.tag, TIFF_ICC | TIFF_XMP)).cloned().collect();
+    if !exif_entries.is_empty() {
+        meta.exif = Some(exif_blob(&exif_entries, t.le));
+    }
+    if t.u32_at(ifd0.next_ptr_pos).unwrap_or(0) != 0 {
+        tracing::info!("the TIFF has more than one image; only the first is protected and written");
+    }
+    meta.native = Native::Tiff { le: t.le, entries };
+    Some(meta)
+}
+
+fn exif_blob(entries: &[OutEntry], le: bool) -> Vec<u8> {
+    let mut b = tiffmeta::header(le);
+    let at = tiffmeta::write_ifd(&mut b, entries, le, &mut Vec::new());
+    tiffmeta::set_ifd0(&mut b, at, le);
+    b
+}
+
+/// Writes `photo` (its `pixels` now the protected ones, upright) into `out_dir` under `file_name`,
+/// in `format` (default: the source's). When the format changes, the extension follows it.
+pub fn write(
+    photo: &Photo,
+    out_dir: &Path,
+    file_name: &str,
+    format: Option<Format>,
+    settings: &Settings,
+) -> Result<Written, ImageError> {
+    let format = format.unwrap_or(photo.format);
+    let plain =
+        Path::new(file_name).file_name().is_some_and(|n| n == file_name) && !file_name.starts_with('.');
+    if !plain {
+        return Err(ImageError::BadName { name: file_name.to_string() });
+    }
+    let name = output_name(file_name, format);
+    let target = out_dir.join(&name);
+    let (w, h) = photo.pixels.dimensions();
+    let want = photo.size;
+    if want != (w, h) {
+        return Err(ImageError::PixelSize {
+            path: target,
+            got_w: w,
+            got_h: h,
+            want_w: want.0,
+            want_h: want.1,
+        });
+    }
+    let strip = settings.metadata == MetadataPolicy::Strip;
+    let orientation = if strip { 1 } else { photo.orientation };
+    let stored = stored_image(photo, format, orientation);
+    let bytes = encode(photo, &stored, format, settings).map_err(|message| ImageError::Encode {
+        path: target.clone(),
+        format,
+        message,
+    })?;
+    let path = fsio::write_atomic(out_dir, &name, &bytes, settings.replace_existing, photo.source_id)?;
+    let written = Written { path, format, bytes: bytes.len() as u64, input_bytes: photo.input_bytes };
+    tracing::info!(output = %written.path.display(), bytes = written.bytes, input_bytes = written.input_bytes, "wrote protected copy");
+    Ok(written)
+}
+
+fn output_name(file_name: &str, format: Format) -> String {
+    let p = Path::new(file_name);
+    match p.extension().and_then(|e| e.to_str()) {
+        Some(ext) if format.accepts_extension(ext) => file_name.to_string(),
+        _ => {
+            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or(file_name);
+            format!("{stem}.{}", format.extension())
+        }
+    }
+}
+
+/// The orientation that undoes `o` (6 and 8 are each other's inverse; the rest undo themselves).
+fn inverse(o: u8) -> u8 {
+    match o {
+        6 => 8,
+        8 => 6,
+        o => o,
+    }
+}
+
+/// The image to encode, in stored orientation: the new pixels, with the original's alpha and, where
+/// a pixel was left as it was, its 16-bit value (formats that hold them).
+fn stored_image(photo: &Photo, format: Format, orientation: u8) -> DynamicImage {
+    let keep_alpha = photo.alpha.is_some() && format != Format::Jpeg;
+    let keep_deep = photo.deep.is_some() && matches!(format, Format::Png | Format::Tiff);
+    let mut img = if keep_deep {
+        let deep = photo.deep.as_ref().map(|d| merge_deep(&photo.pixels, d));
+        let rgb = deep.unwrap_or_else(|| DynamicImage::ImageRgb8(photo.pixels.clone()).into_rgb16());
+        if keep_alpha {
+            let a = photo.alpha.as_ref().map(|a| a.to_luma16());
+            DynamicImage::ImageRgba16(ImageBuffer::from_fn(rgb.width(), rgb.height(), |x, y| {
+                let p = rgb.get_pixel(x, y);
+                let al = a.as_ref().map_or(u16::MAX, |a| a.get_pixel(x, y)[0]);
+                Rgba([p[0], p[1], p[2], al])
+            }))
+        } else {
+            DynamicImage::ImageRgb16(rgb)
+        }
+    } else if keep_alpha {
+        let a = photo.alpha.as_ref().map(|a| a.to_luma8());
+        let px = &photo.pixels;
+        DynamicImage::ImageRgba8(ImageBuffer::from_fn(px.width(), px.height(), |x, y| {
+            let p = px.get_pixel(x, y);
+            let al = a.as_ref().map_or(u8::MAX, |a| a.get_pixel(x, y)[0]);
+            Rgba([p[0], p[1], p[2], al])
+        }))
+    } else {
+        DynamicImage::ImageRgb8(photo.pixels.clone())
+    };
+    if let Some(o) = image::metadata::Orientation::from_exif(inverse(orientation)) {
+        img.apply_orientation(o);
+    }
+    img
+}
+
+/// 16-bit output: a pixel the protection left unchanged keeps its original 16-bit value.
+fn merge_deep(new: &RgbImage, deep: &ImageBuffer<Rgb<u16>, Vec<u16>>) -> ImageBuffer<Rgb<u16>, Vec<u16>> {
+    let to8 = |v: u16| ((u32::from(v) * 255 + 32767) / 65535) as u8;
+    ImageBuffer::from_fn(new.width(), new.height(), |x, y| {
+        let n = new.get_pixel(x, y);
+        let o = deep.get_pixel(x, y);
+        Rgb(std::array::from_fn(|c| if to8(o[c]) == n[c] { o[c] } else { u16::from(n[c]) * 257 }))
+    })
+}
+
+/// The EXIF structure to write: GPS removed when asked, thumbnail regenerated from `stored`.
+fn prepare_exif(blob: &[u8], s: &Settings, stored: &DynamicImage, max_len: usize) -> Option<Vec<u8>> {
+    if s.metadata == MetadataPolicy::Strip {
+        return None;
+    }
+    let mut blob = blob.to_vec();
+    if s.metadata == MetadataPolicy::KeepNoGps && tiffmeta::remove_gps(&mut blob) {
+        tracing::info!("removed the GPS IFD (imageio.metadata = \"keep-no-gps\")");
+    }
+    match tiffmeta::thumbnail(&blob) {
+        (_, Some(th)) if !blob[th.offset..th.offset + th.len].starts_with(&[0xFF, 0xD8]) => {
+            // Empty or not a JPEG: no viewer shows it, and it holds no picture to replace.
+            tracing::debug!(len = th.len, "the EXIF thumbnail pointer leads to no JPEG; kept as it is");
+        }
+        (_, Some(th)) => {
+            let old = &blob[th.offset..th.offset + th.len];
+            let (tw, th_h) =
+                jpeg::dimensions(old).unwrap_or_else(|| fit(stored.width(), stored.height(), 160));
+            let small = stored.thumbnail_exact(tw.max(1), th_h.max(1)).into_rgb8();
+            let replaced = [90u8, 75, 60, 40].iter().any(|&q| {
+                encode_jpeg(&small, q, Chroma::Half)
+                    .is_ok_and(|j| tiffmeta::replace_thumbnail(&mut blob, &th, &j, max_len))
+            });
+            if !replaced {
+                tracing::info!("dropped the EXIF thumbnail: a regenerated one does not fit");
+                tiffmeta::drop_thumbnail(&mut blob);
+            }
+        }
+        (true, None) => match tiffmeta::raw_thumbnail(&blob) {
+            Some(raw) => {
+                let small = stored.thumbnail_exact(raw.width, raw.height).into_rgb8();
+                let len = small.as_raw().len();
+                blob[raw.offset..raw.offset + len].copy_from_slice(small.as_raw());
+            }
+            None => {
+                tracing::info!("dropped the EXIF IFD1 (a thumbnail Veil cannot regenerate)");
+                tiffmeta::drop_thumbnail(&mut blob);
+            }
+        },
+        (false, None) => {}
+    }
+    if blob.len() > max_len {
+        tracing::warn!(bytes = blob.len(), "dropped the EXIF block: too large for the output format");
+        return None;
+    }
+    Some(blob)
+}
+
+/// The APP13 block with its Photoshop thumbnails regenerated from `stored` (at a lower quality
+/// when needed to fit the segment), or dropped where they cannot fit.
+fn photoshop_thumbnails(block: &[u8], stored: &DynamicImage) -> Vec<u8> {
+    for q in [90u8, 75, 60, 40] {
+        let rebuilt = irb::replace_thumbnails(block, &mut |w, h, bgr| {
+            let mut small = stored.thumbnail_exact(w, h).into_rgb8();
+            if bgr {
+                small.pixels_mut().for_each(|p| p.0.swap(0, 2));
+            }
+            encode_jpeg(&small, q, Chroma::Half).ok()
+        });
+        if let Some(b) = rebuilt.filter(|b| b.len() <= jpeg::MAX_PAYLOAD) {
+            return b;
+        }
+    }
+    irb::replace_thumbnails(block, &mut |_, _, _| None).unwrap_or_else(|| block.to_vec())
+}
+
+fn fit(w: u32, h: u32, max: u32) -> (u32, u32) {
+    if w >= h {
+        (max, (h * max / w.max(1)).max(1))
+    } else {
+        ((w * max / h.max(1)).max(1), max)
+    }
+}
+
+fn encode_jpeg(img: &RgbImage, quality: u8, chroma: Chroma) -> Result<Vec<u8>, String> {
+    let (w, h) = img.dimensions();
+    let (w, h) = (
+        u16::try_from(w).map_err(|_| format!("{w} pixels is too wide for JPEG (at most 65535)"))?,
+        u16::try_from(h).map_err(|_| format!("{h} pixels is too tall for JPEG (at most 65535)"))?,
+    );
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
+    enc.set_sampling_factor(match chroma {
+        Chroma::Full => jpeg_encoder::SamplingFactor::R_4_4_4,
+        Chroma::Half => jpeg_encoder::SamplingFactor::R_4_2_0,
+    });
+    enc.set_optimized_huffman_tables(true);
+    enc.encode(img.as_raw(), w, h, jpeg_encoder::ColorType::Rgb).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn encode(photo: &Photo, stored: &DynamicImage, format: Format, s: &Settings) -> Result<Vec<u8>, String> {
+    let strip = s.metadata == MetadataPolicy::Strip;
+    let same = format == photo.format;
+    let meta = &photo.meta;
+    match format {
+        Format::Jpeg => {
+            let rgb = match stored {
+                DynamicImage::ImageRgb8(i) => std::borrow::Cow::Borrowed(i),
+                other => std::borrow::Cow::Owned(other.to_rgb8()),
+            };
+            let encoded = encode_jpeg(&rgb, s.jpeg_quality.get(), s.jpeg_chroma)?;
+            let exif = meta.exif.as_deref().and_then(|b| prepare_exif(b, s, stored, jpeg::MAX_PAYLOAD - 6));
+            let exif_payload = exif.map(|e| [jpeg::EXIF_ID, &e].concat());
+            let mut carried: Vec<(u8, Vec<u8>)> = Vec::new();
+            match (&meta.native, same) {
+                (Native::Jpeg { segments, cmyk }, true) => {
+                    let mut exif_done = false;
+                    for (m, p) in segments {
+                        let icc = *m == jpeg::APP2 && p.starts_with(jpeg::ICC_ID);
+                        if icc && *cmyk {
+                            tracing::info!("dropping the CMYK ICC profile: the copy is written in RGB");
+                            continue;
+                        }
+                        if *m == jpeg::APP1 && p.starts_with(jpeg::EXIF_ID) && !exif_done {
+                            exif_done = true;
+                            if let Some(e) = &exif_payload {
+                                carried.push((*m, e.clone()));
+                            }
+                        } else if *m == 0xED && !strip && p.starts_with(irb::ID) && irb::has_thumbnail(p) {
+                            carried.push((*m, photoshop_thumbnails(p, stored)));
+                        } else if icc || !strip {
+                            carried.push((*m, p.clone()));
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(e) = exif_payload {
+                        carried.push((jpeg::APP1, e));
+                    }
+                    if let Some(x) = meta
+                        .xmp
+                        .as_ref()
+                        .filter(|x| !strip && x.len() + jpeg::XMP_ID.len() <= jpeg::MAX_PAYLOAD)
+                    {
+                        carried.push((jpeg::APP1, [jpeg::XMP_ID, x].concat()));
+                    }
+                    for p in meta.icc.as_deref().map(jpeg::icc_segments).unwrap_or_default() {
+                        carried.push((jpeg::APP2, p));
+                    }
+                }
+            }
+            jpeg::splice(&encoded, &carried)
+        }
+        Format::Png => {
+            let mut encoded = Vec::new();
+            let enc = image::codecs::png::PngEncoder::new_with_quality(
+                &mut encoded,
+                image::codecs::png::CompressionType::Default,
+                image::codecs::png::FilterType::Adaptive,
+            );
+            stored.write_with_encoder(enc).map_err(|e| e.to_string())?;
+            let exif = meta.exif.as_deref().and_then(|b| prepare_exif(b, s, stored, 16 << 20));
+            let mut carried = Vec::new();
+            match (&meta.native, same) {
+                (Native::Png { chunks }, true) => {
+                    let mut exif = exif;
+                    for (kind, raw) in chunks.iter().filter(|(k, _)| png::carry(k, strip)) {
+                        if kind == b"eXIf" {
+                            if let Some(e) = exif.take() {
+                                carried.push(png::Carried::New(*b"eXIf", e));
+                            }
+                        } else {
+                            carried.push(png::Carried::Raw(raw.clone()));
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(icc) = &meta.icc {
+                        carried.push(png::Carried::New(*b"iCCP", png::iccp_data(icc)));
+                    }
+                    if let Some(e) = exif {
+                        carried.push(png::Carried::New(*b"eXIf", e));
+                    }
+                    if let Some(x) = meta.xmp.as_ref().filter(|_| !strip) {
+                        carried.push(png::Carried::New(*b"iTXt", png::xmp_data(x)));
+                    }
+                }
+            }
+            png::splice(&encoded, &carried)
+        }
+        Format::Webp => {
+            let img8 = if stored.color().has_alpha() {
+                DynamicImage::ImageRgba8(stored.to_rgba8())
+            } else {
+                DynamicImage::ImageRgb8(stored.to_rgb8())
+            };
+            let mut encoded = Vec::new();
+            img8.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut encoded))
+                .map_err(|e| e.to_string())?;
+            let exif = meta.exif.as_deref().and_then(|b| prepare_exif(b, s, stored, 16 << 20));
+            let mut carried = Vec::new();
+            match (&meta.native, same) {
+                (Native::Webp { chunks }, true) => {
+                    let mut exif = exif;
+                    for (kind, d) in chunks.iter().filter(|(k, _)| webp::carry(k, strip)) {
+                        if kind == b"EXIF" {
+                            if let Some(e) = exif.take() {
+                                carried.push((*kind, e));
+                            }
+                        } else {
+                            carried.push((*kind, d.clone()));
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(icc) = &meta.icc {
+                        carried.push((*b"ICCP", icc.clone()));
+                    }
+                    if let Some(e) = exif {
+                        carried.push((*b"EXIF", e));
+                    }
+                    if let Some(x) = meta.xmp.as_ref().filter(|_| !strip) {
+                        carried.push((*b"XMP ", x.clone()));
+                    }
+                }
+            }
+            webp::splice(&encoded, &carried, img8.width(), img8.height(), img8.color().has_alpha())
+        }
+        Format::Tiff => {
+            let (le, mut entries) = match (&meta.native, same) {
+                (Native::Tiff { le, entries }, true) => (*le, entries.clone()),
+                _ => {
+                    let exif = meta.exif.as_deref().and_then(|b| prepare_exif(b, s, stored, usize::MAX));
+                    let (le, mut entries) = exif
+                        .as_deref()
+                        .and_then(|b| {
+                            let t = Tiff::new(b)?;
+                            let skip = |tag| structural_tiff_tag(tag) || tag == TIFF_ICC || tag == TIFF_XMP;
+                            Some((t.le, tiffmeta::copy_ifd(&t, t.ifd0_offset()?, &skip, 0)))
+                        })
+                        .unwrap_or((true, Vec::new()));
+                    if let Some(x) = &meta.xmp {
+                        entries.push(OutEntry {
+                            tag: TIFF_XMP,
+                            typ: 1,
+                            count: x.len() as u32,
+                            value: OutValue::Bytes(x.clone()),
+                        });
+                    }
+                    if let Some(icc) = &meta.icc {
+                        entries.push(OutEntry {
+                            tag: TIFF_ICC,
+                            typ: 7,
+                            count: icc.len() as u32,
+                            value: OutValue::Bytes(icc.clone()),
+                        });
+                    }
+                    (le, entries)
+                }
+            };
+            if strip {
+                entries.retain(|e| e.tag == TIFF_ICC);
+            } else if s.metadata == MetadataPolicy::KeepNoGps {
+                entries.retain(|e| e.tag != tiffmeta::GPS_IFD);
+            }
+            encode_tiff(stored, le, entries)
+        }
+    }
+}
+
+/// A TIFF with Deflate-compressed strips of `img` and IFD0 holding `entries` (values as they were,
+/// in byte order `le`) next to the tags that describe the new pixels.
+fn encode_tiff(img: &DynamicImage, le: bool, mut entries: Vec<OutEntry>) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let (w, h) = (img.width(), img.height());
+    let (channels, bits): (u16, u16) = (
+        img.color().channel_count().into(),
+        (img.color().bits_per_pixel() / u16::from(img.color().channel_count())),
+    );
+    let samples: Vec<u8> = match img {
+        DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgba16(_) => {
+            let words: Vec<u16> =
+                if channels == 4 { img.to_rgba16().into_raw() } else { img.to_rgb16().into_raw() };
+            words.iter().flat_map(|v| if le { v.to_le_bytes() } else { v.to_be_bytes() }).collect()
+        }
+        DynamicImage::ImageRgba8(i) => i.as_raw().clone(),
+        other => other.to_rgb8().into_raw(),
+    };
+    let row = w as usize * channels as usize * (bits as usize / 8);
+    let rows_per_strip = (65536 / row.max(1)).max(1);
+    let mut buf = tiffmeta::header(le);
+    let (mut offsets, mut counts) = (Vec::new(), Vec::new());
+    for strip in samples.chunks(rows_per_strip * row) {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+        z.write_all(strip).map_err(|e| e.to_string())?;
+        let z = z.finish().map_err(|e| e.to_string())?;
+        offsets.push(buf.len() as u32);
+        counts.push(z.len() as u32);
+        buf.extend(z);
+    }
+    let short = |v: u16| if le { v.to_le_bytes() } else { v.to_be_bytes() }.to_vec();
+    let long = |v: u32| if le { v.to_le_bytes() } else { v.to_be_bytes() }.to_vec();
+    let mut bps = Vec::new();
+    for _ in 0..channels {
+        bps.extend(short(bits));
+    }
+    entries.retain(|e| !structural_tiff_tag(e.tag));
+    entries.extend([
+        OutEntry { tag: 256, typ: 4, count: 1, value: OutValue::Bytes(long(w)) },
+        OutEntry { tag: 257, typ: 4, count: 1, value: OutValue::Bytes(long(h)) },
+        OutEntry { tag: 258, typ: 3, count: channels.into(), value: OutValue::Bytes(bps) },
+        OutEntry { tag: 259, typ: 3, count: 1, value: OutValue::Bytes(short(8)) },
+        OutEntry { tag: 262, typ: 3, count: 1, value: OutValue::Bytes(short(2)) },
+        OutEntry { tag: 273, typ: 4, count: offsets.len() as u32, value: OutValue::Offsets(offsets) },
+        OutEntry { tag: 277, typ: 3, count: 1, value: OutValue::Bytes(short(channels)) },
+        OutEntry { tag: 278, typ: 4, count: 1, value: OutValue::Bytes(long(rows_per_strip as u32)) },
+        OutEntry { tag: 279, typ: 4, count: counts.len() as u32, value: OutValue::Offsets(counts) },
+        OutEntry { tag: 284, typ: 3, count: 1, value: OutValue::Bytes(short(1)) },
+    ]);
+    if channels == 4 {
+        entries.push(OutEntry { tag: 338, typ: 3, count: 1, value: OutValue::Bytes(short(2)) });
+    }
+    let at = tiffmeta::write_ifd(&mut buf, &entries, le, &mut Vec::new());
+    tiffmeta::set_ifd0(&mut buf, at, le);
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests;

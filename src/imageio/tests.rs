@@ -1,0 +1,492 @@
+//! Unit tests on synthetic files (the real camera files are walked in `tests/imageio.rs`).
+
+use super::*;
+use tiffmeta::{OutEntry, OutValue};
+
+fn gradient(w: u32, h: u32) -> RgbImage {
+    ImageBuffer::from_fn(w, h, |x, y| Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, ((x + y) % 256) as u8]))
+}
+
+/// An EXIF blob (little-endian): Orientation, Make, a GPS IFD, and IFD1 with a JPEG thumbnail.
+fn exif_blob_with(orientation: u16, thumb: &[u8]) -> Vec<u8> {
+    let le = true;
+    let mut b = tiffmeta::header(le);
+    let gps = vec![
+        OutEntry { tag: 1, typ: 2, count: 2, value: OutValue::Bytes(b"N\0".to_vec()) },
+        OutEntry {
+            tag: 2,
+            typ: 5,
+            count: 3,
+            value: OutValue::Bytes(
+                [48u32, 1, 51, 1, 2921, 100].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        },
+    ];
+    let ifd0 = vec![
+        OutEntry { tag: 0x010f, typ: 2, count: 8, value: OutValue::Bytes(b"VeilCam\0".to_vec()) },
+        OutEntry {
+            tag: 0x0112,
+            typ: 3,
+            count: 1,
+            value: OutValue::Bytes(orientation.to_le_bytes().to_vec()),
+        },
+        OutEntry { tag: 0x8825, typ: 4, count: 1, value: OutValue::Ifd(gps) },
+    ];
+    let p0 = tiffmeta::write_ifd(&mut b, &ifd0, le, &mut Vec::new());
+    tiffmeta::set_ifd0(&mut b, p0, le);
+    let ifd1 = vec![
+        OutEntry { tag: 0x0201, typ: 4, count: 1, value: OutValue::Bytes(0u32.to_le_bytes().to_vec()) },
+        OutEntry {
+            tag: 0x0202,
+            typ: 4,
+            count: 1,
+            value: OutValue::Bytes((thumb.len() as u32).to_le_bytes().to_vec()),
+        },
+    ];
+    let p1 = tiffmeta::write_ifd(&mut b, &ifd1, le, &mut Vec::new());
+    let next = Tiff::new(&b).unwrap().ifd(p0).unwrap().next_ptr_pos;
+    tiffmeta::set_u32(&mut b, next, p1 as u32, le);
+    let at = b.len() as u32;
+    let e = Tiff::new(&b).unwrap().ifd(p1).unwrap().entries[0].pos;
+    tiffmeta::set_u32(&mut b, e + 8, at, le);
+    b.extend_from_slice(thumb);
+    b
+}
+
+/// A JPEG whose stored pixels are `stored`, with EXIF (orientation), XMP, ICC, IPTC and a comment.
+fn camera_jpeg(stored: &RgbImage, orientation: u16) -> Vec<u8> {
+    let thumb = encode_jpeg(&image::imageops::thumbnail(stored, 16, 12), 80, Chroma::Half).unwrap();
+    let enc = encode_jpeg(stored, 92, Chroma::Half).unwrap();
+    let carried = vec![
+        (jpeg::APP1, [jpeg::EXIF_ID, &exif_blob_with(orientation, &thumb)].concat()),
+        (jpeg::APP1, [jpeg::XMP_ID, b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>"].concat()),
+        (jpeg::APP2, [jpeg::ICC_ID, &[1, 1], &[0x42; 600]].concat()),
+        (0xED, b"Photoshop 3.0\08BIM\x04\x04\0\0\0\0\0\x05\x1c\x02\x05\0\x01x".to_vec()),
+        (jpeg::COM, b"a comment".to_vec()),
+    ];
+    jpeg::splice(&enc, &carried).unwrap()
+}
+
+fn header_segments(data: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let l = jpeg::parse(data).unwrap();
+    l.header()
+        .filter(|s| (0xE0..=0xEF).contains(&s.marker) || s.marker == jpeg::COM)
+        .map(|s| (s.marker, data[s.payload.clone()].to_vec()))
+        .collect()
+}
+
+fn exif_fields(tiff: &[u8]) -> Vec<String> {
+    let exif = exif::Reader::new().read_raw(tiff.to_vec()).unwrap();
+    exif.fields()
+        .filter(|f| f.ifd_num == exif::In::PRIMARY)
+        .map(|f| format!("{} {} {:?}", f.tag, f.ifd_num, f.value))
+        .collect()
+}
+
+#[test]
+fn jpeg_round_trip_keeps_every_segment_and_orientation() {
+    let d = tempfile::tempdir().unwrap();
+    let stored = gradient(64, 48);
+    let src = d.path().join("cam.jpg");
+    std::fs::write(&src, camera_jpeg(&stored, 6)).unwrap();
+    let s = Settings::default();
+    let mut photo = read(&src, &s).unwrap();
+    assert_eq!((photo.format, photo.orientation), (Format::Jpeg, 6));
+    // Orientation 6: stored 64×48 is shown 48×64.
+    assert_eq!(photo.pixels.dimensions(), (48, 64));
+    for p in photo.pixels.pixels_mut() {
+        p[0] = p[0].saturating_add(3);
+    }
+    let out = tempfile::tempdir().unwrap();
+    let w = write(&photo, out.path(), "cam.jpg", None, &s).unwrap();
+    assert_eq!(w.path, out.path().join("cam.jpg"));
+    assert_eq!(w.input_bytes, std::fs::metadata(&src).unwrap().len());
+    let written = std::fs::read(&w.path).unwrap();
+    assert_eq!(w.bytes, written.len() as u64);
+
+    let (before, after) = (header_segments(&std::fs::read(&src).unwrap()), header_segments(&written));
+    assert_eq!(before.len(), after.len());
+    for ((m0, p0), (m1, p1)) in before.iter().zip(&after) {
+        assert_eq!(m0, m1);
+        if p0.starts_with(jpeg::EXIF_ID) {
+            // Every tag as it was; the thumbnail regenerated (so different bytes), still a JPEG.
+            assert_eq!(exif_fields(&p0[6..]), exif_fields(&p1[6..]));
+            let th = tiffmeta::thumbnail(&p1[6..]).1.unwrap();
+            assert_eq!(jpeg::dimensions(&p1[6 + th.offset..6 + th.offset + th.len]), Some((16, 12)));
+            assert_ne!(p0, p1);
+        } else {
+            assert_eq!(p0, p1, "segment {m0:#x} changed");
+        }
+    }
+    // Stored orientation unchanged: the output is 64×48 stored, shown upright as the new pixels.
+    let again = read(&w.path, &s).unwrap();
+    assert_eq!(again.orientation, 6);
+    assert_eq!(again.pixels.dimensions(), (48, 64));
+    let diff = again
+        .pixels
+        .pixels()
+        .zip(photo.pixels.pixels())
+        .map(|(a, b)| (a[0] as i32 - b[0] as i32).abs())
+        .max();
+    assert!(diff.unwrap() <= 12, "{diff:?}");
+}
+
+#[test]
+fn keep_no_gps_removes_only_gps_and_strip_removes_all_but_colour() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("cam.jpg");
+    std::fs::write(&src, camera_jpeg(&gradient(32, 32), 3)).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    let s = Settings { metadata: MetadataPolicy::KeepNoGps, ..Settings::default() };
+    let w = write(&photo, d.path(), "cam.jpg", None, &s).unwrap();
+    assert_eq!(w.path, d.path().join("cam (1).jpg"));
+    let segs = header_segments(&std::fs::read(&w.path).unwrap());
+    let exif = segs.iter().find(|(_, p)| p.starts_with(jpeg::EXIF_ID)).unwrap();
+    let fields = exif_fields(&exif.1[6..]);
+    assert!(fields.iter().any(|f| f.starts_with("Make")), "{fields:?}");
+    assert!(fields.iter().any(|f| f.starts_with("Orientation")), "{fields:?}");
+    assert!(!fields.iter().any(|f| f.starts_with("GPS")), "{fields:?}");
+    assert_eq!(segs.len(), header_segments(&std::fs::read(&src).unwrap()).len());
+
+    let s = Settings { metadata: MetadataPolicy::Strip, ..Settings::default() };
+    let w = write(&photo, d.path(), "cam.jpg", None, &s).unwrap();
+    let segs = header_segments(&std::fs::read(&w.path).unwrap());
+    assert!(segs.iter().all(|(m, p)| *m == jpeg::APP0 || p.starts_with(jpeg::ICC_ID)), "{segs:?}");
+    assert!(segs.iter().any(|(_, p)| p.starts_with(jpeg::ICC_ID)));
+    // Without the Orientation tag the pixels are written upright.
+    let again = read(&w.path, &Settings::default()).unwrap();
+    assert_eq!(again.orientation, 1);
+    assert_eq!(again.pixels.dimensions(), photo.pixels.dimensions());
+}
+
+#[test]
+fn jpeg_settings_quality_and_chroma_are_applied() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("cam.jpg");
+    std::fs::write(&src, camera_jpeg(&gradient(64, 64), 1)).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    let sampling = |p: &Path| {
+        let data = std::fs::read(p).unwrap();
+        let l = jpeg::parse(&data).unwrap();
+        let sof = l.segments.iter().find(|s| s.marker == 0xC0 || s.marker == 0xC1).unwrap();
+        data[sof.payload.start + 7]
+    };
+    let full = write(&photo, d.path(), "a.jpg", None, &Settings::default()).unwrap();
+    assert_eq!(sampling(&full.path), 0x11);
+    let s = Settings { jpeg_chroma: Chroma::Half, jpeg_quality: JpegQuality(60), ..Settings::default() };
+    let half = write(&photo, d.path(), "b.jpg", None, &s).unwrap();
+    assert_eq!(sampling(&half.path), 0x22);
+    assert!(half.bytes < full.bytes);
+}
+
+#[test]
+fn cmyk_jpeg_decodes_and_drops_its_cmyk_profile() {
+    let d = tempfile::tempdir().unwrap();
+    let mut enc_out = Vec::new();
+    let cmyk: Vec<u8> = (0..16 * 16).flat_map(|i| [(i % 255) as u8, 30, 60, 10]).collect();
+    jpeg_encoder::Encoder::new(&mut enc_out, 90)
+        .encode(&cmyk, 16, 16, jpeg_encoder::ColorType::Cmyk)
+        .unwrap();
+    let data = {
+        let l = jpeg::parse(&enc_out).unwrap();
+        let mut carried: Vec<(u8, Vec<u8>)> = l
+            .header()
+            .filter(|s| s.marker == jpeg::APP14)
+            .map(|s| (s.marker, enc_out[s.payload.clone()].to_vec()))
+            .collect();
+        carried.push((jpeg::APP2, [jpeg::ICC_ID, &[1, 1], &[7; 100]].concat()));
+        jpeg::splice(&enc_out, &carried).unwrap()
+    };
+    let src = d.path().join("cmyk.jpg");
+    std::fs::write(&src, data).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    assert_eq!(photo.pixels.dimensions(), (16, 16));
+    let w = write(&photo, d.path(), "cmyk.jpg", None, &Settings::default()).unwrap();
+    let segs = header_segments(&std::fs::read(&w.path).unwrap());
+    assert!(!segs.iter().any(|(m, p)| *m == jpeg::APP14 || p.starts_with(jpeg::ICC_ID)), "{segs:?}");
+}
+
+#[test]
+fn truncated_jpeg_is_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let data = camera_jpeg(&gradient(64, 64), 1);
+    let src = d.path().join("cut.jpg");
+    std::fs::write(&src, &data[..data.len() * 2 / 3]).unwrap();
+    let err = read(&src, &Settings::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("cut.jpg") && msg.contains("truncated JPEG"), "{msg}");
+}
+
+#[test]
+fn progressive_jpeg_and_grey_png_read_and_write() {
+    let d = tempfile::tempdir().unwrap();
+    let img = gradient(40, 24);
+    let mut prog = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut prog, 90);
+    enc.set_progressive(true);
+    enc.encode(img.as_raw(), 40, 24, jpeg_encoder::ColorType::Rgb).unwrap();
+    assert!(jpeg::parse(&prog).unwrap().frame.unwrap().progressive);
+    let photo = decode_bytes(Path::new("p.jpg"), prog, &Settings::default()).unwrap();
+    assert_eq!(photo.pixels.dimensions(), (40, 24));
+    let w = write(&photo, d.path(), "p.jpg", None, &Settings::default()).unwrap();
+    assert_eq!(image::image_dimensions(&w.path).unwrap(), (40, 24));
+
+    let grey = DynamicImage::ImageLuma8(ImageBuffer::from_fn(20, 10, |x, y| Luma([(x * 10 + y) as u8])));
+    let photo = decode_bytes(Path::new("g.png"), png_file(&grey, &[]), &Settings::default()).unwrap();
+    let w = write(&photo, d.path(), "g.png", None, &Settings::default()).unwrap();
+    // Lossless: the grey values come back exactly (as RGB).
+    assert_eq!(image::open(&w.path).unwrap().to_luma8(), grey.to_luma8());
+}
+
+#[test]
+fn twelve_bit_jpeg_is_a_clear_error() {
+    let mut data = camera_jpeg(&gradient(16, 16), 1);
+    let l = jpeg::parse(&data).unwrap();
+    let sof = l.segments.iter().find(|s| s.marker == 0xC0).unwrap().payload.start;
+    data[sof] = 12;
+    let err = decode_bytes(Path::new("deep.jpg"), data, &Settings::default()).unwrap_err();
+    assert!(matches!(err, ImageError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().starts_with("deep.jpg: unsupported format: 12-bit JPEG"), "{err}");
+}
+
+#[test]
+fn limits_are_checked_from_the_header() {
+    // A 100000×100000 PNG in a few dozen bytes: rejected before any pixel buffer exists.
+    let mut bomb = png::SIGNATURE.to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png::put_chunk(&mut bomb, b"IHDR", &ihdr);
+    png::put_chunk(&mut bomb, b"IDAT", &[0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]);
+    png::put_chunk(&mut bomb, b"IEND", &[]);
+    let err = decode_bytes(Path::new("bomb.png"), bomb, &Settings::default()).unwrap_err();
+    assert!(matches!(err, ImageError::TooManyPixels { width: 100_000, height: 100_000, .. }), "{err}");
+    assert!(err.to_string().contains("imageio.max_pixels"), "{err}");
+
+    let data = camera_jpeg(&gradient(64, 64), 1);
+    let s = Settings { max_pixels: 64 * 63, ..Settings::default() };
+    assert!(matches!(
+        decode_bytes(Path::new("a.jpg"), data.clone(), &s),
+        Err(ImageError::TooManyPixels { .. })
+    ));
+    let s = Settings { max_file_bytes: data.len() as u64 - 1, ..Settings::default() };
+    assert!(matches!(decode_bytes(Path::new("a.jpg"), data, &s), Err(ImageError::FileTooLarge { .. })));
+}
+
+#[test]
+fn heic_and_unknown_formats_are_clear_errors() {
+    let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic".to_vec();
+    let err = decode_bytes(Path::new("x.heic"), heic, &Settings::default()).unwrap_err();
+    assert_eq!(err.to_string(), "x.heic: HEIC/HEIF is not supported by this build");
+    let err = decode_bytes(Path::new("x.gif"), b"GIF89a....".to_vec(), &Settings::default()).unwrap_err();
+    assert!(err.to_string().contains("unsupported format: GIF"), "{err}");
+    let err = decode_bytes(Path::new("e.jpg"), Vec::new(), &Settings::default()).unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+}
+
+fn png_file(img: &DynamicImage, extra: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+    let mut enc = Vec::new();
+    img.write_with_encoder(image::codecs::png::PngEncoder::new(&mut enc)).unwrap();
+    let carried: Vec<png::Carried> = extra.iter().map(|(k, d)| png::Carried::New(**k, d.clone())).collect();
+    png::splice(&enc, &carried).unwrap()
+}
+
+#[test]
+fn png_16_bit_alpha_round_trip_keeps_chunks_and_untouched_pixels() {
+    let (w, h) = (40u32, 30u32);
+    let img = DynamicImage::ImageRgba16(ImageBuffer::from_fn(w, h, |x, y| {
+        Rgba([(x * 1637) as u16, (y * 2111) as u16, 40_000 + x as u16, (x * y * 50) as u16])
+    }));
+    let thumb = encode_jpeg(&gradient(8, 6), 80, Chroma::Half).unwrap();
+    let extra = [
+        (b"iCCP", png::iccp_data(&[5; 400])),
+        (b"eXIf", exif_blob_with(1, &thumb)),
+        (b"tEXt", b"Author\0Ann".to_vec()),
+        (b"iTXt", png::xmp_data(b"<x:xmpmeta/>")),
+        (b"pHYs", vec![0, 0, 11, 19, 0, 0, 11, 19, 1]),
+    ];
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("deep.png");
+    std::fs::write(&src, png_file(&img, &extra)).unwrap();
+    let mut photo = read(&src, &Settings::default()).unwrap();
+    assert_eq!(photo.format, Format::Png);
+    photo.pixels.put_pixel(0, 0, Rgb([1, 2, 3]));
+    let w_ = write(&photo, d.path(), "deep.png", None, &Settings::default()).unwrap();
+    let out = std::fs::read(&w_.path).unwrap();
+    let chunks = png::parse(&out).unwrap();
+    let orig = std::fs::read(&src).unwrap();
+    let orig_chunks = png::parse(&orig).unwrap();
+    for (k, _) in &extra {
+        let a = orig_chunks.iter().find(|c| &c.kind == *k).unwrap();
+        let b = chunks.iter().find(|c| &c.kind == *k).unwrap();
+        if *k == b"eXIf" {
+            assert_eq!(exif_fields(&orig[a.data.clone()]), exif_fields(&out[b.data.clone()]));
+        } else {
+            assert_eq!(orig[a.raw.clone()], out[b.raw.clone()], "{}", String::from_utf8_lossy(*k));
+        }
+    }
+    let back = image::load_from_memory(&out).unwrap();
+    let (orig16, back16) = (img.to_rgba16(), back.to_rgba16());
+    assert!(matches!(back, DynamicImage::ImageRgba16(_)));
+    assert_eq!(back16.get_pixel(0, 0).0, [257, 514, 771, 0]);
+    for (x, y, p) in orig16.enumerate_pixels().skip(1) {
+        assert_eq!(back16.get_pixel(x, y), p, "({x},{y})");
+    }
+}
+
+#[test]
+fn webp_round_trip_keeps_exif_icc_xmp() {
+    let img = DynamicImage::ImageRgb8(gradient(30, 20));
+    let mut enc = Vec::new();
+    img.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut enc)).unwrap();
+    let exif = exif_blob_with(8, &encode_jpeg(&gradient(8, 6), 80, Chroma::Half).unwrap());
+    let carried = vec![(*b"ICCP", vec![9; 300]), (*b"EXIF", exif.clone()), (*b"XMP ", b"<x/>".to_vec())];
+    let data = webp::splice(&enc, &carried, 30, 20, false).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("a.webp");
+    std::fs::write(&src, &data).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    assert_eq!((photo.orientation, photo.pixels.dimensions()), (8, (20, 30)));
+    let w = write(&photo, d.path(), "a.webp", None, &Settings::default()).unwrap();
+    let out = std::fs::read(&w.path).unwrap();
+    let chunks = webp::parse(&out).unwrap();
+    let get = |k: &[u8; 4]| chunks.iter().find(|c| &c.kind == k).map(|c| out[c.data.clone()].to_vec());
+    assert_eq!(get(b"ICCP"), Some(vec![9; 300]));
+    assert_eq!(get(b"XMP "), Some(b"<x/>".to_vec()));
+    assert_eq!(exif_fields(&get(b"EXIF").unwrap()), exif_fields(&exif));
+    // Lossless: the stored pixels come back exactly.
+    assert_eq!(image::load_from_memory(&out).unwrap().to_rgb8(), img.to_rgb8());
+}
+
+#[test]
+fn tiff_round_trip_keeps_tags() {
+    let img = DynamicImage::ImageRgb8(gradient(30, 20));
+    let blob = exif_blob_with(1, &[]);
+    let t = Tiff::new(&blob).unwrap();
+    let mut entries = tiffmeta::copy_ifd(&t, t.ifd0_offset().unwrap(), &|_| false, 0);
+    entries.push(OutEntry { tag: TIFF_ICC, typ: 7, count: 50, value: OutValue::Bytes(vec![3; 50]) });
+    let data = encode_tiff(&img, true, entries).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("a.tiff");
+    std::fs::write(&src, &data).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    assert_eq!(photo.pixels, img.to_rgb8());
+    assert_eq!(photo.meta.icc.as_deref(), Some(&[3u8; 50][..]));
+    let w = write(&photo, d.path(), "a.tiff", None, &Settings::default()).unwrap();
+    let fields = |p: &Path| {
+        let mut r = std::io::BufReader::new(std::fs::File::open(p).unwrap());
+        let e = exif::Reader::new().read_from_container(&mut r).unwrap();
+        let mut v: Vec<String> = e
+            .fields()
+            .filter(|f| !structural_tiff_tag(f.tag.number()))
+            .map(|f| format!("{} {:?}", f.tag, f.value))
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (fields(&src), fields(&w.path));
+    assert!(
+        a.iter().any(|f| f.starts_with("Make")) && a.iter().any(|f| f.starts_with("GPSLatitude")),
+        "{a:?}"
+    );
+    assert_eq!(a, b);
+    assert_eq!(image::open(&w.path).unwrap().to_rgb8(), img.to_rgb8());
+}
+
+#[test]
+fn other_output_format_carries_exif_icc_xmp() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("cam.jpg");
+    std::fs::write(&src, camera_jpeg(&gradient(32, 24), 6)).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    let original_exif = photo.meta.exif.clone().unwrap();
+    for format in [Format::Png, Format::Webp, Format::Tiff] {
+        let w = write(&photo, d.path(), "cam.jpg", Some(format), &Settings::default()).unwrap();
+        assert_eq!(w.path.extension().unwrap(), format.extension());
+        let again = read(&w.path, &Settings::default()).unwrap();
+        assert_eq!(again.format, format);
+        assert_eq!(again.orientation, 6, "{format}");
+        assert_eq!(again.pixels.dimensions(), (24, 32), "{format}");
+        assert_eq!(again.meta.icc.as_deref(), Some(&[0x42; 600][..]), "{format}");
+        assert!(again.meta.xmp.is_some(), "{format}");
+        let keep: Vec<String> = exif_fields(&original_exif);
+        let got = exif_fields(again.meta.exif.as_deref().unwrap());
+        for f in &keep {
+            assert!(got.contains(f), "{format}: {f} missing from {got:?}");
+        }
+    }
+}
+
+#[test]
+fn pixels_of_the_wrong_size_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("cam.jpg");
+    std::fs::write(&src, camera_jpeg(&gradient(32, 24), 1)).unwrap();
+    let mut photo = read(&src, &Settings::default()).unwrap();
+    photo.pixels = gradient(10, 10);
+    let err = write(&photo, d.path(), "out.jpg", None, &Settings::default()).unwrap_err();
+    assert!(matches!(err, ImageError::PixelSize { .. }), "{err}");
+    for bad in ["../out.jpg", "a/b.jpg", "", ".hidden.jpg", ".."] {
+        let err = write(&photo, d.path(), bad, None, &Settings::default()).unwrap_err();
+        assert!(matches!(err, ImageError::BadName { .. }), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn settings_defaults() {
+    let s = Settings::default();
+    assert_eq!((s.max_pixels, s.max_file_bytes, s.jpeg_quality.get()), (100_000_000, 200_000_000, 95));
+    assert_eq!((s.metadata, s.jpeg_chroma, s.replace_existing), (MetadataPolicy::Keep, Chroma::Full, false));
+    assert!(JpegQuality::try_from(0).is_err() && JpegQuality::try_from(101).is_err());
+    assert_eq!(output_name("a.JPEG", Format::Jpeg), "a.JPEG");
+    assert_eq!(output_name("a.png", Format::Jpeg), "a.jpg");
+    assert_eq!((inverse(6), inverse(8), inverse(5)), (8, 6, 5));
+}
+
+#[test]
+fn damaged_files_never_panic() {
+    // Every format, cut short at many lengths and with bytes flipped (headers and metadata
+    // included): reading returns a result, and what reads also writes.
+    let jpeg = camera_jpeg(&gradient(24, 16), 6);
+    let png = png_file(
+        &DynamicImage::ImageRgba8(ImageBuffer::from_pixel(12, 8, Rgba([1, 2, 3, 4]))),
+        &[(b"eXIf", exif_blob_with(3, &[]))],
+    );
+    let mut webp = Vec::new();
+    DynamicImage::ImageRgb8(gradient(12, 8))
+        .write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut webp))
+        .unwrap();
+    let tiff = encode_tiff(&DynamicImage::ImageRgb8(gradient(12, 8)), true, Vec::new()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut seed = 7u32;
+    for (name, data) in [("a.jpg", jpeg), ("a.png", png), ("a.webp", webp), ("a.tiff", tiff)] {
+        let mut variants: Vec<Vec<u8>> = (0..data.len()).step_by(7).map(|n| data[..n].to_vec()).collect();
+        variants.push(data.clone());
+        for _ in 0..200 {
+            let mut v = data.clone();
+            for _ in 0..3 {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let at = (seed >> 8) as usize % v.len();
+                v[at] ^= (seed >> 24) as u8 | 1;
+            }
+            variants.push(v);
+        }
+        let (mut read_ok, mut refused) = (0, 0);
+        for v in variants {
+            match decode_bytes(Path::new(name), v, &Settings::default()) {
+                Ok(photo) => {
+                    read_ok += 1;
+                    if let Err(e) = write(&photo, out.path(), name, None, &Settings::default()) {
+                        assert!(e.to_string().contains(name), "{e}");
+                    }
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert!(e.to_string().starts_with(name), "{e}");
+                }
+            }
+        }
+        assert!(read_ok > 0 && refused > 0, "{name}: {read_ok} read, {refused} refused");
+    }
+}
