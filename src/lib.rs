@@ -22,6 +22,7 @@
 pub mod config;
 pub mod doctor;
 pub mod engine;
+pub mod faces;
 pub mod logging;
 pub mod models;
 pub mod paths;
