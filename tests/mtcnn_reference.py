@@ -7,10 +7,12 @@ Weights come from the wheel's data/{pnet,rnet,onet}.pt, as in facenet-pytorch it
 
 Each image is read with PIL, turned upright by its EXIF orientation and converted to RGB; detection
 runs on it as given (no downscaling), on the CPU, with min_face_size, thresholds and factor as passed.
+To compare detectors rather than JPEG decoders, tests/faces.rs passes the pixels Veil decoded, as PPM
+files, which PIL reads losslessly.
 
 Usage: python tests/mtcnn_reference.py --wheel WHEEL --out OUT.json [--min-face 40]
            [--thresholds 0.6 0.7 0.7] [--factor 0.709] IMAGE_OR_DIR...
-A directory stands for the .jpg/.jpeg/.png files directly inside it, sorted by name. OUT.json maps each
+A directory stands for the .jpg/.jpeg/.png/.ppm files directly inside it, sorted by name. OUT.json maps each
 image path, as given or joined to its directory, to
 {"width": W, "height": H, "faces": [{"box": [x1, y1, x2, y2], "score": p, "landmarks": [[x, y] x5]}]}.
 """
@@ -56,7 +58,7 @@ def images(args):
     for item in args:
         if os.path.isdir(item):
             for name in sorted(os.listdir(item)):
-                if name.lower().endswith((".jpg", ".jpeg", ".png")):
+                if name.lower().endswith((".jpg", ".jpeg", ".png", ".ppm")):
                     yield os.path.join(item, name)
         else:
             yield item

@@ -120,8 +120,18 @@ pub struct Detections {
     pub faces: Vec<Face>,
     /// Faces the cascade found that were smaller than `min_face_px`, left out of `faces`.
     pub too_small: usize,
+    /// The photo's size, `[width, height]`, which the faces' coordinates refer to.
+    pub image_size: [u32; 2],
     /// The size the cascade ran at, `[width, height]` (the photo's, or its downscaled copy's).
     pub detect_size: [u32; 2],
+}
+
+impl Detections {
+    /// Each face's square region for the protection ([`Face::crop_region`]), in the order of `faces`.
+    pub fn crop_regions(&self, margin: f64) -> Vec<CropRegion> {
+        let [w, h] = self.image_size;
+        self.faces.iter().filter_map(|f| f.crop_region(margin, w, h)).collect()
+    }
 }
 
 /// The loaded MTCNN cascade and its settings.
@@ -159,7 +169,8 @@ impl Detector {
         let (width, height) = image.dimensions();
         let torch = |source| FacesError::Torch { width, height, source };
         if width == 0 || height == 0 {
-            return Ok(Detections { faces: Vec::new(), too_small: 0, detect_size: [width, height] });
+            let size = [width, height];
+            return Ok(Detections { faces: Vec::new(), too_small: 0, image_size: size, detect_size: size });
         }
         // [1,3,H,W] float in [0,255] on the device.
         let full = mtcnn::image_tensor(image.as_raw(), i64::from(height), i64::from(width), self.device)
@@ -198,7 +209,7 @@ impl Detector {
                 faces.push(face);
             }
         }
-        Ok(Detections { faces, too_small, detect_size: [dw, dh] })
+        Ok(Detections { faces, too_small, image_size: [width, height], detect_size: [dw, dh] })
     }
 
     /// Runs the cascade at the image's own size with `min_size` as MTCNN's minimum face, returning
