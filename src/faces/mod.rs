@@ -211,31 +211,6 @@ impl Detector {
         }
         Ok(Detections { faces, too_small, image_size: [width, height], detect_size: [dw, dh] })
     }
-
-    /// Runs the cascade at the image's own size with `min_size` as MTCNN's minimum face, returning
-    /// every face it finds: facenet-pytorch's `detect_face` for one image, for comparisons.
-    pub fn detect_unscaled(&self, image: &RgbImage, min_size: f64) -> Result<Vec<Face>, FacesError> {
-        let (width, height) = image.dimensions();
-        let torch = |source| FacesError::Torch { width, height, source };
-        let t = mtcnn::image_tensor(image.as_raw(), i64::from(height), i64::from(width), self.device)
-            .map_err(torch)?;
-        let raw = mtcnn::detect(
-            (&self.pnet, &self.rnet, &self.onet),
-            &t,
-            min_size,
-            self.config.thresholds.map(|t| t as f32),
-            self.config.scale_factor,
-        )
-        .map_err(torch)?;
-        Ok(raw
-            .into_iter()
-            .map(|f| Face {
-                bbox: FaceBox { x1: f.b[0], y1: f.b[1], x2: f.b[2], y2: f.b[3] },
-                score: f.score,
-                landmarks: f.landmarks,
-            })
-            .collect())
-    }
 }
 
 /// Whether a face box is below the minimum face size: its longer side under `min_face_px`.

@@ -262,9 +262,9 @@ pub(super) fn nms_union(boxes: &[Scored], threshold: f64) -> Vec<usize> {
 /// (numpy compares in float32). Indices kept, best score first.
 pub(super) fn nms_min(boxes: &[Scored], threshold: f32) -> Vec<usize> {
     let mut order: Vec<usize> = (0..boxes.len()).collect();
-    // numpy takes the last of an ascending argsort: among equal scores (O-Net often gives several
-    // 1.0), the highest index comes first.
-    order.sort_by(|&a, &b| boxes[b].score.total_cmp(&boxes[a].score).then(b.cmp(&a)));
+    // Among exactly equal scores (O-Net's saturated softmax often gives several), numpy's order comes
+    // from its SIMD argsort and differs with the CPU; the earlier box goes first here, as in `nms_union`.
+    order.sort_by(|&a, &b| boxes[b].score.total_cmp(&boxes[a].score));
     let area = |b: &[f32; 4]| (b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0);
     let mut keep = Vec::new();
     while let Some((&i, rest)) = order.split_first() {
@@ -338,9 +338,9 @@ mod tests {
         assert_eq!(nms_min(&side, 0.7), [1, 0]);
         assert_eq!(nms_min(&side, 0.5), [1, 0]);
         assert_eq!(nms_min(&side, 0.4), [1]);
-        // Equal scores: the later box wins, as with numpy's argsort()[-1].
+        // Equal scores: the earlier box wins, in both.
         let tied = [s([0.0, 0.0, 9.0, 9.0], 1.0), s([1.0, 0.0, 10.0, 9.0], 1.0)];
-        assert_eq!(nms_min(&tied, 0.7), [1]);
+        assert_eq!(nms_min(&tied, 0.7), [0]);
         assert_eq!(nms_union(&tied, 0.7), [0]);
     }
 
