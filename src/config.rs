@@ -26,6 +26,7 @@ pub struct Config {
     pub log: LogConfig,
     pub paths: PathsConfig,
     pub models: ModelsConfig,
+    pub faces: FacesConfig,
     pub protect: crate::protect::ProtectConfig,
     /// Decoding and writing photos: limits, metadata, JPEG settings.
     pub imageio: crate::imageio::Settings,
@@ -65,6 +66,87 @@ pub struct ModelsConfig {
     /// Folder holding `manifest.toml`, the generators it lists and `mtcnn/` (the face detector).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+}
+
+/// `[faces]`: the MTCNN face detector. Each value is checked when the file is read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FacesConfig {
+    /// Smallest face, in pixels of the full-resolution photo, that is searched for and reported.
+    #[serde(deserialize_with = "de_min_face_px")]
+    pub min_face_px: u32,
+    /// Score thresholds of the P-Net, R-Net and O-Net stages, each in (0, 1).
+    #[serde(deserialize_with = "de_thresholds")]
+    pub thresholds: [f64; 3],
+    /// Ratio between the sizes of neighbouring levels of the image pyramid, in [0.1, 0.95].
+    #[serde(deserialize_with = "de_scale_factor")]
+    pub scale_factor: f64,
+    /// Detection runs on a copy whose longest side is at most this many pixels (never upscaled).
+    #[serde(deserialize_with = "de_detect_max_side")]
+    pub detect_max_side: u32,
+    /// The protected region around a face: its box grown by this fraction of the box on each side.
+    #[serde(deserialize_with = "de_margin")]
+    pub margin: f64,
+}
+
+impl Default for FacesConfig {
+    fn default() -> Self {
+        FacesConfig {
+            min_face_px: 40,
+            thresholds: [0.6, 0.7, 0.7],
+            scale_factor: 0.709,
+            detect_max_side: 1600,
+            margin: 0.2,
+        }
+    }
+}
+
+fn checked<'de, D, T>(d: D, check: impl FnOnce(&T) -> Result<(), String>) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let value = T::deserialize(d)?;
+    check(&value).map_err(serde::de::Error::custom)?;
+    Ok(value)
+}
+
+fn de_min_face_px<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, |v: &u32| {
+        if *v >= 12 {
+            Ok(())
+        } else {
+            Err(format!("{v} is below 12, the smallest face MTCNN can see"))
+        }
+    })
+}
+
+fn de_thresholds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[f64; 3], D::Error> {
+    checked(d, |v: &[f64; 3]| match v.iter().find(|t| !(**t > 0.0 && **t < 1.0)) {
+        Some(t) => Err(format!("{t} is not a probability strictly between 0 and 1")),
+        None => Ok(()),
+    })
+}
+
+fn de_scale_factor<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    checked(
+        d,
+        |v: &f64| {
+            if (0.1..=0.95).contains(v) {
+                Ok(())
+            } else {
+                Err(format!("{v} is outside [0.1, 0.95]"))
+            }
+        },
+    )
+}
+
+fn de_detect_max_side<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, |v: &u32| if *v >= 64 { Ok(()) } else { Err(format!("{v} is below 64 pixels")) })
+}
+
+fn de_margin<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    checked(d, |v: &f64| if (0.0..=2.0).contains(v) { Ok(()) } else { Err(format!("{v} is outside [0, 2]")) })
 }
 
 /// One watched folder.
@@ -113,6 +195,7 @@ impl Default for Config {
             log: LogConfig::default(),
             paths: PathsConfig::default(),
             models: ModelsConfig::default(),
+            faces: FacesConfig::default(),
             protect: crate::protect::ProtectConfig::default(),
             imageio: crate::imageio::Settings::default(),
             folders: vec![FolderConfig {
@@ -298,6 +381,7 @@ impl Config {
             log: self.log.clone(),
             paths: PathsConfig { state_dir: Some(state_dir), socket: Some(socket) },
             models: ModelsConfig { dir: Some(models_dir) },
+            faces: self.faces.clone(),
             protect: self.protect.clone(),
             imageio: self.imageio.clone(),
             folders: self
@@ -421,6 +505,25 @@ mod tests {
         // What `config show` prints reads back as the same configuration.
         let again = parse(&resolved.to_toml()).unwrap();
         assert_eq!(again, resolved);
+    }
+
+    #[test]
+    fn faces_values_are_checked_and_named() {
+        let c = parse("[faces]\nmin_face_px = 80\nmargin = 0.5\n").unwrap();
+        assert_eq!(c.faces.min_face_px, 80);
+        assert_eq!(c.faces.margin, 0.5);
+        assert_eq!(c.faces.thresholds, FacesConfig::default().thresholds);
+        for (text, key, line) in [
+            ("[faces]\nmin_face_px = 8\n", "`faces.min_face_px`", 2),
+            ("[faces]\n\nthresholds = [0.6, 1.2, 0.7]\n", "`faces.thresholds`", 3),
+            ("[faces]\nscale_factor = 1.0\n", "`faces.scale_factor`", 2),
+            ("[faces]\ndetect_max_side = 10\n", "`faces.detect_max_side`", 2),
+            ("[faces]\nmargin = -0.1\n", "`faces.margin`", 2),
+            ("[faces]\nthresholds = [0.6, 0.7]\n", "`faces.thresholds`", 2),
+        ] {
+            let msg = parse(text).unwrap_err().to_string();
+            assert!(msg.contains(key) && msg.contains(&format!("line {line}")), "{text}: {msg}");
+        }
     }
 
     const EXAMPLE: &str = include_str!("../config/veil.example.toml");

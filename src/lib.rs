@@ -25,6 +25,7 @@
 pub mod config;
 pub mod doctor;
 pub mod engine;
+pub mod faces;
 pub mod imageio;
 pub mod logging;
 pub mod models;
