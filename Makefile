@@ -34,8 +34,10 @@ $(MTCNN) &: $(FACENET_WHEEL) models/convert_mtcnn.py $(VENV)/.veil-installed
 # (models/train/train.py --tiny), with their manifest. Needs ../shared/data/celeba.
 FIXTURES := target/fixtures/models
 TRAIN_SCRIPTS := $(wildcard models/train/*.py)
-$(FIXTURES)/manifest.toml: $(TRAIN_SCRIPTS) | $(VENV)/.veil-installed
+# The face detector is copied in, so the folder is a complete models folder for `veil` and `veild`.
+$(FIXTURES)/manifest.toml: $(TRAIN_SCRIPTS) $(MTCNN) | $(VENV)/.veil-installed
 	$(VENV)/bin/python models/train/train.py all --tiny --data ../shared/data/celeba --out $(FIXTURES)
+	mkdir -p $(FIXTURES)/mtcnn && cp $(MTCNN) $(FIXTURES)/mtcnn/
 
 fixtures: $(FIXTURES)/manifest.toml
 

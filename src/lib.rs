@@ -25,10 +25,13 @@
 pub mod config;
 pub mod doctor;
 pub mod engine;
+pub mod eval;
 pub mod faces;
 pub mod imageio;
 pub mod logging;
 pub mod models;
 pub mod paths;
+pub mod pipeline;
 pub mod protect;
+pub mod quality;
 pub mod service;

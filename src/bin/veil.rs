@@ -4,7 +4,13 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use veil::{config::Config, doctor, engine, faces, paths::Dirs};
+use veil::{
+    config::Config,
+    doctor, engine, eval, faces, imageio,
+    pipeline::{self, JobOptions, Pipeline},
+    paths::Dirs,
+    protect::{Preset, Rng},
+};
 
 /// Protects personal photos against deepfakes. `veil doctor` checks that everything is in place.
 #[derive(Parser)]
@@ -32,6 +38,40 @@ enum Command {
         /// Write the photo with the boxes and landmarks drawn on it to this PNG (one photo only).
         #[arg(long, value_name = "OUT.png")]
         draw: Option<PathBuf>,
+    },
+    /// Protect photos (files or folders) without the daemon: writes OUT/<same name> with the
+    /// original's metadata. The originals are never modified.
+    Protect {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Folder for the protected copies (default: the first configured folder's output).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// fast, balanced or strong (default: the configured preset).
+        #[arg(long, value_name = "P")]
+        preset: Option<Preset>,
+        /// One JSON object per photo on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the protection the paper's way on aligned faces with attributes.csv: % of faces
+    /// disrupted per generator, condition and defense, with baselines, through the real pipeline.
+    Eval {
+        /// A CelebA-style folder: attributes.csv and one folder per split.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long, default_value = "val", value_parser = ["val", "test"])]
+        split: String,
+        /// Evaluate only the first N images of the split.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        #[arg(long, value_name = "P")]
+        preset: Option<Preset>,
+        /// Seed of the random starts and spread draws.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
     },
     /// Show or check the configuration.
     Config {
@@ -71,6 +111,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = config.resolve(&dirs);
             find_faces(&config, &photos, json, draw.as_deref(), &mut out)
         }
+        Command::Protect { paths, out: out_dir, preset, json } => {
+            let (config, _) = Config::load(cli.config.as_deref(), &dirs)?;
+            protect(&config.resolve(&dirs), &paths, out_dir, preset, json, &mut out)
+        }
+        Command::Eval { data, split, limit, preset, seed, json } => {
+            let (config, _) = Config::load(cli.config.as_deref(), &dirs)?;
+            let config = config.resolve(&dirs);
+            let pipeline = load_pipeline(&config)?;
+            let bar = progress(limit.unwrap_or(0) as u64);
+            let report = eval::run(&pipeline, &eval::Options { data, split, limit, preset, seed }, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json())?)?;
+            } else {
+                write!(out, "{}", report.table())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config { command: ConfigCommand::Show } => {
             let (config, source) = Config::load(cli.config.as_deref(), &dirs)?;
             writeln!(out, "# effective configuration; source: {source}")?;
@@ -78,6 +139,64 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn load_pipeline(config: &Config) -> anyhow::Result<Pipeline> {
+    let device = engine::select_device(config.engine.device)?;
+    Ok(Pipeline::load(config, device)?)
+}
+
+/// A progress bar on stderr; invisible when stderr is not a terminal.
+fn progress(len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({eta})") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// `veil protect`: loads the pipeline once, protects each photo, reports each; a failed photo is
+/// reported and the others go on (exit status 1 at the end).
+fn protect(
+    config: &Config,
+    paths: &[PathBuf],
+    out_dir: Option<PathBuf>,
+    preset: Option<Preset>,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let out_dir = match out_dir.or_else(|| config.folders.first().map(|f| f.output.clone())) {
+        Some(d) => d,
+        None => anyhow::bail!("no --out given and no folder configured to take its output"),
+    };
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let photos = pipeline::collect_photos(paths)?;
+    let pipeline = load_pipeline(config)?;
+    let mut rng = Rng::new(config.protect.seed());
+    let options = JobOptions { preset, ..JobOptions::default() };
+    let bar = progress(photos.len() as u64);
+    let mut failed = 0;
+    for photo in &photos {
+        bar.set_message(photo.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        match pipeline.protect_file(photo, &out_dir, &options, &mut rng) {
+            Ok(outcome) if json => writeln!(out, "{}", outcome.to_json())?,
+            Ok(outcome) => bar.suspend(|| writeln!(out, "{}", outcome.summary()))?,
+            Err(e) => {
+                failed += 1;
+                if json {
+                    writeln!(out, "{}", serde_json::json!({"source": photo, "error": e.to_string()}))?;
+                }
+                bar.suspend(|| eprintln!("veil: {e}"));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if failed > 0 {
+        eprintln!("veil: {failed} of {} photo(s) could not be protected", photos.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `veil faces`: loads the detector once, then reports each photo in turn.
@@ -96,7 +215,7 @@ fn find_faces(
     let detector = faces::Detector::load(&models, &config.faces, device)?;
     let mut reports = Vec::new();
     for photo in photos {
-        let mut image = faces::open_upright(photo)?;
+        let mut image = imageio::read(photo, &config.imageio)?.pixels;
         let found = detector.detect(&image)?;
         if json {
             reports.push(serde_json::json!({

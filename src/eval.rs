@@ -1,0 +1,512 @@
+//! `veil eval`: the paper's table for Veil, measured through the real pipeline.
+//!
+//! For each aligned face of a CelebA-style folder (`attributes.csv` + `<split>/`), every attack variant
+//! runs the real path: detection, crop, attack, 8-bit quantization and encoding (the copy is written to
+//! a temporary folder and decoded again). Each generator, ensemble and holdout, then gets the
+//! attacker's view: the standard aligned crop (central 178×178, rows 20..198) resized to its input,
+//! under each defense. The conditions are the paper's, derived from the image's true attributes (set
+//! each hair colour, flip Male, flip Young), not the vectors that were attacked, so the table measures
+//! class transfer. A face counts as disrupted when `MSE(G(D(x_prot), c), G(D(x), c)) ≥ 0.05` in
+//! [-1,1] (the paper's threshold).
+//!
+//! Variants, all in the same run: `veil` (the configured preset), `noise` (random ±ε in the same
+//! regions), `single` (the same attack against one condition per generator), `no-spread` (the same
+//! attack without spread-spectrum transforms).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use tch::{Device, Kind, Tensor};
+
+use crate::{
+    imageio,
+    models::Role,
+    pipeline::{self, Action, Pipeline, PipelineError},
+    protect::{self, spread, Ensemble, Params, Preset, Rng},
+    quality,
+};
+
+/// The paper's disruption threshold on `MSE(G(x_adv), G(x))` in [-1,1].
+pub const THRESHOLD: f64 = 0.05;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Attributes { path: PathBuf, message: String },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Image(#[from] imageio::ImageError),
+    #[error("cannot create a temporary folder: {0}")]
+    Temp(std::io::Error),
+    #[error("generator {name}: {message}")]
+    Generator { name: String, message: String },
+}
+
+/// The defenses an attacker may apply to every input before the generator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Defense {
+    None,
+    /// The paper's: Gaussian blur, kernel 11, σ 1.5.
+    Blur,
+    /// A real JPEG round trip at quality 75 (4:2:0, as common tools write), at the generator's size.
+    Jpeg75,
+    /// Downscale by half and back up.
+    Resize50,
+}
+
+impl Defense {
+    pub const ALL: [Defense; 4] = [Defense::None, Defense::Blur, Defense::Jpeg75, Defense::Resize50];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Defense::None => "none",
+            Defense::Blur => "blur k11 σ1.5",
+            Defense::Jpeg75 => "jpeg q75",
+            Defense::Resize50 => "resize 0.5×",
+        }
+    }
+
+    /// `x: [1,3,S,S] in [-1,1]` as the generator would see it.
+    fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Defense::None => x.shallow_clone(),
+            Defense::Blur => spread::Transform::Gaussian { sigma: 1.5 }.apply(x),
+            Defense::Resize50 => spread::Transform::Resize { factor: 0.5 }.apply(x),
+            Defense::Jpeg75 => real_jpeg(x, 75).unwrap_or_else(|| spread::jpeg_approx(x, 75)),
+        }
+    }
+}
+
+fn real_jpeg(x: &Tensor, quality: u8) -> Option<Tensor> {
+    let size = x.size();
+    let (h, w) = (u32::try_from(size[2]).ok()?, u32::try_from(size[3]).ok()?);
+    let img = pipeline::from_tensor(&((x.squeeze_dim(0) + 1.0) * 127.5).round().clamp(0.0, 255.0), w, h);
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality).encode_image(&img).ok()?;
+    let back = image::load_from_memory(&bytes).ok()?.to_rgb8();
+    Some(pipeline::to_tensor(&back).unsqueeze(0).to_kind(Kind::Float).to_device(x.device()) / 127.5 - 1.0)
+}
+
+/// The attack variants compared in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Variant {
+    Veil,
+    Noise,
+    Single,
+    NoSpread,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 4] = [Variant::Veil, Variant::Noise, Variant::Single, Variant::NoSpread];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Veil => "veil",
+            Variant::Noise => "noise",
+            Variant::Single => "single",
+            Variant::NoSpread => "no-spread",
+        }
+    }
+}
+
+/// Counts for one table cell.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Cell {
+    pub faces: usize,
+    pub disrupted: usize,
+    pub mse_sum: f64,
+}
+
+impl Cell {
+    pub fn percent(&self) -> f64 {
+        if self.faces == 0 {
+            0.0
+        } else {
+            100.0 * self.disrupted as f64 / self.faces as f64
+        }
+    }
+
+    pub fn mean_mse(&self) -> f64 {
+        if self.faces == 0 {
+            0.0
+        } else {
+            self.mse_sum / self.faces as f64
+        }
+    }
+}
+
+/// One row of the table: a generator, a condition and a defense; one cell per variant.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub generator: String,
+    pub role: Role,
+    pub condition: String,
+    pub defense: Defense,
+    pub cells: BTreeMap<Variant, Cell>,
+}
+
+/// Image quality of one variant on the face crop.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quality {
+    pub images: usize,
+    pub psnr_sum: f64,
+    pub ssim_sum: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub images: usize,
+    pub no_face: usize,
+    pub preset: Preset,
+    pub split: String,
+    pub rows: Vec<Row>,
+    pub quality: BTreeMap<Variant, Quality>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data: PathBuf,
+    pub split: String,
+    pub limit: Option<usize>,
+    pub preset: Option<Preset>,
+    pub seed: u64,
+}
+
+/// One image of the evaluation set with its attributes (column name → present).
+struct Sample {
+    path: PathBuf,
+    attributes: BTreeMap<String, bool>,
+}
+
+fn read_samples(data: &Path, split: &str, limit: Option<usize>) -> Result<Vec<Sample>, EvalError> {
+    let path = data.join("attributes.csv");
+    let text = std::fs::read_to_string(&path).map_err(|source| EvalError::Read { path: path.clone(), source })?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (Some(split_col), Some(file_col)) = (col("split"), col("file")) else {
+        return Err(EvalError::Attributes { path, message: "needs `split` and `file` columns".into() });
+    };
+    let mut out = Vec::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.len() != header.len() || fields[split_col] != split {
+            continue;
+        }
+        let attributes = header
+            .iter()
+            .zip(&fields)
+            .filter(|(h, _)| !matches!(**h, "split" | "file" | "identity"))
+            .map(|(h, v)| (h.to_string(), *v == "1"))
+            .collect();
+        out.push(Sample { path: data.join(split).join(fields[file_col]), attributes });
+        if limit.is_some_and(|n| out.len() >= n) {
+            break;
+        }
+    }
+    if out.is_empty() {
+        return Err(EvalError::Attributes { path, message: format!("no image in split {split:?}") });
+    }
+    Ok(out)
+}
+
+/// The paper's conditions for a generator's attribute list, from the image's true attributes:
+/// each hair colour set (others cleared), Male flipped, Young flipped. Unconditional: one, unnamed.
+fn paper_conditions(attributes: &[String], truth: &BTreeMap<String, bool>) -> Vec<(String, Vec<f32>)> {
+    if attributes.is_empty() {
+        return vec![("-".to_string(), Vec::new())];
+    }
+    let base: Vec<f32> = attributes.iter().map(|a| f32::from(u8::from(truth.get(a).copied().unwrap_or(false)))).collect();
+    let hair = ["Black_Hair", "Blond_Hair", "Brown_Hair"];
+    let mut out = Vec::new();
+    for h in hair {
+        if let Some(i) = attributes.iter().position(|a| a == h) {
+            let mut c = base.clone();
+            for other in hair {
+                if let Some(j) = attributes.iter().position(|a| a == other) {
+                    c[j] = 0.0;
+                }
+            }
+            c[i] = 1.0;
+            out.push((format!("set {h}"), c));
+        }
+    }
+    for flip in ["Male", "Young"] {
+        if let Some(i) = attributes.iter().position(|a| a == flip) {
+            let mut c = base.clone();
+            c[i] = 1.0 - c[i];
+            out.push((format!("flip {flip}"), c));
+        }
+    }
+    out
+}
+
+/// The attacker's view of a decoded photo: the central aligned square (rows 20..198 of a 178×218
+/// CelebA image; the central square otherwise) as `[1,3,s,s] in [-1,1]`.
+fn aligned_crop(img: &image::RgbImage, device: Device) -> Tensor {
+    let (w, h) = img.dimensions();
+    let (x, y, s) = if (w, h) == (178, 218) { (0, 20, 178) } else {
+        let s = w.min(h);
+        ((w - s) / 2, (h - s) / 2, s)
+    };
+    let t = pipeline::to_tensor(img).narrow(1, i64::from(y), i64::from(s)).narrow(2, i64::from(x), i64::from(s));
+    protect::to_unit(&t, device)
+}
+
+/// Runs the evaluation. `holdouts` may be empty. `progress(done, total)` is called after each image.
+pub fn run(
+    pipeline: &Pipeline,
+    opts: &Options,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Report, EvalError> {
+    let started = std::time::Instant::now();
+    let config = pipeline.config();
+    let dir = config.models.dir.clone().unwrap_or_default();
+    let device = pipeline.ensemble().device;
+    let holdouts = match Ensemble::load(&dir, &[Role::Holdout], device, &BTreeMap::new()) {
+        Ok(h) => Some(h),
+        Err(protect::ProtectError::EmptyEnsemble(_)) => None,
+        Err(e) => return Err(PipelineError::Generators(e).into()),
+    };
+    let mut single = Ensemble::load(&dir, &[Role::Ensemble], device, &config.protect.weights)
+        .map_err(PipelineError::Generators)?;
+    single.restrict_conditions(0..1);
+    let manifest = crate::models::Manifest::load(&dir).map_err(|e| PipelineError::Generators(e.into()))?;
+    let attributes_of = |name: &str| {
+        manifest.models.iter().find(|m| m.name == name).map(|m| m.attributes.clone()).unwrap_or_default()
+    };
+
+    let samples = read_samples(&opts.data, &opts.split, opts.limit)?;
+    let params = pipeline.params(opts.preset);
+    let no_spread = Params { spread: vec![spread::Transform::Identity], ..params.clone() };
+    let tmp = tempfile::tempdir().map_err(EvalError::Temp)?;
+    let mut rng = Rng::new(opts.seed);
+    let mut rows: BTreeMap<(String, String, usize), Row> = BTreeMap::new();
+    let mut quality_by: BTreeMap<Variant, Quality> = BTreeMap::new();
+    let mut no_face = 0;
+    let generators: Vec<&protect::Generator> =
+        pipeline.ensemble().generators.iter().chain(holdouts.iter().flat_map(|h| h.generators.iter())).collect();
+
+    for (done, sample) in samples.iter().enumerate() {
+        let photo = imageio::read(&sample.path, &config.imageio)?;
+        let found = pipeline.find(&photo)?;
+        if matches!(found.action, Action::CopiedNoFace | Action::SkippedNoFace) {
+            no_face += 1;
+        }
+        let clean = aligned_crop(&photo.pixels, device);
+        for variant in Variant::ALL {
+            let mut prot = photo.clone();
+            match variant {
+                Variant::Veil => {
+                    pipeline.protect_regions(pipeline.ensemble(), &mut prot, found.clone(), &params, &mut rng)?;
+                }
+                Variant::Single => {
+                    pipeline.protect_regions(&single, &mut prot, found.clone(), &params, &mut rng)?;
+                }
+                Variant::NoSpread => {
+                    pipeline.protect_regions(pipeline.ensemble(), &mut prot, found.clone(), &no_spread, &mut rng)?;
+                }
+                Variant::Noise => add_noise(&mut prot, &found.regions, &params, &mut rng),
+            }
+            // The real path: encode as the pipeline writes, decode again.
+            let name = format!("{}-{}", variant.name(), sample.path.file_name().and_then(|n| n.to_str()).unwrap_or("x.jpg"));
+            let written = imageio::write(&prot, tmp.path(), &name, None, &config.imageio)?;
+            let back = imageio::read(&written.path, &config.imageio)?;
+            let _ = std::fs::remove_file(&written.path);
+            let protected = aligned_crop(&back.pixels, device);
+            let q = quality_by.entry(variant).or_default();
+            let (a, b) = (pipeline::from_tensor(&unit_to_u8(&clean), 178, 178), pipeline::from_tensor(&unit_to_u8(&protected), 178, 178));
+            if let (Some(p), Some(s)) = (quality::psnr(&a, &b), quality::ssim(&a, &b)) {
+                q.images += 1;
+                q.psnr_sum += p.min(100.0);
+                q.ssim_sum += s;
+            }
+            for (gi, g) in generators.iter().enumerate() {
+                let s = g.input_size;
+                let (x, xp) = (spread::resize(&clean, s, s), spread::resize(&protected, s, s));
+                for (ci, (cname, c)) in paper_conditions(&attributes_of(&g.name), &sample.attributes).into_iter().enumerate() {
+                    let c = Tensor::from_slice(&c).view([1, -1]).to_device(device);
+                    for (di, defense) in Defense::ALL.into_iter().enumerate() {
+                        let mse = tch::no_grad(|| -> Result<f64, EvalError> {
+                            let gen = |input: &Tensor| {
+                                g.run(&defense.apply(input), &c)
+                                    .map_err(|e| EvalError::Generator { name: g.name.clone(), message: e.to_string() })
+                            };
+                            let (y, yp) = (gen(&x)?, gen(&xp)?);
+                            Ok(yp.mse_loss(&y, tch::Reduction::Mean).double_value(&[]))
+                        })?;
+                        let row = rows.entry((format!("{gi:03}"), format!("{ci:02}"), di)).or_insert_with(|| Row {
+                            generator: g.name.clone(),
+                            role: g.role,
+                            condition: cname.clone(),
+                            defense,
+                            cells: BTreeMap::new(),
+                        });
+                        let cell = row.cells.entry(variant).or_default();
+                        cell.faces += 1;
+                        cell.disrupted += usize::from(mse >= THRESHOLD);
+                        cell.mse_sum += mse;
+                    }
+                }
+            }
+        }
+        progress(done + 1, samples.len());
+    }
+    Ok(Report {
+        images: samples.len(),
+        no_face,
+        preset: opts.preset.unwrap_or(config.protect.preset),
+        split: opts.split.clone(),
+        rows: rows.into_values().collect(),
+        quality: quality_by,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn unit_to_u8(x: &Tensor) -> Tensor {
+    ((x.squeeze_dim(0) + 1.0) * 127.5).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).to_device(Device::Cpu)
+}
+
+/// The noise baseline: every pixel of the regions moved by ±ε (whole 8-bit levels), random sign.
+fn add_noise(photo: &mut imageio::Photo, regions: &[protect::Region], params: &Params, rng: &mut Rng) {
+    let levels = protect::max_levels(params.epsilon) as i16;
+    for r in regions {
+        for y in r.y..r.y + r.h {
+            for x in r.x..r.x + r.w {
+                let p = photo.pixels.get_pixel_mut(x as u32, y as u32);
+                for v in p.0.iter_mut() {
+                    let sign = if rng.next_u64() & 1 == 0 { -1 } else { 1 };
+                    *v = (i16::from(*v) + sign * levels).clamp(0, 255) as u8;
+                }
+            }
+        }
+    }
+}
+
+impl Report {
+    /// The human table.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "Disruption on {} {} images (preset {}), % of faces with MSE ≥ {THRESHOLD} and mean MSE; {} without a detected face.",
+            self.images, self.split, self.preset, self.no_face
+        );
+        let _ = write!(s, "{:<12} {:<8} {:<17} {:<14}", "generator", "role", "condition", "defense");
+        for v in Variant::ALL {
+            let _ = write!(s, " {:>16}", v.name());
+        }
+        s.push('\n');
+        for row in &self.rows {
+            let role = match row.role {
+                Role::Ensemble => "ensemble",
+                Role::Holdout => "holdout",
+            };
+            let _ = write!(s, "{:<12} {:<8} {:<17} {:<14}", row.generator, role, row.condition, row.defense.name());
+            for v in Variant::ALL {
+                let c = row.cells.get(&v).copied().unwrap_or_default();
+                let _ = write!(s, " {:>7.1}% {:>7.4}", c.percent(), c.mean_mse());
+            }
+            s.push('\n');
+        }
+        let _ = writeln!(s, "\nImage quality on the face crop (mean over images):");
+        for (v, q) in &self.quality {
+            if q.images > 0 {
+                let _ = writeln!(
+                    s,
+                    "  {:<10} PSNR {:.2} dB  SSIM {:.4}",
+                    v.name(),
+                    q.psnr_sum / q.images as f64,
+                    q.ssim_sum / q.images as f64
+                );
+            }
+        }
+        let _ = writeln!(s, "{:.1} s", self.seconds);
+        s
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let cells: serde_json::Map<String, serde_json::Value> = r
+                    .cells
+                    .iter()
+                    .map(|(v, c)| {
+                        (
+                            v.name().to_string(),
+                            serde_json::json!({"faces": c.faces, "disrupted": c.disrupted, "percent": c.percent(), "mean_mse": c.mean_mse()}),
+                        )
+                    })
+                    .collect();
+                serde_json::json!({
+                    "generator": r.generator,
+                    "role": if r.role == Role::Ensemble { "ensemble" } else { "holdout" },
+                    "condition": r.condition,
+                    "defense": r.defense.name(),
+                    "variants": cells,
+                })
+            })
+            .collect();
+        let quality: serde_json::Map<String, serde_json::Value> = self
+            .quality
+            .iter()
+            .filter(|(_, q)| q.images > 0)
+            .map(|(v, q)| {
+                (
+                    v.name().to_string(),
+                    serde_json::json!({"psnr": q.psnr_sum / q.images as f64, "ssim": q.ssim_sum / q.images as f64}),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "images": self.images,
+            "no_face": self.no_face,
+            "split": self.split,
+            "preset": self.preset.to_string(),
+            "threshold": THRESHOLD,
+            "rows": rows,
+            "quality": quality,
+            "seconds": self.seconds,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_conditions_follow_the_true_attributes() {
+        let attrs: Vec<String> = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"].map(String::from).to_vec();
+        let truth: BTreeMap<String, bool> =
+            [("Black_Hair", true), ("Blond_Hair", false), ("Brown_Hair", false), ("Male", true), ("Young", false)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        let c = paper_conditions(&attrs, &truth);
+        let names: Vec<&str> = c.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["set Black_Hair", "set Blond_Hair", "set Brown_Hair", "flip Male", "flip Young"]);
+        assert_eq!(c[1].1, [0.0, 1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(c[3].1, [1.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(c[4].1, [1.0, 0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(paper_conditions(&[], &truth).len(), 1);
+    }
+
+    #[test]
+    fn cells_count_and_average() {
+        let c = Cell { faces: 4, disrupted: 3, mse_sum: 0.4 };
+        assert_eq!(c.percent(), 75.0);
+        assert!((c.mean_mse() - 0.1).abs() < 1e-12);
+        assert_eq!(Cell::default().percent(), 0.0);
+    }
+}

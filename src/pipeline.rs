@@ -1,0 +1,374 @@
+//! One photo, end to end: read it (`imageio`, upright), find the faces (`faces`), protect their
+//! regions against the ensemble (`protect`), and write the protected copy (`imageio`, metadata kept).
+//!
+//! A [`Pipeline`] owns the loaded detector and generators, so it lives on the thread that owns
+//! libtorch. `veil protect`, `veil eval` and the daemon's engine worker all go through it.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use image::RgbImage;
+use tch::{Device, Kind, Tensor};
+
+use crate::{
+    config::Config,
+    faces::{self, Detector},
+    imageio::{self, Format, ImageError, Photo, Written},
+    models::Role,
+    protect::{self, Ensemble, NoFace, Params, Preset, ProtectError, Region, Rng},
+    quality,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{}: {source}", path.display())]
+    Faces { path: PathBuf, source: faces::FacesError },
+    #[error("{}: {source}", path.display())]
+    Protect { path: PathBuf, source: ProtectError },
+    #[error("cannot load the face detector: {0}")]
+    Detector(faces::FacesError),
+    #[error("cannot load the generators: {0}")]
+    Generators(ProtectError),
+    #[error("{}: not a file name Veil can write", path.display())]
+    Name { path: PathBuf },
+}
+
+/// What happened to one photo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Faces found and protected.
+    Protected,
+    /// No face: the whole image was protected (`no_face = "whole"`).
+    ProtectedWhole,
+    /// No face: an unchanged copy was written (`no_face = "copy"`).
+    CopiedNoFace,
+    /// No face: nothing written (`no_face = "skip"`).
+    SkippedNoFace,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Protected => "protected",
+            Action::ProtectedWhole => "protected-whole",
+            Action::CopiedNoFace => "copied-no-face",
+            Action::SkippedNoFace => "skipped-no-face",
+        }
+    }
+}
+
+/// The report of one photo.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub source: PathBuf,
+    pub action: Action,
+    pub written: Option<Written>,
+    /// Faces found (at least the minimum size) and faces left out as too small.
+    pub faces: usize,
+    pub too_small: usize,
+    /// The merged regions that were attacked, in upright full-resolution pixels.
+    pub regions: Vec<Region>,
+    /// Per generator: the final `MSE(G(x_prot), G(x))` averaged over the regions.
+    pub losses: Vec<(String, f64)>,
+    /// Of the written file, decoded again, against the original's upright pixels.
+    pub psnr: Option<f64>,
+    pub ssim: Option<f64>,
+    pub seconds: f64,
+}
+
+impl Outcome {
+    /// One JSON object for `veil protect --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let finite = |v: Option<f64>| v.filter(|x| x.is_finite());
+        let losses: serde_json::Map<String, serde_json::Value> =
+            self.losses.iter().map(|(n, v)| (n.clone(), serde_json::json!(v))).collect();
+        serde_json::json!({
+            "source": self.source,
+            "action": self.action.as_str(),
+            "output": self.written.as_ref().map(|w| &w.path),
+            "bytes": self.written.as_ref().map(|w| w.bytes),
+            "input_bytes": self.written.as_ref().map(|w| w.input_bytes),
+            "faces": self.faces,
+            "too_small": self.too_small,
+            "regions": self.regions.iter().map(|r| [r.x, r.y, r.w, r.h]).collect::<Vec<_>>(),
+            "seconds": self.seconds,
+            "psnr": finite(self.psnr),
+            "ssim": self.ssim,
+            "losses": losses,
+        })
+    }
+
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        let what = match self.action {
+            Action::Protected => format!("{} face(s) protected", self.faces),
+            Action::ProtectedWhole => "no face found; whole image protected".to_string(),
+            Action::CopiedNoFace => "no face found; unchanged copy written".to_string(),
+            Action::SkippedNoFace => "no face found; skipped".to_string(),
+        };
+        let mut line = format!("{}: {what}", self.source.display());
+        if let Some(w) = &self.written {
+            line += &format!(" -> {} ({} bytes; original {} bytes)", w.path.display(), w.bytes, w.input_bytes);
+        }
+        if let (Some(p), Some(s)) = (self.psnr, self.ssim) {
+            line += &format!(", PSNR {p:.1} dB, SSIM {s:.4}");
+        }
+        line + &format!(", {:.1} s", self.seconds)
+    }
+}
+
+/// File extensions `veil protect` picks up when walking a folder.
+const PHOTO_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "webp", "tif", "tiff", "heic", "heif", "jpe"];
+
+/// The photos named by `paths`: files as given, folders walked recursively (hidden entries and files
+/// without a photo extension skipped), in a stable order.
+pub fn collect_photos(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ImageError> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::symlink_metadata(p).map_err(|source| ImageError::Open { path: p.clone(), source })?;
+        if meta.is_dir() {
+            walk(p, &mut out)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ImageError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ImageError::Open { path: dir.to_path_buf(), source })?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    paths.sort();
+    for p in paths {
+        let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        if hidden {
+            continue;
+        }
+        if meta.is_dir() {
+            walk(&p, out)?;
+        } else if meta.is_file() {
+            let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+            if ext.is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.as_str())) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Options of one job that may differ from the configuration (per folder, per command).
+#[derive(Debug, Clone, Default)]
+pub struct JobOptions {
+    pub preset: Option<Preset>,
+    pub format: Option<Format>,
+    /// The watched folder the source was found in: symbolic links may not lead out of it.
+    pub folder: Option<PathBuf>,
+}
+
+/// The loaded detector and generators, with the configuration they run under.
+pub struct Pipeline {
+    detector: Detector,
+    ensemble: Ensemble,
+    config: Config,
+}
+
+impl Pipeline {
+    /// Loads MTCNN and the `ensemble` generators of the models folder onto `device`. `config` must be
+    /// resolved (it names the models folder).
+    pub fn load(config: &Config, device: Device) -> Result<Pipeline, PipelineError> {
+        let dir = config.models.dir.clone().unwrap_or_default();
+        let detector = Detector::load(&dir, &config.faces, device).map_err(PipelineError::Detector)?;
+        let ensemble = Ensemble::load(&dir, &[Role::Ensemble], device, &config.protect.weights)
+            .map_err(PipelineError::Generators)?;
+        Ok(Pipeline { detector, ensemble, config: config.clone() })
+    }
+
+    pub fn ensemble(&self) -> &Ensemble {
+        &self.ensemble
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The attack parameters for `preset` (or the configured one).
+    pub fn params(&self, preset: Option<Preset>) -> Params {
+        self.config.protect.params(preset)
+    }
+
+    /// Protects one file into `out_dir` under its own name.
+    pub fn protect_file(
+        &self,
+        source: &Path,
+        out_dir: &Path,
+        options: &JobOptions,
+        rng: &mut Rng,
+    ) -> Result<Outcome, PipelineError> {
+        let started = Instant::now();
+        let settings = &self.config.imageio;
+        let photo = match &options.folder {
+            Some(folder) => imageio::read_in_folder(folder, source, settings)?,
+            None => imageio::read(source, settings)?,
+        };
+        let name = source
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| PipelineError::Name { path: source.to_path_buf() })?;
+        let params = self.params(options.preset);
+        let mut protected = photo.clone();
+        let found = self.protect_photo(&mut protected, &params, rng)?;
+        let written = match found.action {
+            Action::SkippedNoFace => None,
+            Action::CopiedNoFace => Some(imageio::write(&photo, out_dir, name, options.format, settings)?),
+            Action::Protected | Action::ProtectedWhole => {
+                Some(imageio::write(&protected, out_dir, name, options.format, settings)?)
+            }
+        };
+        // Quality of what was actually written, decoded again.
+        let (psnr, ssim) = match &written {
+            Some(w) => match imageio::read(&w.path, settings) {
+                Ok(back) => (quality::psnr(&photo.pixels, &back.pixels), quality::ssim(&photo.pixels, &back.pixels)),
+                Err(e) => {
+                    tracing::warn!("cannot re-read {} to measure its quality: {e}", w.path.display());
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
+        Ok(Outcome {
+            source: source.to_path_buf(),
+            action: found.action,
+            written,
+            faces: found.faces,
+            too_small: found.too_small,
+            regions: found.regions,
+            losses: found.losses,
+            psnr,
+            ssim,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Finds the faces of `photo` and the regions to protect under the `no_face` policy.
+    pub fn find(&self, photo: &Photo) -> Result<Found, PipelineError> {
+        let detections = self
+            .detector
+            .detect(&photo.pixels)
+            .map_err(|source| PipelineError::Faces { path: photo.source.clone(), source })?;
+        let mut regions: Vec<Region> = detections
+            .crop_regions(self.config.faces.margin)
+            .into_iter()
+            .map(|c| Region { x: i64::from(c.x), y: i64::from(c.y), w: i64::from(c.size), h: i64::from(c.size) })
+            .collect();
+        let (w, h) = photo.pixels.dimensions();
+        let action = match (regions.is_empty(), self.config.protect.no_face) {
+            (false, _) => Action::Protected,
+            (true, NoFace::Whole) => {
+                regions.push(Region { x: 0, y: 0, w: i64::from(w), h: i64::from(h) });
+                Action::ProtectedWhole
+            }
+            (true, NoFace::Copy) => Action::CopiedNoFace,
+            (true, NoFace::Skip) => Action::SkippedNoFace,
+        };
+        let regions = protect::merge_regions(&regions, i64::from(w), i64::from(h));
+        Ok(Found { action, faces: detections.faces.len(), too_small: detections.too_small, regions, losses: Vec::new() })
+    }
+
+    /// Finds the faces of `photo` and replaces its pixels with protected ones (unless no face was
+    /// found and the policy is not `whole`). Returns what was found and done; writes nothing.
+    pub fn protect_photo(&self, photo: &mut Photo, params: &Params, rng: &mut Rng) -> Result<Found, PipelineError> {
+        let found = self.find(photo)?;
+        self.protect_regions(&self.ensemble, photo, found, params, rng)
+    }
+
+    /// Protects `found.regions` of `photo` against `ensemble` (the pipeline's own, or another for
+    /// baselines such as a single-condition attack).
+    pub fn protect_regions(
+        &self,
+        ensemble: &Ensemble,
+        photo: &mut Photo,
+        mut found: Found,
+        params: &Params,
+        rng: &mut Rng,
+    ) -> Result<Found, PipelineError> {
+        if found.regions.is_empty() {
+            return Ok(found);
+        }
+        let (w, h) = photo.pixels.dimensions();
+        let pixels = to_tensor(&photo.pixels);
+        let (out, reports) = protect::protect_pixels(ensemble, &pixels, &found.regions, params, rng)
+            .map_err(|source| PipelineError::Protect { path: photo.source.clone(), source })?;
+        photo.pixels = from_tensor(&out, w, h);
+        found.losses = mean_losses(reports.iter().map(|r| r.losses.as_slice()));
+        Ok(found)
+    }
+}
+
+/// What [`Pipeline::protect_photo`] found and did.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub action: Action,
+    pub faces: usize,
+    pub too_small: usize,
+    pub regions: Vec<Region>,
+    pub losses: Vec<(String, f64)>,
+}
+
+fn mean_losses<'a>(per_region: impl Iterator<Item = &'a [(String, f64)]>) -> Vec<(String, f64)> {
+    let mut sums: Vec<(String, f64, usize)> = Vec::new();
+    for losses in per_region {
+        for (name, v) in losses {
+            match sums.iter_mut().find(|(n, _, _)| n == name) {
+                Some(entry) => {
+                    entry.1 += v;
+                    entry.2 += 1;
+                }
+                None => sums.push((name.clone(), *v, 1)),
+            }
+        }
+    }
+    sums.into_iter().map(|(n, s, c)| (n, s / c as f64)).collect()
+}
+
+/// `RgbImage` → `[3,H,W]` uint8 tensor on the CPU.
+pub fn to_tensor(img: &RgbImage) -> Tensor {
+    let (w, h) = img.dimensions();
+    Tensor::from_slice(img.as_raw()).view([i64::from(h), i64::from(w), 3]).permute([2, 0, 1]).contiguous()
+}
+
+/// `[3,H,W]` uint8 tensor → `RgbImage` of `w`×`h`.
+pub fn from_tensor(t: &Tensor, w: u32, h: u32) -> RgbImage {
+    let hwc = t.to_device(Device::Cpu).to_kind(Kind::Uint8).permute([1, 2, 0]).contiguous();
+    let mut raw = vec![0u8; (w as usize) * (h as usize) * 3];
+    let n = raw.len();
+    hwc.copy_data_u8(&mut raw, n);
+    // The buffer has exactly w·h·3 bytes, so from_raw cannot fail.
+    RgbImage::from_raw(w, h, raw).unwrap_or_else(|| RgbImage::new(w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_round_trip_keeps_pixels() {
+        let img = RgbImage::from_fn(7, 5, |x, y| image::Rgb([x as u8 * 30, y as u8 * 40, (x + y) as u8]));
+        let t = to_tensor(&img);
+        assert_eq!(t.size(), [3, 5, 7]);
+        assert_eq!(t.int64_value(&[0, 2, 3]), 90);
+        assert_eq!(from_tensor(&t, 7, 5), img);
+    }
+
+    #[test]
+    fn losses_average_over_regions() {
+        let a = vec![("g".to_string(), 1.0), ("h".to_string(), 4.0)];
+        let b = vec![("g".to_string(), 3.0), ("h".to_string(), 0.0)];
+        let m = mean_losses([a.as_slice(), b.as_slice()].into_iter());
+        assert_eq!(m, [("g".to_string(), 2.0), ("h".to_string(), 2.0)]);
+    }
+}

@@ -1,0 +1,148 @@
+//! End to end through the real `veil` binary: `veil protect` on real portraits and camera files with
+//! the tiny generator fixtures, and `veil eval` on CelebA faces. Needs `make fixtures` (make test does)
+//! and ../shared/data; without the data the tests say so and return.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+fn crate_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn data() -> Option<PathBuf> {
+    let d = crate_dir().join("../shared/data");
+    if d.is_dir() {
+        Some(d)
+    } else {
+        println!("skipped: {} is not there", d.display());
+        None
+    }
+}
+
+/// A config naming the fixture models folder (tiny generators + MTCNN) and a fixed seed.
+fn config(dir: &Path) -> PathBuf {
+    let models = crate_dir().join("target/fixtures/models");
+    assert!(models.join("manifest.toml").is_file() && models.join("mtcnn/pnet.safetensors").is_file(), "run `make fixtures`");
+    let path = dir.join("veil.toml");
+    std::fs::write(&path, format!("[models]\ndir = \"{}\"\n[protect]\nseed = 7\n", models.display())).unwrap();
+    path
+}
+
+fn veil(home: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .env_remove("LD_LIBRARY_PATH")
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn exif_fields(path: &Path) -> Vec<(String, String)> {
+    let file = std::fs::File::open(path).unwrap();
+    let exif = exif::Reader::new().read_from_container(&mut std::io::BufReader::new(file)).unwrap();
+    let mut fields: Vec<(String, String)> = exif
+        .fields()
+        .filter(|f| f.ifd_num == exif::In::PRIMARY)
+        .map(|f| (format!("{}", f.tag), format!("{}", f.display_value())))
+        .collect();
+    fields.sort();
+    fields
+}
+
+#[test]
+fn protect_writes_protected_copies_with_metadata_and_reports_quality() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let out = tmp.path().join("out");
+    let portrait = data.join("portraits/src/male");
+    let camera = data.join("exif-samples/jpg/gps/DSCN0010.jpg");
+    let broken = data.join("exif-samples/jpg/corrupted.jpg");
+    let first = std::fs::read_dir(&portrait).unwrap().filter_map(Result::ok).map(|e| e.path()).min().unwrap();
+    let before = std::fs::read(&first).unwrap();
+    let o = veil(
+        tmp.path(),
+        &["--config", cfg.to_str().unwrap(), "protect", "--json", "--preset", "fast", "--out", out.to_str().unwrap(),
+          first.to_str().unwrap(), camera.to_str().unwrap(), broken.to_str().unwrap()],
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    // One photo failed, so the status says so, but the others were written.
+    assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("corrupted.jpg") && stderr.contains("corrupt JPEG"), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+
+    let p = &lines[0];
+    assert_eq!(p["action"], "protected", "{p}");
+    assert_eq!(p["faces"], 1, "{p}");
+    let psnr = p["psnr"].as_f64().unwrap();
+    let ssim = p["ssim"].as_f64().unwrap();
+    assert!(psnr > 30.0 && psnr < 60.0 && ssim > 0.9 && ssim < 1.0, "{p}");
+    assert!(p["losses"]["stargan"].as_f64().unwrap() > 0.0, "{p}");
+    let written = PathBuf::from(p["output"].as_str().unwrap());
+    assert_eq!(written, out.join(first.file_name().unwrap()));
+    assert_eq!(std::fs::read(&first).unwrap(), before, "the original changed");
+    assert_ne!(std::fs::read(&written).unwrap(), before);
+
+    // No face in the camera photo: an unchanged copy, EXIF (with GPS) field for field.
+    let c = &lines[1];
+    assert_eq!(c["action"], "copied-no-face", "{c}");
+    let copy = PathBuf::from(c["output"].as_str().unwrap());
+    assert_eq!(exif_fields(&copy), exif_fields(&camera));
+    assert!(lines[2]["error"].as_str().unwrap().contains("corrupt JPEG"));
+    // Nothing else (no temporary file) in the output folder.
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
+}
+
+#[test]
+fn eval_reports_every_generator_condition_and_defense_with_baselines() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let o = veil(
+        tmp.path(),
+        &["--config", cfg.to_str().unwrap(), "eval", "--json", "--preset", "fast", "--limit", "2", "--data",
+          data.join("celeba").to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["images"], 2);
+    let rows = r["rows"].as_array().unwrap();
+    // 4 conditional generators × 5 conditions + 2 unconditional × 1, each under 4 defenses.
+    assert_eq!(rows.len(), (4 * 5 + 2) * 4, "{r}");
+    for g in ["stargan", "ganimation", "attgan", "faceswap", "cyclegan", "stargan_adv"] {
+        assert!(rows.iter().any(|row| row["generator"] == g), "{g} missing");
+    }
+    assert!(rows.iter().any(|row| row["role"] == "holdout"));
+    for row in rows {
+        for v in ["veil", "noise", "single", "no-spread"] {
+            assert_eq!(row["variants"][v]["faces"], 2, "{row}");
+        }
+    }
+    // The attack moves the ensemble's outputs more than noise of the same size, on average.
+    let mean = |v: &str| {
+        let ens: Vec<f64> = rows
+            .iter()
+            .filter(|row| row["role"] == "ensemble" && row["defense"] == "none")
+            .map(|row| row["variants"][v]["mean_mse"].as_f64().unwrap())
+            .collect();
+        ens.iter().sum::<f64>() / ens.len() as f64
+    };
+    assert!(mean("veil") > 2.0 * mean("noise"), "veil {} noise {}", mean("veil"), mean("noise"));
+    let q = &r["quality"]["veil"];
+    assert!(q["psnr"].as_f64().unwrap() > 30.0 && q["ssim"].as_f64().unwrap() > 0.8, "{q}");
+}
+
+#[test]
+fn protect_refuses_a_missing_path_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let missing = tmp.path().join("nope.jpg");
+    let o = veil(tmp.path(), &["--config", cfg.to_str().unwrap(), "protect", "--out", "x", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jpg"));
+}
