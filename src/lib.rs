@@ -13,6 +13,7 @@
 //! - [`paths`]: the platform's places for config, state, socket and models.
 //! - [`engine`]: libtorch at run time: loading CUDA, choosing the device.
 //! - [`models`]: the models folder: generator manifest and face-detector weights.
+//! - [`faces`]: MTCNN face detection in tch: boxes, scores, landmarks and crop regions at full resolution.
 //! - [`logging`]: `tracing` to the systemd journal or to stderr.
 //! - [`doctor`]: the checks behind `veil doctor`.
 //! - [`service`]: `veild`'s main loop, which takes its configuration and its shutdown signal.
