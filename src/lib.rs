@@ -14,6 +14,7 @@
 //! - [`imageio`]: decoding and encoding photos with their metadata, atomic safe writes.
 //! - [`engine`]: libtorch at run time: loading CUDA, choosing the device.
 //! - [`models`]: the models folder: generator manifest and face-detector weights.
+//! - [`faces`]: MTCNN face detection in tch: boxes, scores, landmarks and crop regions at full resolution.
 //! - [`logging`]: `tracing` to the systemd journal or to stderr.
 //! - [`protect`]: the attack: PGD against the generator ensemble, class-transferable and
 //!   spread-spectrum, face region by face region, quantized within ε.

@@ -30,12 +30,16 @@ fn data_dir() -> Option<PathBuf> {
 }
 
 fn detector(config: &FacesConfig) -> Option<Detector> {
+    detector_on(config, tch::Device::Cpu)
+}
+
+fn detector_on(config: &FacesConfig, device: tch::Device) -> Option<Detector> {
     let models = crate_dir().join("models");
     if !veil::models::mtcnn_files(&models).iter().all(|p| p.is_file()) {
         eprintln!("skipped: no MTCNN weights in {} (run `make setup`)", models.display());
         return None;
     }
-    Some(Detector::load(&models, config, tch::Device::Cpu).unwrap())
+    Some(Detector::load(&models, config, device).unwrap())
 }
 
 /// The .jpg files directly in `dir`, sorted.
@@ -413,16 +417,44 @@ fn camera_photos_without_faces_have_none() {
     }
 }
 
+#[test]
+fn cuda_finds_what_the_cpu_finds() {
+    let Some(data) = data_dir() else { return };
+    if let veil::engine::CudaStatus::Unavailable { reason } = veil::engine::cuda() {
+        eprintln!("skipped: no CUDA ({reason})");
+        return;
+    }
+    let config = FacesConfig::default();
+    let (Some(cpu), Some(gpu)) = (detector(&config), detector_on(&config, tch::Device::Cuda(0))) else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = portrait_dirs(&data).iter().flat_map(|d| jpegs(d)).take(8).collect();
+    files.extend(jpegs(&data.join("celeba/val")).into_iter().take(20));
+    files.extend(jpegs(&data.join("exif-samples/jpg/mobile")));
+    for file in files {
+        let image = faces::open_upright(&file).unwrap();
+        let (a, b) = (cpu.detect(&image).unwrap(), gpu.detect(&image).unwrap());
+        assert_eq!(a.faces.len(), b.faces.len(), "{}: cpu {a:?} cuda {b:?}", file.display());
+        for (x, y) in a.faces.iter().zip(&b.faces) {
+            assert!(x.bbox.iou(&y.bbox) >= 0.95, "{}: cpu {x:?} cuda {y:?}", file.display());
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Benchmark (ignored: a measurement, not a check).
 
 /// `cargo test --release --test faces -- --ignored --nocapture bench_12mp`: a 4000×3000 photo (a
-/// mobile JPEG scaled up, one portrait pasted in), median of 7 detections after a warm-up.
+/// mobile JPEG scaled up, one portrait pasted in), median of 7 detections after a warm-up, on the
+/// device `engine.device = "auto"` picks (the GPU when there is one); `VEIL_BENCH_DEVICE=cpu` forces
+/// the CPU.
 #[test]
 #[ignore]
 fn bench_12mp_one_face() {
     let Some(data) = data_dir() else { return };
-    let Some(detector) = detector(&FacesConfig::default()) else { return };
+    let choice = std::env::var("VEIL_BENCH_DEVICE").unwrap_or_else(|_| "auto".into());
+    let device = veil::engine::select_device(choice.parse().unwrap()).unwrap();
+    let Some(detector) = detector_on(&FacesConfig::default(), device) else { return };
     let background = faces::open_upright(&data.join("exif-samples/jpg/mobile/HMD_Nokia_8.3_5G.jpg")).unwrap();
     let mut photo = imageops::resize(&background, 4000, 3000, imageops::FilterType::Triangle);
     let portrait = faces::open_upright(&data.join("portraits/ref/female/015248.jpg")).unwrap();
