@@ -186,7 +186,8 @@ struct Sample {
 
 fn read_samples(data: &Path, split: &str, limit: Option<usize>) -> Result<Vec<Sample>, EvalError> {
     let path = data.join("attributes.csv");
-    let text = std::fs::read_to_string(&path).map_err(|source| EvalError::Read { path: path.clone(), source })?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| EvalError::Read { path: path.clone(), source })?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name);
@@ -222,7 +223,8 @@ fn paper_conditions(attributes: &[String], truth: &BTreeMap<String, bool>) -> Ve
     if attributes.is_empty() {
         return vec![("-".to_string(), Vec::new())];
     }
-    let base: Vec<f32> = attributes.iter().map(|a| f32::from(u8::from(truth.get(a).copied().unwrap_or(false)))).collect();
+    let base: Vec<f32> =
+        attributes.iter().map(|a| f32::from(u8::from(truth.get(a).copied().unwrap_or(false)))).collect();
     let hair = ["Black_Hair", "Blond_Hair", "Brown_Hair"];
     let mut out = Vec::new();
     for h in hair {
@@ -251,11 +253,14 @@ fn paper_conditions(attributes: &[String], truth: &BTreeMap<String, bool>) -> Ve
 /// CelebA image; the central square otherwise) as `[1,3,s,s] in [-1,1]`.
 fn aligned_crop(img: &image::RgbImage, device: Device) -> Tensor {
     let (w, h) = img.dimensions();
-    let (x, y, s) = if (w, h) == (178, 218) { (0, 20, 178) } else {
+    let (x, y, s) = if (w, h) == (178, 218) {
+        (0, 20, 178)
+    } else {
         let s = w.min(h);
         ((w - s) / 2, (h - s) / 2, s)
     };
-    let t = pipeline::to_tensor(img).narrow(1, i64::from(y), i64::from(s)).narrow(2, i64::from(x), i64::from(s));
+    let t =
+        pipeline::to_tensor(img).narrow(1, i64::from(y), i64::from(s)).narrow(2, i64::from(x), i64::from(s));
     protect::to_unit(&t, device)
 }
 
@@ -290,8 +295,12 @@ pub fn run(
     let mut rows: BTreeMap<(String, String, usize), Row> = BTreeMap::new();
     let mut quality_by: BTreeMap<Variant, Quality> = BTreeMap::new();
     let mut no_face = 0;
-    let generators: Vec<&protect::Generator> =
-        pipeline.ensemble().generators.iter().chain(holdouts.iter().flat_map(|h| h.generators.iter())).collect();
+    let generators: Vec<&protect::Generator> = pipeline
+        .ensemble()
+        .generators
+        .iter()
+        .chain(holdouts.iter().flat_map(|h| h.generators.iter()))
+        .collect();
 
     for (done, sample) in samples.iter().enumerate() {
         let photo = imageio::read(&sample.path, &config.imageio)?;
@@ -304,24 +313,43 @@ pub fn run(
             let mut prot = photo.clone();
             match variant {
                 Variant::Veil => {
-                    pipeline.protect_regions(pipeline.ensemble(), &mut prot, found.clone(), &params, &mut rng)?;
+                    pipeline.protect_regions(
+                        pipeline.ensemble(),
+                        &mut prot,
+                        found.clone(),
+                        &params,
+                        &mut rng,
+                    )?;
                 }
                 Variant::Single => {
                     pipeline.protect_regions(&single, &mut prot, found.clone(), &params, &mut rng)?;
                 }
                 Variant::NoSpread => {
-                    pipeline.protect_regions(pipeline.ensemble(), &mut prot, found.clone(), &no_spread, &mut rng)?;
+                    pipeline.protect_regions(
+                        pipeline.ensemble(),
+                        &mut prot,
+                        found.clone(),
+                        &no_spread,
+                        &mut rng,
+                    )?;
                 }
                 Variant::Noise => add_noise(&mut prot, &found.regions, &params, &mut rng),
             }
             // The real path: encode as the pipeline writes, decode again.
-            let name = format!("{}-{}", variant.name(), sample.path.file_name().and_then(|n| n.to_str()).unwrap_or("x.jpg"));
+            let name = format!(
+                "{}-{}",
+                variant.name(),
+                sample.path.file_name().and_then(|n| n.to_str()).unwrap_or("x.jpg")
+            );
             let written = imageio::write(&prot, tmp.path(), &name, None, &config.imageio)?;
             let back = imageio::read(&written.path, &config.imageio)?;
             let _ = std::fs::remove_file(&written.path);
             let protected = aligned_crop(&back.pixels, device);
             let q = quality_by.entry(variant).or_default();
-            let (a, b) = (pipeline::from_tensor(&unit_to_u8(&clean), 178, 178), pipeline::from_tensor(&unit_to_u8(&protected), 178, 178));
+            let (a, b) = (
+                pipeline::from_tensor(&unit_to_u8(&clean), 178, 178),
+                pipeline::from_tensor(&unit_to_u8(&protected), 178, 178),
+            );
             if let (Some(p), Some(s)) = (quality::psnr(&a, &b), quality::ssim(&a, &b)) {
                 q.images += 1;
                 q.psnr_sum += p.min(100.0);
@@ -330,24 +358,29 @@ pub fn run(
             for (gi, g) in generators.iter().enumerate() {
                 let s = g.input_size;
                 let (x, xp) = (spread::resize(&clean, s, s), spread::resize(&protected, s, s));
-                for (ci, (cname, c)) in paper_conditions(&attributes_of(&g.name), &sample.attributes).into_iter().enumerate() {
+                for (ci, (cname, c)) in
+                    paper_conditions(&attributes_of(&g.name), &sample.attributes).into_iter().enumerate()
+                {
                     let c = Tensor::from_slice(&c).view([1, -1]).to_device(device);
                     for (di, defense) in Defense::ALL.into_iter().enumerate() {
                         let mse = tch::no_grad(|| -> Result<f64, EvalError> {
                             let gen = |input: &Tensor| {
-                                g.run(&defense.apply(input), &c)
-                                    .map_err(|e| EvalError::Generator { name: g.name.clone(), message: e.to_string() })
+                                g.run(&defense.apply(input), &c).map_err(|e| EvalError::Generator {
+                                    name: g.name.clone(),
+                                    message: e.to_string(),
+                                })
                             };
                             let (y, yp) = (gen(&x)?, gen(&xp)?);
                             Ok(yp.mse_loss(&y, tch::Reduction::Mean).double_value(&[]))
                         })?;
-                        let row = rows.entry((format!("{gi:03}"), format!("{ci:02}"), di)).or_insert_with(|| Row {
-                            generator: g.name.clone(),
-                            role: g.role,
-                            condition: cname.clone(),
-                            defense,
-                            cells: BTreeMap::new(),
-                        });
+                        let row =
+                            rows.entry((format!("{gi:03}"), format!("{ci:02}"), di)).or_insert_with(|| Row {
+                                generator: g.name.clone(),
+                                role: g.role,
+                                condition: cname.clone(),
+                                defense,
+                                cells: BTreeMap::new(),
+                            });
                         let cell = row.cells.entry(variant).or_default();
                         cell.faces += 1;
                         cell.disrupted += usize::from(mse >= THRESHOLD);
@@ -409,7 +442,14 @@ impl Report {
                 Role::Ensemble => "ensemble",
                 Role::Holdout => "holdout",
             };
-            let _ = write!(s, "{:<12} {:<8} {:<17} {:<14}", row.generator, role, row.condition, row.defense.name());
+            let _ = write!(
+                s,
+                "{:<12} {:<8} {:<17} {:<14}",
+                row.generator,
+                role,
+                row.condition,
+                row.defense.name()
+            );
             for v in Variant::ALL {
                 let c = row.cells.get(&v).copied().unwrap_or_default();
                 let _ = write!(s, " {:>7.1}% {:>7.4}", c.percent(), c.mean_mse());
@@ -487,12 +527,18 @@ mod tests {
 
     #[test]
     fn paper_conditions_follow_the_true_attributes() {
-        let attrs: Vec<String> = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"].map(String::from).to_vec();
-        let truth: BTreeMap<String, bool> =
-            [("Black_Hair", true), ("Blond_Hair", false), ("Brown_Hair", false), ("Male", true), ("Young", false)]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+        let attrs: Vec<String> =
+            ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"].map(String::from).to_vec();
+        let truth: BTreeMap<String, bool> = [
+            ("Black_Hair", true),
+            ("Blond_Hair", false),
+            ("Brown_Hair", false),
+            ("Male", true),
+            ("Young", false),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         let c = paper_conditions(&attrs, &truth);
         let names: Vec<&str> = c.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["set Black_Hair", "set Blond_Hair", "set Brown_Hair", "flip Male", "flip Young"]);

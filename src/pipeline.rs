@@ -112,7 +112,8 @@ impl Outcome {
         };
         let mut line = format!("{}: {what}", self.source.display());
         if let Some(w) = &self.written {
-            line += &format!(" -> {} ({} bytes; original {} bytes)", w.path.display(), w.bytes, w.input_bytes);
+            line +=
+                &format!(" -> {} ({} bytes; original {} bytes)", w.path.display(), w.bytes, w.input_bytes);
         }
         if let (Some(p), Some(s)) = (self.psnr, self.ssim) {
             line += &format!(", PSNR {p:.1} dB, SSIM {s:.4}");
@@ -129,7 +130,8 @@ const PHOTO_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "webp", "tif", "tiff"
 pub fn collect_photos(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ImageError> {
     let mut out = Vec::new();
     for p in paths {
-        let meta = std::fs::symlink_metadata(p).map_err(|source| ImageError::Open { path: p.clone(), source })?;
+        let meta =
+            std::fs::symlink_metadata(p).map_err(|source| ImageError::Open { path: p.clone(), source })?;
         if meta.is_dir() {
             walk(p, &mut out)?;
         } else {
@@ -140,7 +142,8 @@ pub fn collect_photos(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ImageError> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ImageError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| ImageError::Open { path: dir.to_path_buf(), source })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| ImageError::Open { path: dir.to_path_buf(), source })?;
     let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
     paths.sort();
     for p in paths {
@@ -232,7 +235,9 @@ impl Pipeline {
         // Quality of what was actually written, decoded again.
         let (psnr, ssim) = match &written {
             Some(w) => match imageio::read(&w.path, settings) {
-                Ok(back) => (quality::psnr(&photo.pixels, &back.pixels), quality::ssim(&photo.pixels, &back.pixels)),
+                Ok(back) => {
+                    (quality::psnr(&photo.pixels, &back.pixels), quality::ssim(&photo.pixels, &back.pixels))
+                }
                 Err(e) => {
                     tracing::warn!("cannot re-read {} to measure its quality: {e}", w.path.display());
                     (None, None)
@@ -263,7 +268,12 @@ impl Pipeline {
         let mut regions: Vec<Region> = detections
             .crop_regions(self.config.faces.margin)
             .into_iter()
-            .map(|c| Region { x: i64::from(c.x), y: i64::from(c.y), w: i64::from(c.size), h: i64::from(c.size) })
+            .map(|c| Region {
+                x: i64::from(c.x),
+                y: i64::from(c.y),
+                w: i64::from(c.size),
+                h: i64::from(c.size),
+            })
             .collect();
         let (w, h) = photo.pixels.dimensions();
         let action = match (regions.is_empty(), self.config.protect.no_face) {
@@ -276,12 +286,23 @@ impl Pipeline {
             (true, NoFace::Skip) => Action::SkippedNoFace,
         };
         let regions = protect::merge_regions(&regions, i64::from(w), i64::from(h));
-        Ok(Found { action, faces: detections.faces.len(), too_small: detections.too_small, regions, losses: Vec::new() })
+        Ok(Found {
+            action,
+            faces: detections.faces.len(),
+            too_small: detections.too_small,
+            regions,
+            losses: Vec::new(),
+        })
     }
 
     /// Finds the faces of `photo` and replaces its pixels with protected ones (unless no face was
     /// found and the policy is not `whole`). Returns what was found and done; writes nothing.
-    pub fn protect_photo(&self, photo: &mut Photo, params: &Params, rng: &mut Rng) -> Result<Found, PipelineError> {
+    pub fn protect_photo(
+        &self,
+        photo: &mut Photo,
+        params: &Params,
+        rng: &mut Rng,
+    ) -> Result<Found, PipelineError> {
         let found = self.find(photo)?;
         self.protect_regions(&self.ensemble, photo, found, params, rng)
     }

@@ -19,7 +19,8 @@ pub fn psnr(a: &RgbImage, b: &RgbImage) -> Option<f64> {
     if a.dimensions() != b.dimensions() || a.as_raw().is_empty() {
         return None;
     }
-    let se: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
+    let se: f64 =
+        a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
     let mse = se / a.as_raw().len() as f64;
     Some(if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64.powi(2) / mse).log10() })
 }
@@ -33,7 +34,8 @@ pub fn ssim(a: &RgbImage, b: &RgbImage) -> Option<f64> {
     }
     let _guard = tch::no_grad_guard();
     let (x, y) = (luma(a), luma(b));
-    let g: Vec<f32> = (0..11).map(|i| (-((i as f64 - 5.0).powi(2)) / (2.0 * 1.5 * 1.5)).exp() as f32).collect();
+    let g: Vec<f32> =
+        (0..11).map(|i| (-((i as f64 - 5.0).powi(2)) / (2.0 * 1.5 * 1.5)).exp() as f32).collect();
     let g = Tensor::from_slice(&g);
     let g = &g / g.sum(Kind::Float);
     // Separable Gaussian window, valid convolution.

