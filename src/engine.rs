@@ -138,6 +138,15 @@ pub fn describe(device: tch::Device) -> String {
     }
 }
 
+/// GPU memory in use on the current CUDA context (total minus free, all processes), or `None` on
+/// the CPU or when the driver does not answer.
+pub fn gpu_memory_used(device: tch::Device) -> Option<u64> {
+    match device {
+        tch::Device::Cuda(_) => driver::memory_used(),
+        _ => None,
+    }
+}
+
 /// The CUDA driver API (`libcuda.so.1`), used only to name GPUs and size their memory: libtorch's C
 /// API exposes neither. Its signatures have been stable since CUDA 3.2.
 mod driver {
@@ -147,6 +156,22 @@ mod driver {
     type CuDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
     type CuDeviceGetName = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
     type CuDeviceTotalMem = unsafe extern "C" fn(*mut usize, c_int) -> c_int;
+    type CuMemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> c_int;
+
+    /// Total minus free memory of the GPU whose context is current on this thread.
+    pub(super) fn memory_used() -> Option<u64> {
+        // SAFETY: plain dlopen of the driver (already loaded by libtorch), never closed.
+        let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if handle.is_null() {
+            return None;
+        }
+        // SAFETY: cuMemGetInfo_v2 has this signature; it fails cleanly without a current context.
+        unsafe {
+            let get: CuMemGetInfo = std::mem::transmute(symbol(handle, c"cuMemGetInfo_v2")?);
+            let (mut free, mut total) = (0usize, 0usize);
+            (get(&mut free, &mut total) == 0).then(|| (total - free.min(total)) as u64)
+        }
+    }
 
     fn symbol(handle: *mut libc::c_void, name: &CStr) -> Option<*mut libc::c_void> {
         // SAFETY: handle is a live dlopen handle and name a valid C string.

@@ -23,6 +23,7 @@
 //!
 //! The binaries in `src/bin/` only parse arguments, wire these together and print errors.
 
+pub mod bench;
 pub mod config;
 pub mod doctor;
 pub mod engine;

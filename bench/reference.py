@@ -1,0 +1,217 @@
+"""The eager-PyTorch reference for `veil bench`: the same attack recipe a user would otherwise run.
+
+    python bench/reference.py --models DIR [--side 1260] [--preset balanced] [--device cuda] [--runs 5]
+
+It loads the same TorchScript generators (the `ensemble` models of DIR/manifest.toml, fp16 weights
+made fp32), takes a face region of SIDE×SIDE pixels (a portrait from --photo resized, or noise), and
+runs the same recipe as Veil's `protect` module: antialiased resize to each generator's input, one
+transform per step from the same spread (Gaussian k11 σ1-3, box 5/7/9, resize 0.5-0.9, the
+differentiable JPEG approximation q60-95, identity), L-inf PGD (ε 0.05, step 0.01, 10 steps for
+`balanced`) from a random start, joint over each generator's attacked conditions in one batched pass,
+losses normalized by their value at the start, feathered mask, 8-bit quantization. It reports the
+median seconds per face after warm-up as JSON, for bench/compare.sh to set against `veil bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import time
+import tomllib
+
+import torch
+import torch.nn.functional as F
+
+PRESETS = {
+    # step, iterations, spread families, wide
+    "fast": (0.02, 5, ["identity", "gaussian", "jpeg"], False),
+    "balanced": (0.01, 10, ["identity", "gaussian", "box", "resize", "jpeg"], False),
+    "strong": (0.01, 30, ["identity", "gaussian", "box", "resize", "jpeg"], True),
+}
+
+
+def spread(families, wide):
+    out = []
+    for f in families:
+        if f == "identity":
+            out.append(("identity", None))
+        elif f == "gaussian":
+            out += [("gaussian", s) for s in ([1.0, 1.5, 2.0, 2.5, 3.0] + ([3.5] if wide else []))]
+        elif f == "box":
+            out += [("box", k) for k in ([5, 7, 9] + ([11] if wide else []))]
+        elif f == "resize":
+            out += [("resize", r) for r in (([0.4] if wide else []) + [0.5, 0.6, 0.7, 0.8, 0.9])]
+        elif f == "jpeg":
+            out += [("jpeg", q) for q in ([50, 60, 70, 80, 90, 95] if wide else [60, 70, 80, 90, 95])]
+    return out
+
+
+def depthwise(x, kernel):
+    k = kernel.shape[0]
+    w = kernel.to(x).view(1, 1, k, k).repeat(3, 1, 1, 1)
+    return F.conv2d(F.pad(x, [k // 2] * 4, mode="reflect"), w, groups=3)
+
+
+def gaussian(x, sigma, k=11):
+    r = torch.arange(k, dtype=torch.float32) - k // 2
+    g = torch.exp(-(r**2) / (2 * sigma * sigma))
+    g = g / g.sum()
+    return depthwise(x, g[:, None] * g[None, :])
+
+
+Q_LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56, 14, 17,
+          22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92, 49, 64, 78,
+          87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
+Q_CHROMA = [17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5 + [47, 66] + [99] * 38
+
+
+def qtable(base, q):
+    scale = 5000 / q if q < 50 else 200 - 2 * q
+    return torch.tensor([min(max(math.floor((b * scale + 50) / 100), 1), 255) for b in base], dtype=torch.float32)
+
+
+def dct_matrix():
+    m = torch.zeros(8, 8)
+    for k in range(8):
+        a = math.sqrt(1 / 8) if k == 0 else math.sqrt(2 / 8)
+        for n in range(8):
+            m[k, n] = a * math.cos(math.pi * (2 * n + 1) * k / 16)
+    return m
+
+
+def jpeg_approx(x, q):
+    n, _, h, w = x.shape
+    ph, pw = (8 - h % 8) % 8, (8 - w % 8) % 8
+    x255 = F.pad((x + 1) * 127.5, [0, pw, 0, ph], mode="replicate")
+    hh, ww = h + ph, w + pw
+    m = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]).to(x)
+    ycc = torch.einsum("nchw,dc->ndhw", x255, m) + torch.tensor([-128.0, 0, 0]).to(x).view(1, 3, 1, 1)
+    blocks = ycc.view(n, 3, hh // 8, 8, ww // 8, 8).permute(0, 1, 2, 4, 3, 5)
+    d = dct_matrix().to(x)
+    coef = d @ blocks @ d.T
+    qt = torch.stack([qtable(Q_LUMA, q), qtable(Q_CHROMA, q), qtable(Q_CHROMA, q)]).view(1, 3, 1, 1, 8, 8).to(x)
+    s = coef / qt
+    r = s.round().detach()
+    coef = (r + (s - r) ** 3) * qt
+    ycc = (d.T @ coef @ d).permute(0, 1, 2, 4, 3, 5).reshape(n, 3, hh, ww) - torch.tensor([-128.0, 0, 0]).to(x).view(1, 3, 1, 1)
+    mi = torch.tensor([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]]).to(x)
+    rgb = torch.einsum("nchw,dc->ndhw", ycc, mi)[:, :, :h, :w]
+    return (rgb / 127.5 - 1).clamp(-1, 1)
+
+
+def apply(t, x):
+    kind, p = t
+    if kind == "identity":
+        return x
+    if kind == "gaussian":
+        return gaussian(x, p)
+    if kind == "box":
+        return depthwise(x, torch.full((p, p), 1.0 / (p * p)))
+    if kind == "resize":
+        h, w = x.shape[2:]
+        small = F.interpolate(x, size=(max(1, round(h * p)), max(1, round(w * p))), mode="bilinear", antialias=True)
+        return F.interpolate(small, size=(h, w), mode="bilinear")
+    return jpeg_approx(x, p)
+
+
+def feather(h, w, f, device):
+    band = max(f * min(h, w), 1e-6)
+    ramp = lambda n: torch.tensor([min((min(i, n - 1 - i) + 0.5) / band, 1.0) for i in range(n)])
+    return (ramp(h)[:, None] * ramp(w)[None, :]).view(1, 1, h, w).to(device)
+
+
+def load(models_dir, device):
+    with open(os.path.join(models_dir, "manifest.toml"), "rb") as f:
+        entries = [m for m in tomllib.load(f).get("model", []) if m["role"] == "ensemble"]
+    gens = []
+    for e in entries:
+        g = torch.jit.load(os.path.join(models_dir, e["file"]), map_location=device).float().eval()
+        for p in g.parameters():
+            p.requires_grad_(False)
+        conds = e.get("conditions") or [[]]
+        c = torch.tensor(conds, dtype=torch.float32, device=device).view(len(conds), -1)
+        gens.append((e["name"], g, e["input_size"], c))
+    return gens
+
+
+def attack(gens, x, mask, eps, step, iters, transforms):
+    """x: [1,3,h,w] in [-1,1]."""
+    def inputs(img, t, s, k):
+        r = F.interpolate(img, size=(s, s), mode="bilinear", antialias=True)
+        return apply(t, r).expand(k, 3, s, s)
+
+    with torch.no_grad():
+        targets = [g(inputs(x, ("identity", None), s, c.shape[0]), c) for _, g, s, c in gens]
+    delta = torch.empty_like(x).uniform_(-eps, eps)
+    norms = [None] * len(gens)
+    for _ in range(iters):
+        t = random.choice(transforms)
+        delta.requires_grad_(True)
+        x_adv = (x + delta * mask).clamp(-1, 1)
+        total = 0
+        for i, (_, g, s, c) in enumerate(gens):
+            loss = F.mse_loss(g(inputs(x_adv, t, s, c.shape[0]), c), targets[i])
+            if norms[i] is None:
+                norms[i] = max(loss.item(), 1e-8)
+            total = total + loss / norms[i]
+        (grad,) = torch.autograd.grad(total, delta)
+        with torch.no_grad():
+            delta = (delta + step * grad.sign()).clamp(-eps, eps)
+    with torch.no_grad():
+        x_adv = (x + delta * mask).clamp(-1, 1)
+        levels = math.floor(eps * 127.5 + 1e-9)
+        d = ((x_adv - x) * 127.5).round().clamp(-levels, levels)
+        return ((x + 1) * 127.5 + d).clamp(0, 255).round().byte()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", required=True)
+    p.add_argument("--side", type=int, default=1260)
+    p.add_argument("--photo", help="a portrait to resize to the face region (default: noise)")
+    p.add_argument("--preset", default="balanced", choices=PRESETS)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    random.seed(1)
+    torch.manual_seed(1)
+    gens = load(args.models, dev)
+    if args.photo:
+        from PIL import Image
+
+        img = Image.open(args.photo).convert("RGB").resize((args.side, args.side), Image.BILINEAR)
+        x = torch.tensor(list(img.getdata()), dtype=torch.float32).view(args.side, args.side, 3).permute(2, 0, 1)
+        x = (x / 127.5 - 1).unsqueeze(0).to(dev)
+    else:
+        x = torch.rand(1, 3, args.side, args.side, device=dev) * 2 - 1
+    step, iters, families, wide = PRESETS[args.preset]
+    transforms = spread(families, wide)
+    mask = feather(args.side, args.side, 0.1, dev)
+    times = []
+    for i in range(args.warmup + args.runs):
+        t0 = time.perf_counter()
+        attack(gens, x, mask, 0.05, step, iters, transforms)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    print(json.dumps({
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "preset": args.preset,
+        "side": args.side,
+        "generators": [n for n, *_ in gens],
+        "attack_one_face": {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": len(times)},
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+//! `veil bench`: how fast the protection is on this machine.
+//!
+//! Builds 12 MP test photos (4000×3000) from a camera photo with one and with four portraits pasted
+//! in, then measures, after warm-up runs, the median of: the attack on one face region alone (faces
+//! per second), and the whole path for each photo (decode, detect, protect, encode and write). Peak
+//! memory is the process's maximum resident set; on CUDA, the GPU memory in use at the end.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use image::{imageops, RgbImage};
+
+use crate::{
+    engine,
+    imageio::{self, ImageError},
+    pipeline::{self, JobOptions, Pipeline, PipelineError},
+    protect::{self, Preset, Rng},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{}: {message}", path.display())]
+    Data { path: PathBuf, message: String },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("cannot write the test photo {}: {message}", path.display())]
+    Write { path: PathBuf, message: String },
+    #[error("no face was found in the synthetic photo {}", path.display())]
+    NoFace { path: PathBuf },
+    #[error("cannot create a temporary folder: {0}")]
+    Temp(std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Folder with `portraits/` and `exif-samples/jpg/mobile/` (Veil's test data layout).
+    pub data: PathBuf,
+    pub runs: usize,
+    pub warmup: usize,
+    pub preset: Option<Preset>,
+}
+
+/// Median, minimum and maximum of repeated timings, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub runs: usize,
+}
+
+impl Timing {
+    pub fn of(mut samples: Vec<f64>) -> Timing {
+        samples.sort_by(f64::total_cmp);
+        let n = samples.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => samples[n / 2],
+            _ => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
+        };
+        Timing { median, min: samples.first().copied().unwrap_or(f64::NAN), max: samples.last().copied().unwrap_or(f64::NAN), runs: n }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub device: String,
+    pub preset: Preset,
+    pub generators: Vec<String>,
+    /// The attack on one face region (its side in pixels) alone.
+    pub face: Timing,
+    pub face_side: i64,
+    pub photo_one_face: Timing,
+    pub photo_four_faces: Timing,
+    pub faces_found_in_four: usize,
+    pub peak_rss_bytes: u64,
+    pub gpu_memory_used_bytes: Option<u64>,
+}
+
+impl Report {
+    pub fn faces_per_second(&self) -> f64 {
+        1.0 / self.face.median
+    }
+
+    pub fn table(&self) -> String {
+        let row = |what: &str, t: &Timing| {
+            format!("{what:<34} {:>9.3} s  (min {:.3}, max {:.3}, {} runs)\n", t.median, t.min, t.max, t.runs)
+        };
+        let mut s = format!(
+            "device {}, preset {}, generators: {}\n",
+            self.device,
+            self.preset,
+            self.generators.join(", ")
+        );
+        s += &row(&format!("attack, one {0}×{0} face", self.face_side), &self.face);
+        s += &format!("{:<34} {:>9.3}\n", "faces per second", self.faces_per_second());
+        s += &row("12 MP photo, 1 face, end to end", &self.photo_one_face);
+        s += &row(&format!("12 MP photo, 4 faces ({} found)", self.faces_found_in_four), &self.photo_four_faces);
+        s += &format!("{:<34} {:>9.1} MiB\n", "peak RSS", self.peak_rss_bytes as f64 / 1048576.0);
+        if let Some(g) = self.gpu_memory_used_bytes {
+            s += &format!("{:<34} {:>9.1} MiB\n", "GPU memory in use at the end", g as f64 / 1048576.0);
+        }
+        s
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let t = |t: &Timing| serde_json::json!({"median_s": t.median, "min_s": t.min, "max_s": t.max, "runs": t.runs});
+        serde_json::json!({
+            "device": self.device,
+            "preset": self.preset.to_string(),
+            "generators": self.generators,
+            "face_side": self.face_side,
+            "attack_one_face": t(&self.face),
+            "faces_per_second": self.faces_per_second(),
+            "photo_12mp_one_face": t(&self.photo_one_face),
+            "photo_12mp_four_faces": t(&self.photo_four_faces),
+            "faces_found_in_four": self.faces_found_in_four,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "gpu_memory_used_bytes": self.gpu_memory_used_bytes,
+        })
+    }
+}
+
+fn jpegs_in(dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
+    let err = |message: String| BenchError::Data { path: dir.to_path_buf(), message };
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| err(e.to_string()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")))
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        return Err(err("no JPEG here".into()));
+    }
+    Ok(out)
+}
+
+/// A 4000×3000 photo: the camera photo scaled up, with `faces` portraits pasted at decreasing sizes.
+fn synthesize(background: &RgbImage, portraits: &[RgbImage], sides: &[u32]) -> RgbImage {
+    let mut canvas = imageops::resize(background, 4000, 3000, imageops::FilterType::Triangle);
+    let spots = [(300, 400), (2300, 300), (1300, 1600), (2900, 1900)];
+    for ((portrait, &side), &(x, y)) in portraits.iter().cycle().zip(sides).zip(spots.iter()) {
+        let p = imageops::resize(portrait, side, side, imageops::FilterType::Triangle);
+        imageops::replace(&mut canvas, &p, x, y);
+    }
+    canvas
+}
+
+fn save_jpeg(img: &RgbImage, path: &Path) -> Result<(), BenchError> {
+    let err = |message: String| BenchError::Write { path: path.to_path_buf(), message };
+    let file = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
+    let mut w = std::io::BufWriter::new(file);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, 92).encode_image(img).map_err(|e| err(e.to_string()))
+}
+
+fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage fills the zeroed struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0;
+    // ru_maxrss is in kilobytes on Linux, bytes on macOS.
+    let scale = if cfg!(target_os = "macos") { 1 } else { 1024 };
+    if ok {
+        (usage.ru_maxrss.max(0) as u64) * scale
+    } else {
+        0
+    }
+}
+
+pub fn run(pipeline: &Pipeline, opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report, BenchError> {
+    let settings = &pipeline.config().imageio;
+    let portraits: Vec<RgbImage> = jpegs_in(&opts.data.join("portraits/src/female"))?
+        .into_iter()
+        .chain(jpegs_in(&opts.data.join("portraits/src/male"))?)
+        .take(4)
+        .map(|p| imageio::read(&p, settings).map(|ph| ph.pixels))
+        .collect::<Result<_, _>>()?;
+    let background_path = opts.data.join("exif-samples/jpg/mobile/jolla.jpg");
+    let background = imageio::read(&background_path, settings)?.pixels;
+    let tmp = tempfile::tempdir().map_err(BenchError::Temp)?;
+    let one = tmp.path().join("one-face.jpg");
+    let four = tmp.path().join("four-faces.jpg");
+    save_jpeg(&synthesize(&background, &portraits[..1], &[900]), &one)?;
+    save_jpeg(&synthesize(&background, &portraits, &[900, 750, 600, 500]), &four)?;
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).map_err(BenchError::Temp)?;
+
+    let preset = opts.preset.unwrap_or(pipeline.config().protect.preset);
+    let params = pipeline.params(Some(preset));
+    let mut rng = Rng::new(1);
+    let total = opts.warmup + opts.runs;
+
+    // The attack alone on the first face of the one-face photo.
+    let photo = imageio::read(&one, settings)?;
+    let found = pipeline.find(&photo)?;
+    let region = *found.regions.first().ok_or_else(|| BenchError::NoFace { path: one.clone() })?;
+    let pixels = pipeline::to_tensor(&photo.pixels);
+    let mut face = Vec::new();
+    for i in 0..total {
+        progress(&format!("attack {}/{total}", i + 1));
+        let t = Instant::now();
+        let _protected = protect::protect_pixels(pipeline.ensemble(), &pixels, &[region], &params, &mut rng)
+            .map_err(|source| PipelineError::Protect { path: one.clone(), source })?;
+        if pipeline.ensemble().device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+        if i >= opts.warmup {
+            face.push(t.elapsed().as_secs_f64());
+        }
+    }
+
+    let options = JobOptions { preset: Some(preset), ..JobOptions::default() };
+    let mut end_to_end = |path: &Path, label: &str| -> Result<(Timing, usize), BenchError> {
+        let mut times = Vec::new();
+        let mut faces = 0;
+        for i in 0..total {
+            progress(&format!("{label} {}/{total}", i + 1));
+            let outcome = pipeline.protect_file(path, &out, &options, &mut rng)?;
+            faces = outcome.faces;
+            if let Some(w) = &outcome.written {
+                let _ = std::fs::remove_file(&w.path);
+            }
+            if i >= opts.warmup {
+                times.push(outcome.seconds);
+            }
+        }
+        Ok((Timing::of(times), faces))
+    };
+    let (photo_one_face, _) = end_to_end(&one, "12 MP, 1 face")?;
+    let (photo_four_faces, faces_found_in_four) = end_to_end(&four, "12 MP, 4 faces")?;
+
+    Ok(Report {
+        device: engine::describe(pipeline.ensemble().device),
+        preset,
+        generators: pipeline.ensemble().generators.iter().map(|g| g.name.clone()).collect(),
+        face: Timing::of(face),
+        face_side: region.w,
+        photo_one_face,
+        photo_four_faces,
+        faces_found_in_four,
+        peak_rss_bytes: peak_rss_bytes(),
+        gpu_memory_used_bytes: engine::gpu_memory_used(pipeline.ensemble().device),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(Timing::of(vec![3.0, 1.0, 2.0]).median, 2.0);
+        assert_eq!(Timing::of(vec![4.0, 1.0, 2.0, 3.0]).median, 2.5);
+        let t = Timing::of(vec![5.0, 1.0]);
+        assert_eq!((t.min, t.max, t.runs), (1.0, 5.0, 2));
+        assert!(Timing::of(vec![]).median.is_nan());
+    }
+
+    #[test]
+    fn synthetic_photo_is_12_mp_with_the_portraits_pasted() {
+        let bg = RgbImage::from_pixel(40, 30, image::Rgb([10, 20, 30]));
+        let face = RgbImage::from_pixel(8, 8, image::Rgb([200, 100, 50]));
+        let img = synthesize(&bg, &[face], &[900, 500]);
+        assert_eq!(img.dimensions(), (4000, 3000));
+        assert_eq!(img.get_pixel(300 + 450, 400 + 450).0, [200, 100, 50]);
+        assert_eq!(img.get_pixel(2300 + 10, 300 + 10).0, [200, 100, 50]);
+        assert_eq!(img.get_pixel(3999, 2999).0, [10, 20, 30]);
+    }
+
+    #[test]
+    fn peak_rss_is_measured() {
+        assert!(peak_rss_bytes() > 1 << 20);
+    }
+}
