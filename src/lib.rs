@@ -19,6 +19,10 @@
 //!   spread-spectrum, face region by face region, quantized within ε.
 //! - [`doctor`]: the checks behind `veil doctor`.
 //! - [`service`]: `veild`'s main loop, which takes its configuration and its shutdown signal.
+//! - [`watch`]: which files a share folder takes, scans, file-system events.
+//! - [`store`]: the SQLite job database, one row per source file.
+//! - [`worker`]: the engine thread and the [`worker::Protector`] it runs photos through.
+//! - [`systemd`]: `sd_notify` (ready, status, watchdog).
 //!
 //! The binaries in `src/bin/` only parse arguments, wire these together and print errors.
 
@@ -31,3 +35,7 @@ pub mod models;
 pub mod paths;
 pub mod protect;
 pub mod service;
+pub mod store;
+pub mod systemd;
+pub mod watch;
+pub mod worker;
