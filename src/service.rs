@@ -76,13 +76,13 @@ pub async fn run(
     tracing::info!("device: {device} (engine.device = \"{device_choice}\")");
     log_models(&inventory);
 
+    let state_dir = config.paths.state_dir.clone().unwrap_or_default();
+    let _lock = lock(&state_dir)?;
     create_folders(&config.folders)?;
     if config.folders.is_empty() {
         tracing::warn!("no folders configured: nothing to watch");
     }
 
-    let state_dir = config.paths.state_dir.clone().unwrap_or_default();
-    let _lock = lock(&state_dir)?;
     let (store, recovered) = Store::open(&state_dir)?;
     if recovered > 0 {
         tracing::warn!("{recovered} photo(s) were being protected when veild last stopped: queued again");
