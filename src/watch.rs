@@ -218,11 +218,10 @@ pub fn remove_stale_temporaries(dir: &Path) -> usize {
                     if t.is_file()
                         && name.starts_with('.')
                         && name.contains(".veil-")
-                        && name.ends_with(".tmp") =>
+                        && name.ends_with(".tmp")
+                        && std::fs::remove_file(entry.path()).is_ok() =>
                 {
-                    if std::fs::remove_file(entry.path()).is_ok() {
-                        removed += 1;
-                    }
+                    removed += 1;
                 }
                 _ => {}
             }
@@ -278,7 +277,7 @@ mod tests {
             std::fs::write(&path, p).unwrap();
         }
         let folder = FolderConfig::new(&root, root.join("out"));
-        let f = Filter::new(&folder, &[folder.output.clone()]).unwrap();
+        let f = Filter::new(&folder, std::slice::from_ref(&folder.output)).unwrap();
         let mut found: Vec<PathBuf> = scan(&f, &root).into_iter().map(|(p, _)| p).collect();
         found.sort();
         assert_eq!(found, [root.join("a.jpg"), root.join("sub/b.jpg")]);
