@@ -30,8 +30,60 @@ pub struct Config {
     pub protect: crate::protect::ProtectConfig,
     /// Decoding and writing photos: limits, metadata, JPEG settings.
     pub imageio: crate::imageio::Settings,
+    /// How `veild` notices new photos: settle time, periodic rescans, polling.
+    pub watch: WatchConfig,
     /// Folders `veild` watches, each with the folder protected copies go to.
     pub folders: Vec<FolderConfig>,
+}
+
+/// The `[watch]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// A file is taken once its size and modification time have not changed for this long.
+    pub settle_seconds: Bounded<0, 60>,
+    /// Every watched folder is scanned again this often, whatever the events said.
+    pub rescan_minutes: Bounded<1, 1440>,
+    /// How often a folder with `poll = true` (or one the OS cannot watch) is scanned.
+    pub poll_seconds: Bounded<1, 3600>,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            settle_seconds: Bounded(2.0),
+            rescan_minutes: Bounded(10.0),
+            poll_seconds: Bounded(10.0),
+        }
+    }
+}
+
+/// A number checked to lie in `MIN..=MAX` when the file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Bounded<const MIN: u32, const MAX: u32>(f64);
+
+impl<const MIN: u32, const MAX: u32> Bounded<MIN, MAX> {
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl<const MIN: u32, const MAX: u32> TryFrom<f64> for Bounded<MIN, MAX> {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if v.is_finite() && v >= f64::from(MIN) && v <= f64::from(MAX) {
+            Ok(Bounded(v))
+        } else {
+            Err(format!("{v} is out of range: expected {MIN} to {MAX}"))
+        }
+    }
+}
+
+impl<const MIN: u32, const MAX: u32> From<Bounded<MIN, MAX>> for f64 {
+    fn from(s: Bounded<MIN, MAX>) -> f64 {
+        s.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,7 +212,23 @@ pub struct FolderConfig {
     /// The format protected copies are written in; `None`: the format of each source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<crate::imageio::Format>,
+    /// The protection preset for this folder; `None`: `protect.preset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<crate::protect::Preset>,
+    /// Also take photos in sub-folders (their protected copies go to the same sub-folders of
+    /// `output`).
+    pub recursive: bool,
+    /// Glob patterns of names (or paths relative to `path`) to leave alone, on top of the built-in
+    /// ones ([`DEFAULT_IGNORE`]).
+    pub ignore: Vec<String>,
+    /// Scan every `watch.poll_seconds` instead of relying on file-system events (network shares).
+    pub poll: bool,
 }
+
+/// Names no folder ever takes: hidden files (Veil's own temporary files among them), partial
+/// downloads and copies, NAS and OS litter.
+pub const DEFAULT_IGNORE: &[&str] =
+    &[".*", "*.part", "*.crdownload", "*.tmp", "*~", "@eaDir", "#recycle", "Thumbs.db", "desktop.ini"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +237,18 @@ struct RawFolder {
     output: PathBuf,
     #[serde(default)]
     format: Option<crate::imageio::Format>,
+    #[serde(default)]
+    preset: Option<crate::protect::Preset>,
+    #[serde(default = "yes")]
+    recursive: bool,
+    #[serde(default)]
+    ignore: Vec<String>,
+    #[serde(default)]
+    poll: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl TryFrom<RawFolder> for FolderConfig {
@@ -184,7 +264,40 @@ impl TryFrom<RawFolder> for FolderConfig {
                 raw.path.display()
             ));
         }
-        Ok(FolderConfig { path: raw.path, output: raw.output, format: raw.format })
+        if raw.path.starts_with(&raw.output) {
+            return Err(format!(
+                "`path` ({}) must not lie inside `output` ({})",
+                raw.path.display(),
+                raw.output.display()
+            ));
+        }
+        for pattern in &raw.ignore {
+            globset::Glob::new(pattern).map_err(|e| format!("invalid `ignore` pattern {pattern:?}: {e}"))?;
+        }
+        Ok(FolderConfig {
+            path: raw.path,
+            output: raw.output,
+            format: raw.format,
+            preset: raw.preset,
+            recursive: raw.recursive,
+            ignore: raw.ignore,
+            poll: raw.poll,
+        })
+    }
+}
+
+impl FolderConfig {
+    /// A folder with the defaults for everything but its two paths.
+    pub fn new(path: impl Into<PathBuf>, output: impl Into<PathBuf>) -> FolderConfig {
+        FolderConfig {
+            path: path.into(),
+            output: output.into(),
+            format: None,
+            preset: None,
+            recursive: true,
+            ignore: Vec::new(),
+            poll: false,
+        }
     }
 }
 
@@ -198,11 +311,8 @@ impl Default for Config {
             faces: FacesConfig::default(),
             protect: crate::protect::ProtectConfig::default(),
             imageio: crate::imageio::Settings::default(),
-            folders: vec![FolderConfig {
-                path: PathBuf::from("~/Pictures/Veil/To-Share"),
-                output: PathBuf::from("~/Pictures/Veil/Protected"),
-                format: None,
-            }],
+            watch: WatchConfig::default(),
+            folders: vec![FolderConfig::new("~/Pictures/Veil/To-Share", "~/Pictures/Veil/Protected")],
         }
     }
 }
@@ -384,10 +494,11 @@ impl Config {
             faces: self.faces.clone(),
             protect: self.protect.clone(),
             imageio: self.imageio.clone(),
+            watch: self.watch.clone(),
             folders: self
                 .folders
                 .iter()
-                .map(|f| FolderConfig { path: home(&f.path), output: home(&f.output), format: f.format })
+                .map(|f| FolderConfig { path: home(&f.path), output: home(&f.output), ..f.clone() })
                 .collect(),
         }
     }
@@ -581,6 +692,31 @@ mod tests {
         assert!(msg.contains("line 3") && msg.contains("`imageio.jpeg_quality`"), "{msg}");
         let msg = parse("[imageio]\nmetadata = \"some\"\n").unwrap_err().to_string();
         assert!(msg.contains("line 2") && msg.contains("`imageio.metadata`"), "{msg}");
+    }
+
+    #[test]
+    fn folder_options_and_watch_settings() {
+        let c = parse(
+            "[watch]\nsettle_seconds = 0.5\n\n[[folders]]\npath = \"/a\"\noutput = \"/a/out\"\n\
+             recursive = false\npoll = true\nignore = [\"*.raw\"]\npreset = \"fast\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.watch.settle_seconds.get(), 0.5);
+        let f = &c.folders[0];
+        assert!(!f.recursive && f.poll);
+        assert_eq!(f.ignore, ["*.raw"]);
+        assert_eq!(f.preset, Some(crate::protect::Preset::Fast));
+        let msg = parse("[watch]\nsettle_seconds = 600\n").unwrap_err().to_string();
+        assert!(msg.contains("line 2") && msg.contains("`watch.settle_seconds`"), "{msg}");
+        let msg = parse("[[folders]]\npath = \"/a\"\noutput = \"/b\"\nignore = [\"a[\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`folders[0]`") && msg.contains("\"a[\""), "{msg}");
+        let msg = parse("[[folders]]\npath = \"/b/in\"\noutput = \"/b\"\n").unwrap_err().to_string();
+        assert!(msg.contains("inside `output`"), "{msg}");
+        let msg =
+            parse("[[folders]]\npath = \"/a\"\noutput = \"/b\"\npreset = \"max\"\n").unwrap_err().to_string();
+        assert!(msg.contains("`folders[0].preset`") && msg.contains("max"), "{msg}");
     }
 
     #[test]

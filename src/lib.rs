@@ -20,6 +20,10 @@
 //!   spread-spectrum, face region by face region, quantized within ε.
 //! - [`doctor`]: the checks behind `veil doctor`.
 //! - [`service`]: `veild`'s main loop, which takes its configuration and its shutdown signal.
+//! - [`watch`]: which files a share folder takes, scans, file-system events.
+//! - [`store`]: the SQLite job database, one row per source file.
+//! - [`worker`]: the engine thread and the [`worker::Protector`] it runs photos through.
+//! - [`systemd`]: `sd_notify` (ready, status, watchdog).
 //!
 //! The binaries in `src/bin/` only parse arguments, wire these together and print errors.
 
@@ -37,3 +41,7 @@ pub mod pipeline;
 pub mod protect;
 pub mod quality;
 pub mod service;
+pub mod store;
+pub mod systemd;
+pub mod watch;
+pub mod worker;

@@ -1,5 +1,5 @@
 //! `veild`: the background service. Parses flags, loads the configuration, starts logging and runs
-//! `veil::service` until SIGINT or SIGTERM.
+//! `veil::service` until SIGINT or SIGTERM; SIGHUP reloads the configuration.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -31,10 +31,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (config, source) = Config::load(args.config.as_deref(), &dirs)?;
     logging::init(&config.log.filter)?;
     let config = config.resolve(&dirs);
+    let explicit = args.config.clone();
+    let reload: service::Reload = Box::new(move || {
+        let (config, source) = Config::load(explicit.as_deref(), &dirs).map_err(|e| e.to_string())?;
+        Ok((config.resolve(&dirs), source))
+    });
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal().await?;
-        service::run(config, source, shutdown).await?;
+        service::run(config, source, shutdown, reload).await?;
         anyhow::Ok(())
     })
 }

@@ -1,0 +1,546 @@
+//! The job database: one SQLite row per source file `veild` has seen, in the state folder.
+//!
+//! A row holds what the file was when it was last looked at (size, modification time, BLAKE3 hash of
+//! its content) and what became of it: `pending`, `running`, `done`, `failed` or `skipped`, the
+//! attempts, the last error, the protected copy, the faces, the seconds and the loss per generator.
+//! The disk is the truth: [`Store::observe`] reconciles a file found on disk with its row, so the same
+//! content is never protected twice and changed content is protected again.
+
+use std::{
+    os::unix::ffi::{OsStrExt, OsStringExt},
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// File name of the database inside the state folder.
+pub const FILE_NAME: &str = "jobs.sqlite";
+
+/// Attempts after which a file whose errors looked temporary is quarantined (`failed`).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the state folder {}: {source}", path.display())]
+    Folder { path: PathBuf, source: std::io::Error },
+    #[error("job database {}: {source}", path.display())]
+    Sql { path: PathBuf, source: rusqlite::Error },
+}
+
+/// Where a file stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+
+    fn parse(s: &str) -> Status {
+        match s {
+            "running" => Status::Running,
+            "done" => Status::Done,
+            "failed" => Status::Failed,
+            "skipped" => Status::Skipped,
+            _ => Status::Pending,
+        }
+    }
+}
+
+/// A file as found on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub size: u64,
+    /// Modification time in nanoseconds since the epoch.
+    pub mtime_ns: i64,
+}
+
+/// What [`Store::observe`] made of a file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// Size and time as recorded: nothing to do.
+    Unchanged,
+    /// New or changed content, queued as `pending`.
+    Queued,
+    /// Content already protected (or being protected) from the named file: `skipped`.
+    Duplicate { of: PathBuf },
+    /// Touched, but the content is the one recorded.
+    SameContent,
+}
+
+/// A file waiting to be protected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingJob {
+    pub path: PathBuf,
+    pub folder: PathBuf,
+    /// The previous attempt may already have written the protected copy (it was interrupted, or an
+    /// older content of the file was protected): replace it rather than add `name (1).ext`.
+    pub replace: bool,
+}
+
+/// What one row says, for reports and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub path: PathBuf,
+    pub status: Status,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub output: Option<PathBuf>,
+    pub faces: Option<u32>,
+    pub duplicate_of: Option<PathBuf>,
+}
+
+/// The result of one job, as the store records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    Done {
+        output: PathBuf,
+        faces: u32,
+        seconds: f64,
+        losses: Vec<(String, f64)>,
+    },
+    /// Skipped on purpose (for instance no face and `protect.no_face = "skip"`).
+    Skipped {
+        reason: String,
+    },
+    /// Failed; `retry` says whether another attempt may succeed (disk full, permissions).
+    Failed {
+        error: String,
+        retry: bool,
+    },
+    /// Not attempted (shutdown): back to `pending`, no attempt counted.
+    Requeue,
+    /// The file is gone: its row is dropped.
+    Gone,
+}
+
+pub struct Store {
+    db: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS files (
+    path BLOB PRIMARY KEY,
+    folder BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    output BLOB,
+    faces INTEGER,
+    seconds REAL,
+    losses TEXT,
+    duplicate_of BLOB,
+    replace INTEGER NOT NULL DEFAULT 0,
+    not_before INTEGER NOT NULL DEFAULT 0,
+    updated INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_hash ON files(hash);
+CREATE INDEX IF NOT EXISTS files_status ON files(status);
+";
+
+fn blob(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}
+
+fn path_of(b: Vec<u8>) -> PathBuf {
+    PathBuf::from(std::ffi::OsString::from_vec(b))
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Store {
+    /// Opens (creating) the database in `state_dir`. Rows left `running` by a crash go back to
+    /// `pending`, marked so that their protected copy, if one was written, is replaced.
+    pub fn open(state_dir: &Path) -> Result<(Store, usize), StoreError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|source| StoreError::Folder { path: state_dir.into(), source })?;
+        let path = state_dir.join(FILE_NAME);
+        let err = |source| StoreError::Sql { path: path.clone(), source };
+        let db = Connection::open(&path).map_err(err)?;
+        db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        db.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        db.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        db.execute_batch(SCHEMA).map_err(err)?;
+        let recovered = db
+            .execute("UPDATE files SET status = 'pending', replace = 1 WHERE status = 'running'", [])
+            .map_err(err)?;
+        Ok((Store { db, path }, recovered))
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sql { path: self.path.clone(), source }
+    }
+
+    /// Whether the file needs hashing: false when its size and time are those recorded.
+    pub fn is_known(&self, path: &Path, seen: Seen) -> Result<bool, StoreError> {
+        let row: Option<(i64, i64)> = self
+            .db
+            .query_row("SELECT size, mtime_ns FROM files WHERE path = ?1", [blob(path)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(row == Some((seen.size as i64, seen.mtime_ns)))
+    }
+
+    /// Records a file found on disk in `folder` with the content hash `hash`.
+    pub fn observe(
+        &self,
+        folder: &Path,
+        path: &Path,
+        seen: Seen,
+        hash: &str,
+    ) -> Result<Observed, StoreError> {
+        let e = |e| self.err(e);
+        let old: Option<(String, Option<Vec<u8>>)> = self
+            .db
+            .query_row("SELECT hash, output FROM files WHERE path = ?1", [blob(path)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(e)?;
+        if let Some((old_hash, _)) = &old {
+            if old_hash == hash {
+                self.db
+                    .execute(
+                        "UPDATE files SET size = ?2, mtime_ns = ?3 WHERE path = ?1",
+                        params![blob(path), seen.size as i64, seen.mtime_ns],
+                    )
+                    .map_err(e)?;
+                return Ok(Observed::SameContent);
+            }
+        }
+        // Another file with this content, done or on its way?
+        let twin: Option<(Vec<u8>, Option<Vec<u8>>, String)> = self
+            .db
+            .query_row(
+                "SELECT path, output, status FROM files WHERE hash = ?1 AND path != ?2 \
+                 AND status IN ('done', 'pending', 'running') ORDER BY status = 'done' DESC LIMIT 1",
+                params![hash, blob(path)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(e)?;
+        let replace = old.as_ref().is_some_and(|(_, out)| out.is_some());
+        let (status, output, duplicate_of) = match &twin {
+            Some((of, output, _)) => (Status::Skipped, output.clone(), Some(of.clone())),
+            None => (Status::Pending, None, None),
+        };
+        self.db
+            .execute(
+                "INSERT OR REPLACE INTO files (path, folder, size, mtime_ns, hash, status, attempts, \
+                 error, output, faces, seconds, losses, duplicate_of, replace, not_before, updated) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, NULL, ?7, NULL, NULL, NULL, ?8, ?9, 0, ?10)",
+                params![
+                    blob(path),
+                    blob(folder),
+                    seen.size as i64,
+                    seen.mtime_ns,
+                    hash,
+                    status.as_str(),
+                    output,
+                    duplicate_of,
+                    replace,
+                    now()
+                ],
+            )
+            .map_err(e)?;
+        Ok(match twin {
+            Some((of, _, _)) => Observed::Duplicate { of: path_of(of) },
+            None => Observed::Queued,
+        })
+    }
+
+    /// Up to `limit` pending files whose retry time has come, oldest first, skipping `busy`.
+    pub fn pending(&self, limit: usize, busy: &[PathBuf]) -> Result<Vec<PendingJob>, StoreError> {
+        let e = |e| self.err(e);
+        let mut stmt = self
+            .db
+            .prepare_cached(
+                "SELECT path, folder, replace FROM files WHERE status = 'pending' AND not_before <= ?1 \
+                 ORDER BY updated, path",
+            )
+            .map_err(e)?;
+        let rows = stmt
+            .query_map([now()], |r| {
+                Ok(PendingJob { path: path_of(r.get(0)?), folder: path_of(r.get(1)?), replace: r.get(2)? })
+            })
+            .map_err(e)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let row = row.map_err(e)?;
+            if !busy.contains(&row.path) {
+                out.push(row);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest time (seconds since the epoch) a pending file waits for, if any waits.
+    pub fn next_retry(&self) -> Result<Option<i64>, StoreError> {
+        self.db
+            .query_row(
+                "SELECT MIN(not_before) FROM files WHERE status = 'pending' AND not_before > ?1",
+                [now()],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_running(&self, path: &Path) -> Result<(), StoreError> {
+        self.db
+            .execute(
+                "UPDATE files SET status = 'running', updated = ?2 WHERE path = ?1",
+                params![blob(path), now()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records how a job ended; returns the row's new status (`None` when the row was dropped).
+    pub fn finish(&self, path: &Path, finish: &Finish) -> Result<Option<Status>, StoreError> {
+        let e = |e| self.err(e);
+        let p = blob(path);
+        let status = match finish {
+            Finish::Done { output, faces, seconds, losses } => {
+                let losses: Vec<String> = losses.iter().map(|(n, l)| format!("{n}={l}")).collect();
+                self.db
+                    .execute(
+                        "UPDATE files SET status = 'done', error = NULL, output = ?2, faces = ?3, \
+                         seconds = ?4, losses = ?5, replace = 0, attempts = attempts + 1, updated = ?6 \
+                         WHERE path = ?1",
+                        params![p, blob(output), faces, seconds, losses.join(","), now()],
+                    )
+                    .map_err(e)?;
+                // Files with the same content point at this copy.
+                self.db
+                    .execute(
+                        "UPDATE files SET output = ?2 WHERE duplicate_of = ?1 AND status = 'skipped'",
+                        params![p, blob(output)],
+                    )
+                    .map_err(e)?;
+                Status::Done
+            }
+            Finish::Skipped { reason } => {
+                self.db
+                    .execute(
+                        "UPDATE files SET status = 'skipped', error = ?2, attempts = attempts + 1, \
+                         updated = ?3 WHERE path = ?1",
+                        params![p, reason, now()],
+                    )
+                    .map_err(e)?;
+                Status::Skipped
+            }
+            Finish::Failed { error, retry } => {
+                let attempts: u32 = self
+                    .db
+                    .query_row("SELECT attempts FROM files WHERE path = ?1", [p], |r| r.get(0))
+                    .optional()
+                    .map_err(e)?
+                    .unwrap_or(0)
+                    + 1;
+                let status = if *retry && attempts < MAX_ATTEMPTS { Status::Pending } else { Status::Failed };
+                let wait = 10 * i64::from(attempts);
+                self.db
+                    .execute(
+                        "UPDATE files SET status = ?2, error = ?3, attempts = ?4, not_before = ?5, \
+                         updated = ?6 WHERE path = ?1",
+                        params![p, status.as_str(), error, attempts, now() + wait, now()],
+                    )
+                    .map_err(e)?;
+                if status == Status::Failed {
+                    // Files with the same content share the fate of this one.
+                    let message = format!("same content as {}, which failed: {error}", path.display());
+                    self.db
+                        .execute(
+                            "UPDATE files SET status = 'failed', error = ?2 WHERE duplicate_of = ?1 \
+                             AND status = 'skipped' AND output IS NULL",
+                            params![p, message],
+                        )
+                        .map_err(e)?;
+                }
+                status
+            }
+            Finish::Requeue => {
+                self.db.execute("UPDATE files SET status = 'pending' WHERE path = ?1", [p]).map_err(e)?;
+                Status::Pending
+            }
+            Finish::Gone => {
+                self.db.execute("DELETE FROM files WHERE path = ?1", [p]).map_err(e)?;
+                return Ok(None);
+            }
+        };
+        Ok(Some(status))
+    }
+
+    /// Sends quarantined files (all of them, or those under `under`) back to `pending` with their
+    /// attempts cleared; returns how many.
+    pub fn retry_failed(&self, under: Option<&Path>) -> Result<usize, StoreError> {
+        let rows = self.rows()?;
+        let mut n = 0;
+        for row in rows.iter().filter(|r| r.status == Status::Failed) {
+            if under.is_none_or(|u| row.path.starts_with(u)) {
+                n += self
+                    .db
+                    .execute(
+                        "UPDATE files SET status = 'pending', attempts = 0, not_before = 0, \
+                         duplicate_of = NULL WHERE path = ?1",
+                        [blob(&row.path)],
+                    )
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Every row, by path.
+    pub fn rows(&self) -> Result<Vec<Row>, StoreError> {
+        let e = |e| self.err(e);
+        let mut stmt = self
+            .db
+            .prepare_cached(
+                "SELECT path, status, attempts, error, output, faces, duplicate_of FROM files ORDER BY path",
+            )
+            .map_err(e)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Row {
+                    path: path_of(r.get(0)?),
+                    status: Status::parse(&r.get::<_, String>(1)?),
+                    attempts: r.get(2)?,
+                    error: r.get(3)?,
+                    output: r.get::<_, Option<Vec<u8>>>(4)?.map(path_of),
+                    faces: r.get(5)?,
+                    duplicate_of: r.get::<_, Option<Vec<u8>>>(6)?.map(path_of),
+                })
+            })
+            .map_err(e)?;
+        rows.collect::<Result<_, _>>().map_err(e)
+    }
+
+    /// How many rows are in each state: (pending + running, failed).
+    pub fn counts(&self) -> Result<(u64, u64), StoreError> {
+        self.db
+            .query_row(
+                "SELECT COUNT(*) FILTER (WHERE status IN ('pending', 'running')), \
+                 COUNT(*) FILTER (WHERE status = 'failed') FROM files",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64)),
+            )
+            .map_err(|e| self.err(e))
+    }
+}
+
+/// The BLAKE3 hash of a file's content, as hex.
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let file = std::fs::File::open(path)?;
+    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 16, file), &mut hasher)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(size: u64) -> Seen {
+        Seen { size, mtime_ns: 1 }
+    }
+
+    #[test]
+    fn same_content_is_protected_once_and_changed_content_again() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let (f, a, b) = (Path::new("/in"), Path::new("/in/a.jpg"), Path::new("/in/b.jpg"));
+        assert_eq!(s.observe(f, a, seen(1), "h1").unwrap(), Observed::Queued);
+        assert!(s.is_known(a, seen(1)).unwrap());
+        assert!(!s.is_known(a, seen(2)).unwrap());
+        assert_eq!(s.observe(f, b, seen(1), "h1").unwrap(), Observed::Duplicate { of: a.into() });
+        let jobs = s.pending(10, &[]).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].path, a);
+        s.set_running(a).unwrap();
+        let done = Finish::Done { output: "/out/a.jpg".into(), faces: 2, seconds: 1.5, losses: vec![] };
+        assert_eq!(s.finish(a, &done).unwrap(), Some(Status::Done));
+        let rows = s.rows().unwrap();
+        assert_eq!(rows[1].output.as_deref(), Some(Path::new("/out/a.jpg")), "{rows:?}");
+        assert_eq!(rows[1].status, Status::Skipped);
+        // Touched without a change of content: nothing to do.
+        assert_eq!(s.observe(f, a, seen(5), "h1").unwrap(), Observed::SameContent);
+        // New content: protected again, replacing the old copy.
+        assert_eq!(s.observe(f, a, seen(6), "h2").unwrap(), Observed::Queued);
+        assert_eq!(
+            s.pending(10, &[]).unwrap(),
+            vec![PendingJob { path: a.into(), folder: f.into(), replace: true }]
+        );
+    }
+
+    #[test]
+    fn running_goes_back_to_pending_after_a_crash() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Path::new("/in/a.jpg");
+        {
+            let (s, _) = Store::open(d.path()).unwrap();
+            s.observe(Path::new("/in"), a, seen(1), "h").unwrap();
+            s.set_running(a).unwrap();
+        }
+        let (s, recovered) = Store::open(d.path()).unwrap();
+        assert_eq!(recovered, 1);
+        let jobs = s.pending(10, &[]).unwrap();
+        assert!(jobs[0].replace);
+        assert_eq!(s.pending(10, &[a.to_path_buf()]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn three_failures_quarantine_and_a_permanent_one_fails_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let (f, a, b, c) =
+            (Path::new("/in"), Path::new("/in/a.jpg"), Path::new("/in/b.jpg"), Path::new("/in/c.jpg"));
+        s.observe(f, a, seen(1), "ha").unwrap();
+        let full = Finish::Failed { error: "disk full".into(), retry: true };
+        assert_eq!(s.finish(a, &full).unwrap(), Some(Status::Pending));
+        // It waits before the next attempt.
+        assert!(s.pending(10, &[]).unwrap().is_empty());
+        assert!(s.next_retry().unwrap().is_some());
+        assert_eq!(s.finish(a, &full).unwrap(), Some(Status::Pending));
+        assert_eq!(s.finish(a, &full).unwrap(), Some(Status::Failed));
+        let row = &s.rows().unwrap()[0];
+        assert_eq!((row.attempts, row.error.as_deref()), (3, Some("disk full")));
+
+        s.observe(f, b, seen(1), "hb").unwrap();
+        s.observe(f, c, seen(1), "hb").unwrap();
+        let broken = Finish::Failed { error: "b.jpg: cannot decode".into(), retry: false };
+        assert_eq!(s.finish(b, &broken).unwrap(), Some(Status::Failed));
+        let rows = s.rows().unwrap();
+        assert_eq!(rows[2].status, Status::Failed, "the duplicate shares the failure: {rows:?}");
+        assert!(rows[2].error.as_deref().unwrap().contains("cannot decode"));
+        assert_eq!(s.counts().unwrap(), (0, 3));
+        assert_eq!(s.retry_failed(Some(Path::new("/in/a.jpg"))).unwrap(), 1);
+        assert_eq!(s.counts().unwrap(), (1, 2));
+        s.finish(a, &Finish::Gone).unwrap();
+        assert_eq!(s.rows().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,312 @@
+//! Noticing photos in the share folders: which names a folder takes ([`Filter`]), scanning a folder
+//! ([`scan`]), and file-system events ([`Watcher`], `notify` with `notify-debouncer-full`, rename pairs
+//! stitched).
+//!
+//! Events are only hints: the service scans every folder at start, when events were lost, when a
+//! directory appears and periodically, and takes a file only once it has stopped changing.
+
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use notify::{EventKind, RecursiveMode};
+use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+
+use crate::{
+    config::{FolderConfig, DEFAULT_IGNORE},
+    store::Seen,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("folder {}: invalid ignore pattern {pattern:?}: {source}", folder.display())]
+    Pattern { folder: PathBuf, pattern: String, source: globset::Error },
+}
+
+/// Which files under a watched folder are photos to take.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    root: PathBuf,
+    ignore: GlobSet,
+    /// Output folders (of every configured folder) that lie inside this one.
+    excluded: Vec<PathBuf>,
+    recursive: bool,
+}
+
+impl Filter {
+    /// The filter of `folder`; `outputs` are the output folders of every configured folder.
+    pub fn new(folder: &FolderConfig, outputs: &[PathBuf]) -> Result<Filter, WatchError> {
+        let mut set = GlobSetBuilder::new();
+        for pattern in DEFAULT_IGNORE.iter().copied().chain(folder.ignore.iter().map(String::as_str)) {
+            let glob = GlobBuilder::new(pattern).literal_separator(true).build().map_err(|source| {
+                WatchError::Pattern { folder: folder.path.clone(), pattern: pattern.to_string(), source }
+            })?;
+            set.add(glob);
+        }
+        let ignore = set.build().map_err(|source| WatchError::Pattern {
+            folder: folder.path.clone(),
+            pattern: String::new(),
+            source,
+        })?;
+        let excluded = outputs.iter().filter(|o| o.starts_with(&folder.path)).cloned().collect();
+        Ok(Filter { root: folder.path.clone(), ignore, excluded, recursive: folder.recursive })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether `path` (a file or a directory) lies in this folder and is not left alone.
+    pub fn takes(&self, path: &Path) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.root) else { return false };
+        if rel.as_os_str().is_empty() || self.excluded.iter().any(|o| path.starts_with(o)) {
+            return false;
+        }
+        // Every name on the way, and the relative path itself, is matched.
+        rel.components().all(|c| !self.ignore.is_match(Path::new(c.as_os_str())))
+            && !self.ignore.is_match(rel)
+    }
+
+    /// Whether a file at `path` is deep enough to take (a non-recursive folder takes only its own
+    /// files).
+    fn depth_ok(&self, path: &Path) -> bool {
+        self.recursive || path.parent() == Some(self.root.as_path())
+    }
+
+    /// Whether a file found at `path` should be taken.
+    pub fn takes_file(&self, path: &Path) -> bool {
+        self.takes(path) && self.depth_ok(path)
+    }
+}
+
+/// Size and modification time of a regular file (a symbolic link is followed; the reader checks it
+/// stays inside the folder). `None` for anything else or a file that is gone.
+pub fn stat(path: &Path) -> Option<Seen> {
+    let meta = std::fs::metadata(path).ok()?;
+    meta.is_file().then(|| Seen {
+        size: meta.len(),
+        mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+    })
+}
+
+/// The files under `dir` (inside `filter`'s folder) that the folder takes. Unreadable directories
+/// are logged and skipped; symbolic links to directories are not followed.
+pub fn scan(filter: &Filter, dir: &Path) -> Vec<(PathBuf, Seen)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("cannot read folder {}: {e}", d.display());
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !filter.takes(&path) {
+                continue;
+            }
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                if filter.recursive {
+                    stack.push(path);
+                }
+            } else if filter.depth_ok(&path) {
+                if let Some(seen) = stat(&path) {
+                    found.push((path, seen));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// What the events of a folder say.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hint {
+    /// These paths were created, written or moved in.
+    Paths(Vec<PathBuf>),
+    /// Events were lost: scan the whole folder.
+    Rescan,
+    /// The system cannot watch this folder (any more); the message says what to change.
+    CannotWatch(String),
+}
+
+/// File-system events of one folder, delivered to a callback on the debouncer's thread.
+pub struct Watcher {
+    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+}
+
+impl Watcher {
+    /// Watches `folder`; `on_hint` receives what its events say. On failure, the message says why
+    /// and what to change (the inotify limits).
+    pub fn new(folder: &FolderConfig, on_hint: impl Fn(Hint) + Send + 'static) -> Result<Watcher, String> {
+        let root = folder.path.clone();
+        let handler = move |result: DebounceEventResult| match result {
+            Ok(events) => {
+                if events.iter().any(|e| e.need_rescan()) {
+                    on_hint(Hint::Rescan);
+                }
+                let paths: Vec<PathBuf> = events
+                    .into_iter()
+                    .filter(|e| {
+                        matches!(e.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any)
+                    })
+                    .flat_map(|e| e.event.paths)
+                    .collect();
+                if !paths.is_empty() {
+                    on_hint(Hint::Paths(paths));
+                }
+            }
+            Err(errors) => {
+                if let Some(e) = errors.iter().find(|e| matches!(e.kind, notify::ErrorKind::MaxFilesWatch)) {
+                    on_hint(Hint::CannotWatch(explain(&root, e)));
+                } else {
+                    for e in &errors {
+                        tracing::warn!("watching {}: {e}", root.display());
+                    }
+                    on_hint(Hint::Rescan);
+                }
+            }
+        };
+        let mut debouncer =
+            new_debouncer(Duration::from_millis(500), Some(Duration::from_millis(250)), handler)
+                .map_err(|e| explain(&folder.path, &e))?;
+        let mode = if folder.recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+        debouncer.watch(&folder.path, mode).map_err(|e| explain(&folder.path, &e))?;
+        Ok(Watcher { _debouncer: debouncer })
+    }
+}
+
+/// Says why a folder cannot be watched and, for the inotify limits, which setting to raise.
+fn explain(folder: &Path, e: &notify::Error) -> String {
+    let fix = match &e.kind {
+        notify::ErrorKind::MaxFilesWatch => Some("fs.inotify.max_user_watches"),
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
+            Some("fs.inotify.max_user_instances")
+        }
+        _ => None,
+    };
+    match fix {
+        Some(key) => format!(
+            "cannot watch {}: the system's inotify limit is reached ({e}); raise it with \
+             `sudo sysctl {key}=524288` (and a line `{key}=524288` in /etc/sysctl.d/90-veil.conf to keep \
+             it)",
+            folder.display()
+        ),
+        None => format!("cannot watch {}: {e}", folder.display()),
+    }
+}
+
+/// Removes temporary files an interrupted write left in `dir` and its sub-folders (Veil's own, named
+/// `.NAME.veil-PID-N.tmp`); returns how many.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let mut removed = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t)
+                    if t.is_file()
+                        && name.starts_with('.')
+                        && name.contains(".veil-")
+                        && name.ends_with(".tmp")
+                        && std::fs::remove_file(entry.path()).is_ok() =>
+                {
+                    removed += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_leaves_alone_hidden_partial_and_nas_files_and_the_output() {
+        let mut folder = FolderConfig::new("/in", "/in/Protected");
+        folder.ignore = vec!["*.raw".into(), "private/**".into()];
+        let f = Filter::new(&folder, &[folder.output.clone(), "/elsewhere".into()]).unwrap();
+        for p in ["/in/a.jpg", "/in/sub/b.png", "/in/Protected2/c.jpg"] {
+            assert!(f.takes_file(Path::new(p)), "{p}");
+        }
+        for p in [
+            "/in/.hidden.jpg",
+            "/in/a.jpg.part",
+            "/in/a.jpg.crdownload",
+            "/in/x.tmp",
+            "/in/a.jpg~",
+            "/in/@eaDir/a.jpg",
+            "/in/#recycle/a.jpg",
+            "/in/.DS_Store",
+            "/in/Thumbs.db",
+            "/in/.git/a.jpg",
+            "/in/Protected/a.jpg",
+            "/in/Protected",
+            "/in/b.raw",
+            "/in/private/a.jpg",
+            "/other/a.jpg",
+            "/in",
+        ] {
+            assert!(!f.takes_file(Path::new(p)), "{p}");
+        }
+        folder.recursive = false;
+        let f = Filter::new(&folder, &[]).unwrap();
+        assert!(f.takes_file(Path::new("/in/a.jpg")) && !f.takes_file(Path::new("/in/sub/a.jpg")));
+    }
+
+    #[test]
+    fn scan_finds_files_in_sub_folders_but_not_in_the_output_or_hidden_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("in");
+        for p in ["a.jpg", "sub/b.jpg", "out/c.jpg", ".x/d.jpg", "e.part"] {
+            let path = root.join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, p).unwrap();
+        }
+        let folder = FolderConfig::new(&root, root.join("out"));
+        let f = Filter::new(&folder, std::slice::from_ref(&folder.output)).unwrap();
+        let mut found: Vec<PathBuf> = scan(&f, &root).into_iter().map(|(p, _)| p).collect();
+        found.sort();
+        assert_eq!(found, [root.join("a.jpg"), root.join("sub/b.jpg")]);
+        assert_eq!(stat(&root.join("a.jpg")).unwrap().size, 5);
+        assert!(stat(&root.join("sub")).is_none());
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("s")).unwrap();
+        std::fs::write(d.path().join("s/.a.jpg.veil-12-0.tmp"), "x").unwrap();
+        std::fs::write(d.path().join("a.jpg"), "x").unwrap();
+        std::fs::write(d.path().join(".keep.tmp"), "x").unwrap();
+        assert_eq!(remove_stale_temporaries(d.path()), 1);
+        assert!(d.path().join("a.jpg").exists() && d.path().join(".keep.tmp").exists());
+    }
+
+    #[test]
+    fn watcher_reports_a_new_file() {
+        let d = tempfile::tempdir().unwrap();
+        let folder = FolderConfig::new(d.path(), d.path().join("out"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _w = Watcher::new(&folder, move |h| {
+            let _ = tx.send(h);
+        })
+        .unwrap();
+        std::fs::write(d.path().join("a.jpg"), "x").unwrap();
+        let hint = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(matches!(&hint, Hint::Paths(p) if p.contains(&d.path().join("a.jpg"))), "{hint:?}");
+    }
+}

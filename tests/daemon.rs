@@ -1,0 +1,469 @@
+//! End to end: the real `veild` watching real folders in a temporary home, with real signals; the job
+//! database is read with SQLite as an operator would.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+}
+
+/// A temporary home holding the share folders, the state folder and the configuration.
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        Home { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.path().join("veil.toml")
+    }
+
+    /// Writes the configuration: the given `[watch]` body and folders (`path`, `output` under home).
+    fn configure(&self, watch: &str, folders: &[(&str, &str)]) {
+        let mut text =
+            format!("[paths]\nstate_dir = \"{}\"\n\n[watch]\n{watch}\n", self.path().join("state").display());
+        for (path, output) in folders {
+            text += &format!(
+                "\n[[folders]]\npath = \"{}\"\noutput = \"{}\"\n",
+                self.path().join(path).display(),
+                self.path().join(output).display()
+            );
+        }
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    fn start(&self) -> Daemon {
+        let home = self.path();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_veild"))
+            .args(["--config", self.config_path().to_str().unwrap()])
+            .env_remove("LD_LIBRARY_PATH")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env("VEIL_LOG", "veil=debug,info")
+            .env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("XDG_STATE_HOME", home.join(".local/state"))
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .env("XDG_RUNTIME_DIR", home.join("run"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pipe = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line.clone() + "\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let d = Daemon { child, log, lines };
+        d.wait_log("ready", Duration::from_secs(60));
+        d
+    }
+
+    fn db(&self) -> rusqlite::Connection {
+        let path = self.path().join("state/jobs.sqlite");
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+    }
+
+    /// Every row: path → (status, error, output, attempts).
+    fn rows(&self) -> HashMap<PathBuf, Row> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare(
+                "SELECT CAST(path AS TEXT), status, error, CAST(output AS TEXT), attempts, \
+                 CAST(duplicate_of AS TEXT) FROM files",
+            )
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok((
+                PathBuf::from(r.get::<_, String>(0)?),
+                Row {
+                    status: r.get(1)?,
+                    error: r.get(2)?,
+                    output: r.get::<_, Option<String>>(3)?.map(PathBuf::from),
+                    attempts: r.get(4)?,
+                    duplicate_of: r.get::<_, Option<String>>(5)?.map(PathBuf::from),
+                },
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// Waits until `n` rows exist and none is pending or running.
+    fn wait_settled(&self, d: &Daemon, n: usize, timeout: Duration) -> HashMap<PathBuf, Row> {
+        let start = Instant::now();
+        loop {
+            if self.path().join("state/jobs.sqlite").exists() {
+                let rows = self.rows();
+                if rows.len() >= n && rows.values().all(|r| r.status != "pending" && r.status != "running") {
+                    return rows;
+                }
+                if start.elapsed() > timeout {
+                    panic!("not settled after {timeout:?}: {rows:#?}\n{}", d.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // read through Debug in failure messages
+struct Row {
+    status: String,
+    error: Option<String>,
+    output: Option<PathBuf>,
+    attempts: i64,
+    duplicate_of: Option<PathBuf>,
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn wait_log(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            if start.elapsed() > timeout {
+                panic!("veild never logged {needle:?}:\n{}", self.log());
+            }
+            let _ = self.lines.recv_timeout(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// SIGTERM, then the exit status and the whole log.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        // Let the reader thread drain the pipe.
+        std::thread::sleep(Duration::from_millis(100));
+        (status, self.log())
+    }
+}
+
+/// A small photo whose pixels depend on `seed`, encoded as the extension of `name` says.
+fn photo(seed: u32, side: u32, name: &str) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
+        let v = seed.wrapping_mul(2_654_435_761).wrapping_add(x * 7 + y * 13);
+        image::Rgb([(v >> 3) as u8, (v >> 11) as u8, (v >> 19) as u8 ^ (x as u8)])
+    });
+    let format = image::ImageFormat::from_path(name).unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+/// Files in `dir` and below.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn decodes(path: &Path) -> image::RgbImage {
+    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
+}
+
+#[test]
+fn two_hundred_files_at_once_each_valid_one_protected_once_broken_ones_failed() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.5", &[("In", "Out")]);
+    let d = home.start();
+    let staging = home.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let mut originals: HashMap<String, Vec<u8>> = HashMap::new();
+    for i in 0..150u32 {
+        let name = if i % 2 == 0 { format!("valid-{i}.jpg") } else { format!("valid-{i}.png") };
+        originals.insert(name.clone(), photo(i, 16 + i % 5, &name));
+    }
+    for i in 0..25u32 {
+        let of = originals[&format!("valid-{}.jpg", i * 2)].clone();
+        originals.insert(format!("copy-{i}.jpg"), of);
+    }
+    for i in 0..25u32 {
+        let name = format!("broken-{i}.{}", ["jpg", "png", "webp", "tiff", "jpeg"][i as usize % 5]);
+        let mut bytes = format!("not a photo {i} ").into_bytes();
+        bytes.extend((0..200u32).map(|k| (k * 31 + i) as u8));
+        originals.insert(name, bytes);
+    }
+    for (name, bytes) in &originals {
+        std::fs::write(staging.join(name), bytes).unwrap();
+    }
+    // Dropped at once: every file is renamed in.
+    let input = home.path().join("In");
+    for name in originals.keys() {
+        std::fs::rename(staging.join(name), input.join(name)).unwrap();
+    }
+
+    let rows = home.wait_settled(&d, 200, Duration::from_secs(180));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(rows.len(), 200, "{rows:#?}");
+    let by = |s: &str| rows.iter().filter(|(_, r)| r.status == s).count();
+    assert_eq!((by("done"), by("skipped"), by("failed")), (150, 25, 25), "{rows:#?}");
+
+    let out = home.path().join("Out");
+    let outputs = files(&out);
+    assert_eq!(outputs.len(), 150, "one protected copy per distinct photo: {outputs:#?}");
+    for (path, row) in &rows {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        match row.status.as_str() {
+            "done" => {
+                let output = row.output.as_ref().unwrap();
+                assert_eq!(output, &out.join(name), "{row:?}");
+                assert_eq!(row.attempts, 1, "{row:?}");
+                assert_eq!(decodes(output).dimensions(), decodes(path).dimensions());
+            }
+            "skipped" => {
+                // A duplicate points at the copy of the photo with its content.
+                let of = row.duplicate_of.as_ref().unwrap();
+                assert_eq!(originals[of.file_name().unwrap().to_str().unwrap()], originals[name]);
+                assert_eq!(row.output.as_ref(), rows[of].output.as_ref(), "{row:?}");
+            }
+            _ => {
+                assert!(name.starts_with("broken-"), "{name}: {row:?}");
+                let error = row.error.as_deref().unwrap();
+                assert!(error.contains(&path.display().to_string()), "{error}");
+                assert_eq!(row.attempts, 1, "a broken file is not tried again: {row:?}");
+                // Logged once.
+                assert_eq!(log.matches(error).count(), 1, "{error}\n{log}");
+            }
+        }
+    }
+    for (name, bytes) in &originals {
+        assert_eq!(&std::fs::read(input.join(name)).unwrap(), bytes, "{name} changed");
+    }
+    let hidden: Vec<_> = files(home.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".veil-") || p.extension().is_some_and(|e| e == "tmp"))
+        .collect();
+    assert!(hidden.is_empty(), "temporary files left: {hidden:?}");
+}
+
+#[test]
+fn a_file_written_slowly_is_protected_once_from_its_complete_content() {
+    let home = Home::new();
+    home.configure("settle_seconds = 2.0", &[("In", "Out")]);
+    let d = home.start();
+    let bytes = photo(7, 64, "slow.png");
+    let target = home.path().join("In/slow.png");
+    let mut file = std::fs::File::create(&target).unwrap();
+    let chunk = bytes.len().div_ceil(7);
+    for part in bytes.chunks(chunk) {
+        file.write_all(part).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(file);
+    let rows = home.wait_settled(&d, 1, Duration::from_secs(60));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let row = &rows[&target];
+    assert_eq!((row.status.as_str(), row.attempts), ("done", 1), "{row:?}\n{log}");
+    let outputs = files(&home.path().join("Out"));
+    assert_eq!(outputs, [home.path().join("Out/slow.png")]);
+    assert_eq!(decodes(&outputs[0]), decodes(&target), "the copy has the complete photo");
+    assert!(!log.contains("cannot decode"), "{log}");
+}
+
+#[test]
+fn kill_9_in_the_middle_then_a_restart_protects_every_file_exactly_once() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.2", &[("In", "Out")]);
+    let d = home.start();
+    let staging = home.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let n = 40;
+    for i in 0..n {
+        let name = format!("big-{i}.jpg");
+        std::fs::write(staging.join(&name), photo(i, 900, &name)).unwrap();
+    }
+    for i in 0..n {
+        let name = format!("big-{i}.jpg");
+        std::fs::rename(staging.join(&name), home.path().join("In").join(&name)).unwrap();
+    }
+    // Kill as soon as the first copies are written.
+    let start = Instant::now();
+    loop {
+        let done = home.path().join("state/jobs.sqlite").exists()
+            && home.rows().values().filter(|r| r.status == "done").count() >= 3;
+        if done || start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut child = d.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = home.rows();
+    let done_before = before.values().filter(|r| r.status == "done").count();
+    assert!(done_before < n as usize, "the kill came after the last photo: the test proves nothing");
+
+    let d = home.start();
+    let rows = home.wait_settled(&d, n as usize, Duration::from_secs(180));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(rows.values().all(|r| r.status == "done"), "{rows:#?}");
+    let outputs = files(&home.path().join("Out"));
+    let expected: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> = (0..n).map(|i| home.path().join(format!("Out/big-{i}.jpg"))).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(outputs, expected, "exactly one copy per photo, no partial or temporary files");
+    for o in &outputs {
+        assert_eq!(decodes(o).dimensions(), (900, 900));
+    }
+}
+
+#[test]
+fn sighup_watches_a_new_folder_and_keeps_the_old_config_when_the_new_one_is_broken() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    home.configure("settle_seconds = 0.3", &[("In", "Out"), ("In2", "Out2")]);
+    d.signal(libc::SIGHUP);
+    d.wait_log(&format!("watching {}", home.path().join("In2").display()), Duration::from_secs(20));
+    std::fs::write(home.path().join("In2/a.png"), photo(1, 8, "a.png")).unwrap();
+    home.wait_settled(&d, 1, Duration::from_secs(30));
+    assert!(home.path().join("Out2/a.png").is_file());
+
+    std::fs::write(home.config_path(), "[watch]\nsettle_seconds = \"soon\"\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_log("keeping the old one", Duration::from_secs(20));
+    std::fs::write(home.path().join("In/b.png"), photo(2, 8, "b.png")).unwrap();
+    std::fs::write(home.path().join("In2/c.png"), photo(3, 8, "c.png")).unwrap();
+    home.wait_settled(&d, 3, Duration::from_secs(30));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(home.path().join("Out/b.png").is_file() && home.path().join("Out2/c.png").is_file(), "{log}");
+    assert!(log.contains("settle_seconds"), "the error names the key: {log}");
+}
+
+#[test]
+fn a_directory_of_photos_moved_in_is_picked_up() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    let album = home.path().join("album");
+    std::fs::create_dir_all(album.join("day 2")).unwrap();
+    let names = ["one.jpg", "two.png", "day 2/three.jpg"];
+    for (i, name) in names.iter().enumerate() {
+        std::fs::write(album.join(name), photo(i as u32, 12, name)).unwrap();
+    }
+    std::fs::rename(&album, home.path().join("In/album")).unwrap();
+    home.wait_settled(&d, 3, Duration::from_secs(30));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let outputs = files(&home.path().join("Out"));
+    let mut expected: Vec<PathBuf> = names.iter().map(|n| home.path().join("Out/album").join(n)).collect();
+    expected.sort();
+    assert_eq!(outputs, expected, "{log}");
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn idle_veild_uses_no_measurable_cpu() {
+    let home = Home::new();
+    home.configure("", &[("In", "Out")]);
+    let d = home.start();
+    std::thread::sleep(Duration::from_secs(3));
+    let before = cpu_ticks(d.child.id());
+    std::thread::sleep(Duration::from_secs(60));
+    let used = cpu_ticks(d.child.id()) - before;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    eprintln!("idle veild used {used} clock ticks ({:.3} s of CPU) in 60 s", used as f64 / hz as f64);
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(used * 100 <= hz * 6, "idle veild used {used} ticks at {hz} Hz in a minute (over 0.1%)");
+}
+
+#[test]
+fn a_second_veild_on_the_same_state_is_refused() {
+    let home = Home::new();
+    home.configure("", &[("In", "Out")]);
+    let d = home.start();
+    let out = Command::new(env!("CARGO_BIN_EXE_veild"))
+        .args(["--config", home.config_path().to_str().unwrap()])
+        .env_remove("LD_LIBRARY_PATH")
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another veild already runs") && err.contains("veild.lock"), "{err}");
+}
+
+#[test]
+fn ignored_names_and_the_output_inside_the_watched_folder_are_left_alone() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "In/Protected")]);
+    let d = home.start();
+    let input = home.path().join("In");
+    for name in [".hidden.png", "x.png.part", "y.png.crdownload", "z.tmp", "w.png~", "Thumbs.db"] {
+        std::fs::write(input.join(name), photo(9, 8, "a.png")).unwrap();
+    }
+    std::fs::create_dir_all(input.join("@eaDir")).unwrap();
+    std::fs::write(input.join("@eaDir/t.png"), photo(10, 8, "a.png")).unwrap();
+    std::fs::write(input.join("real.png"), photo(11, 8, "real.png")).unwrap();
+    let rows = home.wait_settled(&d, 1, Duration::from_secs(30));
+    // Give any feedback loop from the copy inside the watched folder time to show.
+    std::thread::sleep(Duration::from_secs(2));
+    let rows_after = home.rows();
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(rows.keys().collect::<HashSet<_>>(), rows_after.keys().collect::<HashSet<_>>());
+    assert_eq!(rows_after.keys().cloned().collect::<Vec<_>>(), [input.join("real.png")], "{log}");
+    assert_eq!(files(&input.join("Protected")), [input.join("Protected/real.png")]);
+}
