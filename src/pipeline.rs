@@ -171,6 +171,8 @@ pub struct JobOptions {
     pub format: Option<Format>,
     /// The watched folder the source was found in: symbolic links may not lead out of it.
     pub folder: Option<PathBuf>,
+    /// Reading and writing settings for this job (default: the configuration's `[imageio]`).
+    pub imageio: Option<imageio::Settings>,
 }
 
 /// The loaded detector and generators, with the configuration they run under.
@@ -213,7 +215,7 @@ impl Pipeline {
         rng: &mut Rng,
     ) -> Result<Outcome, PipelineError> {
         let started = Instant::now();
-        let settings = &self.config.imageio;
+        let settings = options.imageio.as_ref().unwrap_or(&self.config.imageio);
         let photo = match &options.folder {
             Some(folder) => imageio::read_in_folder(folder, source, settings)?,
             None => imageio::read(source, settings)?,

@@ -108,6 +108,10 @@ pub async fn run(
         .name("veil-core".into())
         .spawn(move || core.run(rx))
         .map_err(|e| ServiceError::Probe(e.to_string()))?;
+    // Reloads are heard from before readiness is announced: a SIGHUP right after READY must not hit
+    // the default action (terminate).
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).map_err(ServiceError::Signal)?;
     systemd::notify("READY=1\nSTATUS=watching");
     tracing::info!("ready");
 
@@ -121,8 +125,6 @@ pub async fn run(
         })
     });
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).map_err(ServiceError::Signal)?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

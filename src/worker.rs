@@ -14,7 +14,12 @@ use std::{
     time::Instant,
 };
 
-use crate::{config::Config, imageio, protect::Preset};
+use crate::{
+    config::Config,
+    imageio,
+    pipeline::{JobOptions, Pipeline, PipelineError},
+    protect::{Preset, Rng},
+};
 
 /// One photo to protect.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,16 +108,77 @@ pub enum WorkerError {
     Start(String),
 }
 
-/// Builds the protector `veild` runs, on the engine thread, after the configuration is loaded.
-///
-/// The protection pipeline is not wired in yet: photos are read and written back unchanged (real
-/// decoding, metadata and atomic writes, `faces = 0`).
-pub fn protector(_config: &Config) -> Result<Box<dyn Protector>, String> {
-    tracing::warn!(
-        "the protection engine is not wired in yet: veild writes unprotected copies (decoded and \
-         re-encoded, metadata kept) into the output folders"
-    );
-    Ok(Box::new(CopyProtector))
+/// Builds the protector `veild` runs, on the engine thread, after the configuration is loaded: the
+/// real pipeline (MTCNN and the `ensemble` generators on the engine device).
+pub fn protector(config: &Config) -> Result<Box<dyn Protector>, String> {
+    let device = crate::engine::select_device(config.engine.device).map_err(|e| e.to_string())?;
+    let pipeline = Pipeline::load(config, device).map_err(|e| e.to_string())?;
+    let names: Vec<&str> = pipeline.ensemble().generators.iter().map(|g| g.name.as_str()).collect();
+    tracing::info!("protection engine loaded on {}: {}", crate::engine::describe(device), names.join(", "));
+    let rng = Rng::new(config.protect.seed());
+    Ok(Box::new(PipelineProtector { pipeline, rng, config: config.clone(), on_cpu: device == tch::Device::Cpu }))
+}
+
+/// The real engine: [`Pipeline::protect_file`] for each job.
+pub struct PipelineProtector {
+    pipeline: Pipeline,
+    rng: Rng,
+    config: Config,
+    on_cpu: bool,
+}
+
+impl Protector for PipelineProtector {
+    fn protect(&mut self, job: &Job) -> Result<JobOutcome, JobError> {
+        let options = JobOptions {
+            preset: Some(job.preset),
+            format: job.format,
+            folder: Some(job.folder.clone()),
+            imageio: Some(job.imageio.clone()),
+        };
+        let outcome = self.pipeline.protect_file(&job.source, &job.output_dir, &options, &mut self.rng).map_err(from_pipeline)?;
+        match outcome.written {
+            Some(w) => Ok(JobOutcome {
+                output: w.path,
+                faces: u32::try_from(outcome.faces).unwrap_or(u32::MAX),
+                seconds: outcome.seconds,
+                losses: outcome.losses,
+            }),
+            None => Err(JobError::new(
+                ErrorKind::Skip,
+                format!("{}: no face found; nothing written (protect.no_face = \"skip\")", job.source.display()),
+            )),
+        }
+    }
+
+    fn fall_back_to_cpu(&mut self) -> bool {
+        if self.on_cpu {
+            return false;
+        }
+        match Pipeline::load(&self.config, tch::Device::Cpu) {
+            Ok(p) => {
+                self.pipeline = p;
+                self.on_cpu = true;
+                true
+            }
+            Err(e) => {
+                tracing::error!("cannot move the engine to the CPU: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// Sorts a pipeline error into the file's fault, the surroundings', or the device's memory.
+fn from_pipeline(e: PipelineError) -> JobError {
+    match e {
+        PipelineError::Image(e) => from_image(e),
+        PipelineError::Name { .. } => JobError::new(ErrorKind::Permanent, e.to_string()),
+        other => {
+            let message = other.to_string();
+            let oom = message.contains("out of memory");
+            JobError::new(if oom { ErrorKind::OutOfMemory } else { ErrorKind::Transient }, message)
+        }
+    }
 }
 
 /// Reads each photo and writes its pixels back unchanged: the whole path of a protected copy but

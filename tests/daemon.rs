@@ -36,8 +36,13 @@ impl Home {
 
     /// Writes the configuration: the given `[watch]` body and folders (`path`, `output` under home).
     fn configure(&self, watch: &str, folders: &[(&str, &str)]) {
-        let mut text =
-            format!("[paths]\nstate_dir = \"{}\"\n\n[watch]\n{watch}\n", self.path().join("state").display());
+        // The real engine with the tiny generator fixtures (`make fixtures`).
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/models");
+        let mut text = format!(
+            "[paths]\nstate_dir = \"{}\"\n\n[models]\ndir = \"{}\"\n\n[protect]\npreset = \"fast\"\n\n[watch]\n{watch}\n",
+            self.path().join("state").display(),
+            models.display()
+        );
         for (path, output) in folders {
             text += &format!(
                 "\n[[folders]]\npath = \"{}\"\noutput = \"{}\"\n",

@@ -145,8 +145,11 @@ class FaceSwapAE(nn.Module):
             nn.Conv2d(w * 4, w * 8, 5, 2, 2), nn.LeakyReLU(0.1, True),
         )
         self.top = w * 8
-        self.fc_in = nn.Linear(self.top * self.side * self.side, code)
-        self.fc_out = nn.Linear(code, self.top * self.side * self.side)
+        # A 1x1 squeeze to 32 channels keeps the dense bottleneck (and the file) small.
+        self.squeeze = nn.Conv2d(self.top, 32, 1)
+        self.fc_in = nn.Linear(32 * self.side * self.side, code)
+        self.fc_out = nn.Linear(code, 32 * self.side * self.side)
+        self.expand = nn.Conv2d(32, self.top, 1)
         self.dec = nn.Sequential(
             nn.ConvTranspose2d(w * 8, w * 4, 4, 2, 1), nn.LeakyReLU(0.1, True),
             nn.ConvTranspose2d(w * 4, w * 2, 4, 2, 1), nn.LeakyReLU(0.1, True),
@@ -156,9 +159,9 @@ class FaceSwapAE(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.enc(x).flatten(1)
-        h = self.fc_out(self.fc_in(h)).view(-1, self.top, self.side, self.side)
-        return torch.tanh(self.dec(h))
+        h = self.squeeze(self.enc(x)).flatten(1)
+        h = self.fc_out(self.fc_in(h)).view(-1, 32, self.side, self.side)
+        return torch.tanh(self.dec(self.expand(h)))
 
 
 class Discriminator(nn.Module):
