@@ -62,7 +62,12 @@ impl Timing {
             _ if n % 2 == 1 => samples[n / 2],
             _ => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
         };
-        Timing { median, min: samples.first().copied().unwrap_or(f64::NAN), max: samples.last().copied().unwrap_or(f64::NAN), runs: n }
+        Timing {
+            median,
+            min: samples.first().copied().unwrap_or(f64::NAN),
+            max: samples.last().copied().unwrap_or(f64::NAN),
+            runs: n,
+        }
     }
 }
 
@@ -99,7 +104,10 @@ impl Report {
         s += &row(&format!("attack, one {0}×{0} face", self.face_side), &self.face);
         s += &format!("{:<34} {:>9.3}\n", "faces per second", self.faces_per_second());
         s += &row("12 MP photo, 1 face, end to end", &self.photo_one_face);
-        s += &row(&format!("12 MP photo, 4 faces ({} found)", self.faces_found_in_four), &self.photo_four_faces);
+        s += &row(
+            &format!("12 MP photo, 4 faces ({} found)", self.faces_found_in_four),
+            &self.photo_four_faces,
+        );
         s += &format!("{:<34} {:>9.1} MiB\n", "peak RSS", self.peak_rss_bytes as f64 / 1048576.0);
         if let Some(g) = self.gpu_memory_used_bytes {
             s += &format!("{:<34} {:>9.1} MiB\n", "GPU memory in use at the end", g as f64 / 1048576.0);
@@ -155,7 +163,9 @@ fn save_jpeg(img: &RgbImage, path: &Path) -> Result<(), BenchError> {
     let err = |message: String| BenchError::Write { path: path.to_path_buf(), message };
     let file = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
     let mut w = std::io::BufWriter::new(file);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, 92).encode_image(img).map_err(|e| err(e.to_string()))
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, 92)
+        .encode_image(img)
+        .map_err(|e| err(e.to_string()))
 }
 
 fn peak_rss_bytes() -> u64 {
@@ -171,7 +181,11 @@ fn peak_rss_bytes() -> u64 {
     }
 }
 
-pub fn run(pipeline: &Pipeline, opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report, BenchError> {
+pub fn run(
+    pipeline: &Pipeline,
+    opts: &Options,
+    mut progress: impl FnMut(&str),
+) -> Result<Report, BenchError> {
     let settings = &pipeline.config().imageio;
     let portraits: Vec<RgbImage> = jpegs_in(&opts.data.join("portraits/src/female"))?
         .into_iter()

@@ -110,13 +110,29 @@ pub enum WorkerError {
 
 /// Builds the protector `veild` runs, on the engine thread, after the configuration is loaded: the
 /// real pipeline (MTCNN and the `ensemble` generators on the engine device).
+///
+/// When the models cannot be loaded (none installed yet, a broken file), `veild` still runs: every
+/// photo is recorded and answered with that reason as a retryable error, and nothing unprotected is
+/// ever written into an output folder.
 pub fn protector(config: &Config) -> Result<Box<dyn Protector>, String> {
     let device = crate::engine::select_device(config.engine.device).map_err(|e| e.to_string())?;
-    let pipeline = Pipeline::load(config, device).map_err(|e| e.to_string())?;
+    let pipeline = match Pipeline::load(config, device) {
+        Ok(p) => p,
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::error!("photos cannot be protected: {reason}; they are recorded and retried, and nothing is written until the models load (see `veil doctor`)");
+            return Ok(Box::new(Unavailable { reason }));
+        }
+    };
     let names: Vec<&str> = pipeline.ensemble().generators.iter().map(|g| g.name.as_str()).collect();
     tracing::info!("protection engine loaded on {}: {}", crate::engine::describe(device), names.join(", "));
     let rng = Rng::new(config.protect.seed());
-    Ok(Box::new(PipelineProtector { pipeline, rng, config: config.clone(), on_cpu: device == tch::Device::Cpu }))
+    Ok(Box::new(PipelineProtector {
+        pipeline,
+        rng,
+        config: config.clone(),
+        on_cpu: device == tch::Device::Cpu,
+    }))
 }
 
 /// The real engine: [`Pipeline::protect_file`] for each job.
@@ -135,7 +151,10 @@ impl Protector for PipelineProtector {
             folder: Some(job.folder.clone()),
             imageio: Some(job.imageio.clone()),
         };
-        let outcome = self.pipeline.protect_file(&job.source, &job.output_dir, &options, &mut self.rng).map_err(from_pipeline)?;
+        let outcome = self
+            .pipeline
+            .protect_file(&job.source, &job.output_dir, &options, &mut self.rng)
+            .map_err(from_pipeline)?;
         match outcome.written {
             Some(w) => Ok(JobOutcome {
                 output: w.path,
@@ -145,7 +164,10 @@ impl Protector for PipelineProtector {
             }),
             None => Err(JobError::new(
                 ErrorKind::Skip,
-                format!("{}: no face found; nothing written (protect.no_face = \"skip\")", job.source.display()),
+                format!(
+                    "{}: no face found; nothing written (protect.no_face = \"skip\")",
+                    job.source.display()
+                ),
             )),
         }
     }
@@ -168,6 +190,20 @@ impl Protector for PipelineProtector {
     }
 }
 
+/// The engine when the models did not load: refuses every job with the reason.
+pub struct Unavailable {
+    reason: String,
+}
+
+impl Protector for Unavailable {
+    fn protect(&mut self, job: &Job) -> Result<JobOutcome, JobError> {
+        Err(JobError::new(
+            ErrorKind::Transient,
+            format!("{}: not protected: {}", job.source.display(), self.reason),
+        ))
+    }
+}
+
 /// Sorts a pipeline error into the file's fault, the surroundings', or the device's memory.
 fn from_pipeline(e: PipelineError) -> JobError {
     match e {
@@ -182,9 +218,11 @@ fn from_pipeline(e: PipelineError) -> JobError {
 }
 
 /// Reads each photo and writes its pixels back unchanged: the whole path of a protected copy but
-/// the attack.
+/// the attack. Tests use it to check how `imageio` errors are sorted.
+#[cfg(test)]
 pub struct CopyProtector;
 
+#[cfg(test)]
 impl Protector for CopyProtector {
     fn protect(&mut self, job: &Job) -> Result<JobOutcome, JobError> {
         let start = Instant::now();

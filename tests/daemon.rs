@@ -472,3 +472,31 @@ fn ignored_names_and_the_output_inside_the_watched_folder_are_left_alone() {
     assert_eq!(rows_after.keys().cloned().collect::<Vec<_>>(), [input.join("real.png")], "{log}");
     assert_eq!(files(&input.join("Protected")), [input.join("Protected/real.png")]);
 }
+
+#[test]
+fn without_models_nothing_unprotected_is_written_and_the_reason_is_recorded() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let empty = home.path().join("no-models");
+    std::fs::create_dir_all(&empty).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/models");
+    let text = std::fs::read_to_string(home.config_path()).unwrap();
+    std::fs::write(
+        home.config_path(),
+        text.replace(&fixtures.display().to_string(), &empty.display().to_string()),
+    )
+    .unwrap();
+    let d = home.start();
+    std::fs::write(home.path().join("In/a.png"), photo(1, 8, "a.png")).unwrap();
+    d.wait_log("not protected", Duration::from_secs(30));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("photos cannot be protected"), "{log}");
+    assert!(files(&home.path().join("Out")).is_empty(), "an unprotected copy was written");
+    let rows = home.rows();
+    let row = rows.values().next().expect("the photo is recorded");
+    assert!(
+        row.error.as_deref().is_some_and(|e| e.contains("a.png") && e.contains("not protected")),
+        "{row:?}"
+    );
+}

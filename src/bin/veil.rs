@@ -5,8 +5,9 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use veil::{
+    bench,
     config::Config,
-    bench, doctor, engine, eval, faces, imageio,
+    doctor, engine, eval, faces, imageio,
     paths::Dirs,
     pipeline::{self, JobOptions, Pipeline},
     protect::{Preset, Rng},
