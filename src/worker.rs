@@ -11,7 +11,6 @@ use std::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc,
     },
-    time::Instant,
 };
 
 use crate::{
@@ -225,7 +224,7 @@ pub struct CopyProtector;
 #[cfg(test)]
 impl Protector for CopyProtector {
     fn protect(&mut self, job: &Job) -> Result<JobOutcome, JobError> {
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         let photo = imageio::read_in_folder(&job.folder, &job.source, &job.imageio).map_err(from_image)?;
         let name = job.source.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
             JobError::new(
