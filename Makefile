@@ -41,15 +41,18 @@ $(FIXTURES)/manifest.toml: $(TRAIN_SCRIPTS) $(MTCNN) | $(VENV)/.veil-installed
 
 fixtures: $(FIXTURES)/manifest.toml
 
+# Optional cargo features, e.g. `make build FEATURES=heic` (needs libheif-dev).
+CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES))
+
 build: setup
-	cargo build --release
+	cargo build --release $(CARGO_FEATURES)
 
 # Runs veild in the foreground on the embedded defaults (or ~/.config/veil/veil.toml); Ctrl-C stops it.
 run: build
 	./target/release/veild $(ARGS)
 
 test: setup fixtures
-	cargo test --release
+	cargo test --release $(CARGO_FEATURES)
 
 lint: setup
 	cargo fmt --all -- --check

@@ -19,6 +19,8 @@
 //! upright).
 
 mod fsio;
+#[cfg(feature = "heic")]
+mod heic;
 mod irb;
 mod jpeg;
 mod png;
@@ -305,6 +307,14 @@ pub fn decode_bytes(path: &Path, bytes: Vec<u8>, settings: &Settings) -> Result<
     decode(path, bytes, None, settings)
 }
 
+/// The major brand of an ISO-BMFF file when it is a HEIF (or AVIF) image.
+fn heif_brand(b: &[u8]) -> Option<&[u8]> {
+    let brand = b.get(8..12).filter(|_| b.get(4..8) == Some(&b"ftyp"[..]))?;
+    [&b"heic"[..], b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"]
+        .contains(&brand)
+        .then_some(brand)
+}
+
 fn sniff(path: &Path, b: &[u8]) -> Result<Format, ImageError> {
     if b.starts_with(&[0xFF, 0xD8, 0xFF]) {
         return Ok(Format::Jpeg);
@@ -318,16 +328,11 @@ fn sniff(path: &Path, b: &[u8]) -> Result<Format, ImageError> {
     if b.starts_with(b"II*\0") || b.starts_with(b"MM\0*") {
         return Ok(Format::Tiff);
     }
-    if b.len() >= 12 && &b[4..8] == b"ftyp" {
-        let brand = &b[8..12];
-        if [&b"heic"[..], b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"]
-            .contains(&brand)
-        {
-            if brand == b"avif" {
-                return Err(ImageError::Unsupported { path: path.into(), what: "AVIF".into() });
-            }
-            return Err(ImageError::HeicNotSupported { path: path.into() });
+    if let Some(brand) = heif_brand(b) {
+        if brand == b"avif" {
+            return Err(ImageError::Unsupported { path: path.into(), what: "AVIF".into() });
         }
+        return Err(ImageError::HeicNotSupported { path: path.into() });
     }
     let what = if b.starts_with(b"GIF8") {
         "GIF".to_string()
@@ -348,6 +353,10 @@ fn decode(
     s: &Settings,
 ) -> Result<Photo, ImageError> {
     let corrupt = |message: String| ImageError::Corrupt { path: path.into(), message };
+    #[cfg(feature = "heic")]
+    if heif_brand(&bytes).is_some_and(|b| b != b"avif") {
+        return heic::decode(path, bytes, source_id, s);
+    }
     let format = sniff(path, &bytes)?;
     let meta = match format {
         Format::Jpeg => {

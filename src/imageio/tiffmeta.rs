@@ -140,6 +140,19 @@ pub fn orientation(blob: &[u8]) -> Option<u8> {
     u8::try_from(v).ok().filter(|v| (1..=8).contains(v))
 }
 
+/// Sets IFD0's Orientation tag (a SHORT) to `v` in place, when there is one; returns whether it did.
+pub fn set_orientation(blob: &mut [u8], v: u16) -> bool {
+    let Some((pos, le)) = Tiff::new(blob).and_then(|t| {
+        let ifd0 = t.ifd(t.ifd0_offset()?)?;
+        let e = t.find(&ifd0, ORIENTATION)?;
+        (e.typ == 3 && e.count == 1).then_some((e.value_pos, t.le))
+    }) else {
+        return false;
+    };
+    put_u16(blob, pos, v, le);
+    true
+}
+
 fn put_u16(buf: &mut [u8], pos: usize, v: u16, le: bool) {
     if let Some(d) = buf.get_mut(pos..pos + 2) {
         d.copy_from_slice(&if le { v.to_le_bytes() } else { v.to_be_bytes() });

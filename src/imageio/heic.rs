@@ -1,0 +1,86 @@
+//! HEIC/HEIF decoding through the system's libheif (cargo feature `heic`).
+//!
+//! libheif applies the file's own transformations (`irot`, `imir`, crop), so the decoded pixels are
+//! already upright; the carried EXIF's Orientation tag is therefore set to 1, or viewers would turn
+//! the copy a second time. Writing HEIC needs an HEVC encoder, so a HEIC source is written as JPEG
+//! (the configured quality and chroma) carrying its EXIF, XMP and ICC profile.
+
+use std::path::Path;
+
+use image::RgbImage;
+use libheif_rs::{ColorSpace, HeifContext, ItemId, LibHeif, RgbChroma};
+
+use super::{tiffmeta, Format, ImageError, Meta, Native, Photo, Settings};
+
+pub(super) fn decode(
+    path: &Path,
+    bytes: Vec<u8>,
+    source_id: Option<(u64, u64)>,
+    s: &Settings,
+) -> Result<Photo, ImageError> {
+    let corrupt =
+        |e: libheif_rs::HeifError| ImageError::Corrupt { path: path.into(), message: format!("HEIF: {e}") };
+    let ctx = HeifContext::read_from_bytes(&bytes).map_err(corrupt)?;
+    let handle = ctx.primary_image_handle().map_err(corrupt)?;
+    let (w, h) = (handle.width(), handle.height());
+    if u64::from(w) * u64::from(h) > s.max_pixels {
+        return Err(ImageError::TooManyPixels {
+            path: path.into(),
+            width: w.into(),
+            height: h.into(),
+            max: s.max_pixels,
+        });
+    }
+    let image = LibHeif::new().decode(&handle, ColorSpace::Rgb(RgbChroma::Rgb), None).map_err(corrupt)?;
+    let plane = image.planes().interleaved.ok_or_else(|| ImageError::Corrupt {
+        path: path.into(),
+        message: "HEIF: no interleaved RGB plane after decoding".into(),
+    })?;
+    let (pw, ph) = (plane.width, plane.height);
+    let row = pw as usize * 3;
+    let mut raw = Vec::with_capacity(row * ph as usize);
+    for y in 0..ph as usize {
+        let start = y * plane.stride;
+        let line = plane.data.get(start..start + row).ok_or_else(|| ImageError::Corrupt {
+            path: path.into(),
+            message: "HEIF: decoded plane shorter than its size".into(),
+        })?;
+        raw.extend_from_slice(line);
+    }
+    let pixels = RgbImage::from_raw(pw, ph, raw).ok_or_else(|| ImageError::Corrupt {
+        path: path.into(),
+        message: "HEIF: decoded plane has the wrong size".into(),
+    })?;
+
+    let mut meta = Meta::default();
+    let block = |kind: &[u8; 4]| {
+        let mut ids: Vec<ItemId> = vec![0; 4];
+        let n = handle.metadata_block_ids(&mut ids, kind);
+        ids.truncate(n);
+        ids.first().and_then(|id| handle.metadata(*id).ok())
+    };
+    // HEIF's Exif item starts with a 4-byte offset to the TIFF header.
+    if let Some(exif) = block(b"Exif") {
+        let skip = exif.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).unwrap_or(0);
+        if let Some(tiff) = exif.get(4 + skip..) {
+            let mut tiff = tiff.to_vec();
+            tiffmeta::set_orientation(&mut tiff, 1);
+            meta.exif = Some(tiff);
+        }
+    }
+    meta.xmp = block(b"mime").filter(|x| x.windows(9).any(|w| w == b"x:xmpmeta" || w == b"<rdf:RDF"));
+    meta.icc = handle.color_profile_raw().map(|p| p.data).filter(|d| !d.is_empty());
+    meta.native = Native::None;
+    Ok(Photo {
+        size: pixels.dimensions(),
+        source: path.into(),
+        format: Format::Jpeg,
+        orientation: 1,
+        pixels,
+        input_bytes: bytes.len() as u64,
+        meta,
+        alpha: None,
+        deep: None,
+        source_id,
+    })
+}
