@@ -141,6 +141,7 @@ pub fn orientation(blob: &[u8]) -> Option<u8> {
 }
 
 /// Sets IFD0's Orientation tag (a SHORT) to `v` in place, when there is one; returns whether it did.
+#[cfg(feature = "heic")]
 pub fn set_orientation(blob: &mut [u8], v: u16) -> bool {
     let Some((pos, le)) = Tiff::new(blob).and_then(|t| {
         let ifd0 = t.ifd(t.ifd0_offset()?)?;
