@@ -19,6 +19,8 @@
 //! - [`protect`]: the attack: PGD against the generator ensemble, class-transferable and
 //!   spread-spectrum, face region by face region, quantized within ε.
 //! - [`doctor`]: the checks behind `veil doctor`.
+//! - [`preview`]: the before/after sheet of `veil preview`: what generators make of a photo's faces
+//!   before and after protection.
 //! - [`service`]: `veild`'s main loop, which takes its configuration and its shutdown signal.
 //! - [`watch`]: which files a share folder takes, scans, file-system events.
 //! - [`store`]: the SQLite job database, one row per source file.
@@ -38,6 +40,7 @@ pub mod logging;
 pub mod models;
 pub mod paths;
 pub mod pipeline;
+pub mod preview;
 pub mod protect;
 pub mod quality;
 pub mod service;

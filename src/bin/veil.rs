@@ -10,6 +10,7 @@ use veil::{
     doctor, engine, eval, faces, imageio,
     paths::Dirs,
     pipeline::{self, JobOptions, Pipeline},
+    preview,
     protect::{Preset, Rng},
 };
 
@@ -89,6 +90,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write one PNG sheet showing what face generators make of a photo's faces before and after
+    /// protection, with the MSE per generator and condition and a verdict per generator.
+    Preview {
+        #[arg(value_name = "PHOTO")]
+        photo: PathBuf,
+        /// The sheet to write (default: <photo stem>-preview.png in the current folder).
+        #[arg(long, value_name = "FILE.png")]
+        out: Option<PathBuf>,
+        /// fast, balanced or strong (default: the configured preset).
+        #[arg(long, value_name = "P")]
+        preset: Option<Preset>,
+        /// Overwrite the sheet if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Print what the sheet shows (sizes, panels, MSEs, verdicts) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or check the configuration.
     Config {
         #[command(subcommand)]
@@ -162,6 +181,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json())?)?;
             } else {
                 write!(out, "{}", report.table())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Preview { photo, out: sheet, preset, force, json } => {
+            let (config, _) = Config::load(cli.config.as_deref(), &dirs)?;
+            let config = config.resolve(&dirs);
+            let sheet = match sheet {
+                Some(p) => p,
+                None => preview::default_out(&photo)?,
+            };
+            if sheet.exists() && !force {
+                return Err(preview::PreviewError::Exists { path: sheet }.into());
+            }
+            let source = imageio::read(&photo, &config.imageio)?;
+            let pipeline = load_pipeline(&config)?;
+            let mut rng = Rng::new(config.protect.seed());
+            let shown = preview::render(&pipeline, &source, &pipeline.params(preset), &mut rng)?;
+            preview::save(&shown.sheet, &sheet, force)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&shown.to_json(&sheet))?)?;
+            } else {
+                writeln!(out, "{}", shown.summary(&sheet))?;
             }
             Ok(ExitCode::SUCCESS)
         }
