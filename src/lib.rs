@@ -20,6 +20,7 @@
 //!   spread-spectrum, face region by face region, quantized within ε.
 //! - [`doctor`]: the checks behind `veil doctor`.
 //! - [`service`]: `veild`'s main loop, which takes its configuration and its shutdown signal.
+//! - [`service_unit`]: `veil service install`: the systemd user unit or launchd agent for `veild`.
 //!
 //! The binaries in `src/bin/` only parse arguments, wire these together and print errors.
 
@@ -36,3 +37,4 @@ pub mod pipeline;
 pub mod protect;
 pub mod quality;
 pub mod service;
+pub mod service_unit;

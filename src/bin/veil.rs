@@ -3,13 +3,14 @@
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use veil::{
     config::Config,
     doctor, engine, eval, faces, imageio,
     paths::Dirs,
     pipeline::{self, JobOptions, Pipeline},
     protect::{Preset, Rng},
+    service_unit::{self, Manager, Setup},
 };
 
 /// Protects personal photos against deepfakes. `veil doctor` checks that everything is in place.
@@ -78,6 +79,41 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run veild as a service of your user: install, uninstall, status.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (veil.1 and veil-COMMAND.1) into DIR (used to build the packages).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Write the systemd user unit (launchd agent on macOS) running the veild next to this veil,
+    /// then enable and start it. `--config` is passed on to veild.
+    Install {
+        /// Print the file and the commands instead of writing and running them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the file but do not enable or start the service.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Stop and disable the service and remove the file `install` wrote.
+    Uninstall {
+        /// Print what would be done instead of doing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Whether the service is installed, which veild it runs, and whether it is enabled and active.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -98,9 +134,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let dirs = Dirs::from_env()?;
     let mut out = std::io::stdout().lock();
     match cli.command {
+        Command::Service { command } => return service(command, cli.config.as_deref(), &mut out),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "veil", &mut out);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => return write_man_pages(&dir),
+        _ => {}
+    }
+    let dirs = Dirs::from_env()?;
+    match cli.command {
+        Command::Service { .. } | Command::Completions { .. } | Command::Man { .. } => unreachable!(),
         Command::Doctor => {
             let report = doctor::run(cli.config.as_deref(), &dirs);
             write!(out, "{report}")?;
@@ -140,6 +186,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `veil service …`: prints what the library did (or would do).
+fn service(
+    command: ServiceCommand,
+    config: Option<&std::path::Path>,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let setup = Setup::for_current_user(Manager::native(), config)?;
+    match command {
+        ServiceCommand::Install { dry_run: true, .. } => {
+            write!(out, "{}", service_unit::dry_run_install(&setup)?)?
+        }
+        ServiceCommand::Install { dry_run: false, no_start } => {
+            write!(out, "{}", service_unit::install(&setup, !no_start)?)?
+        }
+        ServiceCommand::Uninstall { dry_run: true } => {
+            write!(out, "{}", service_unit::dry_run_uninstall(&setup))?
+        }
+        ServiceCommand::Uninstall { dry_run: false } => write!(out, "{}", service_unit::uninstall(&setup)?)?,
+        ServiceCommand::Status => write!(out, "{}", service_unit::status(&setup)?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil man DIR`: veil.1 and one page per visible subcommand, from the clap definitions.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut command = Cli::command();
+    command.build();
+    let mut pages = vec![("veil".to_string(), command.clone())];
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let name = format!("veil-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page).render(&mut text)?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_pipeline(config: &Config) -> anyhow::Result<Pipeline> {
