@@ -26,6 +26,7 @@
 //! - [`store`]: the SQLite job database, one row per source file.
 //! - [`worker`]: the engine thread and the [`worker::Protector`] it runs photos through.
 //! - [`systemd`]: `sd_notify` (ready, status, watchdog).
+//! - [`service_unit`]: `veil service install`: the systemd user unit or launchd agent for `veild`.
 //!
 //! The binaries in `src/bin/` only parse arguments, wire these together and print errors.
 
@@ -44,6 +45,7 @@ pub mod preview;
 pub mod protect;
 pub mod quality;
 pub mod service;
+pub mod service_unit;
 pub mod store;
 pub mod systemd;
 pub mod watch;

@@ -3,7 +3,7 @@
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use veil::{
     bench,
     config::Config,
@@ -12,6 +12,7 @@ use veil::{
     pipeline::{self, JobOptions, Pipeline},
     preview,
     protect::{Preset, Rng},
+    service_unit::{self, Manager, Setup},
 };
 
 /// Protects personal photos against deepfakes. `veil doctor` checks that everything is in place.
@@ -113,6 +114,41 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run veild as a service of your user: install, uninstall, status.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (veil.1 and veil-COMMAND.1) into DIR (used to build the packages).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Write the systemd user unit (launchd agent on macOS) running the veild next to this veil,
+    /// then enable and start it. `--config` is passed on to veild.
+    Install {
+        /// Print the file and the commands instead of writing and running them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the file but do not enable or start the service.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Stop and disable the service and remove the file `install` wrote.
+    Uninstall {
+        /// Print what would be done instead of doing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Whether the service is installed, which veild it runs, and whether it is enabled and active.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -133,26 +169,33 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let dirs = Dirs::from_env()?;
     let mut out = std::io::stdout().lock();
+    // Service files, completions and man pages do not need the user's directories.
+    let dirs = Dirs::from_env;
     match cli.command {
+        Command::Service { command } => service(command, cli.config.as_deref(), &mut out),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "veil", &mut out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => write_man_pages(&dir),
         Command::Doctor => {
-            let report = doctor::run(cli.config.as_deref(), &dirs);
+            let report = doctor::run(cli.config.as_deref(), &dirs()?);
             write!(out, "{report}")?;
             Ok(if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Faces { photos, json, draw } => {
-            let (config, _) = Config::load(cli.config.as_deref(), &dirs)?;
-            let config = config.resolve(&dirs);
+            let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;
+            let config = config.resolve(&dirs()?);
             find_faces(&config, &photos, json, draw.as_deref(), &mut out)
         }
         Command::Protect { paths, out: out_dir, preset, json } => {
-            let (config, _) = Config::load(cli.config.as_deref(), &dirs)?;
-            protect(&config.resolve(&dirs), &paths, out_dir, preset, json, &mut out)
+            let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;
+            protect(&config.resolve(&dirs()?), &paths, out_dir, preset, json, &mut out)
         }
         Command::Eval { data, split, limit, preset, seed, json } => {
-            let (config, _) = Config::load(cli.config.as_deref(), &dirs)?;
-            let config = config.resolve(&dirs);
+            let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;
+            let config = config.resolve(&dirs()?);
             let pipeline = load_pipeline(&config)?;
             let bar = progress(limit.unwrap_or(0) as u64);
             let report =
@@ -169,8 +212,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { data, runs, warmup, preset, json } => {
-            let (config, _) = Config::load(cli.config.as_deref(), &dirs)?;
-            let pipeline = load_pipeline(&config.resolve(&dirs))?;
+            let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;
+            let pipeline = load_pipeline(&config.resolve(&dirs()?))?;
             let bar = progress(0);
             let report = bench::run(&pipeline, &bench::Options { data, runs, warmup, preset }, |msg| {
                 bar.set_message(msg.to_string());
@@ -185,8 +228,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Preview { photo, out: sheet, preset, force, json } => {
-            let (config, _) = Config::load(cli.config.as_deref(), &dirs)?;
-            let config = config.resolve(&dirs);
+            let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;
+            let config = config.resolve(&dirs()?);
             let sheet = match sheet {
                 Some(p) => p,
                 None => preview::default_out(&photo)?,
@@ -207,12 +250,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { command: ConfigCommand::Show } => {
-            let (config, source) = Config::load(cli.config.as_deref(), &dirs)?;
+            let (config, source) = Config::load(cli.config.as_deref(), &dirs()?)?;
             writeln!(out, "# effective configuration; source: {source}")?;
-            write!(out, "{}", config.resolve(&dirs).to_toml())?;
+            write!(out, "{}", config.resolve(&dirs()?).to_toml())?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `veil service …`: prints what the library did (or would do).
+fn service(
+    command: ServiceCommand,
+    config: Option<&std::path::Path>,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let setup = Setup::for_current_user(Manager::native(), config)?;
+    match command {
+        ServiceCommand::Install { dry_run: true, .. } => {
+            write!(out, "{}", service_unit::dry_run_install(&setup)?)?
+        }
+        ServiceCommand::Install { dry_run: false, no_start } => {
+            write!(out, "{}", service_unit::install(&setup, !no_start)?)?
+        }
+        ServiceCommand::Uninstall { dry_run: true } => {
+            write!(out, "{}", service_unit::dry_run_uninstall(&setup))?
+        }
+        ServiceCommand::Uninstall { dry_run: false } => write!(out, "{}", service_unit::uninstall(&setup)?)?,
+        ServiceCommand::Status => write!(out, "{}", service_unit::status(&setup)?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil man DIR`: veil.1 and one page per visible subcommand, from the clap definitions.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut command = Cli::command();
+    command.build();
+    let mut pages = vec![("veil".to_string(), command.clone())];
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let name = format!("veil-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page).render(&mut text)?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_pipeline(config: &Config) -> anyhow::Result<Pipeline> {
