@@ -634,7 +634,7 @@ mod tests {
         assert_eq!(s.observe(f, a, seen(6), "h2").unwrap(), Observed::Queued);
         assert_eq!(
             s.pending(10, &[]).unwrap(),
-            vec![PendingJob { path: a.into(), folder: f.into(), replace: true }]
+            vec![PendingJob { path: a.into(), folder: f.into(), replace: true, output_dir: None }]
         );
     }
 

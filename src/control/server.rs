@@ -437,7 +437,7 @@ mod tests {
         assert_eq!(client.peer_cred().unwrap().uid(), own);
         match Listener::bind(&socket) {
             Err(ControlError::Running { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
-            other => panic!("{:?}", other.map(|l| l.socket)),
+            other => panic!("{:?}", other.map(|l| l.path().to_path_buf())),
         }
         drop(first);
         assert!(!socket.exists());
