@@ -41,9 +41,9 @@ pub enum ServiceError {
     Worker(#[from] WorkerError),
     #[error(transparent)]
     Watch(#[from] watch::WatchError),
-    #[error("another veild (pid {pid}) already runs for this user: state folder {}, socket {}; stop it first \
-             (`systemctl --user stop veil`, or `kill {pid}`)", dir.display(), socket.display())]
-    Running { dir: PathBuf, socket: PathBuf, pid: String },
+    #[error("another veild already runs for this user (pid {pid}, lock {}, socket {}); stop it first \
+             (`systemctl --user stop veil`, or `kill {pid}`)", lock.display(), socket.display())]
+    Running { lock: PathBuf, socket: PathBuf, pid: String },
     #[error("cannot lock the state folder {} (lock {}): {source}", dir.display(), lock.display())]
     Locked { dir: PathBuf, lock: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -240,7 +240,7 @@ fn lock(state_dir: &Path, socket: &Path) -> Result<std::fs::File, ServiceError> 
         .map_err(|source| ServiceError::Folder { path: state_dir.into(), source })?;
     server::lock_pid_file(&path).map_err(|e| match e {
         None => ServiceError::Running {
-            dir: state_dir.into(),
+            lock: path.clone(),
             socket: socket.into(),
             pid: server::lock_holder(&path),
         },

@@ -364,7 +364,7 @@ fn a_second_veild_is_refused_and_a_stale_socket_does_not_block() {
     assert_eq!(second.status.code(), Some(1));
     let message = text(&second.stderr);
     let pid = first.child.id();
-    assert!(message.contains(&format!("another veild (pid {pid}) already runs")), "{message}");
+    assert!(message.contains(&format!("another veild already runs for this user (pid {pid},")), "{message}");
     assert!(message.contains(home.socket().to_str().unwrap()), "{message}");
     assert_eq!(home.veil_json(&["status"])["pid"], pid, "the first one still answers");
 
