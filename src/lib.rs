@@ -27,11 +27,13 @@
 //! - [`worker`]: the engine thread and the [`worker::Protector`] it runs photos through.
 //! - [`systemd`]: `sd_notify` (ready, status, watchdog).
 //! - [`service_unit`]: `veil service install`: the systemd user unit or launchd agent for `veild`.
+//! - [`control`]: the control socket (HTTP/1.1 + JSON under `/v1/`) and the client `veil` uses.
 //!
 //! The binaries in `src/bin/` only parse arguments, wire these together and print errors.
 
 pub mod bench;
 pub mod config;
+pub mod control;
 pub mod doctor;
 pub mod engine;
 pub mod eval;

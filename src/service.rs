@@ -9,7 +9,7 @@
 //! the `veild` binary only wires it to the process's signals.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, VecDeque},
     future::Future,
     path::{Path, PathBuf},
     sync::mpsc,
@@ -18,6 +18,7 @@ use std::{
 
 use crate::{
     config::{Config, FolderConfig, Source},
+    control::{self, server, ApiError, Command, Event, Reply},
     engine::{self, EngineError},
     models::Inventory,
     store::{self, Finish, Observed, Status, Store, StoreError},
@@ -40,8 +41,13 @@ pub enum ServiceError {
     Worker(#[from] WorkerError),
     #[error(transparent)]
     Watch(#[from] watch::WatchError),
-    #[error("another veild already runs on the state folder {} (lock {}): {source}", dir.display(), lock.display())]
+    #[error("another veild already runs for this user (pid {pid}, lock {}, socket {}); stop it first \
+             (`systemctl --user stop veil`, or `kill {pid}`)", lock.display(), socket.display())]
+    Running { lock: PathBuf, socket: PathBuf, pid: String },
+    #[error("cannot lock the state folder {} (lock {}): {source}", dir.display(), lock.display())]
     Locked { dir: PathBuf, lock: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Control(#[from] server::ControlError),
     #[error("cannot start listening for SIGHUP: {0}")]
     Signal(std::io::Error),
 }
@@ -76,8 +82,11 @@ pub async fn run(
     tracing::info!("device: {device} (engine.device = \"{device_choice}\")");
     log_models(&inventory);
 
+    let models = loaded_models(&inventory);
     let state_dir = config.paths.state_dir.clone().unwrap_or_default();
-    let _lock = lock(&state_dir)?;
+    let socket = config.paths.socket.clone().unwrap_or_default();
+    let _lock = lock(&state_dir, &socket)?;
+    let listener = server::Listener::bind(&socket)?;
     create_folders(&config.folders)?;
     if config.folders.is_empty() {
         tracing::warn!("no folders configured: nothing to watch");
@@ -103,7 +112,9 @@ pub async fn run(
     .await
     .map_err(|e| ServiceError::Probe(e.to_string()))??;
 
-    let core = Core::new(config, store, worker, tx.clone())?;
+    let (events, _) = tokio::sync::broadcast::channel::<Event>(1024);
+    let info = Info { device, models, started: Instant::now(), events: events.clone() };
+    let core = Core::new(config, store, worker, tx.clone(), info)?;
     let core = std::thread::Builder::new()
         .name("veil-core".into())
         .spawn(move || core.run(rx))
@@ -112,6 +123,17 @@ pub async fn run(
     // the default action (terminate).
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).map_err(ServiceError::Signal)?;
+    let (reload_tx, mut reload_rx) =
+        tokio::sync::mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<Reply>>();
+    let to_core = std::sync::Mutex::new(tx.clone());
+    let handle = server::Handle {
+        core: std::sync::Arc::new(move |command, reply| {
+            to_core.lock().is_ok_and(|tx| tx.send(Msg::Control(command, reply)).is_ok())
+        }),
+        reload: reload_tx,
+        events,
+    };
+    let control = tokio::spawn(server::serve(listener, handle));
     systemd::notify("READY=1\nSTATUS=watching");
     tracing::info!("ready");
 
@@ -131,24 +153,64 @@ pub async fn run(
             _ = &mut shutdown => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the configuration");
-                match reload() {
-                    Ok((config, source)) => {
-                        tracing::info!("config: {source}");
-                        let _ = tx.send(Msg::Reload(Box::new(config)));
-                    }
-                    Err(e) => tracing::error!("the new configuration is invalid, keeping the old one: {e}"),
+                if let Err(e) = reload_config(&mut reload, &tx, None) {
+                    tracing::error!("{e}");
+                }
+            }
+            Some(reply) = reload_rx.recv() => {
+                tracing::info!("reload asked on the control socket: reloading the configuration");
+                if let Err(e) = reload_config(&mut reload, &tx, Some(reply)) {
+                    tracing::error!("{e}");
                 }
             }
         }
     }
     tracing::info!("shutting down");
     systemd::notify("STOPPING=1");
+    control.abort();
+    // The socket file goes with the listener, once the aborted task is dropped.
+    let _ = control.await;
     if let Some(w) = watchdog {
         w.abort();
     }
     let _ = tx.send(Msg::Shutdown);
     let _ = tokio::task::spawn_blocking(move || core.join()).await;
     Ok(())
+}
+
+/// Reads the configuration again and hands it to the core, which answers `reply` once applied; an
+/// invalid one is answered (and returned) at once.
+fn reload_config(
+    reload: &mut Reload,
+    tx: &mpsc::Sender<Msg>,
+    reply: Option<tokio::sync::oneshot::Sender<Reply>>,
+) -> Result<(), String> {
+    match reload() {
+        Ok((config, source)) => {
+            tracing::info!("config: {source}");
+            let _ = tx.send(Msg::Reload(Box::new(config), reply));
+            Ok(())
+        }
+        Err(e) => {
+            let message = format!("the new configuration is invalid, keeping the old one: {e}");
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(ApiError::new(422, message.clone())));
+            }
+            Err(message)
+        }
+    }
+}
+
+/// The generators and detector that loaded, for `veil status`.
+fn loaded_models(inventory: &Inventory) -> Vec<String> {
+    let mut out = Vec::new();
+    if inventory.detector_ready() {
+        out.push("mtcnn".to_string());
+    }
+    if let Ok(models) = &inventory.generators {
+        out.extend(models.iter().filter(|(_, l)| l.is_ok()).map(|(e, _)| e.name.clone()));
+    }
+    out
 }
 
 fn create_folders(folders: &[FolderConfig]) -> Result<(), ServiceError> {
@@ -170,28 +232,44 @@ fn create_folders(folders: &[FolderConfig]) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// Holds an exclusive `flock` on `veild.lock` in the state folder while the service runs.
-fn lock(state_dir: &Path) -> Result<std::fs::File, ServiceError> {
-    use std::os::fd::AsRawFd;
+/// Holds an exclusive `flock` on `veild.lock` in the state folder while the service runs; the file
+/// holds the pid, so that a second `veild` can name the first.
+fn lock(state_dir: &Path, socket: &Path) -> Result<std::fs::File, ServiceError> {
     let path = state_dir.join("veild.lock");
-    let locked = |source| ServiceError::Locked { dir: state_dir.into(), lock: path.clone(), source };
     std::fs::create_dir_all(state_dir)
         .map_err(|source| ServiceError::Folder { path: state_dir.into(), source })?;
-    let file =
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(locked)?;
-    // SAFETY: flock on a descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(locked(std::io::Error::last_os_error()));
-    }
-    Ok(file)
+    server::lock_pid_file(&path).map_err(|e| match e {
+        None => ServiceError::Running {
+            lock: path.clone(),
+            socket: socket.into(),
+            pid: server::lock_holder(&path),
+        },
+        Some(source) => ServiceError::Locked { dir: state_dir.into(), lock: path.clone(), source },
+    })
 }
 
 enum Msg {
-    Hint { folder: PathBuf, hint: Hint },
+    Hint {
+        folder: PathBuf,
+        hint: Hint,
+    },
     Report(Report),
-    Reload(Box<Config>),
+    /// A configuration read again; the reply, when the control socket asked.
+    Reload(Box<Config>, Option<tokio::sync::oneshot::Sender<Reply>>),
+    Control(Command, tokio::sync::oneshot::Sender<Reply>),
     Shutdown,
 }
+
+/// What the core reports about the service on the control socket.
+struct Info {
+    device: String,
+    models: Vec<String>,
+    started: Instant,
+    events: tokio::sync::broadcast::Sender<Event>,
+}
+
+/// Errors `veil status` shows.
+const LAST_ERRORS: usize = 10;
 
 /// A watched folder.
 struct Folder {
@@ -200,6 +278,8 @@ struct Folder {
     /// `None`: polled.
     watcher: Option<Watcher>,
     next_poll: Option<Instant>,
+    /// Why it is polled although events were asked for.
+    watch_error: Option<String>,
 }
 
 /// A file seen but not yet stable.
@@ -221,6 +301,9 @@ struct Core {
     next_rescan: Instant,
     last_error: Option<String>,
     status: String,
+    info: Info,
+    paused: bool,
+    errors: VecDeque<control::ErrorEntry>,
 }
 
 impl Core {
@@ -229,6 +312,7 @@ impl Core {
         store: Store,
         worker: Worker,
         tx: mpsc::Sender<Msg>,
+        info: Info,
     ) -> Result<Core, ServiceError> {
         let rescan = rescan_period(&config);
         let mut core = Core {
@@ -242,6 +326,9 @@ impl Core {
             next_rescan: Instant::now() + rescan,
             last_error: None,
             status: String::new(),
+            info,
+            paused: false,
+            errors: VecDeque::new(),
         };
         let folders = core.config.folders.clone();
         core.set_folders(&folders)?;
@@ -274,7 +361,20 @@ impl Core {
         match msg {
             Msg::Hint { folder, hint } => self.hint(&folder, hint),
             Msg::Report(report) => self.finish(report),
-            Msg::Reload(config) => self.reload(*config),
+            Msg::Reload(config, reply) => {
+                let result = self.reload(*config);
+                if let Some(reply) = reply {
+                    let _ = reply.send(result.and_then(|()| {
+                        control::to_reply(&control::StateReply {
+                            state: self.state().into(),
+                            message: "configuration reloaded".into(),
+                        })
+                    }));
+                }
+            }
+            Msg::Control(command, reply) => {
+                let _ = reply.send(self.command(command));
+            }
             Msg::Shutdown => {}
         }
     }
@@ -359,6 +459,7 @@ impl Core {
                 if let Some(f) = self.folders.iter_mut().find(|f| f.config.path == root) {
                     f.watcher = None;
                     f.next_poll = Some(Instant::now());
+                    f.watch_error = Some(message);
                 }
             }
         }
@@ -425,7 +526,10 @@ impl Core {
             }
         };
         match self.store.observe(root, path, seen, &hash) {
-            Ok(Observed::Queued) => tracing::debug!("queued {}", path.display()),
+            Ok(Observed::Queued) => {
+                tracing::debug!("queued {}", path.display());
+                self.emit("queued", path, None, None);
+            }
             Ok(Observed::Duplicate { of }) => {
                 tracing::info!(
                     "{}: same content as {}, already protected or queued: skipped",
@@ -440,7 +544,7 @@ impl Core {
 
     /// Hands pending jobs to the engine while its queue has room.
     fn dispatch(&mut self) {
-        if self.busy.len() >= QUEUE {
+        if self.paused || self.busy.len() >= QUEUE {
             return;
         }
         let pending = match self.store.pending(usize::MAX, &self.busy) {
@@ -451,13 +555,31 @@ impl Core {
             if self.busy.len() >= QUEUE {
                 break;
             }
-            let Some(folder) = self.folder(&p.folder) else { continue };
-            let job = self.job(folder, &p.path, p.replace);
+            let job = match (self.folder(&p.folder), &p.output_dir) {
+                (Some(folder), _) => self.job(&folder.config, &p.path, p.replace),
+                (None, Some(output)) => {
+                    // Queued by hand from outside the watched folders: the defaults.
+                    let config = FolderConfig {
+                        path: p.folder.clone(),
+                        output: output.clone(),
+                        format: None,
+                        preset: None,
+                        recursive: false,
+                        ignore: Vec::new(),
+                        poll: false,
+                    };
+                    self.job(&config, &p.path, p.replace)
+                }
+                (None, None) => continue,
+            };
             if let Err(e) = self.store.set_running(&p.path) {
                 return self.error(e.to_string());
             }
             match self.worker.try_send(job) {
-                Ok(()) => self.busy.push(p.path),
+                Ok(()) => {
+                    self.emit("running", &p.path, None, None);
+                    self.busy.push(p.path)
+                }
                 Err(_) => {
                     let _ = self.store.finish(&p.path, &Finish::Requeue);
                     break;
@@ -466,8 +588,7 @@ impl Core {
         }
     }
 
-    fn job(&self, folder: &Folder, source: &Path, replace: bool) -> Job {
-        let c = &folder.config;
+    fn job(&self, c: &FolderConfig, source: &Path, replace: bool) -> Job {
         let rel_dir = source.parent().and_then(|p| p.strip_prefix(&c.path).ok()).unwrap_or(Path::new(""));
         let output_dir = c.output.join(rel_dir);
         if !rel_dir.as_os_str().is_empty() && c.output.is_dir() {
@@ -523,12 +644,21 @@ impl Core {
     fn record(&mut self, path: &Path, finish: &Finish) {
         match (self.store.finish(path, finish), finish) {
             (Ok(Some(Status::Failed)), Finish::Failed { error, .. }) => {
+                self.emit("failed", path, None, Some(error));
                 self.error(format!("{error} (not retried until asked)"))
             }
             (Ok(Some(Status::Pending)), Finish::Failed { error, .. }) => {
+                self.emit("retrying", path, None, Some(error));
                 tracing::warn!("{error} (will try again)")
             }
-            (Ok(Some(Status::Skipped)), Finish::Skipped { reason }) => tracing::info!("{reason}: skipped"),
+            (Ok(Some(Status::Skipped)), Finish::Skipped { reason }) => {
+                self.emit("skipped", path, None, Some(reason));
+                tracing::info!("{reason}: skipped")
+            }
+            (Ok(Some(Status::Done)), Finish::Done { output, .. }) => {
+                self.emit("done", path, Some(output), None)
+            }
+            (Ok(Some(Status::Pending)), Finish::Requeue) => self.emit("queued", path, None, None),
             (Ok(_), _) => {}
             (Err(e), _) => self.error(e.to_string()),
         }
@@ -536,7 +666,208 @@ impl Core {
 
     fn error(&mut self, message: String) {
         tracing::error!("{message}");
+        let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if self.errors.len() == LAST_ERRORS {
+            self.errors.pop_front();
+        }
+        self.errors.push_back(control::ErrorEntry { at, message: message.clone() });
         self.last_error = Some(message);
+    }
+
+    /// Tells the event stream's subscribers about a job.
+    fn emit(&self, event: &str, path: &Path, output: Option<&Path>, error: Option<&str>) {
+        if self.info.events.receiver_count() == 0 {
+            return;
+        }
+        let id = self.store.job_of(path).ok().flatten().map(|(id, _)| id);
+        let _ = self.info.events.send(Event {
+            id,
+            output: output.map(control::lossy),
+            error: error.map(str::to_string),
+            ..Event::new(event, Some(path))
+        });
+    }
+
+    fn state(&self) -> &'static str {
+        if self.paused {
+            "paused"
+        } else if self.busy.is_empty() && self.store.counts().map_or(true, |(q, _)| q == 0) {
+            "idle"
+        } else {
+            "working"
+        }
+    }
+
+    /// Answers the control socket.
+    fn command(&mut self, command: Command) -> Reply {
+        let store = |e: StoreError| ApiError::new(500, e.to_string());
+        match command {
+            Command::Status => {
+                let counts = self.store.counts_by_status().map_err(store)?;
+                let counts: BTreeMap<String, u64> =
+                    counts.into_iter().map(|(s, n)| (s.as_str().to_string(), n)).collect();
+                let queue = counts.get("pending").copied().unwrap_or(0)
+                    + counts.get("running").copied().unwrap_or(0)
+                    + self.candidates.len() as u64;
+                control::to_reply(&control::StatusReport {
+                    state: self.state().into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    pid: std::process::id(),
+                    uptime_seconds: self.info.started.elapsed().as_secs(),
+                    device: self.info.device.clone(),
+                    models: self.info.models.clone(),
+                    queue,
+                    counts,
+                    folders: self
+                        .folders
+                        .iter()
+                        .map(|f| control::FolderStatus {
+                            path: control::lossy(&f.config.path),
+                            output: control::lossy(&f.config.output),
+                            watch: if f.watcher.is_some() { "events" } else { "poll" }.into(),
+                            error: f.watch_error.clone(),
+                        })
+                        .collect(),
+                    last_errors: self.errors.iter().cloned().collect(),
+                })
+            }
+            Command::Jobs { status, after, limit } => {
+                let rows = self.store.jobs(status, after, limit).map_err(store)?;
+                let next = if rows.len() == limit { rows.last().map(|r| r.id) } else { None };
+                let jobs = rows
+                    .into_iter()
+                    .map(|r| control::JobInfo {
+                        id: r.id,
+                        path: control::lossy(&r.path),
+                        status: r.status.as_str().into(),
+                        attempts: r.attempts,
+                        error: r.error,
+                        output: r.output.as_deref().map(control::lossy),
+                        faces: r.faces,
+                        seconds: r.seconds,
+                        updated: r.updated,
+                    })
+                    .collect();
+                control::to_reply(&control::JobsPage { jobs, next })
+            }
+            Command::Pause | Command::Resume => {
+                let pause = matches!(command, Command::Pause);
+                let changed = self.paused != pause;
+                self.paused = pause;
+                let message = match (pause, changed) {
+                    (true, true) => "paused: no new photo goes to the engine (the current ones finish)",
+                    (true, false) => "already paused",
+                    (false, true) => "resumed",
+                    (false, false) => "not paused",
+                };
+                if changed {
+                    tracing::info!("{message} (control socket)");
+                    let _ = self.info.events.send(Event::new(if pause { "paused" } else { "resumed" }, None));
+                }
+                control::to_reply(&control::StateReply {
+                    state: self.state().into(),
+                    message: message.into(),
+                })
+            }
+            Command::Retry(request) => {
+                let retried = match request.id {
+                    Some(id) => match self.store.retry_one(id).map_err(store)? {
+                        Some(path) => {
+                            tracing::info!("{}: queued again (control socket)", path.display());
+                            self.emit("queued", &path, None, None);
+                            1
+                        }
+                        None => return Err(ApiError::new(404, format!("no job {id} that can be retried"))),
+                    },
+                    None => {
+                        let n = self.store.retry_failed(None).map_err(store)?;
+                        tracing::info!("{n} failed photo(s) queued again (control socket)");
+                        n as u64
+                    }
+                };
+                control::to_reply(&control::RetryReply { retried })
+            }
+            Command::Protect(request) => {
+                let photos =
+                    request.paths.iter().map(|p| self.protect_now(p, request.output.as_deref())).collect();
+                control::to_reply(&control::ProtectReply { photos })
+            }
+            Command::Reload(config) => self.reload(*config).and_then(|()| {
+                control::to_reply(&control::StateReply {
+                    state: self.state().into(),
+                    message: "configuration reloaded".into(),
+                })
+            }),
+        }
+    }
+
+    /// `POST /v1/protect` for one file: hashed and recorded at once, without the settle time. A
+    /// photo outside the watched folders goes to `output`, else to the first folder's output.
+    fn protect_now(&mut self, path: &Path, output: Option<&Path>) -> control::ProtectOutcome {
+        let outcome = |outcome: &str, id: Option<i64>, message: Option<String>| control::ProtectOutcome {
+            path: control::lossy(path),
+            outcome: outcome.into(),
+            id,
+            message,
+        };
+        let fail = |message: String| outcome("error", None, Some(message));
+        if !path.is_absolute() {
+            return fail("not an absolute path".into());
+        }
+        let Some(seen) = watch::stat(path) else {
+            return fail("not a regular file (or it does not exist)".into());
+        };
+        let watched =
+            self.folders.iter().find(|f| path.starts_with(&f.config.path)).map(|f| f.config.path.clone());
+        let (root, output_dir) = match watched {
+            Some(root) => (root, None),
+            None => {
+                let output = match output
+                    .map(Path::to_path_buf)
+                    .or_else(|| self.config.folders.first().map(|f| f.output.clone()))
+                {
+                    Some(o) => o,
+                    None => {
+                        return fail(
+                            "outside every watched folder, and no output folder given or configured".into(),
+                        )
+                    }
+                };
+                if let Err(e) = std::fs::create_dir_all(&output) {
+                    return fail(format!("cannot create the output folder {}: {e}", output.display()));
+                }
+                (path.parent().unwrap_or(Path::new("/")).to_path_buf(), Some(output))
+            }
+        };
+        if self.busy.iter().any(|p| p == path) {
+            let id = self.store.job_of(path).ok().flatten().map(|(id, _)| id);
+            return outcome("running", id, None);
+        }
+        self.candidates.remove(path);
+        let hash = match store::hash_file(path) {
+            Ok(h) => h,
+            Err(e) => return fail(format!("cannot read: {e}")),
+        };
+        let observed = match self.store.observe_to(&root, path, seen, &hash, output_dir.as_deref()) {
+            Ok(o) => o,
+            Err(e) => return fail(e.to_string()),
+        };
+        let job = self.store.job_of(path).ok().flatten();
+        let id = job.map(|(id, _)| id);
+        match (observed, job) {
+            (Observed::Queued, _) => {
+                tracing::info!("{}: queued (control socket)", path.display());
+                self.emit("queued", path, None, None);
+                outcome("queued", id, None)
+            }
+            (Observed::Duplicate { of }, _) => {
+                outcome("duplicate", id, Some(format!("same content as {}", of.display())))
+            }
+            (_, Some((_, status))) => {
+                outcome(status.as_str(), id, Some("already known with this content".into()))
+            }
+            (_, None) => fail("the job database lost it".into()),
+        }
     }
 
     fn publish_status(&mut self) {
@@ -565,8 +896,8 @@ impl Core {
                 self.folders.push(f);
                 continue;
             }
-            let (watcher, next_poll) = self.watch(config);
-            self.folders.push(Folder { config: config.clone(), filter, watcher, next_poll });
+            let (watcher, next_poll, watch_error) = self.watch(config);
+            self.folders.push(Folder { config: config.clone(), filter, watcher, next_poll, watch_error });
             added.push(config.path.clone());
         }
         for f in old {
@@ -576,11 +907,11 @@ impl Core {
         Ok(added)
     }
 
-    fn watch(&mut self, config: &FolderConfig) -> (Option<Watcher>, Option<Instant>) {
+    fn watch(&mut self, config: &FolderConfig) -> (Option<Watcher>, Option<Instant>, Option<String>) {
         let poll = self.config.watch.poll_seconds.get();
         if config.poll {
             tracing::info!("watching {} by scanning it every {poll} s (poll = true)", config.path.display());
-            return (None, Some(Instant::now()));
+            return (None, Some(Instant::now()), None);
         }
         let tx = self.tx.clone();
         let root = config.path.clone();
@@ -589,18 +920,20 @@ impl Core {
         }) {
             Ok(w) => {
                 tracing::info!("watching {}", config.path.display());
-                (Some(w), None)
+                (Some(w), None, None)
             }
             Err(message) => {
                 self.error(format!("{message}; polling it every {poll} s instead"));
-                (None, Some(Instant::now()))
+                (None, Some(Instant::now()), Some(message.to_string()))
             }
         }
     }
 
-    fn reload(&mut self, config: Config) {
+    fn reload(&mut self, config: Config) -> Result<(), ApiError> {
         if let Err(e) = create_folders(&config.folders) {
-            return self.error(format!("the new configuration is not applied, keeping the old one: {e}"));
+            let message = format!("the new configuration is not applied, keeping the old one: {e}");
+            self.error(message.clone());
+            return Err(ApiError::new(422, message));
         }
         let protect_changed = config.protect != self.config.protect || config.engine != self.config.engine;
         let old = std::mem::replace(&mut self.config, config);
@@ -615,10 +948,14 @@ impl Core {
                     tracing::warn!("[engine] and [protect] changes take effect when veild restarts");
                 }
                 tracing::info!("configuration reloaded");
+                let _ = self.info.events.send(Event::new("reloaded", None));
+                Ok(())
             }
             Err(e) => {
                 self.config = old;
-                self.error(format!("the new configuration is not applied, keeping the old one: {e}"));
+                let message = format!("the new configuration is not applied, keeping the old one: {e}");
+                self.error(message.clone());
+                Err(ApiError::new(422, message))
             }
         }
     }

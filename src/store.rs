@@ -49,6 +49,13 @@ impl Status {
         }
     }
 
+    /// The status named `s`, as [`Status::as_str`] writes it.
+    pub fn from_name(s: &str) -> Option<Status> {
+        [Status::Pending, Status::Running, Status::Done, Status::Failed, Status::Skipped]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+
     fn parse(s: &str) -> Status {
         match s {
             "running" => Status::Running,
@@ -89,6 +96,23 @@ pub struct PendingJob {
     /// The previous attempt may already have written the protected copy (it was interrupted, or an
     /// older content of the file was protected): replace it rather than add `name (1).ext`.
     pub replace: bool,
+    /// Set for a photo queued by hand from outside the watched folders: where its copy goes.
+    pub output_dir: Option<PathBuf>,
+}
+
+/// One job as `veil jobs` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub id: i64,
+    pub path: PathBuf,
+    pub status: Status,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub output: Option<PathBuf>,
+    pub faces: Option<u32>,
+    pub seconds: Option<f64>,
+    /// Seconds since the epoch of the last change.
+    pub updated: i64,
 }
 
 /// What one row says, for reports and tests.
@@ -155,6 +179,10 @@ CREATE INDEX IF NOT EXISTS files_hash ON files(hash);
 CREATE INDEX IF NOT EXISTS files_status ON files(status);
 ";
 
+/// Columns added after the first schema: a stable job number (for `veil retry ID` and paging) and
+/// the output folder of a photo queued by hand from outside the watched folders.
+const ADDED_COLUMNS: [(&str, &str); 2] = [("id", "INTEGER"), ("output_dir", "BLOB")];
+
 fn blob(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
@@ -180,6 +208,7 @@ impl Store {
         db.pragma_update(None, "synchronous", "FULL").map_err(err)?;
         db.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
         db.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&db).map_err(err)?;
         let recovered = db
             .execute("UPDATE files SET status = 'pending', replace = 1 WHERE status = 'running'", [])
             .map_err(err)?;
@@ -209,6 +238,19 @@ impl Store {
         path: &Path,
         seen: Seen,
         hash: &str,
+    ) -> Result<Observed, StoreError> {
+        self.observe_to(folder, path, seen, hash, None)
+    }
+
+    /// [`Store::observe`] for a photo queued by hand: `output_dir`, when given, is where its
+    /// protected copy goes (the file is outside every watched folder).
+    pub fn observe_to(
+        &self,
+        folder: &Path,
+        path: &Path,
+        seen: Seen,
+        hash: &str,
+        output_dir: Option<&Path>,
     ) -> Result<Observed, StoreError> {
         let e = |e| self.err(e);
         let old: Option<(String, Option<Vec<u8>>)> = self
@@ -248,8 +290,11 @@ impl Store {
         self.db
             .execute(
                 "INSERT OR REPLACE INTO files (path, folder, size, mtime_ns, hash, status, attempts, \
-                 error, output, faces, seconds, losses, duplicate_of, replace, not_before, updated) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, NULL, ?7, NULL, NULL, NULL, ?8, ?9, 0, ?10)",
+                 error, output, faces, seconds, losses, duplicate_of, replace, not_before, updated, \
+                 id, output_dir) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, NULL, ?7, NULL, NULL, NULL, ?8, ?9, 0, ?10, \
+                 COALESCE((SELECT id FROM files WHERE path = ?1), \
+                          (SELECT COALESCE(MAX(id), 0) + 1 FROM files)), ?11)",
                 params![
                     blob(path),
                     blob(folder),
@@ -260,7 +305,8 @@ impl Store {
                     output,
                     duplicate_of,
                     replace,
-                    now()
+                    now(),
+                    output_dir.map(blob)
                 ],
             )
             .map_err(e)?;
@@ -276,13 +322,18 @@ impl Store {
         let mut stmt = self
             .db
             .prepare_cached(
-                "SELECT path, folder, replace FROM files WHERE status = 'pending' AND not_before <= ?1 \
-                 ORDER BY updated, path",
+                "SELECT path, folder, replace, output_dir FROM files WHERE status = 'pending' \
+                 AND not_before <= ?1 ORDER BY updated, path",
             )
             .map_err(e)?;
         let rows = stmt
             .query_map([now()], |r| {
-                Ok(PendingJob { path: path_of(r.get(0)?), folder: path_of(r.get(1)?), replace: r.get(2)? })
+                Ok(PendingJob {
+                    path: path_of(r.get(0)?),
+                    folder: path_of(r.get(1)?),
+                    replace: r.get(2)?,
+                    output_dir: r.get::<_, Option<Vec<u8>>>(3)?.map(path_of),
+                })
             })
             .map_err(e)?;
         let mut out = Vec::new();
@@ -415,6 +466,78 @@ impl Store {
         Ok(n)
     }
 
+    /// Sends one job back to `pending` with its attempts cleared, whatever its status but
+    /// `running`; returns its path, or `None` when no job has that number (or it is running).
+    pub fn retry_one(&self, id: i64) -> Result<Option<PathBuf>, StoreError> {
+        let e = |e| self.err(e);
+        let path: Option<Vec<u8>> = self
+            .db
+            .query_row("SELECT path FROM files WHERE id = ?1 AND status != 'running'", [id], |r| r.get(0))
+            .optional()
+            .map_err(e)?;
+        let Some(path) = path else { return Ok(None) };
+        self.db
+            .execute(
+                "UPDATE files SET status = 'pending', attempts = 0, not_before = 0, duplicate_of = NULL, \
+                 replace = (output IS NOT NULL), updated = ?2 WHERE path = ?1",
+                params![path, now()],
+            )
+            .map_err(e)?;
+        Ok(Some(path_of(path)))
+    }
+
+    /// Up to `limit` jobs numbered above `after`, in number order, optionally of one status.
+    pub fn jobs(&self, status: Option<Status>, after: i64, limit: usize) -> Result<Vec<JobRow>, StoreError> {
+        let e = |e| self.err(e);
+        let mut stmt = self
+            .db
+            .prepare_cached(
+                "SELECT id, path, status, attempts, error, output, faces, seconds, updated FROM files \
+                 WHERE id > ?1 AND (?2 IS NULL OR status = ?2) ORDER BY id LIMIT ?3",
+            )
+            .map_err(e)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![after, status.map(Status::as_str), limit], |r| {
+                Ok(JobRow {
+                    id: r.get(0)?,
+                    path: path_of(r.get(1)?),
+                    status: Status::parse(&r.get::<_, String>(2)?),
+                    attempts: r.get(3)?,
+                    error: r.get(4)?,
+                    output: r.get::<_, Option<Vec<u8>>>(5)?.map(path_of),
+                    faces: r.get(6)?,
+                    seconds: r.get(7)?,
+                    updated: r.get(8)?,
+                })
+            })
+            .map_err(e)?;
+        rows.collect::<Result<_, _>>().map_err(e)
+    }
+
+    /// The number and status of the job for `path`, if it has one.
+    pub fn job_of(&self, path: &Path) -> Result<Option<(i64, Status)>, StoreError> {
+        self.db
+            .query_row("SELECT id, status FROM files WHERE path = ?1", [blob(path)], |r| {
+                Ok((r.get(0)?, Status::parse(&r.get::<_, String>(1)?)))
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// How many jobs have each status.
+    pub fn counts_by_status(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        let e = |e| self.err(e);
+        let mut stmt =
+            self.db.prepare_cached("SELECT status, COUNT(*) FROM files GROUP BY status").map_err(e)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((Status::parse(&r.get::<_, String>(0)?), r.get::<_, i64>(1)?.max(0) as u64))
+            })
+            .map_err(e)?;
+        rows.collect::<Result<_, _>>().map_err(e)
+    }
+
     /// Every row, by path.
     pub fn rows(&self) -> Result<Vec<Row>, StoreError> {
         let e = |e| self.err(e);
@@ -451,6 +574,24 @@ impl Store {
             )
             .map_err(|e| self.err(e))
     }
+}
+
+/// Adds the columns a database made by an older `veild` lacks and numbers its jobs.
+fn migrate(db: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('files')")?;
+    let have: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for (name, kind) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            db.execute_batch(&format!("ALTER TABLE files ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    let first: i64 = db.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM files", [], |r| r.get(0))?;
+    let mut stmt = db.prepare("SELECT path FROM files WHERE id IS NULL ORDER BY path")?;
+    let unnumbered: Vec<Vec<u8>> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for (n, path) in unnumbered.into_iter().enumerate() {
+        db.execute("UPDATE files SET id = ?2 WHERE path = ?1", params![path, first + n as i64])?;
+    }
+    db.execute_batch("CREATE UNIQUE INDEX IF NOT EXISTS files_id ON files(id)")
 }
 
 /// The BLAKE3 hash of a file's content, as hex.
@@ -493,7 +634,7 @@ mod tests {
         assert_eq!(s.observe(f, a, seen(6), "h2").unwrap(), Observed::Queued);
         assert_eq!(
             s.pending(10, &[]).unwrap(),
-            vec![PendingJob { path: a.into(), folder: f.into(), replace: true }]
+            vec![PendingJob { path: a.into(), folder: f.into(), replace: true, output_dir: None }]
         );
     }
 
@@ -542,5 +683,65 @@ mod tests {
         assert_eq!(s.counts().unwrap(), (1, 2));
         s.finish(a, &Finish::Gone).unwrap();
         assert_eq!(s.rows().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn jobs_are_numbered_paged_and_retried_one_by_one() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let f = Path::new("/in");
+        for (i, name) in ["/in/c.jpg", "/in/a.jpg", "/in/b.jpg"].iter().enumerate() {
+            s.observe(f, Path::new(name), seen(1), &format!("h{i}")).unwrap();
+        }
+        // Numbers follow arrival and survive a change of content.
+        s.observe(f, Path::new("/in/c.jpg"), seen(2), "new").unwrap();
+        let all = s.jobs(None, 0, 10).unwrap();
+        let ids: Vec<(i64, &Path)> = all.iter().map(|j| (j.id, j.path.as_path())).collect();
+        assert_eq!(
+            ids,
+            [(1, Path::new("/in/c.jpg")), (2, Path::new("/in/a.jpg")), (3, Path::new("/in/b.jpg"))]
+        );
+        let page = s.jobs(None, 1, 1).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].id, 2);
+        let a = Path::new("/in/a.jpg");
+        s.set_running(a).unwrap();
+        s.finish(a, &Finish::Failed { error: "broken".into(), retry: false }).unwrap();
+        let failed = s.jobs(Some(Status::Failed), 0, 10).unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].error.as_deref(), Some("broken"));
+        assert_eq!(
+            s.counts_by_status().unwrap().iter().find(|(st, _)| *st == Status::Failed),
+            Some(&(Status::Failed, 1))
+        );
+        assert_eq!(s.retry_one(2).unwrap().as_deref(), Some(a));
+        assert_eq!(s.retry_one(99).unwrap(), None);
+        assert_eq!(s.job_of(a).unwrap(), Some((2, Status::Pending)));
+        assert_eq!(Status::from_name("failed"), Some(Status::Failed));
+        assert_eq!(Status::from_name("nope"), None);
+    }
+
+    #[test]
+    fn an_older_database_gets_numbers_and_output_folders() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let db = Connection::open(d.path().join(FILE_NAME)).unwrap();
+            db.execute_batch(SCHEMA).unwrap();
+            db.execute(
+                "INSERT INTO files (path, folder, size, mtime_ns, hash, status, updated) \
+                 VALUES (X'2F612E6A7067', X'2F', 1, 1, 'h', 'done', 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let (s, _) = Store::open(d.path()).unwrap();
+        let jobs = s.jobs(None, 0, 10).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!((jobs[0].id, jobs[0].path.as_path()), (1, Path::new("/a.jpg")));
+        let out = Path::new("/elsewhere/out");
+        s.observe_to(Path::new("/x"), Path::new("/x/b.jpg"), seen(1), "hb", Some(out)).unwrap();
+        let pending = s.pending(10, &[]).unwrap();
+        assert_eq!(pending[0].output_dir.as_deref(), Some(out));
+        assert_eq!(s.job_of(Path::new("/x/b.jpg")).unwrap(), Some((2, Status::Pending)));
     }
 }

@@ -7,6 +7,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 use veil::{
     bench,
     config::Config,
+    control::{
+        self,
+        client::{Client, ClientError},
+    },
     doctor, engine, eval, faces, imageio,
     paths::Dirs,
     pipeline::{self, JobOptions, Pipeline},
@@ -109,6 +113,63 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The daemon: state, device, models, queue, counts, folders, last errors.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon's jobs, a page at a time.
+    Jobs {
+        /// Only jobs with this status: pending, running, done, failed or skipped.
+        #[arg(long, value_name = "S")]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: usize,
+        /// Jobs numbered above N (the next page).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        after: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop handing photos to the engine (the current ones finish).
+    Pause {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand photos to the engine again.
+    Resume {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the daemon read its configuration again (like SIGHUP).
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Have the daemon protect these files or folders now, inside the watched folders or not.
+    Add {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Output folder for photos outside the watched folders (default: the first folder's output).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try a job again (by its number), or every failed one.
+    Retry {
+        #[arg(value_name = "ID", required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the daemon's progress live (bars per photo); --json prints the event stream.
+    Watch {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or check the configuration.
     Config {
         #[command(subcommand)]
@@ -157,10 +218,17 @@ enum ConfigCommand {
     Show,
 }
 
+/// Exit status when the daemon is not running.
+const NOT_RUNNING: u8 = 3;
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if matches!(e.downcast_ref::<ClientError>(), Some(ClientError::NotRunning { .. })) => {
+            eprintln!("veil: {e:#}");
+            ExitCode::from(NOT_RUNNING)
+        }
         Err(e) => {
             eprintln!("veil: {e:#}");
             ExitCode::FAILURE
@@ -249,6 +317,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { json } => {
+            let status: control::StatusReport =
+                client(cli.config.as_deref(), &dirs()?)?.call("GET", "/v1/status", None::<&()>)?;
+            print(&mut out, json, &status, control::client::status_table)
+        }
+        Command::Jobs { status, limit, after, json } => {
+            let query = format!("/v1/jobs?limit={limit}&after={after}&status={}", status.unwrap_or_default());
+            let page: control::JobsPage =
+                client(cli.config.as_deref(), &dirs()?)?.call("GET", &query, None::<&()>)?;
+            print(&mut out, json, &page, control::client::jobs_table)
+        }
+        Command::Pause { json } => post(cli.config.as_deref(), &dirs()?, "/v1/pause", json, &mut out),
+        Command::Resume { json } => post(cli.config.as_deref(), &dirs()?, "/v1/resume", json, &mut out),
+        Command::Reload { json } => post(cli.config.as_deref(), &dirs()?, "/v1/reload", json, &mut out),
+        Command::Add { paths, out: out_dir, json } => {
+            let absolute = |p: &PathBuf| std::path::absolute(p).with_context(|| format!("{}", p.display()));
+            let request = control::ProtectRequest {
+                paths: paths.iter().map(absolute).collect::<anyhow::Result<_>>()?,
+                output: out_dir.as_ref().map(absolute).transpose()?,
+            };
+            let reply: control::ProtectReply =
+                client(cli.config.as_deref(), &dirs()?)?.call("POST", "/v1/protect", Some(&request))?;
+            let failed = reply.photos.iter().filter(|p| p.outcome == "error").count();
+            print(&mut out, json, &reply, |r| {
+                r.photos
+                    .iter()
+                    .map(|p| {
+                        let id = p.id.map_or(String::new(), |id| format!(" (job {id})"));
+                        let message = p.message.as_ref().map_or(String::new(), |m| format!(": {m}"));
+                        format!("{}: {}{id}{message}\n", p.path, p.outcome)
+                    })
+                    .collect()
+            })?;
+            Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Retry { id, all, json } => {
+            let request = control::RetryRequest { id, all };
+            let reply: control::RetryReply =
+                client(cli.config.as_deref(), &dirs()?)?.call("POST", "/v1/retry", Some(&request))?;
+            print(&mut out, json, &reply, |r| format!("{} job(s) queued again\n", r.retried))
+        }
+        Command::Watch { json } => watch(&client(cli.config.as_deref(), &dirs()?)?, json, &mut out),
         Command::Config { command: ConfigCommand::Show } => {
             let (config, source) = Config::load(cli.config.as_deref(), &dirs()?)?;
             writeln!(out, "# effective configuration; source: {source}")?;
@@ -296,6 +406,82 @@ fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         let mut text = Vec::new();
         clap_mangen::Man::new(page).render(&mut text)?;
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The client of the socket the configuration names.
+fn client(config: Option<&std::path::Path>, dirs: &Dirs) -> anyhow::Result<Client> {
+    let (config, _) = Config::load(config, dirs)?;
+    Ok(Client::new(&config.resolve(dirs).paths.socket.unwrap_or_else(|| dirs.socket.clone())))
+}
+
+/// Prints an answer as JSON or through `table`.
+fn print<T: serde::Serialize>(
+    out: &mut impl Write,
+    json: bool,
+    value: &T,
+    table: impl Fn(&T) -> String,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
+    } else {
+        write!(out, "{}", table(value))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil pause|resume|reload`.
+fn post(
+    config: Option<&std::path::Path>,
+    dirs: &Dirs,
+    path: &str,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let reply: control::StateReply = client(config, dirs)?.call("POST", path, None::<&()>)?;
+    print(out, json, &reply, |r| format!("{} (veild is {})\n", r.message, r.state))
+}
+
+/// `veil watch`: a bar per photo from queued to done, until interrupted.
+fn watch(client: &Client, json: bool, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let bars = indicatif::MultiProgress::new();
+    let mut running: std::collections::HashMap<String, indicatif::ProgressBar> = Default::default();
+    let style = indicatif::ProgressStyle::with_template("{spinner} {wide_msg} {elapsed}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    for event in client.events()? {
+        let event = event?;
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&event)?)?;
+            out.flush()?;
+            continue;
+        }
+        let path = event.path.clone().unwrap_or_default();
+        match event.event.as_str() {
+            "subscribed" => bars.println("following veild's progress (Ctrl-C to stop)")?,
+            "queued" | "running" => {
+                let bar = running.entry(path.clone()).or_insert_with(|| {
+                    let bar = bars.add(indicatif::ProgressBar::new_spinner());
+                    bar.set_style(style.clone());
+                    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                    bar
+                });
+                bar.set_message(format!("{} {path}", event.event));
+            }
+            other => {
+                if let Some(bar) = running.remove(&path) {
+                    bar.finish_and_clear();
+                    bars.remove(&bar);
+                }
+                let detail = match (&event.output, &event.error) {
+                    (Some(o), _) => format!(" -> {o}"),
+                    (None, Some(e)) => format!(": {e}"),
+                    (None, None) => String::new(),
+                };
+                let subject = if path.is_empty() { "veild".into() } else { path };
+                bars.println(format!("{other} {subject}{detail}"))?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
