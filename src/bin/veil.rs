@@ -272,12 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     bar.set_position(done as u64);
                 })?;
             bar.finish_and_clear();
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json())?)?;
-            } else {
-                write!(out, "{}", report.table())?;
-            }
-            Ok(ExitCode::SUCCESS)
+            print(&mut out, json, &report.to_json(), |_| report.table())
         }
         Command::Bench { data, runs, warmup, preset, json } => {
             let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;
@@ -288,12 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bar.tick();
             })?;
             bar.finish_and_clear();
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json())?)?;
-            } else {
-                write!(out, "{}", report.table())?;
-            }
-            Ok(ExitCode::SUCCESS)
+            print(&mut out, json, &report.to_json(), |_| report.table())
         }
         Command::Preview { photo, out: sheet, preset, force, json } => {
             let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;

@@ -23,14 +23,7 @@ pub(super) fn decode(
     let ctx = HeifContext::read_from_bytes(&bytes).map_err(corrupt)?;
     let handle = ctx.primary_image_handle().map_err(corrupt)?;
     let (w, h) = (handle.width(), handle.height());
-    if u64::from(w) * u64::from(h) > s.max_pixels {
-        return Err(ImageError::TooManyPixels {
-            path: path.into(),
-            width: w.into(),
-            height: h.into(),
-            max: s.max_pixels,
-        });
-    }
+    super::check_pixels(path, w, h, s)?;
     let image = LibHeif::new().decode(&handle, ColorSpace::Rgb(RgbChroma::Rgb), None).map_err(corrupt)?;
     let plane = image.planes().interleaved.ok_or_else(|| ImageError::Corrupt {
         path: path.into(),

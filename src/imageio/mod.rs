@@ -397,14 +397,7 @@ fn decode(
     // The header first: nothing is allocated for pixels before the size is known to be acceptable.
     let reader = || image::ImageReader::with_format(Cursor::new(&bytes[..]), format.image_format());
     let (w, h) = reader().into_dimensions().map_err(decode_err)?;
-    if u64::from(w) * u64::from(h) > s.max_pixels {
-        return Err(ImageError::TooManyPixels {
-            path: path.into(),
-            width: w.into(),
-            height: h.into(),
-            max: s.max_pixels,
-        });
-    }
+    check_pixels(path, w, h, s)?;
     let mut r = reader();
     let mut limits = image::Limits::default();
     // 16-bit RGBA is the widest layout the decoders produce, plus room for their own buffers.
@@ -432,6 +425,19 @@ fn decode(
         deep,
         source_id,
     })
+}
+
+/// The pixel limit, checked from the header before anything is decoded.
+fn check_pixels(path: &Path, w: u32, h: u32, s: &Settings) -> Result<(), ImageError> {
+    if u64::from(w) * u64::from(h) > s.max_pixels {
+        return Err(ImageError::TooManyPixels {
+            path: path.into(),
+            width: w.into(),
+            height: h.into(),
+            max: s.max_pixels,
+        });
+    }
+    Ok(())
 }
 
 fn alpha_of(img: &DynamicImage) -> DynamicImage {
