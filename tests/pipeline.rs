@@ -7,32 +7,8 @@ use std::{
     process::Command,
 };
 
-fn crate_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn data() -> Option<PathBuf> {
-    let d = crate_dir().join("../shared/data");
-    if d.is_dir() {
-        Some(d)
-    } else {
-        println!("skipped: {} is not there", d.display());
-        None
-    }
-}
-
-/// A config naming the fixture models folder (tiny generators + MTCNN) and a fixed seed.
-fn config(dir: &Path) -> PathBuf {
-    let models = crate_dir().join("target/fixtures/models");
-    assert!(
-        models.join("manifest.toml").is_file() && models.join("mtcnn/pnet.safetensors").is_file(),
-        "run `make fixtures`"
-    );
-    let path = dir.join("veil.toml");
-    std::fs::write(&path, format!("[models]\ndir = \"{}\"\n[protect]\nseed = 7\n", models.display()))
-        .unwrap();
-    path
-}
+mod common;
+use common::{data, fixture_config};
 
 fn veil(home: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_veil"))
@@ -60,7 +36,7 @@ fn exif_fields(path: &Path) -> Vec<(String, String)> {
 fn protect_writes_protected_copies_with_metadata_and_reports_quality() {
     let Some(data) = data() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path());
+    let cfg = fixture_config(tmp.path());
     let out = tmp.path().join("out");
     let portrait = data.join("portraits/src/male");
     let camera = data.join("exif-samples/jpg/gps/DSCN0010.jpg");
@@ -117,7 +93,7 @@ fn protect_writes_protected_copies_with_metadata_and_reports_quality() {
 fn eval_reports_every_generator_condition_and_defense_with_baselines() {
     let Some(data) = data() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path());
+    let cfg = fixture_config(tmp.path());
     let o = veil(
         tmp.path(),
         &[
@@ -165,7 +141,7 @@ fn eval_reports_every_generator_condition_and_defense_with_baselines() {
 #[test]
 fn protect_refuses_a_missing_path_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path());
+    let cfg = fixture_config(tmp.path());
     let missing = tmp.path().join("nope.jpg");
     let o = veil(
         tmp.path(),

@@ -2,43 +2,16 @@
 //! without a face, with the tiny generator fixtures. Needs `make fixtures` (make test does) and
 //! ../shared/data; without the data the tests say so and return. Sheets go to temporary folders.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
+
+mod common;
+use common::{data, fixture_config};
 
 use veil::preview::layout::{Layout, WIDTH};
 
-fn crate_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn data() -> Option<PathBuf> {
-    let d = crate_dir().join("../shared/data");
-    if d.is_dir() {
-        Some(d)
-    } else {
-        println!("skipped: {} is not there", d.display());
-        None
-    }
-}
-
-/// A config naming the fixture models folder (tiny generators + MTCNN) and a fixed seed.
-fn config(dir: &Path) -> PathBuf {
-    let models = crate_dir().join("target/fixtures/models");
-    assert!(
-        models.join("manifest.toml").is_file() && models.join("mtcnn/pnet.safetensors").is_file(),
-        "run `make fixtures`"
-    );
-    let path = dir.join("veil.toml");
-    std::fs::write(&path, format!("[models]\ndir = \"{}\"\n[protect]\nseed = 7\n", models.display()))
-        .unwrap();
-    path
-}
-
 /// Runs `veil --config <cfg> preview ARGS` in `dir` (also its HOME).
 fn preview(dir: &Path, args: &[&str]) -> std::process::Output {
-    let cfg = config(dir);
+    let cfg = fixture_config(dir);
     Command::new(env!("CARGO_BIN_EXE_veil"))
         .env_remove("LD_LIBRARY_PATH")
         .env("HOME", dir)
