@@ -189,7 +189,7 @@ def main():
         from PIL import Image
 
         img = Image.open(args.photo).convert("RGB").resize((args.side, args.side), Image.BILINEAR)
-        x = torch.tensor(list(img.getdata()), dtype=torch.float32).view(args.side, args.side, 3).permute(2, 0, 1)
+        x = torch.from_numpy(__import__("numpy").asarray(img, dtype="float32").copy()).permute(2, 0, 1)
         x = (x / 127.5 - 1).unsqueeze(0).to(dev)
     else:
         x = torch.rand(1, 3, args.side, args.side, device=dev) * 2 - 1
