@@ -176,7 +176,20 @@ pub async fn serve(listener: Listener, handle: Handle) {
 
 /// Answers a refused peer with a 403 and hangs up.
 async fn refuse(mut stream: tokio::net::UnixStream) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Read the request head first (bounded, at most 2 s): a client still sending its request when the
+    // answer comes and the socket closes gets EPIPE and never reads the 403.
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
     let body = r#"{"error":"refused: this veild belongs to another user","status":403}"#;
     let text = format!(
         "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
