@@ -253,17 +253,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Faces { photos, json, draw } => {
-            let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;
-            let config = config.resolve(&dirs()?);
+            let (config, _) = effective_config(cli.config.as_deref())?;
             find_faces(&config, &photos, json, draw.as_deref(), &mut out)
         }
         Command::Protect { paths, out: out_dir, preset, json } => {
-            let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;
-            protect(&config.resolve(&dirs()?), &paths, out_dir, preset, json, &mut out)
+            let (config, _) = effective_config(cli.config.as_deref())?;
+            protect(&config, &paths, out_dir, preset, json, &mut out)
         }
         Command::Eval { data, split, limit, preset, seed, json } => {
-            let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;
-            let config = config.resolve(&dirs()?);
+            let (config, _) = effective_config(cli.config.as_deref())?;
             let pipeline = load_pipeline(&config)?;
             let bar = progress(limit.unwrap_or(0) as u64);
             let report =
@@ -275,8 +273,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print(&mut out, json, &report.to_json(), |_| report.table())
         }
         Command::Bench { data, runs, warmup, preset, json } => {
-            let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;
-            let pipeline = load_pipeline(&config.resolve(&dirs()?))?;
+            let (config, _) = effective_config(cli.config.as_deref())?;
+            let pipeline = load_pipeline(&config)?;
             let bar = progress(0);
             let report = bench::run(&pipeline, &bench::Options { data, runs, warmup, preset }, |msg| {
                 bar.set_message(msg.to_string());
@@ -286,8 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print(&mut out, json, &report.to_json(), |_| report.table())
         }
         Command::Preview { photo, out: sheet, preset, force, json } => {
-            let (config, _) = Config::load(cli.config.as_deref(), &dirs()?)?;
-            let config = config.resolve(&dirs()?);
+            let (config, _) = effective_config(cli.config.as_deref())?;
             let sheet = match sheet {
                 Some(p) => p,
                 None => preview::default_out(&photo)?,
@@ -350,9 +347,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Watch { json } => watch(&client(cli.config.as_deref(), &dirs()?)?, json, &mut out),
         Command::Config { command: ConfigCommand::Show } => {
-            let (config, source) = Config::load(cli.config.as_deref(), &dirs()?)?;
+            let (config, source) = effective_config(cli.config.as_deref())?;
             writeln!(out, "# effective configuration; source: {source}")?;
-            write!(out, "{}", config.resolve(&dirs()?).to_toml())?;
+            write!(out, "{}", config.to_toml())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -474,6 +471,13 @@ fn watch(client: &Client, json: bool, out: &mut impl Write) -> anyhow::Result<Ex
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration in effect (`--config` or the platform file, else the defaults), resolved.
+fn effective_config(path: Option<&std::path::Path>) -> anyhow::Result<(Config, veil::config::Source)> {
+    let dirs = Dirs::from_env()?;
+    let (config, source) = Config::load(path, &dirs)?;
+    Ok((config.resolve(&dirs), source))
 }
 
 fn load_pipeline(config: &Config) -> anyhow::Result<Pipeline> {
