@@ -1,6 +1,6 @@
 """The eager-PyTorch reference for `veil bench`: the same attack recipe a user would otherwise run.
 
-    python bench/reference.py --models DIR [--side 1260] [--preset balanced] [--device cuda] [--runs 5]
+    python bench/reference.py --models DIR [--side 1260] [--preset balanced] [--device cuda] [--runs 5] [--batch 8]
 
 It loads the same TorchScript generators (the `ensemble` models of DIR/manifest.toml, fp16 weights
 made fp32), takes a face region of SIDE×SIDE pixels (a portrait from --photo resized, or noise), and
@@ -9,7 +9,8 @@ transform per step from the same spread (Gaussian k11 σ1-3, box 5/7/9, resize 0
 differentiable JPEG approximation q60-95, identity), L-inf PGD (ε 0.05, step 0.01, 10 steps for
 `balanced`) from a random start, joint over each generator's attacked conditions in one batched pass,
 losses normalized by their value at the start, feathered mask, 8-bit quantization. It reports the
-median seconds per face after warm-up as JSON, for bench/compare.sh to set against `veil bench`.
+median seconds per attack after warm-up as JSON, for one face and for --batch faces attacked together
+(as `veil bench` does), for bench/compare.sh to set against `veil bench`.
 """
 
 from __future__ import annotations
@@ -139,13 +140,16 @@ def load(models_dir, device):
 
 
 def attack(gens, x, mask, eps, step, iters, transforms):
-    """x: [1,3,h,w] in [-1,1]."""
+    """x: [N,3,h,w] in [-1,1] (N faces of one size); each generator sees every face under every
+    condition in one pass, rows face-major."""
+    n = x.shape[0]
+
     def inputs(img, t, s, k):
-        r = F.interpolate(img, size=(s, s), mode="bilinear", antialias=True)
-        return apply(t, r).expand(k, 3, s, s)
+        r = apply(t, F.interpolate(img, size=(s, s), mode="bilinear", antialias=True))
+        return r.unsqueeze(1).expand(n, k, 3, s, s).reshape(n * k, 3, s, s)
 
     with torch.no_grad():
-        targets = [g(inputs(x, ("identity", None), s, c.shape[0]), c) for _, g, s, c in gens]
+        targets = [g(inputs(x, ("identity", None), s, c.shape[0]), c.repeat(n, 1)) for _, g, s, c in gens]
     delta = torch.empty_like(x).uniform_(-eps, eps)
     norms = [None] * len(gens)
     for _ in range(iters):
@@ -154,7 +158,7 @@ def attack(gens, x, mask, eps, step, iters, transforms):
         x_adv = (x + delta * mask).clamp(-1, 1)
         total = 0
         for i, (_, g, s, c) in enumerate(gens):
-            loss = F.mse_loss(g(inputs(x_adv, t, s, c.shape[0]), c), targets[i])
+            loss = F.mse_loss(g(inputs(x_adv, t, s, c.shape[0]), c.repeat(n, 1)), targets[i])
             if norms[i] is None:
                 norms[i] = max(loss.item(), 1e-8)
             total = total + loss / norms[i]
@@ -178,6 +182,7 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int)
+    p.add_argument("--batch", type=int, default=8, help="also time this many faces attacked together (1: skip)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -196,21 +201,30 @@ def main():
     step, iters, families, wide = PRESETS[args.preset]
     transforms = spread(families, wide)
     mask = feather(args.side, args.side, 0.1, dev)
-    times = []
-    for i in range(args.warmup + args.runs):
-        t0 = time.perf_counter()
-        attack(gens, x, mask, 0.05, step, iters, transforms)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    print(json.dumps({
+
+    def timed(xs, masks):
+        times = []
+        for i in range(args.warmup + args.runs):
+            t0 = time.perf_counter()
+            attack(gens, xs, masks, 0.05, step, iters, transforms)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+        return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": len(times)}
+
+    report = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "preset": args.preset,
         "side": args.side,
         "generators": [n for n, *_ in gens],
-        "attack_one_face": {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": len(times)},
-    }))
+        "attack_one_face": timed(x, mask),
+    }
+    report["faces_per_second"] = 1 / report["attack_one_face"]["median_s"]
+    if args.batch > 1:
+        t = timed(x.expand(args.batch, -1, -1, -1).contiguous(), mask)
+        report["attack_batch"] = {"faces": args.batch, "timing": t, "faces_per_second": args.batch / t["median_s"]}
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

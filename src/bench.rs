@@ -11,6 +11,7 @@ use std::{
 };
 
 use image::{imageops, RgbImage};
+use tch::Tensor;
 
 use crate::{
     engine,
@@ -42,6 +43,8 @@ pub struct Options {
     pub runs: usize,
     pub warmup: usize,
     pub preset: Option<Preset>,
+    /// Also time the attack on this many faces at once (the batched path); 1 skips it.
+    pub batch: usize,
 }
 
 /// Median, minimum and maximum of repeated timings, in seconds.
@@ -79,6 +82,8 @@ pub struct Report {
     /// The attack on one face region (its side in pixels) alone.
     pub face: Timing,
     pub face_side: i64,
+    /// The attack on `batch` faces of the same side at once, when `batch` > 1.
+    pub face_batch: Option<(usize, Timing)>,
     pub photo_one_face: Timing,
     pub photo_four_faces: Timing,
     pub faces_found_in_four: usize,
@@ -103,6 +108,10 @@ impl Report {
         );
         s += &row(&format!("attack, one {0}×{0} face", self.face_side), &self.face);
         s += &format!("{:<34} {:>9.3}\n", "faces per second", self.faces_per_second());
+        if let Some((n, t)) = &self.face_batch {
+            s += &row(&format!("attack, {n} such faces at once"), t);
+            s += &format!("{:<34} {:>9.3}\n", format!("faces per second, batch {n}"), *n as f64 / t.median);
+        }
         s += &row("12 MP photo, 1 face, end to end", &self.photo_one_face);
         s += &row(
             &format!("12 MP photo, 4 faces ({} found)", self.faces_found_in_four),
@@ -124,6 +133,9 @@ impl Report {
             "face_side": self.face_side,
             "attack_one_face": t(&self.face),
             "faces_per_second": self.faces_per_second(),
+            "attack_batch": self.face_batch.as_ref().map(|(n, bt)| serde_json::json!({
+                "faces": n, "timing": t(bt), "faces_per_second": *n as f64 / bt.median,
+            })),
             "photo_12mp_one_face": t(&self.photo_one_face),
             "photo_12mp_four_faces": t(&self.photo_four_faces),
             "faces_found_in_four": self.faces_found_in_four,
@@ -227,6 +239,28 @@ pub fn run(
         }
     }
 
+    // The same face `batch` times, attacked together.
+    let mut batched = Vec::new();
+    if opts.batch > 1 {
+        let crop = pixels.narrow(1, region.y, region.h).narrow(2, region.x, region.w);
+        let x = protect::to_unit(&crop, pipeline.ensemble().device);
+        let mask = protect::feather_mask(region.h, region.w, params.feather, pipeline.ensemble().device);
+        let xs: Vec<Tensor> = (0..opts.batch).map(|_| x.shallow_clone()).collect();
+        let masks: Vec<Tensor> = (0..opts.batch).map(|_| mask.shallow_clone()).collect();
+        for i in 0..total {
+            progress(&format!("attack, {} faces {}/{total}", opts.batch, i + 1));
+            let t = Instant::now();
+            let _advs = protect::attack_batch(pipeline.ensemble(), &xs, &masks, &params, &mut rng)
+                .map_err(|source| PipelineError::Protect { path: one.clone(), source })?;
+            if pipeline.ensemble().device.is_cuda() {
+                tch::Cuda::synchronize(0);
+            }
+            if i >= opts.warmup {
+                batched.push(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+
     let options = JobOptions { preset: Some(preset), ..JobOptions::default() };
     let mut end_to_end = |path: &Path, label: &str| -> Result<(Timing, usize), BenchError> {
         let mut times = Vec::new();
@@ -253,6 +287,7 @@ pub fn run(
         generators: pipeline.ensemble().generators.iter().map(|g| g.name.clone()).collect(),
         face: Timing::of(face),
         face_side: region.w,
+        face_batch: (opts.batch > 1).then(|| (opts.batch, Timing::of(batched))),
         photo_one_face,
         photo_four_faces,
         faces_found_in_four,

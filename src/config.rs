@@ -91,6 +91,19 @@ impl<const MIN: u32, const MAX: u32> From<Bounded<MIN, MAX>> for f64 {
 pub struct EngineConfig {
     /// Where tensors live: `auto` takes CUDA when it loaded, else the CPU.
     pub device: DeviceChoice,
+    /// Number format the attacked generators run in on CUDA (`fp32`, `fp16`, `bf16`); the CPU always
+    /// runs fp32. `veil eval` judges in fp32 whatever this says.
+    pub precision: Precision,
+}
+
+/// `engine.precision`: the generators' number format on CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Fp16,
+    Bf16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -319,7 +332,7 @@ impl Default for Config {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { device: DeviceChoice::Auto }
+        EngineConfig { device: DeviceChoice::Auto, precision: Precision::Fp32 }
     }
 }
 

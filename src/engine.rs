@@ -109,7 +109,13 @@ fn dl_error() -> String {
 
 /// The device to run on for `choice`, given what [`cuda`] found.
 pub fn select_device(choice: DeviceChoice) -> Result<tch::Device, EngineError> {
-    device_for(choice, cuda())
+    let device = device_for(choice, cuda())?;
+    if device.is_cuda() {
+        // The generators' inputs keep a few shapes (input size × batch): let cudnn time its
+        // algorithms for each shape once and reuse the fastest.
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    Ok(device)
 }
 
 fn device_for(choice: DeviceChoice, status: &CudaStatus) -> Result<tch::Device, EngineError> {

@@ -282,6 +282,7 @@ pub fn run(
     let mut single = Ensemble::load(&dir, &[Role::Ensemble], device, &config.protect.weights)
         .map_err(PipelineError::Generators)?;
     single.restrict_conditions(0..1);
+    single.set_precision(config.engine.precision);
     let manifest = crate::models::Manifest::load(&dir).map_err(|e| PipelineError::Generators(e.into()))?;
     let attributes_of = |name: &str| {
         manifest.models.iter().find(|m| m.name == name).map(|m| m.attributes.clone()).unwrap_or_default()
@@ -295,12 +296,11 @@ pub fn run(
     let mut rows: BTreeMap<(String, String, usize), Row> = BTreeMap::new();
     let mut quality_by: BTreeMap<Variant, Quality> = BTreeMap::new();
     let mut no_face = 0;
-    let generators: Vec<&protect::Generator> = pipeline
-        .ensemble()
-        .generators
-        .iter()
-        .chain(holdouts.iter().flat_map(|h| h.generators.iter()))
-        .collect();
+    // The judges run in fp32 whatever precision the attack used: they stand for the attacker's models.
+    let judges = Ensemble::load(&dir, &[Role::Ensemble], device, &BTreeMap::new())
+        .map_err(PipelineError::Generators)?;
+    let generators: Vec<&protect::Generator> =
+        judges.generators.iter().chain(holdouts.iter().flat_map(|h| h.generators.iter())).collect();
 
     for (done, sample) in samples.iter().enumerate() {
         let photo = imageio::read(&sample.path, &config.imageio)?;
@@ -309,6 +309,21 @@ pub fn run(
             no_face += 1;
         }
         let clean = aligned_crop(&photo.pixels, device);
+        // What every judge makes of the clean face, under every defense and paper condition.
+        let mut clean_outputs = Vec::with_capacity(generators.len());
+        for g in &generators {
+            let named = paper_conditions(&attributes_of(&g.name), &sample.attributes);
+            let rows: Vec<f32> = named.iter().flat_map(|(_, c)| c.iter().copied()).collect();
+            let conditions = Tensor::from_slice(&rows).view([named.len() as i64, -1]).to_device(device);
+            let outputs = tch::no_grad(|| judge_inputs(g, &clean, &conditions))
+                .and_then(|(x, c)| tch::no_grad(|| g.run(&x, &c)))
+                .map_err(|e| EvalError::Generator { name: g.name.clone(), message: e.to_string() })?;
+            clean_outputs.push(Judged {
+                names: named.into_iter().map(|(n, _)| n).collect(),
+                conditions,
+                outputs,
+            });
+        }
         for variant in Variant::ALL {
             let mut prot = photo.clone();
             match variant {
@@ -355,24 +370,20 @@ pub fn run(
                 q.psnr_sum += p.min(100.0);
                 q.ssim_sum += s;
             }
-            for (gi, g) in generators.iter().enumerate() {
-                let s = g.input_size;
-                let (x, xp) = (spread::resize(&clean, s, s), spread::resize(&protected, s, s));
-                for (ci, (cname, c)) in
-                    paper_conditions(&attributes_of(&g.name), &sample.attributes).into_iter().enumerate()
-                {
-                    let c = Tensor::from_slice(&c).view([1, -1]).to_device(device);
-                    for (di, defense) in Defense::ALL.into_iter().enumerate() {
-                        let mse = tch::no_grad(|| -> Result<f64, EvalError> {
-                            let gen = |input: &Tensor| {
-                                g.run(&defense.apply(input), &c).map_err(|e| EvalError::Generator {
-                                    name: g.name.clone(),
-                                    message: e.to_string(),
-                                })
-                            };
-                            let (y, yp) = (gen(&x)?, gen(&xp)?);
-                            Ok(yp.mse_loss(&y, tch::Reduction::Mean).double_value(&[]))
-                        })?;
+            for (gi, (g, judged)) in generators.iter().zip(&clean_outputs).enumerate() {
+                let yp = tch::no_grad(|| judge_inputs(g, &protected, &judged.conditions))
+                    .and_then(|(x, c)| tch::no_grad(|| g.run(&x, &c)))
+                    .map_err(|e| EvalError::Generator { name: g.name.clone(), message: e.to_string() })?;
+                // [D*Cn] per-row MSE, one read-back per generator and variant.
+                let per = tch::no_grad(|| {
+                    (yp - &judged.outputs).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Float)
+                });
+                let per = Vec::<f64>::try_from(per.to_kind(Kind::Double))
+                    .map_err(|e| EvalError::Generator { name: g.name.clone(), message: e.to_string() })?;
+                let cn = judged.names.len();
+                for (di, defense) in Defense::ALL.into_iter().enumerate() {
+                    for (ci, cname) in judged.names.iter().enumerate() {
+                        let mse = per[di * cn + ci];
                         let row =
                             rows.entry((format!("{gi:03}"), format!("{ci:02}"), di)).or_insert_with(|| Row {
                                 generator: g.name.clone(),
@@ -400,6 +411,31 @@ pub fn run(
         quality: quality_by,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A judge's view of one face: the paper conditions' names, `[Cn,C]` conditions, and its outputs for
+/// the clean face, `[D*Cn,3,S,S]` (defense-major).
+struct Judged {
+    names: Vec<String>,
+    conditions: Tensor,
+    outputs: Tensor,
+}
+
+/// The aligned face `x: [1,3,178,178]` resized to `g`'s input, through every defense, against every
+/// condition of `conditions: [Cn,C]`: inputs `[D*Cn,3,S,S]` (row `d*Cn + c`) and their conditions.
+fn judge_inputs(
+    g: &protect::Generator,
+    x: &Tensor,
+    conditions: &Tensor,
+) -> Result<(Tensor, Tensor), protect::ProtectError> {
+    let s = g.input_size;
+    let cn = conditions.size()[0];
+    let x = spread::resize(x, s, s);
+    let defended: Vec<Tensor> = Defense::ALL.iter().map(|d| d.apply(&x)).collect();
+    let d = defended.len() as i64;
+    let inputs =
+        Tensor::cat(&defended, 0).unsqueeze(1).expand([d, cn, 3, s, s], false).reshape([d * cn, 3, s, s]);
+    Ok((inputs, conditions.repeat([d, 1])))
 }
 
 fn unit_to_u8(x: &Tensor) -> Tensor {

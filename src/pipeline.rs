@@ -74,7 +74,8 @@ pub struct Outcome {
     pub regions: Vec<Region>,
     /// Per generator: the final `MSE(G(x_prot), G(x))` averaged over the regions.
     pub losses: Vec<(String, f64)>,
-    /// Of the written file, decoded again, against the original's upright pixels.
+    /// Of the written file, decoded again, against the original's upright pixels: PSNR over the
+    /// whole image, SSIM over the protected regions (the whole image when none was protected).
     pub psnr: Option<f64>,
     pub ssim: Option<f64>,
     pub seconds: f64,
@@ -188,8 +189,9 @@ impl Pipeline {
     pub fn load(config: &Config, device: Device) -> Result<Pipeline, PipelineError> {
         let dir = config.models.dir.clone().unwrap_or_default();
         let detector = Detector::load(&dir, &config.faces, device).map_err(PipelineError::Detector)?;
-        let ensemble = Ensemble::load(&dir, &[Role::Ensemble], device, &config.protect.weights)
+        let mut ensemble = Ensemble::load(&dir, &[Role::Ensemble], device, &config.protect.weights)
             .map_err(PipelineError::Generators)?;
+        ensemble.set_precision(config.engine.precision);
         Ok(Pipeline { detector, ensemble, config: config.clone() })
     }
 
@@ -224,9 +226,13 @@ impl Pipeline {
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| PipelineError::Name { path: source.to_path_buf() })?;
+        let decoded = started.elapsed().as_secs_f64();
         let params = self.params(options.preset);
         let mut protected = photo.clone();
-        let found = self.protect_photo(&mut protected, &params, rng)?;
+        let found = self.find(&protected)?;
+        let detected = started.elapsed().as_secs_f64();
+        let found = self.protect_regions(&self.ensemble, &mut protected, found, &params, rng)?;
+        let attacked = started.elapsed().as_secs_f64();
         let written = match found.action {
             Action::SkippedNoFace => None,
             Action::CopiedNoFace => Some(imageio::write(&photo, out_dir, name, options.format, settings)?),
@@ -234,11 +240,22 @@ impl Pipeline {
                 Some(imageio::write(&protected, out_dir, name, options.format, settings)?)
             }
         };
+        let written_at = started.elapsed().as_secs_f64();
         // Quality of what was actually written, decoded again.
         let (psnr, ssim) = match &written {
             Some(w) => match imageio::read(&w.path, settings) {
                 Ok(back) => {
-                    (quality::psnr(&photo.pixels, &back.pixels), quality::ssim(&photo.pixels, &back.pixels))
+                    let (w, h) = photo.pixels.dimensions();
+                    let rects: Vec<(i64, i64, i64, i64)> = if found.regions.is_empty() {
+                        vec![(0, 0, i64::from(w), i64::from(h))]
+                    } else {
+                        found.regions.iter().map(|r| (r.x, r.y, r.w, r.h)).collect()
+                    };
+                    let device = self.ensemble.device;
+                    (
+                        quality::psnr(&photo.pixels, &back.pixels),
+                        quality::ssim_regions(&photo.pixels, &back.pixels, &rects, device),
+                    )
                 }
                 Err(e) => {
                     tracing::warn!("cannot re-read {} to measure its quality: {e}", w.path.display());
@@ -247,6 +264,15 @@ impl Pipeline {
             },
             None => (None, None),
         };
+        let checked = started.elapsed().as_secs_f64();
+        tracing::debug!(
+            "{}: decode {decoded:.3} s, detect {:.3} s, protect {:.3} s, encode {:.3} s, quality check {:.3} s",
+            source.display(),
+            detected - decoded,
+            attacked - detected,
+            written_at - attacked,
+            checked - written_at
+        );
         Ok(Outcome {
             source: source.to_path_buf(),
             action: found.action,

@@ -85,6 +85,39 @@ fn epsilon_bound_holds_exactly_after_quantization() {
 }
 
 #[test]
+fn faces_attacked_together_each_stay_in_bound_and_are_each_disrupted() {
+    let ens = ensemble();
+    let imgs = faces(3);
+    if imgs.len() < 3 {
+        return;
+    }
+    // Three faces side by side in one picture: one batched attack (protect_pixels batches regions).
+    let canvas = Tensor::cat(&imgs, 2);
+    let regions: Vec<Region> = (0..3).map(|i| Region { x: 178 * i, ..FACE }).collect();
+    let p = Params::preset(Preset::Fast);
+    let (prot, reports) = protect::protect_pixels(&ens, &canvas, &regions, &p, &mut Rng::new(3)).unwrap();
+    assert_eq!(reports.len(), 3);
+    let diff = (prot.to_kind(Kind::Int64) - canvas.to_kind(Kind::Int64)).abs();
+    assert!(diff.max().int64_value(&[]) <= protect::max_levels(p.epsilon));
+    for (i, img) in imgs.iter().enumerate() {
+        let face = prot.narrow(2, 178 * i as i64, 178);
+        let batched = disruption(&ens, img, &face, Transform::Identity, 0..5);
+        let alone = disruption(&ens, img, &protect(&ens, img, &p, 3), Transform::Identity, 0..5);
+        let noise = {
+            tch::manual_seed(i as i64);
+            let sign = Tensor::randint(2, img.size(), (Kind::Int64, Device::Cpu)) * 2 - 1;
+            let noisy = (img.to_kind(Kind::Int64) + sign * protect::max_levels(p.epsilon)).clamp(0, 255);
+            disruption(&ens, img, &noisy.to_kind(Kind::Uint8), Transform::Identity, 0..5)
+        };
+        println!("face {i}: batched {batched:.5}, alone {alone:.5}, noise {noise:.5}");
+        // Batching changes only the random draws: each face is still attacked, far beyond noise,
+        // and about as hard as alone.
+        assert!(batched > 2.0 * noise, "face {i}: batched {batched} vs noise {noise}");
+        assert!(batched > 0.5 * alone, "face {i}: batched {batched} vs alone {alone}");
+    }
+}
+
+#[test]
 fn same_seed_same_protection() {
     let ens = ensemble();
     let Some(img) = faces(1).pop() else { return };
@@ -120,7 +153,9 @@ fn joint_attack_beats_single_condition_attack_on_conditions_it_did_not_attack() 
     let joint = ensemble();
     let mut single = ensemble();
     single.restrict_conditions(0..1);
-    let imgs = faces(6);
+    // The tiny fixtures depend on their condition only weakly, so joint leads single by a few per
+    // cent: 16 faces keep that lead above the spread of the random starts (seen with 3 seed sets).
+    let imgs = faces(16);
     let (mut j, mut s) = (0.0, 0.0);
     for (i, img) in imgs.iter().enumerate() {
         let p = params(vec![Transform::Identity]);

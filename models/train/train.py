@@ -3,7 +3,9 @@
     python models/train/train.py MODEL --data DIR --out DIR [--tiny] [--iters N] [--batch B] [--width W]
 
 MODEL is one of: stargan, ganimation, attgan, cyclegan, faceswap, stargan_adv, classifier, or `all`
-(every model in turn; with --tiny this is how `make test` builds its fixtures). DIR is a CelebA-style
+(every model in turn; with --tiny this is how `make test` builds its fixtures), or `manifest` (write
+OUT/manifest.toml for the generators already exported in OUT, as gpu.sh does after training them in
+parallel). DIR is a CelebA-style
 folder (attributes.csv + train/ val/ test/) or a tar made by pack.py; only the `train` split is read.
 
 Each generator is exported to OUT/<model>.pt with the interface
@@ -72,6 +74,7 @@ def settings(args) -> dict:
         "n_critic": 1 if tiny else args.n_critic,
         "pgd_iters": 2 if tiny else 10,
         "minutes": args.minutes,
+        "adv_warmup": args.adv_warmup,
     }
     return s
 
@@ -114,19 +117,30 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
     opt_d = torch.optim.Adam(d.parameters(), s["lr"], betas=(0.5, 0.999))
     adversarial = model == "stargan_adv"
     frozen = copy.deepcopy(g).eval().requires_grad_(False) if adversarial else None
+    # The adversarial phase starts after a warm-up of plain StarGAN training (a fraction of the time
+    # budget, or of the iterations): PGD against an untrained G teaches nothing, and each adversarial
+    # iteration costs ~20 plain ones.
+    if s["minutes"]:
+        adv_from_time, adv_from_iter = s["started"] + 60 * s["minutes"] * s["adv_warmup"], 0
+    else:
+        adv_from_time, adv_from_iter = 0.0, int(s["iters"] * s["adv_warmup"])
+    adv_since = None
     n = len(train)
     for it in range(1, s["iters"] + 1):
         if time.time() > s["deadline"]:
             s["iters_done"] = it - 1
             break
+        if adversarial and adv_since is None and time.time() >= adv_from_time and it > adv_from_iter:
+            adv_since = it
+            s["adversarial_from_iter"] = it
         x, c_org = train.batch(torch.randint(0, n, (s["batch"],)))
         if torch.rand(()) < 0.5:
             x = x.flip(3)
         c_trg = D.random_targets(c_org)
         x_in = x
-        if adversarial:
+        if adv_since is not None:
             # G+D adversarial training: G learns to translate adversarial inputs, D sees their outputs.
-            if it % 50 == 1:
+            if (it - adv_since) % 50 == 0:
                 frozen.load_state_dict(g.state_dict())
             x_in = pgd(frozen, x, c_trg, iters=s["pgd_iters"])
 
@@ -150,7 +164,7 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
                 # AttGAN reconstructs with the image's own attributes instead of a cycle.
                 rec = F.l1_loss(g(x_in, c_org), x)
             else:
-                back_in = pgd(frozen, fake.detach(), c_org, iters=s["pgd_iters"]) if adversarial else fake
+                back_in = pgd(frozen, fake.detach(), c_org, iters=s["pgd_iters"]) if adv_since else fake
                 rec = F.l1_loss(g(back_in, c_org), x)
             loss_g = -src.mean() + F.binary_cross_entropy_with_logits(cls, c_trg) + 10.0 * rec
             if model == "ganimation":
@@ -272,7 +286,8 @@ def export(module: nn.Module, path: str, size: int, c_dim: int, takes_condition:
 def train_one(model: str, train: D.Split, s: dict, out: str) -> dict:
     torch.manual_seed(0)
     started = time.time()
-    s = dict(s, deadline=started + 60 * s["minutes"] if s["minutes"] else float("inf"), iters_done=s["iters"])
+    deadline = started + 60 * s["minutes"] if s["minutes"] else float("inf")
+    s = dict(s, started=started, deadline=deadline, iters_done=s["iters"])
     history = []
 
     def log(it, **values):
@@ -306,6 +321,7 @@ def train_one(model: str, train: D.Split, s: dict, out: str) -> dict:
         "device": torch.cuda.get_device_name() if DEVICE.startswith("cuda") else "cpu",
         "threads": torch.get_num_threads(),
         "bytes": os.path.getsize(path),
+        **({"adversarial_from_iter": s.get("adversarial_from_iter")} if model == "stargan_adv" else {}),
         "history": history,
     }
     with open(os.path.join(out, f"{model}.json"), "w") as f:
@@ -331,8 +347,8 @@ def manifest(models: list[str], size: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=ALL + ["all"])
-    p.add_argument("--data", required=True, help="CelebA-style folder or tar (train split is used)")
+    p.add_argument("model", choices=ALL + ["all", "manifest"])
+    p.add_argument("--data", help="CelebA-style folder or tar (train split is used)")
     p.add_argument("--out", required=True)
     p.add_argument("--tiny", action="store_true", help="test fixtures: seconds on a CPU")
     p.add_argument("--iters", type=int)
@@ -342,9 +358,22 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--minutes", type=float, help="stop each model after this many minutes (iterations run are logged)")
     p.add_argument("--n-critic", type=int, default=1)
+    p.add_argument("--adv-warmup", type=float, default=0.4,
+                   help="stargan_adv: fraction of the budget trained plainly before adversarial training")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
+    s = settings(args)
+    if args.model == "manifest":
+        done = [m for m in GENERATORS if os.path.exists(os.path.join(args.out, f"{m}.pt"))]
+        if not done:
+            p.error(f"no exported generator in {args.out}")
+        with open(os.path.join(args.out, "manifest.toml"), "w") as f:
+            f.write(manifest(done, s["size"]))
+        print(f"{args.out}/manifest.toml: {', '.join(done)}")
+        return
+    if not args.data:
+        p.error("--data is required for training")
     global DEVICE
     DEVICE = args.device
     if DEVICE.startswith("cuda"):
@@ -356,7 +385,6 @@ def main() -> None:
     threads = args.threads or (1 if args.tiny else None)
     if threads:
         torch.set_num_threads(threads)
-    s = settings(args)
     os.makedirs(args.out, exist_ok=True)
     train = D.load_split(args.data, "train", s["size"], limit=s["limit"]).to(DEVICE)
     print(f"train split: {len(train)} images at {s['size']} px; settings {s}", flush=True)

@@ -92,6 +92,9 @@ enum Command {
         warmup: usize,
         #[arg(long, value_name = "P")]
         preset: Option<Preset>,
+        /// Also time the attack on this many faces at once (1: only one face).
+        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+        batch: u16,
         #[arg(long)]
         json: bool,
     },
@@ -222,6 +225,13 @@ enum ConfigCommand {
 const NOT_RUNNING: u8 = 3;
 
 fn main() -> ExitCode {
+    // Library warnings (a protected copy that cannot be re-read, say) reach the terminal; VEIL_LOG
+    // overrides. A broken VEIL_LOG is reported, not fatal.
+    if let Ok(filter) = veil::config::LogFilter::try_from("warn".to_string()) {
+        if let Err(e) = veil::logging::init(&filter) {
+            eprintln!("veil: logging: {e}");
+        }
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -272,14 +282,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bar.finish_and_clear();
             print(&mut out, json, &report.to_json(), |_| report.table())
         }
-        Command::Bench { data, runs, warmup, preset, json } => {
+        Command::Bench { data, runs, warmup, preset, batch, json } => {
             let (config, _) = effective_config(cli.config.as_deref())?;
             let pipeline = load_pipeline(&config)?;
             let bar = progress(0);
-            let report = bench::run(&pipeline, &bench::Options { data, runs, warmup, preset }, |msg| {
-                bar.set_message(msg.to_string());
-                bar.tick();
-            })?;
+            let report = bench::run(
+                &pipeline,
+                &bench::Options { data, runs, warmup, preset, batch: usize::from(batch) },
+                |msg| {
+                    bar.set_message(msg.to_string());
+                    bar.tick();
+                },
+            )?;
             bar.finish_and_clear();
             print(&mut out, json, &report.to_json(), |_| report.table())
         }

@@ -19,6 +19,9 @@ pub struct Generator {
     pub conditions: Tensor,
     /// Weight of this generator's (normalized) loss.
     pub weight: f64,
+    /// Number format the module runs in (`Float`, or `Half`/`BFloat16` on CUDA); inputs are cast to
+    /// it and outputs back to `Float`.
+    kind: Kind,
     module: CModule,
 }
 
@@ -32,8 +35,9 @@ impl Generator {
     pub fn run(&self, x: &Tensor, c: &Tensor) -> Result<Tensor, ProtectError> {
         let y = self
             .module
-            .forward_ts(&[x, c])
-            .map_err(|e| ProtectError::Model { name: self.name.clone(), message: e.to_string() })?;
+            .forward_ts(&[x.to_kind(self.kind), c.to_kind(self.kind)])
+            .map_err(|e| ProtectError::Model { name: self.name.clone(), message: e.to_string() })?
+            .to_kind(Kind::Float);
         if y.size() != x.size() {
             return Err(ProtectError::Model {
                 name: self.name.clone(),
@@ -43,36 +47,54 @@ impl Generator {
         Ok(y)
     }
 
-    /// `x: [1,3,h,w] in [-1,1]` resized to the input size and repeated for every condition.
-    fn input(&self, x: &Tensor, t: Transform) -> Tensor {
+    /// Faces `xs[n]: [1,3,h_n,w_n] in [-1,1]`, each resized to the input size, through `t`:
+    /// `[N,3,S,S]`.
+    pub fn resized(&self, xs: &[Tensor], t: Transform) -> Tensor {
         let s = self.input_size;
-        t.apply(&super::spread::resize(x, s, s)).expand([self.condition_count() as i64, 3, s, s], false)
+        let r: Vec<Tensor> = xs.iter().map(|x| super::spread::resize(x, s, s)).collect();
+        t.apply(&Tensor::cat(&r, 0))
     }
 
-    /// `G(resize(x), c)` for every attacked condition: `[K,3,S,S]`.
-    pub fn forward_all(&self, x: &Tensor) -> Result<Tensor, ProtectError> {
-        self.run(&self.input(x, Transform::Identity), &self.conditions)
+    /// Every face against every attacked condition in one batch: inputs `[N*K,3,S,S]` (face-major:
+    /// row `n*K + k` is face n under condition k) and conditions `[N*K,C]`.
+    fn batch(&self, xs: &[Tensor], t: Transform) -> (Tensor, Tensor) {
+        self.batch_resized(&self.resized(xs, t))
     }
 
-    /// Joint loss: mean over all conditions of `MSE(G(T(resize(x_adv)), c), target)`, one batched pass.
-    pub fn loss_all(&self, x_adv: &Tensor, target: &Tensor, t: Transform) -> Result<Tensor, ProtectError> {
-        let y = self.run(&self.input(x_adv, t), &self.conditions)?;
-        Ok(y.mse_loss(target, tch::Reduction::Mean))
+    /// [`Generator::batch`] from faces already resized and transformed, `[N,3,S,S]`.
+    fn batch_resized(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let (n, k, s) = (x.size()[0], self.condition_count() as i64, self.input_size);
+        let x = x.unsqueeze(1).expand([n, k, 3, s, s], false).reshape([n * k, 3, s, s]);
+        (x, self.conditions.repeat([n, 1]))
     }
 
-    /// Iterative variant: the loss for condition `k` only.
-    pub fn loss_one(
-        &self,
-        x_adv: &Tensor,
-        target: &Tensor,
-        k: usize,
-        t: Transform,
-    ) -> Result<Tensor, ProtectError> {
-        let s = self.input_size;
-        let xin = t.apply(&super::spread::resize(x_adv, s, s));
+    /// `G(resize(x), c)` for every face and attacked condition: `[N*K,3,S,S]`, face-major.
+    pub fn forward_all(&self, xs: &[Tensor]) -> Result<Tensor, ProtectError> {
+        let (x, c) = self.batch(xs, Transform::Identity);
+        self.run(&x, &c)
+    }
+
+    /// Joint loss: mean over all faces and conditions of `MSE(G(T(resize(x_adv)), c), target)`, one
+    /// batched pass; `target` is [`Generator::forward_all`] of the clean faces.
+    pub fn loss_all(&self, xs_adv: &[Tensor], target: &Tensor, t: Transform) -> Result<Tensor, ProtectError> {
+        self.loss_all_resized(&self.resized(xs_adv, t), target)
+    }
+
+    /// [`Generator::loss_all`] from faces already resized and transformed (`[N,3,S,S]`, see
+    /// [`Generator::resized`]), so generators of one input size share that work.
+    pub fn loss_all_resized(&self, x: &Tensor, target: &Tensor) -> Result<Tensor, ProtectError> {
+        let (x, c) = self.batch_resized(x);
+        Ok(self.run(&x, &c)?.mse_loss(target, tch::Reduction::Mean))
+    }
+
+    /// Iterative variant: the loss for condition `k` only, every face in one pass; `x` as in
+    /// [`Generator::loss_all_resized`].
+    pub fn loss_one_resized(&self, x: &Tensor, target: &Tensor, k: usize) -> Result<Tensor, ProtectError> {
+        let (n, kk, s) = (x.size()[0], self.condition_count() as i64, self.input_size);
         let k = k as i64;
-        let y = self.run(&xin, &self.conditions.narrow(0, k, 1))?;
-        Ok(y.mse_loss(&target.narrow(0, k, 1), tch::Reduction::Mean))
+        let c = self.conditions.narrow(0, k, 1).expand([n, -1], false);
+        let y = self.run(x, &c)?;
+        Ok(y.mse_loss(&target.view([n, kk, 3, s, s]).select(1, k), tch::Reduction::Mean))
     }
 }
 
@@ -119,6 +141,7 @@ impl Ensemble {
                 input_size: i64::from(entry.input_size),
                 conditions,
                 weight: weights.get(&entry.name).copied().unwrap_or(1.0),
+                kind: Kind::Float,
                 module,
             });
         }
@@ -126,6 +149,24 @@ impl Ensemble {
             return Err(ProtectError::EmptyEnsemble(dir.join(crate::models::MANIFEST).display().to_string()));
         }
         Ok(Ensemble { generators, device })
+    }
+
+    /// Runs the generators in `precision` when the ensemble is on CUDA (the CPU stays fp32). Returns
+    /// the number format in effect.
+    pub fn set_precision(&mut self, precision: crate::config::Precision) -> Kind {
+        use crate::config::Precision;
+        let kind = match (self.device, precision) {
+            (Device::Cpu, _) | (_, Precision::Fp32) => Kind::Float,
+            (_, Precision::Fp16) => Kind::Half,
+            (_, Precision::Bf16) => Kind::BFloat16,
+        };
+        for g in &mut self.generators {
+            if g.kind != kind {
+                g.module.to(self.device, kind, false);
+                g.kind = kind;
+            }
+        }
+        kind
     }
 
     /// Keeps only the attacked conditions `range` of every conditional generator (a single-condition
@@ -151,8 +192,9 @@ impl Ensemble {
             self.generators
                 .iter()
                 .map(|g| {
-                    let clean = g.run(&g.input(x, defense), &g.conditions)?;
-                    let prot = g.run(&g.input(x_prot, defense), &g.conditions)?;
+                    let (xc, c) = g.batch(std::slice::from_ref(x), defense);
+                    let clean = g.run(&xc, &c)?;
+                    let prot = g.run(&g.batch(std::slice::from_ref(x_prot), defense).0, &c)?;
                     let per = (prot - clean).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
                     Ok((g.name.clone(), Vec::<f64>::try_from(per).unwrap_or_default()))
                 })
@@ -166,8 +208,8 @@ impl Ensemble {
         self.generators
             .iter()
             .map(|g| {
-                let clean = g.forward_all(x)?;
-                let loss = g.loss_all(x_prot, &clean, Transform::Identity)?;
+                let clean = g.forward_all(std::slice::from_ref(x))?;
+                let loss = g.loss_all(std::slice::from_ref(x_prot), &clean, Transform::Identity)?;
                 Ok((g.name.clone(), loss.double_value(&[])))
             })
             .collect()

@@ -88,7 +88,7 @@ pub struct RegionReport {
     pub losses: Vec<(String, f64)>,
 }
 
-/// Small deterministic generator (SplitMix64) for the random start and the spread draws, so a seed
+/// Small deterministic generator (SplitMix64) for the spread draws and the seed of the random start, so a seed
 /// reproduces a run exactly on the CPU.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -113,13 +113,6 @@ impl Rng {
 
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n.max(1) as u64) as usize
-    }
-
-    /// `[1,3,h,w]` uniform in [-eps, eps].
-    fn uniform(&mut self, shape: [i64; 4], eps: f64) -> Tensor {
-        let n: i64 = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| ((self.unit() * 2.0 - 1.0) * eps) as f32).collect();
-        Tensor::from_slice(&v).view(shape)
     }
 }
 
@@ -149,6 +142,9 @@ pub fn max_levels(epsilon: f64) -> i64 {
     (epsilon * 127.5 + 1e-9).floor() as i64
 }
 
+/// How many face regions one attack batches (per generator, `faces × conditions` inputs per pass).
+pub const MAX_BATCH: usize = 8;
+
 /// PGD on one region. `x: [1,3,h,w] in [-1,1]` on the ensemble's device; `mask: [1,1,h,w]` (feather).
 /// Returns `x_adv` in the same layout (not yet quantized).
 pub fn attack(
@@ -158,27 +154,57 @@ pub fn attack(
     params: &Params,
     rng: &mut Rng,
 ) -> Result<Tensor, ProtectError> {
+    let mut out = attack_batch(ensemble, std::slice::from_ref(x), std::slice::from_ref(mask), params, rng)?;
+    Ok(out.remove(0))
+}
+
+/// PGD on several regions at once: each generator sees every face under every condition in one pass
+/// per step, and one transform from the spread is drawn per step for all of them. `xs[n]: [1,3,h_n,w_n]
+/// in [-1,1]` on the ensemble's device, `masks[n]: [1,1,h_n,w_n]`. Returns each `x_adv` (not yet
+/// quantized). The loop reads nothing back from the device except each generator's loss at the first
+/// step (its normalizer).
+pub fn attack_batch(
+    ensemble: &Ensemble,
+    xs: &[Tensor],
+    masks: &[Tensor],
+    params: &Params,
+    rng: &mut Rng,
+) -> Result<Vec<Tensor>, ProtectError> {
     let eps = params.epsilon;
-    let size = x.size();
-    let dev = x.device();
-    // Clean outputs per generator: G(resize(x), c) for all its attacked conditions, [K,3,S,S].
+    let dev = ensemble.device;
+    // Clean outputs per generator: G(resize(x_n), c_k) for every face and attacked condition,
+    // [N*K,3,S,S].
     let targets: Vec<Tensor> =
-        tch::no_grad(|| ensemble.generators.iter().map(|g| g.forward_all(x)).collect::<Result<_, _>>())?;
-    // Random start in the ε-ball: at x_adv = x the loss gradient is exactly zero.
-    let mut delta = rng.uniform([size[0], size[1], size[2], size[3]], eps).to_device(dev);
+        tch::no_grad(|| ensemble.generators.iter().map(|g| g.forward_all(xs)).collect::<Result<_, _>>())?;
+    // Random start in the ε-ball: at x_adv = x the loss gradient is exactly zero. Drawn on the
+    // device by torch's generator, seeded from `rng` so a seed still reproduces a run.
+    tch::manual_seed((rng.next_u64() >> 1) as i64);
+    let mut deltas: Vec<Tensor> =
+        xs.iter().map(|x| Tensor::rand(x.size(), (Kind::Float, dev)) * (2.0 * eps) - eps).collect();
     let spread = &params.spread;
     let mut norms: Vec<Option<f64>> = vec![None; ensemble.generators.len()];
     for step in 0..params.iterations {
         let t = if spread.is_empty() { Transform::Identity } else { spread[rng.below(spread.len())] };
-        let d = delta.detach().set_requires_grad(true);
-        let x_adv = (x + &d * mask).clamp(-1.0, 1.0);
+        let ds: Vec<Tensor> = deltas.iter().map(|d| d.detach().set_requires_grad(true)).collect();
+        let x_adv: Vec<Tensor> =
+            xs.iter().zip(&ds).zip(masks).map(|((x, d), m)| (x + d * m).clamp(-1.0, 1.0)).collect();
         let mut total: Option<Tensor> = None;
+        // Generators of one input size share the resize and the transform (and their backward).
+        let mut inputs: Vec<(i64, Tensor)> = Vec::new();
         for (i, g) in ensemble.generators.iter().enumerate() {
+            let x_in = match inputs.iter().find(|(s, _)| *s == g.input_size) {
+                Some((_, x_in)) => x_in.shallow_clone(),
+                None => {
+                    let x_in = g.resized(&x_adv, t);
+                    inputs.push((g.input_size, x_in.shallow_clone()));
+                    x_in
+                }
+            };
             let loss = match params.mode {
-                Mode::Joint => g.loss_all(&x_adv, &targets[i], t)?,
+                Mode::Joint => g.loss_all_resized(&x_in, &targets[i])?,
                 Mode::Iterative => {
                     let k = step as usize % g.condition_count();
-                    g.loss_one(&x_adv, &targets[i], k, t)?
+                    g.loss_one_resized(&x_in, &targets[i], k)?
                 }
             };
             // Normalize by the loss at the random start so no generator dominates.
@@ -191,17 +217,18 @@ pub fn attack(
         }
         let Some(total) = total else { break };
         total.backward();
-        let grad = d.grad();
-        delta = tch::no_grad(|| {
-            let stepped = d.detach() + grad.sign() * params.step;
-            stepped.clamp(-eps, eps)
+        deltas = tch::no_grad(|| {
+            ds.iter().map(|d| (d.detach() + d.grad().sign() * params.step).clamp(-eps, eps)).collect()
         });
     }
-    Ok(tch::no_grad(|| (x + &delta * mask).clamp(-1.0, 1.0)))
+    Ok(tch::no_grad(|| {
+        xs.iter().zip(&deltas).zip(masks).map(|((x, d), m)| (x + d * m).clamp(-1.0, 1.0)).collect()
+    }))
 }
 
 /// Protects the given face regions of an image. `pixels: [3,H,W]` uint8 (CPU, upright). Returns the
-/// protected pixels (same layout) and one report per merged region.
+/// protected pixels (same layout) and one report per merged region. Regions are attacked together,
+/// up to [`MAX_BATCH`] at a time.
 pub fn protect_pixels(
     ensemble: &Ensemble,
     pixels: &Tensor,
@@ -217,20 +244,25 @@ pub fn protect_pixels(
     let out = pixels.copy();
     let mut reports = Vec::new();
     let levels = max_levels(params.epsilon) as f64;
-    for region in merge_regions(regions, width, height) {
-        let crop_u8 = pixels.narrow(1, region.y, region.h).narrow(2, region.x, region.w);
-        let x = to_unit(&crop_u8, ensemble.device);
-        let mask = feather_mask(region.h, region.w, params.feather, ensemble.device);
-        let x_adv = attack(ensemble, &x, &mask, params, rng)?;
-        // Quantize: whole 8-bit levels, at most floor(ε·127.5) away from the original byte.
-        let protected = tch::no_grad(|| {
-            let delta = ((&x_adv - &x) * 127.5).round().clamp(-levels, levels);
-            let orig = crop_u8.to_device(ensemble.device).to_kind(Kind::Float).unsqueeze(0);
-            (orig + delta).clamp(0.0, 255.0).squeeze_dim(0).to_kind(Kind::Uint8).to_device(Device::Cpu)
-        });
-        let losses = tch::no_grad(|| ensemble.disruption(&x, &to_unit(&protected, ensemble.device)))?;
-        out.narrow(1, region.y, region.h).narrow(2, region.x, region.w).copy_(&protected);
-        reports.push(RegionReport { region, losses });
+    let merged = merge_regions(regions, width, height);
+    for chunk in merged.chunks(MAX_BATCH) {
+        let crops: Vec<Tensor> =
+            chunk.iter().map(|r| pixels.narrow(1, r.y, r.h).narrow(2, r.x, r.w)).collect();
+        let xs: Vec<Tensor> = crops.iter().map(|c| to_unit(c, ensemble.device)).collect();
+        let masks: Vec<Tensor> =
+            chunk.iter().map(|r| feather_mask(r.h, r.w, params.feather, ensemble.device)).collect();
+        let advs = attack_batch(ensemble, &xs, &masks, params, rng)?;
+        for (((region, crop_u8), x), x_adv) in chunk.iter().zip(&crops).zip(&xs).zip(&advs) {
+            // Quantize: whole 8-bit levels, at most floor(ε·127.5) away from the original byte.
+            let protected = tch::no_grad(|| {
+                let delta = ((x_adv - x) * 127.5).round().clamp(-levels, levels);
+                let orig = crop_u8.to_device(ensemble.device).to_kind(Kind::Float).unsqueeze(0);
+                (orig + delta).clamp(0.0, 255.0).squeeze_dim(0).to_kind(Kind::Uint8).to_device(Device::Cpu)
+            });
+            let losses = tch::no_grad(|| ensemble.disruption(x, &to_unit(&protected, ensemble.device)))?;
+            out.narrow(1, region.y, region.h).narrow(2, region.x, region.w).copy_(&protected);
+            reports.push(RegionReport { region: *region, losses });
+        }
     }
     Ok((out, reports))
 }
