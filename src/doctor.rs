@@ -77,8 +77,14 @@ pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
     let mut report = Report::default();
 
     report.push(Level::Info, "veil", env!("CARGO_PKG_VERSION"));
-    let lib = if engine::LIBTORCH_LIB_DIR.is_empty() { "loader path" } else { engine::LIBTORCH_LIB_DIR };
-    report.push(Level::Ok, "libtorch", format!("{} ({lib})", engine::LIBTORCH_VERSION));
+    // Where libtorch really came from: the rpath set at build time, unless LD_LIBRARY_PATH (say, on a
+    // GPU host with its own torch) picked another copy.
+    let lib = match engine::loaded_libtorch_dir() {
+        Some(dir) => dir.display().to_string(),
+        None if engine::LIBTORCH_LIB_DIR.is_empty() => "loader path".to_string(),
+        None => engine::LIBTORCH_LIB_DIR.to_string(),
+    };
+    report.push(Level::Ok, "libtorch", format!("{} built against, loaded from {lib}", engine::LIBTORCH_VERSION));
 
     let config = match Config::load(explicit, dirs) {
         Ok((config, source)) => {

@@ -19,6 +19,16 @@ pub const LIBTORCH_VERSION: &str = env!("VEIL_LIBTORCH_VERSION");
 /// The directory that libtorch was linked from (the rpath); empty where the build could not tell.
 pub const LIBTORCH_LIB_DIR: &str = env!("VEIL_LIBTORCH_LIB");
 
+/// The folder the running process actually loaded `libtorch_cpu` from (the rpath, or whatever
+/// `LD_LIBRARY_PATH` chose instead), read from `/proc/self/maps`; `None` where that cannot be read.
+pub fn loaded_libtorch_dir() -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.rsplit('/').next().is_some_and(|name| name.starts_with("libtorch_cpu.")))
+        .and_then(|path| std::path::Path::new(path).parent().map(std::path::Path::to_path_buf))
+}
+
 /// What [`cuda`] found.
 #[derive(Debug, Clone)]
 pub enum CudaStatus {
@@ -247,6 +257,14 @@ mod tests {
         let err = device_for(DeviceChoice::Cuda(2), &gpus(2)).unwrap_err().to_string();
         assert!(err.contains("2 GPU(s)"), "{err}");
         assert_eq!(device_for(DeviceChoice::Cuda(1), &gpus(2)).unwrap(), tch::Device::Cuda(1));
+    }
+
+    #[test]
+    fn the_loaded_libtorch_is_found() {
+        if cfg!(target_os = "linux") {
+            let dir = loaded_libtorch_dir().expect("libtorch_cpu is mapped");
+            assert!(dir.join("libtorch_cpu.so").is_file(), "{}", dir.display());
+        }
     }
 
     #[test]
