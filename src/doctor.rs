@@ -84,7 +84,11 @@ pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
         None if engine::LIBTORCH_LIB_DIR.is_empty() => "loader path".to_string(),
         None => engine::LIBTORCH_LIB_DIR.to_string(),
     };
-    report.push(Level::Ok, "libtorch", format!("{} built against, loaded from {lib}", engine::LIBTORCH_VERSION));
+    report.push(
+        Level::Ok,
+        "libtorch",
+        format!("{} built against, loaded from {lib}", engine::LIBTORCH_VERSION),
+    );
 
     let config = match Config::load(explicit, dirs) {
         Ok((config, source)) => {

@@ -405,7 +405,7 @@ pub fn run(
     Ok(Report {
         images: samples.len(),
         no_face,
-        preset: opts.preset.unwrap_or(config.protect.preset),
+        preset: pipeline.preset(opts.preset),
         split: opts.split.clone(),
         rows: rows.into_values().collect(),
         quality: quality_by,

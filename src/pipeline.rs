@@ -181,6 +181,8 @@ pub struct Pipeline {
     detector: Detector,
     ensemble: Ensemble,
     config: Config,
+    /// What the `auto` preset resolved to on this engine.
+    auto: Preset,
 }
 
 impl Pipeline {
@@ -192,7 +194,25 @@ impl Pipeline {
         let mut ensemble = Ensemble::load(&dir, &[Role::Ensemble], device, &config.protect.weights)
             .map_err(PipelineError::Generators)?;
         ensemble.set_precision(config.engine.precision);
-        Ok(Pipeline { detector, ensemble, config: config.clone() })
+        let uses_auto = config.protect.preset == Preset::Auto
+            || config.folders.iter().any(|f| f.preset == Some(Preset::Auto));
+        let auto = if uses_auto {
+            let on_cpu = !ensemble.device.is_cuda();
+            let auto = Preset::Auto.resolve(on_cpu, || estimate_balanced_seconds_per_face(&ensemble));
+            tracing::info!("preset auto: {auto} on {}", crate::engine::describe(ensemble.device));
+            auto
+        } else {
+            Preset::Balanced
+        };
+        Ok(Pipeline { detector, ensemble, config: config.clone(), auto })
+    }
+
+    /// The preset in effect for `preset` (or the configured one), with `auto` resolved.
+    pub fn preset(&self, preset: Option<Preset>) -> Preset {
+        match preset.unwrap_or(self.config.protect.preset) {
+            Preset::Auto => self.auto,
+            other => other,
+        }
     }
 
     pub fn ensemble(&self) -> &Ensemble {
@@ -203,9 +223,9 @@ impl Pipeline {
         &self.config
     }
 
-    /// The attack parameters for `preset` (or the configured one).
+    /// The attack parameters for `preset` (or the configured one), `auto` resolved.
     pub fn params(&self, preset: Option<Preset>) -> Params {
-        self.config.protect.params(preset)
+        self.config.protect.params(Some(self.preset(preset)))
     }
 
     /// Protects one file into `out_dir` under its own name.
@@ -355,6 +375,28 @@ impl Pipeline {
         photo.pixels = from_tensor(&out, w, h);
         found.losses = mean_losses(reports.iter().map(|r| r.losses.as_slice()));
         Ok(found)
+    }
+}
+
+/// Seconds one face would take with `balanced` on this engine, from one timed attack step on a
+/// 256×256 face (after a warm-up step); about a second on a laptop CPU.
+fn estimate_balanced_seconds_per_face(ensemble: &Ensemble) -> f64 {
+    let dev = ensemble.device;
+    let x = Tensor::rand([1, 3, 256, 256], (tch::Kind::Float, dev)) * 2.0 - 1.0;
+    let mask = Tensor::ones([1, 1, 256, 256], (tch::Kind::Float, dev));
+    let balanced = Params::preset(Preset::Balanced);
+    let one_step = Params { iterations: 1, ..balanced.clone() };
+    let mut rng = Rng::new(0);
+    let mut step = || {
+        let t = Instant::now();
+        let ok = protect::attack(ensemble, &x, &mask, &one_step, &mut rng).is_ok();
+        (ok, t.elapsed().as_secs_f64())
+    };
+    let _warm = step();
+    match step() {
+        // The timed run is the clean forward pass plus one step: a slight overestimate per step.
+        (true, seconds) => seconds * f64::from(balanced.iterations),
+        (false, _) => 0.0,
     }
 }
 

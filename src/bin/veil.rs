@@ -54,7 +54,7 @@ enum Command {
         /// Folder for the protected copies (default: the first configured folder's output).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
-        /// fast, balanced or strong (default: the configured preset).
+        /// auto, fast, balanced, strong or cpu (default: the configured preset).
         #[arg(long, value_name = "P")]
         preset: Option<Preset>,
         /// One JSON object per photo on stdout.
@@ -95,6 +95,9 @@ enum Command {
         /// Also time the attack on this many faces at once (1: only one face).
         #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
         batch: u16,
+        /// Skip the 12 MP photo with four faces (the slowest part on a CPU).
+        #[arg(long)]
+        no_four_faces: bool,
         #[arg(long)]
         json: bool,
     },
@@ -106,7 +109,7 @@ enum Command {
         /// The sheet to write (default: <photo stem>-preview.png in the current folder).
         #[arg(long, value_name = "FILE.png")]
         out: Option<PathBuf>,
-        /// fast, balanced or strong (default: the configured preset).
+        /// auto, fast, balanced, strong or cpu (default: the configured preset).
         #[arg(long, value_name = "P")]
         preset: Option<Preset>,
         /// Overwrite the sheet if it exists.
@@ -282,13 +285,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bar.finish_and_clear();
             print(&mut out, json, &report.to_json(), |_| report.table())
         }
-        Command::Bench { data, runs, warmup, preset, batch, json } => {
+        Command::Bench { data, runs, warmup, preset, batch, no_four_faces, json } => {
             let (config, _) = effective_config(cli.config.as_deref())?;
             let pipeline = load_pipeline(&config)?;
             let bar = progress(0);
             let report = bench::run(
                 &pipeline,
-                &bench::Options { data, runs, warmup, preset, batch: usize::from(batch) },
+                &bench::Options {
+                    data,
+                    runs,
+                    warmup,
+                    preset,
+                    batch: usize::from(batch),
+                    four_faces: !no_four_faces,
+                },
                 |msg| {
                     bar.set_message(msg.to_string());
                     bar.tick();

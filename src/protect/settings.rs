@@ -37,7 +37,7 @@ pub struct ProtectConfig {
 impl Default for ProtectConfig {
     fn default() -> Self {
         ProtectConfig {
-            preset: Preset::Balanced,
+            preset: Preset::Auto,
             epsilon: None,
             step: None,
             iterations: None,
@@ -54,19 +54,42 @@ impl Default for ProtectConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
+    /// `balanced`, unless the engine runs on a CPU that would take more than
+    /// [`AUTO_CPU_SECONDS_PER_FACE`] per face with it: then `cpu`. Resolved when the pipeline loads.
+    Auto,
     Fast,
     Balanced,
     Strong,
+    /// For slow CPUs: the paper's 10 steps, but one condition per step (iterative), so a conditional
+    /// generator costs a fifth of `balanced`; identity, Gaussian and JPEG transforms.
+    Cpu,
+}
+
+/// Above this many seconds per face for `balanced` on a CPU, `auto` picks `cpu`.
+pub const AUTO_CPU_SECONDS_PER_FACE: f64 = 60.0;
+
+impl Preset {
+    /// What `auto` becomes: `balanced` on a GPU, or on a CPU where `balanced_seconds_per_face` (an
+    /// estimate) stays under [`AUTO_CPU_SECONDS_PER_FACE`]; else `cpu`. Other presets stay.
+    pub fn resolve(self, on_cpu: bool, balanced_seconds_per_face: impl FnOnce() -> f64) -> Preset {
+        match self {
+            Preset::Auto if on_cpu && balanced_seconds_per_face() > AUTO_CPU_SECONDS_PER_FACE => Preset::Cpu,
+            Preset::Auto => Preset::Balanced,
+            other => other,
+        }
+    }
 }
 
 impl FromStr for Preset {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(Preset::Auto),
             "fast" => Ok(Preset::Fast),
             "balanced" => Ok(Preset::Balanced),
             "strong" => Ok(Preset::Strong),
-            _ => Err(format!("unknown preset {s:?}: expected fast, balanced or strong")),
+            "cpu" => Ok(Preset::Cpu),
+            _ => Err(format!("unknown preset {s:?}: expected auto, fast, balanced, strong or cpu")),
         }
     }
 }
@@ -74,9 +97,11 @@ impl FromStr for Preset {
 impl fmt::Display for Preset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Preset::Auto => "auto",
             Preset::Fast => "fast",
             Preset::Balanced => "balanced",
             Preset::Strong => "strong",
+            Preset::Cpu => "cpu",
         })
     }
 }
@@ -114,18 +139,22 @@ pub struct Params {
 }
 
 impl Params {
+    /// The preset's parameters; `auto` unresolved means `balanced`.
     pub fn preset(preset: Preset) -> Params {
         use Family::*;
-        let (step, iterations, families, width): (f64, u32, &[Family], Width) = match preset {
-            Preset::Fast => (0.02, 5, &[Identity, Gaussian, Jpeg], Width::Paper),
-            Preset::Balanced => (0.01, 10, &[Identity, Gaussian, Box, Resize, Jpeg], Width::Paper),
-            Preset::Strong => (0.01, 30, &[Identity, Gaussian, Box, Resize, Jpeg], Width::Wide),
+        let (step, iterations, mode, families, width): (f64, u32, Mode, &[Family], Width) = match preset {
+            Preset::Fast => (0.02, 5, Mode::Joint, &[Identity, Gaussian, Jpeg], Width::Paper),
+            Preset::Auto | Preset::Balanced => {
+                (0.01, 10, Mode::Joint, &[Identity, Gaussian, Box, Resize, Jpeg], Width::Paper)
+            }
+            Preset::Strong => (0.01, 30, Mode::Joint, &[Identity, Gaussian, Box, Resize, Jpeg], Width::Wide),
+            Preset::Cpu => (0.01, 10, Mode::Iterative, &[Identity, Gaussian, Jpeg], Width::Paper),
         };
         Params {
             epsilon: 0.05,
             step,
             iterations,
-            mode: Mode::Joint,
+            mode,
             spread: spread::spread(families, width),
             feather: 0.1,
         }
@@ -223,6 +252,20 @@ mod tests {
         }
         assert!(p.spread.iter().any(|t| matches!(t, Transform::Jpeg { .. })));
         assert!(p.spread.iter().any(|t| matches!(t, Transform::Resize { .. })));
+    }
+
+    #[test]
+    fn auto_is_balanced_unless_a_cpu_is_too_slow_for_it() {
+        let never = || -> f64 { panic!("a GPU needs no estimate") };
+        assert_eq!(Preset::Auto.resolve(false, never), Preset::Balanced);
+        assert_eq!(Preset::Auto.resolve(true, || 8.0), Preset::Balanced);
+        assert_eq!(Preset::Auto.resolve(true, || 90.0), Preset::Cpu);
+        // A preset someone chose stays, however slow.
+        assert_eq!(Preset::Strong.resolve(true, || 900.0), Preset::Strong);
+        let cpu = Params::preset(Preset::Cpu);
+        assert_eq!((cpu.iterations, cpu.mode), (10, Mode::Iterative));
+        assert_eq!("cpu".parse::<Preset>(), Ok(Preset::Cpu));
+        assert_eq!(Preset::Auto.to_string(), "auto");
     }
 
     #[test]
