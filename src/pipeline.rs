@@ -78,7 +78,10 @@ pub struct Outcome {
     /// whole image, SSIM over the protected regions (the whole image when none was protected).
     pub psnr: Option<f64>,
     pub ssim: Option<f64>,
+    /// From the start to the written file: decode, detect, protect, encode and write.
     pub seconds: f64,
+    /// The quality check after that: the written file decoded again, PSNR and SSIM.
+    pub check_seconds: f64,
 }
 
 impl Outcome {
@@ -97,6 +100,7 @@ impl Outcome {
             "too_small": self.too_small,
             "regions": self.regions.iter().map(|r| [r.x, r.y, r.w, r.h]).collect::<Vec<_>>(),
             "seconds": self.seconds,
+            "check_seconds": self.check_seconds,
             "psnr": finite(self.psnr),
             "ssim": self.ssim,
             "losses": losses,
@@ -176,6 +180,27 @@ pub struct JobOptions {
     pub imageio: Option<imageio::Settings>,
 }
 
+/// One file for [`Pipeline::protect_files`].
+#[derive(Debug, Clone)]
+pub struct FileJob {
+    pub source: PathBuf,
+    pub out_dir: PathBuf,
+    pub options: JobOptions,
+}
+
+/// A decoded photo with its faces found, waiting for its attack and its write.
+struct Prepared {
+    /// Index of its job.
+    job: usize,
+    photo: Photo,
+    /// The photo with protected pixels once attacked (a copy of `photo` until then).
+    protected: Photo,
+    found: Found,
+    params: Params,
+    /// Time spent on it so far.
+    seconds: f64,
+}
+
 /// The loaded detector and generators, with the configuration they run under.
 pub struct Pipeline {
     detector: Detector,
@@ -236,28 +261,135 @@ impl Pipeline {
         options: &JobOptions,
         rng: &mut Rng,
     ) -> Result<Outcome, PipelineError> {
-        let started = Instant::now();
-        let settings = options.imageio.as_ref().unwrap_or(&self.config.imageio);
-        let photo = match &options.folder {
-            Some(folder) => imageio::read_in_folder(folder, source, settings)?,
-            None => imageio::read(source, settings)?,
+        let job = FileJob {
+            source: source.to_path_buf(),
+            out_dir: out_dir.to_path_buf(),
+            options: options.clone(),
         };
-        let name = source
+        let mut out = self.protect_files(std::slice::from_ref(&job), rng);
+        out.pop().unwrap_or_else(|| Err(PipelineError::Name { path: source.to_path_buf() }))
+    }
+
+    /// Protects several files, the faces of those with the same attack parameters batched together
+    /// on the engine device ([`protect::protect_many`]). One result per job, in order; a file's
+    /// error is its own. When a batched attack fails, its photos are tried one by one, so the error
+    /// is pinned on the photo that caused it. `Outcome::seconds` of a batched photo counts its own
+    /// decode, detection and encoding and its share of the batch's attack.
+    pub fn protect_files(&self, jobs: &[FileJob], rng: &mut Rng) -> Vec<Result<Outcome, PipelineError>> {
+        let mut results: Vec<Option<Result<Outcome, PipelineError>>> = jobs.iter().map(|_| None).collect();
+        // Decode and detect each photo.
+        let mut ready: Vec<Prepared> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            match self.prepare(i, job) {
+                Ok(p) => ready.push(p),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        // Attack the photos with faces, grouped by their parameters.
+        let mut groups: Vec<(Params, Vec<usize>)> = Vec::new();
+        for (k, p) in ready.iter().enumerate() {
+            if p.found.regions.is_empty() {
+                continue;
+            }
+            match groups.iter_mut().find(|(params, _)| *params == p.params) {
+                Some((_, members)) => members.push(k),
+                None => groups.push((p.params.clone(), vec![k])),
+            }
+        }
+        let mut failed: Vec<usize> = Vec::new();
+        for (params, members) in &groups {
+            let started = Instant::now();
+            match self.attack_group(&mut ready, members, params, rng) {
+                Ok(()) => {
+                    let share = started.elapsed().as_secs_f64() / members.len() as f64;
+                    for &k in members {
+                        ready[k].seconds += share;
+                    }
+                }
+                Err(_) if members.len() > 1 => failed.extend(members),
+                Err(e) => results[ready[members[0]].job] = Some(Err(e)),
+            }
+        }
+        for k in failed {
+            let started = Instant::now();
+            let params = ready[k].params.clone();
+            match self.attack_group(&mut ready, &[k], &params, rng) {
+                Ok(()) => ready[k].seconds += started.elapsed().as_secs_f64(),
+                Err(e) => results[ready[k].job] = Some(Err(e)),
+            }
+        }
+        // Write each photo and check what was written.
+        for p in ready {
+            let i = p.job;
+            if results[i].is_none() {
+                results[i] = Some(self.finish(p, &jobs[i]));
+            }
+        }
+        results
+            .into_iter()
+            .zip(jobs)
+            .map(|(r, job)| r.unwrap_or_else(|| Err(PipelineError::Name { path: job.source.clone() })))
+            .collect()
+    }
+
+    /// Decodes a job's photo and finds its faces.
+    fn prepare(&self, index: usize, job: &FileJob) -> Result<Prepared, PipelineError> {
+        let started = Instant::now();
+        let settings = job.options.imageio.as_ref().unwrap_or(&self.config.imageio);
+        let photo = match &job.options.folder {
+            Some(folder) => imageio::read_in_folder(folder, &job.source, settings)?,
+            None => imageio::read(&job.source, settings)?,
+        };
+        let decoded = started.elapsed().as_secs_f64();
+        let found = self.find(&photo)?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::debug!("{}: decode {decoded:.3} s, detect {:.3} s", job.source.display(), seconds - decoded);
+        let params = self.params(job.options.preset);
+        let protected = photo.clone();
+        Ok(Prepared { job: index, photo, protected, found, params, seconds })
+    }
+
+    /// Attacks the faces of `ready[members]` together and stores each protected photo.
+    fn attack_group(
+        &self,
+        ready: &mut [Prepared],
+        members: &[usize],
+        params: &Params,
+        rng: &mut Rng,
+    ) -> Result<(), PipelineError> {
+        let pixels: Vec<Tensor> = members.iter().map(|&k| to_tensor(&ready[k].photo.pixels)).collect();
+        let images: Vec<(&Tensor, &[Region])> =
+            members.iter().zip(&pixels).map(|(&k, t)| (t, ready[k].found.regions.as_slice())).collect();
+        let out = protect::protect_many(&self.ensemble, &images, params, rng).map_err(|source| {
+            PipelineError::Protect { path: ready[members[0]].photo.source.clone(), source }
+        })?;
+        for (&k, (protected, reports)) in members.iter().zip(out) {
+            let p = &mut ready[k];
+            let (w, h) = p.photo.pixels.dimensions();
+            p.protected.pixels = from_tensor(&protected, w, h);
+            p.found.losses = mean_losses(reports.iter().map(|r| r.losses.as_slice()));
+        }
+        Ok(())
+    }
+
+    /// Writes a prepared (and, with faces, protected) photo, then decodes what was written to measure
+    /// its quality.
+    fn finish(&self, p: Prepared, job: &FileJob) -> Result<Outcome, PipelineError> {
+        let started = Instant::now();
+        let settings = job.options.imageio.as_ref().unwrap_or(&self.config.imageio);
+        let name = job
+            .source
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| PipelineError::Name { path: source.to_path_buf() })?;
-        let decoded = started.elapsed().as_secs_f64();
-        let params = self.params(options.preset);
-        let mut protected = photo.clone();
-        let found = self.find(&protected)?;
-        let detected = started.elapsed().as_secs_f64();
-        let found = self.protect_regions(&self.ensemble, &mut protected, found, &params, rng)?;
-        let attacked = started.elapsed().as_secs_f64();
+            .ok_or_else(|| PipelineError::Name { path: job.source.clone() })?;
+        let Prepared { photo, protected, found, seconds, .. } = p;
         let written = match found.action {
             Action::SkippedNoFace => None,
-            Action::CopiedNoFace => Some(imageio::write(&photo, out_dir, name, options.format, settings)?),
+            Action::CopiedNoFace => {
+                Some(imageio::write(&photo, &job.out_dir, name, job.options.format, settings)?)
+            }
             Action::Protected | Action::ProtectedWhole => {
-                Some(imageio::write(&protected, out_dir, name, options.format, settings)?)
+                Some(imageio::write(&protected, &job.out_dir, name, job.options.format, settings)?)
             }
         };
         let written_at = started.elapsed().as_secs_f64();
@@ -286,15 +418,12 @@ impl Pipeline {
         };
         let checked = started.elapsed().as_secs_f64();
         tracing::debug!(
-            "{}: decode {decoded:.3} s, detect {:.3} s, protect {:.3} s, encode {:.3} s, quality check {:.3} s",
-            source.display(),
-            detected - decoded,
-            attacked - detected,
-            written_at - attacked,
+            "{}: detected and protected in {seconds:.3} s, encoded in {written_at:.3} s, quality check {:.3} s",
+            job.source.display(),
             checked - written_at
         );
         Ok(Outcome {
-            source: source.to_path_buf(),
+            source: job.source.clone(),
             action: found.action,
             written,
             faces: found.faces,
@@ -303,7 +432,8 @@ impl Pipeline {
             losses: found.losses,
             psnr,
             ssim,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: seconds + written_at,
+            check_seconds: checked - written_at,
         })
     }
 

@@ -16,7 +16,7 @@ use std::{
 use crate::{
     config::Config,
     imageio,
-    pipeline::{JobOptions, Pipeline, PipelineError},
+    pipeline::{FileJob, JobOptions, Pipeline, PipelineError},
     protect::{Preset, Rng},
 };
 
@@ -134,7 +134,7 @@ pub fn protector(config: &Config) -> Result<Box<dyn Protector>, String> {
     }))
 }
 
-/// The real engine: [`Pipeline::protect_file`] for each job.
+/// The real engine: [`Pipeline::protect_files`] for each batch of jobs.
 pub struct PipelineProtector {
     pipeline: Pipeline,
     rng: Rng,
@@ -142,32 +142,41 @@ pub struct PipelineProtector {
     on_cpu: bool,
 }
 
+/// How many photos the engine takes at once on a GPU: their faces share each attack pass.
+const GPU_BATCH: usize = 8;
+
+impl PipelineProtector {
+    fn file_job(job: &Job) -> FileJob {
+        FileJob {
+            source: job.source.clone(),
+            out_dir: job.output_dir.clone(),
+            options: JobOptions {
+                preset: Some(job.preset),
+                format: job.format,
+                folder: Some(job.folder.clone()),
+                imageio: Some(job.imageio.clone()),
+            },
+        }
+    }
+}
+
 impl Protector for PipelineProtector {
     fn protect(&mut self, job: &Job) -> Result<JobOutcome, JobError> {
-        let options = JobOptions {
-            preset: Some(job.preset),
-            format: job.format,
-            folder: Some(job.folder.clone()),
-            imageio: Some(job.imageio.clone()),
-        };
-        let outcome = self
-            .pipeline
-            .protect_file(&job.source, &job.output_dir, &options, &mut self.rng)
-            .map_err(from_pipeline)?;
-        match outcome.written {
-            Some(w) => Ok(JobOutcome {
-                output: w.path,
-                faces: u32::try_from(outcome.faces).unwrap_or(u32::MAX),
-                seconds: outcome.seconds,
-                losses: outcome.losses,
-            }),
-            None => Err(JobError::new(
-                ErrorKind::Skip,
-                format!(
-                    "{}: no face found; nothing written (protect.no_face = \"skip\")",
-                    job.source.display()
-                ),
-            )),
+        let mut out = self.protect_batch(std::slice::from_ref(job));
+        out.pop().unwrap_or_else(|| Err(JobError::new(ErrorKind::Transient, "the engine answered nothing")))
+    }
+
+    fn protect_batch(&mut self, jobs: &[Job]) -> Vec<Result<JobOutcome, JobError>> {
+        let file_jobs: Vec<FileJob> = jobs.iter().map(Self::file_job).collect();
+        let outcomes = self.pipeline.protect_files(&file_jobs, &mut self.rng);
+        jobs.iter().zip(outcomes).map(|(job, outcome)| job_outcome(job, outcome)).collect()
+    }
+
+    fn batch_size(&self) -> usize {
+        if self.on_cpu {
+            1
+        } else {
+            GPU_BATCH
         }
     }
 
@@ -186,6 +195,26 @@ impl Protector for PipelineProtector {
                 false
             }
         }
+    }
+}
+
+/// A pipeline outcome as the worker reports it: no file written is a skip.
+fn job_outcome(
+    job: &Job,
+    outcome: Result<crate::pipeline::Outcome, PipelineError>,
+) -> Result<JobOutcome, JobError> {
+    let outcome = outcome.map_err(from_pipeline)?;
+    match outcome.written {
+        Some(w) => Ok(JobOutcome {
+            output: w.path,
+            faces: u32::try_from(outcome.faces).unwrap_or(u32::MAX),
+            seconds: outcome.seconds,
+            losses: outcome.losses,
+        }),
+        None => Err(JobError::new(
+            ErrorKind::Skip,
+            format!("{}: no face found; nothing written (protect.no_face = \"skip\")", job.source.display()),
+        )),
     }
 }
 

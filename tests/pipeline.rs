@@ -150,3 +150,58 @@ fn protect_refuses_a_missing_path_clearly() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jpg"));
 }
+
+#[test]
+fn a_batch_of_files_is_protected_together_and_each_error_stays_with_its_file() {
+    use veil::{
+        config::{Config, ModelsConfig},
+        imageio::{self, Format},
+        pipeline::{Action, FileJob, JobOptions, Pipeline},
+        protect::{max_levels, Preset, Rng},
+    };
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    fixture_config(tmp.path()); // checks that the fixtures exist
+    let config = Config {
+        models: ModelsConfig { dir: Some(common::crate_dir().join("target/fixtures/models")) },
+        ..Config::default()
+    };
+    tch::set_num_threads(1);
+    let pipeline = Pipeline::load(&config, tch::Device::Cpu).unwrap();
+    let mut faces: Vec<PathBuf> = std::fs::read_dir(data.join("celeba/val"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    faces.sort();
+    let blank = tmp.path().join("blank.png");
+    image::RgbImage::from_pixel(160, 120, image::Rgb([128, 128, 128])).save(&blank).unwrap();
+    let broken = data.join("exif-samples/jpg/corrupted.jpg");
+    let sources = [faces[0].clone(), broken.clone(), faces[1].clone(), blank.clone(), faces[2].clone()];
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // PNG output: lossless, so the ε bound can be checked on the written pixels.
+    let options =
+        JobOptions { preset: Some(Preset::Fast), format: Some(Format::Png), ..JobOptions::default() };
+    let jobs: Vec<FileJob> = sources
+        .iter()
+        .map(|s| FileJob { source: s.clone(), out_dir: out.clone(), options: options.clone() })
+        .collect();
+    let results = pipeline.protect_files(&jobs, &mut Rng::new(1));
+    assert_eq!(results.len(), 5);
+    let err = results[1].as_ref().unwrap_err().to_string();
+    assert!(err.contains("corrupted.jpg"), "{err}");
+    let blank_outcome = results[3].as_ref().unwrap();
+    assert_eq!(blank_outcome.action, Action::CopiedNoFace);
+    let settings = &config.imageio;
+    for i in [0, 2, 4] {
+        let o = results[i].as_ref().unwrap();
+        assert_eq!(o.action, Action::Protected, "{}", sources[i].display());
+        assert!(o.faces >= 1 && !o.losses.is_empty(), "{o:?}");
+        let written = o.written.as_ref().unwrap();
+        let (a, b) =
+            (imageio::read(&sources[i], settings).unwrap(), imageio::read(&written.path, settings).unwrap());
+        let max = a.pixels.as_raw().iter().zip(b.pixels.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        assert!(i64::from(max) <= max_levels(0.05) && max > 0, "{}: max change {max}", sources[i].display());
+    }
+}

@@ -75,6 +75,7 @@ def settings(args) -> dict:
         "pgd_iters": 2 if tiny else 10,
         "minutes": args.minutes,
         "adv_warmup": args.adv_warmup,
+        "init": args.init,
     }
     return s
 
@@ -112,6 +113,10 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
     else:
         g = nets.ResNetTranslator(c_dim, s["width"], s["blocks"], attention=(model == "ganimation"))
     d = nets.Discriminator(s["size"], c_dim, s["width"], depth=5 if s["size"] >= 64 else 3)
+    if s.get("init"):
+        # Start from an exported generator of the same architecture (e.g. stargan.pt for stargan_adv).
+        state = torch.jit.load(s["init"], map_location="cpu").state_dict()
+        g.load_state_dict({k.removeprefix("g."): v.float() for k, v in state.items()})
     g, d = g.to(DEVICE), d.to(DEVICE)
     opt_g = torch.optim.Adam(g.parameters(), s["lr"], betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), s["lr"], betas=(0.5, 0.999))
@@ -170,8 +175,9 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
             if model == "ganimation":
                 a = g.attention_mask(x_in, c_trg)
                 tv = (a[:, :, 1:] - a[:, :, :-1]).abs().mean() + (a[..., 1:] - a[..., :-1]).abs().mean()
-                # Keep the mask sparse (most pixels from the input) and smooth, as GANimation does.
-                loss_g = loss_g + 0.1 * (1 - a).mean() + 1e-4 * tv
+                # GANimation's attention loss: A = 1 keeps the input pixel, and A saturates to 1 (a
+                # generator that changes nothing) unless A itself is penalized; plus smoothness.
+                loss_g = loss_g + 0.1 * a.mean() + 1e-4 * tv
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
@@ -322,6 +328,7 @@ def train_one(model: str, train: D.Split, s: dict, out: str) -> dict:
         "threads": torch.get_num_threads(),
         "bytes": os.path.getsize(path),
         **({"adversarial_from_iter": s.get("adversarial_from_iter")} if model == "stargan_adv" else {}),
+        **({"init": s["init"]} if s.get("init") else {}),
         "history": history,
     }
     with open(os.path.join(out, f"{model}.json"), "w") as f:
@@ -358,6 +365,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--minutes", type=float, help="stop each model after this many minutes (iterations run are logged)")
     p.add_argument("--n-critic", type=int, default=1)
+    p.add_argument("--init", help="conditional generators: start from this exported generator (same architecture)")
     p.add_argument("--adv-warmup", type=float, default=0.4,
                    help="stargan_adv: fraction of the budget trained plainly before adversarial training")
     p.add_argument("--threads", type=int, help="torch CPU threads")

@@ -236,23 +236,39 @@ pub fn protect_pixels(
     params: &Params,
     rng: &mut Rng,
 ) -> Result<(Tensor, Vec<RegionReport>), ProtectError> {
-    let size = pixels.size();
-    if size.len() != 3 || size[0] != 3 || pixels.kind() != Kind::Uint8 {
-        return Err(ProtectError::BadImage(size));
+    let mut out = protect_many(ensemble, &[(pixels, regions)], params, rng)?;
+    Ok(out.remove(0))
+}
+
+/// [`protect_pixels`] for several images at once: the face regions of all of them are attacked in
+/// batches of up to [`MAX_BATCH`], so a GPU sees the faces of several photos in one pass. Returns,
+/// per image in order, its protected pixels and region reports.
+pub fn protect_many(
+    ensemble: &Ensemble,
+    images: &[(&Tensor, &[Region])],
+    params: &Params,
+    rng: &mut Rng,
+) -> Result<Vec<(Tensor, Vec<RegionReport>)>, ProtectError> {
+    let mut outs = Vec::with_capacity(images.len());
+    // (image index, merged region) for every region of every image.
+    let mut work: Vec<(usize, Region)> = Vec::new();
+    for (i, (pixels, regions)) in images.iter().enumerate() {
+        let size = pixels.size();
+        if size.len() != 3 || size[0] != 3 || pixels.kind() != Kind::Uint8 {
+            return Err(ProtectError::BadImage(size));
+        }
+        outs.push((pixels.copy(), Vec::new()));
+        work.extend(merge_regions(regions, size[2], size[1]).into_iter().map(|r| (i, r)));
     }
-    let (height, width) = (size[1], size[2]);
-    let out = pixels.copy();
-    let mut reports = Vec::new();
     let levels = max_levels(params.epsilon) as f64;
-    let merged = merge_regions(regions, width, height);
-    for chunk in merged.chunks(MAX_BATCH) {
+    for chunk in work.chunks(MAX_BATCH) {
         let crops: Vec<Tensor> =
-            chunk.iter().map(|r| pixels.narrow(1, r.y, r.h).narrow(2, r.x, r.w)).collect();
+            chunk.iter().map(|(i, r)| images[*i].0.narrow(1, r.y, r.h).narrow(2, r.x, r.w)).collect();
         let xs: Vec<Tensor> = crops.iter().map(|c| to_unit(c, ensemble.device)).collect();
         let masks: Vec<Tensor> =
-            chunk.iter().map(|r| feather_mask(r.h, r.w, params.feather, ensemble.device)).collect();
+            chunk.iter().map(|(_, r)| feather_mask(r.h, r.w, params.feather, ensemble.device)).collect();
         let advs = attack_batch(ensemble, &xs, &masks, params, rng)?;
-        for (((region, crop_u8), x), x_adv) in chunk.iter().zip(&crops).zip(&xs).zip(&advs) {
+        for ((((i, region), crop_u8), x), x_adv) in chunk.iter().zip(&crops).zip(&xs).zip(&advs) {
             // Quantize: whole 8-bit levels, at most floor(ε·127.5) away from the original byte.
             let protected = tch::no_grad(|| {
                 let delta = ((x_adv - x) * 127.5).round().clamp(-levels, levels);
@@ -260,11 +276,12 @@ pub fn protect_pixels(
                 (orig + delta).clamp(0.0, 255.0).squeeze_dim(0).to_kind(Kind::Uint8).to_device(Device::Cpu)
             });
             let losses = tch::no_grad(|| ensemble.disruption(x, &to_unit(&protected, ensemble.device)))?;
+            let (out, reports) = &mut outs[*i];
             out.narrow(1, region.y, region.h).narrow(2, region.x, region.w).copy_(&protected);
             reports.push(RegionReport { region: *region, losses });
         }
     }
-    Ok((out, reports))
+    Ok(outs)
 }
 
 #[cfg(test)]
