@@ -180,6 +180,10 @@ pub struct JobOptions {
     pub imageio: Option<imageio::Settings>,
 }
 
+/// How many photos [`Pipeline::protect_files`] takes at once on a GPU, where their faces share each
+/// attack pass.
+const GPU_PHOTO_BATCH: usize = 8;
+
 /// One file for [`Pipeline::protect_files`].
 #[derive(Debug, Clone)]
 pub struct FileJob {
@@ -193,8 +197,8 @@ struct Prepared {
     /// Index of its job.
     job: usize,
     photo: Photo,
-    /// The photo with protected pixels once attacked (a copy of `photo` until then).
-    protected: Photo,
+    /// Its protected pixels, once attacked.
+    protected: Option<RgbImage>,
     found: Found,
     params: Params,
     /// Time spent on it so far.
@@ -206,8 +210,8 @@ pub struct Pipeline {
     detector: Detector,
     ensemble: Ensemble,
     config: Config,
-    /// What the `auto` preset resolved to on this engine.
-    auto: Preset,
+    /// What the `auto` preset resolves to on this engine, timed when first needed.
+    auto: std::cell::OnceCell<Preset>,
 }
 
 impl Pipeline {
@@ -219,24 +223,30 @@ impl Pipeline {
         let mut ensemble = Ensemble::load(&dir, &[Role::Ensemble], device, &config.protect.weights)
             .map_err(PipelineError::Generators)?;
         ensemble.set_precision(config.engine.precision);
-        let uses_auto = config.protect.preset == Preset::Auto
-            || config.folders.iter().any(|f| f.preset == Some(Preset::Auto));
-        let auto = if uses_auto {
-            let on_cpu = !ensemble.device.is_cuda();
-            let auto = Preset::Auto.resolve(on_cpu, || estimate_balanced_seconds_per_face(&ensemble));
-            tracing::info!("preset auto: {auto} on {}", crate::engine::describe(ensemble.device));
-            auto
-        } else {
-            Preset::Balanced
-        };
-        Ok(Pipeline { detector, ensemble, config: config.clone(), auto })
+        Ok(Pipeline { detector, ensemble, config: config.clone(), auto: std::cell::OnceCell::new() })
     }
 
     /// The preset in effect for `preset` (or the configured one), with `auto` resolved.
     pub fn preset(&self, preset: Option<Preset>) -> Preset {
         match preset.unwrap_or(self.config.protect.preset) {
-            Preset::Auto => self.auto,
+            Preset::Auto => *self.auto.get_or_init(|| {
+                let device = self.ensemble.device;
+                let auto = Preset::Auto
+                    .resolve(!device.is_cuda(), || estimate_balanced_seconds_per_face(&self.ensemble));
+                tracing::info!("preset auto: {auto} on {}", crate::engine::describe(device));
+                auto
+            }),
             other => other,
+        }
+    }
+
+    /// How many photos are worth handing [`Pipeline::protect_files`] at once: several on a GPU, one
+    /// on a CPU (where batching gains nothing).
+    pub fn photo_batch(&self) -> usize {
+        if self.ensemble.device.is_cuda() {
+            GPU_PHOTO_BATCH
+        } else {
+            1
         }
     }
 
@@ -345,8 +355,7 @@ impl Pipeline {
         let seconds = started.elapsed().as_secs_f64();
         tracing::debug!("{}: decode {decoded:.3} s, detect {:.3} s", job.source.display(), seconds - decoded);
         let params = self.params(job.options.preset);
-        let protected = photo.clone();
-        Ok(Prepared { job: index, photo, protected, found, params, seconds })
+        Ok(Prepared { job: index, photo, protected: None, found, params, seconds })
     }
 
     /// Attacks the faces of `ready[members]` together and stores each protected photo.
@@ -357,17 +366,14 @@ impl Pipeline {
         params: &Params,
         rng: &mut Rng,
     ) -> Result<(), PipelineError> {
-        let pixels: Vec<Tensor> = members.iter().map(|&k| to_tensor(&ready[k].photo.pixels)).collect();
-        let images: Vec<(&Tensor, &[Region])> =
-            members.iter().zip(&pixels).map(|(&k, t)| (t, ready[k].found.regions.as_slice())).collect();
-        let out = protect::protect_many(&self.ensemble, &images, params, rng).map_err(|source| {
+        let photos: Vec<(&RgbImage, &[Region])> =
+            members.iter().map(|&k| (&ready[k].photo.pixels, ready[k].found.regions.as_slice())).collect();
+        let out = attack_photos(&self.ensemble, &photos, params, rng).map_err(|source| {
             PipelineError::Protect { path: ready[members[0]].photo.source.clone(), source }
         })?;
-        for (&k, (protected, reports)) in members.iter().zip(out) {
-            let p = &mut ready[k];
-            let (w, h) = p.photo.pixels.dimensions();
-            p.protected.pixels = from_tensor(&protected, w, h);
-            p.found.losses = mean_losses(reports.iter().map(|r| r.losses.as_slice()));
+        for (&k, (pixels, losses)) in members.iter().zip(out) {
+            ready[k].protected = Some(pixels);
+            ready[k].found.losses = losses;
         }
         Ok(())
     }
@@ -382,14 +388,15 @@ impl Pipeline {
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| PipelineError::Name { path: job.source.clone() })?;
-        let Prepared { photo, protected, found, seconds, .. } = p;
+        let Prepared { mut photo, protected, found, seconds, .. } = p;
+        // The photo goes out with its protected pixels (when it has any); the original pixels stay
+        // for the quality check.
+        let replaced = protected.map(|pixels| std::mem::replace(&mut photo.pixels, pixels));
+        let original = replaced.as_ref().unwrap_or(&photo.pixels);
         let written = match found.action {
             Action::SkippedNoFace => None,
-            Action::CopiedNoFace => {
+            Action::CopiedNoFace | Action::Protected | Action::ProtectedWhole => {
                 Some(imageio::write(&photo, &job.out_dir, name, job.options.format, settings)?)
-            }
-            Action::Protected | Action::ProtectedWhole => {
-                Some(imageio::write(&protected, &job.out_dir, name, job.options.format, settings)?)
             }
         };
         let written_at = started.elapsed().as_secs_f64();
@@ -397,7 +404,7 @@ impl Pipeline {
         let (psnr, ssim) = match &written {
             Some(w) => match imageio::read(&w.path, settings) {
                 Ok(back) => {
-                    let (w, h) = photo.pixels.dimensions();
+                    let (w, h) = original.dimensions();
                     let rects: Vec<(i64, i64, i64, i64)> = if found.regions.is_empty() {
                         vec![(0, 0, i64::from(w), i64::from(h))]
                     } else {
@@ -405,8 +412,8 @@ impl Pipeline {
                     };
                     let device = self.ensemble.device;
                     (
-                        quality::psnr(&photo.pixels, &back.pixels),
-                        quality::ssim_regions(&photo.pixels, &back.pixels, &rects, device),
+                        quality::psnr(original, &back.pixels),
+                        quality::ssim_regions(original, &back.pixels, &rects, device),
                     )
                 }
                 Err(e) => {
@@ -473,18 +480,6 @@ impl Pipeline {
         })
     }
 
-    /// Finds the faces of `photo` and replaces its pixels with protected ones (unless no face was
-    /// found and the policy is not `whole`). Returns what was found and done; writes nothing.
-    pub fn protect_photo(
-        &self,
-        photo: &mut Photo,
-        params: &Params,
-        rng: &mut Rng,
-    ) -> Result<Found, PipelineError> {
-        let found = self.find(photo)?;
-        self.protect_regions(&self.ensemble, photo, found, params, rng)
-    }
-
     /// Protects `found.regions` of `photo` against `ensemble` (the pipeline's own, or another for
     /// baselines such as a single-condition attack).
     pub fn protect_regions(
@@ -498,14 +493,40 @@ impl Pipeline {
         if found.regions.is_empty() {
             return Ok(found);
         }
-        let (w, h) = photo.pixels.dimensions();
-        let pixels = to_tensor(&photo.pixels);
-        let (out, reports) = protect::protect_pixels(ensemble, &pixels, &found.regions, params, rng)
+        let mut out = attack_photos(ensemble, &[(&photo.pixels, found.regions.as_slice())], params, rng)
             .map_err(|source| PipelineError::Protect { path: photo.source.clone(), source })?;
-        photo.pixels = from_tensor(&out, w, h);
-        found.losses = mean_losses(reports.iter().map(|r| r.losses.as_slice()));
+        if let Some((pixels, losses)) = out.pop() {
+            photo.pixels = pixels;
+            found.losses = losses;
+        }
         Ok(found)
     }
+}
+
+/// The final loss per generator, by name.
+type Losses = Vec<(String, f64)>;
+
+/// Attacks the face regions of several photos together against `ensemble`
+/// ([`protect::protect_many`]). Returns, per photo in order, its protected pixels and the final loss
+/// per generator averaged over its regions.
+fn attack_photos(
+    ensemble: &Ensemble,
+    photos: &[(&RgbImage, &[Region])],
+    params: &Params,
+    rng: &mut Rng,
+) -> Result<Vec<(RgbImage, Losses)>, ProtectError> {
+    let tensors: Vec<Tensor> = photos.iter().map(|(pixels, _)| to_tensor(pixels)).collect();
+    let images: Vec<(&Tensor, &[Region])> =
+        tensors.iter().zip(photos).map(|(t, (_, regions))| (t, *regions)).collect();
+    let out = protect::protect_many(ensemble, &images, params, rng)?;
+    Ok(out
+        .into_iter()
+        .zip(photos)
+        .map(|((protected, reports), (pixels, _))| {
+            let (w, h) = pixels.dimensions();
+            (from_tensor(&protected, w, h), mean_losses(reports.iter().map(|r| r.losses.as_slice())))
+        })
+        .collect())
 }
 
 /// Seconds one face would take with `balanced` on this engine, from one timed attack step on a
@@ -530,7 +551,7 @@ fn estimate_balanced_seconds_per_face(ensemble: &Ensemble) -> f64 {
     }
 }
 
-/// What [`Pipeline::protect_photo`] found and did.
+/// What [`Pipeline::find`] found and [`Pipeline::protect_regions`] did.
 #[derive(Debug, Clone)]
 pub struct Found {
     pub action: Action,

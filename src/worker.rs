@@ -126,12 +126,7 @@ pub fn protector(config: &Config) -> Result<Box<dyn Protector>, String> {
     let names: Vec<&str> = pipeline.ensemble().generators.iter().map(|g| g.name.as_str()).collect();
     tracing::info!("protection engine loaded on {}: {}", crate::engine::describe(device), names.join(", "));
     let rng = Rng::new(config.protect.seed());
-    Ok(Box::new(PipelineProtector {
-        pipeline,
-        rng,
-        config: config.clone(),
-        on_cpu: device == tch::Device::Cpu,
-    }))
+    Ok(Box::new(PipelineProtector { pipeline, rng, config: config.clone() }))
 }
 
 /// The real engine: [`Pipeline::protect_files`] for each batch of jobs.
@@ -139,11 +134,7 @@ pub struct PipelineProtector {
     pipeline: Pipeline,
     rng: Rng,
     config: Config,
-    on_cpu: bool,
 }
-
-/// How many photos the engine takes at once on a GPU: their faces share each attack pass.
-const GPU_BATCH: usize = 8;
 
 impl PipelineProtector {
     fn file_job(job: &Job) -> FileJob {
@@ -173,21 +164,16 @@ impl Protector for PipelineProtector {
     }
 
     fn batch_size(&self) -> usize {
-        if self.on_cpu {
-            1
-        } else {
-            GPU_BATCH
-        }
+        self.pipeline.photo_batch()
     }
 
     fn fall_back_to_cpu(&mut self) -> bool {
-        if self.on_cpu {
+        if !self.pipeline.ensemble().device.is_cuda() {
             return false;
         }
         match Pipeline::load(&self.config, tch::Device::Cpu) {
             Ok(p) => {
                 self.pipeline = p;
-                self.on_cpu = true;
                 true
             }
             Err(e) => {

@@ -539,9 +539,7 @@ fn protect(
     let options = JobOptions { preset, ..JobOptions::default() };
     let bar = progress(photos.len() as u64);
     let mut failed = 0;
-    // On a GPU, several photos share each attack pass; on a CPU that gains nothing.
-    let chunk = if pipeline.ensemble().device.is_cuda() { 8 } else { 1 };
-    for batch in photos.chunks(chunk) {
+    for batch in photos.chunks(pipeline.photo_batch()) {
         bar.set_message(batch[0].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         let jobs: Vec<FileJob> = batch
             .iter()

@@ -55,7 +55,7 @@ impl Default for ProtectConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// `balanced`, unless the engine runs on a CPU that would take more than
-    /// [`AUTO_CPU_SECONDS_PER_FACE`] per face with it: then `cpu`. Resolved when the pipeline loads.
+    /// [`AUTO_CPU_SECONDS_PER_FACE`] per face with it: then `cpu`. Resolved by the pipeline the first time it is needed.
     Auto,
     Fast,
     Balanced,
