@@ -187,6 +187,31 @@ fn save_jpeg(img: &RgbImage, path: &Path) -> Result<(), BenchError> {
         .map_err(|e| err(e.to_string()))
 }
 
+/// Runs `f` `warmup + runs` times, announcing each as `label i/total` and waiting for the GPU after
+/// each; the times of the runs after the warm-up.
+fn time_runs<E>(
+    opts: &Options,
+    cuda: bool,
+    label: &str,
+    progress: &mut impl FnMut(&str),
+    mut f: impl FnMut() -> Result<(), E>,
+) -> Result<Timing, E> {
+    let total = opts.warmup + opts.runs;
+    let mut times = Vec::new();
+    for i in 0..total {
+        progress(&format!("{label} {}/{total}", i + 1));
+        let t = Instant::now();
+        f()?;
+        if cuda {
+            tch::Cuda::synchronize(0);
+        }
+        if i >= opts.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(Timing::of(times))
+}
+
 fn peak_rss_bytes() -> u64 {
     // SAFETY: getrusage fills the zeroed struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -232,41 +257,30 @@ pub fn run(
     let found = pipeline.find(&photo)?;
     let region = *found.regions.first().ok_or_else(|| BenchError::NoFace { path: one.clone() })?;
     let pixels = pipeline::to_tensor(&photo.pixels);
-    let mut face = Vec::new();
-    for i in 0..total {
-        progress(&format!("attack {}/{total}", i + 1));
-        let t = Instant::now();
-        let _protected = protect::protect_pixels(pipeline.ensemble(), &pixels, &[region], &params, &mut rng)
-            .map_err(|source| PipelineError::Protect { path: one.clone(), source })?;
-        if pipeline.ensemble().device.is_cuda() {
-            tch::Cuda::synchronize(0);
-        }
-        if i >= opts.warmup {
-            face.push(t.elapsed().as_secs_f64());
-        }
-    }
+    let cuda = pipeline.ensemble().device.is_cuda();
+    let face = time_runs(opts, cuda, "attack", &mut progress, || {
+        protect::protect_pixels(pipeline.ensemble(), &pixels, &[region], &params, &mut rng)
+            .map(drop)
+            .map_err(|source| PipelineError::Protect { path: one.clone(), source })
+    })?;
 
     // The same face `batch` times, attacked together.
-    let mut batched = Vec::new();
-    if opts.batch > 1 {
+    let batched = if opts.batch > 1 {
         let crop = pixels.narrow(1, region.y, region.h).narrow(2, region.x, region.w);
         let x = protect::to_unit(&crop, pipeline.ensemble().device);
         let mask = protect::feather_mask(region.h, region.w, params.feather, pipeline.ensemble().device);
         let xs: Vec<Tensor> = (0..opts.batch).map(|_| x.shallow_clone()).collect();
         let masks: Vec<Tensor> = (0..opts.batch).map(|_| mask.shallow_clone()).collect();
-        for i in 0..total {
-            progress(&format!("attack, {} faces {}/{total}", opts.batch, i + 1));
-            let t = Instant::now();
-            let _advs = protect::attack_batch(pipeline.ensemble(), &xs, &masks, &params, &mut rng)
-                .map_err(|source| PipelineError::Protect { path: one.clone(), source })?;
-            if pipeline.ensemble().device.is_cuda() {
-                tch::Cuda::synchronize(0);
-            }
-            if i >= opts.warmup {
-                batched.push(t.elapsed().as_secs_f64());
-            }
-        }
-    }
+        let label = format!("attack, {} faces", opts.batch);
+        let t = time_runs(opts, cuda, &label, &mut progress, || {
+            protect::attack_batch(pipeline.ensemble(), &xs, &masks, &params, &mut rng)
+                .map(drop)
+                .map_err(|source| PipelineError::Protect { path: one.clone(), source })
+        })?;
+        Some((opts.batch, t))
+    } else {
+        None
+    };
 
     let options = JobOptions { preset: Some(preset), ..JobOptions::default() };
     let mut checks = Vec::new();
@@ -295,9 +309,9 @@ pub fn run(
         device: engine::describe(pipeline.ensemble().device),
         preset,
         generators: pipeline.ensemble().generators.iter().map(|g| g.name.clone()).collect(),
-        face: Timing::of(face),
+        face,
         face_side: region.w,
-        face_batch: (opts.batch > 1).then(|| (opts.batch, Timing::of(batched))),
+        face_batch: batched,
         photo_one_face,
         photo_four_faces,
         quality_check,
