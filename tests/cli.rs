@@ -2,44 +2,18 @@
 //! `LD_LIBRARY_PATH` (the rpath must find libtorch).
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Output, Stdio},
     sync::mpsc,
     time::Duration,
 };
 
 use tch::{CModule, Kind, Tensor};
 
-/// A temporary home with the XDG folders inside it.
-struct Home {
-    dir: tempfile::TempDir,
-}
+mod common;
+use common::{capture_stderr, Home};
 
 impl Home {
-    fn new() -> Home {
-        Home { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn command(&self, bin: &str) -> Command {
-        let mut cmd = Command::new(bin);
-        let home = self.path();
-        cmd.env_remove("LD_LIBRARY_PATH")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("VEIL_LOG")
-            .env("HOME", home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_DATA_HOME", home.join(".local/share"))
-            .env("XDG_STATE_HOME", home.join(".local/state"))
-            .env("XDG_CACHE_HOME", home.join(".cache"))
-            .env("XDG_RUNTIME_DIR", home.join("run"));
-        cmd
-    }
-
     fn veil(&self, args: &[&str]) -> Output {
         self.command(env!("CARGO_BIN_EXE_veil")).args(args).output().unwrap()
     }
@@ -203,15 +177,7 @@ fn start_veild(home: &Home, args: &[&str], ready: &str) -> (Child, mpsc::Receive
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let pipe = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (_, rx) = capture_stderr(&mut child);
     let mut log = String::new();
     while !log.contains(ready) {
         match rx.recv_timeout(Duration::from_secs(60)) {

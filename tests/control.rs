@@ -2,7 +2,7 @@
 //! `veil` binary and by raw HTTP (and `curl`, as another user).
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     os::unix::{fs::PermissionsExt, net::UnixStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -17,76 +17,29 @@ struct Daemon {
     log: Arc<Mutex<String>>,
 }
 
-struct Home {
-    dir: tempfile::TempDir,
-}
+mod common;
+use common::{capture_stderr, Home};
 
 impl Home {
-    fn new() -> Home {
-        Home { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.path().join("veil.toml")
-    }
-
     fn socket(&self) -> PathBuf {
         self.path().join("run/veil/veil.sock")
     }
 
-    fn configure(&self, folders: &[(&str, &str)]) {
-        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/models");
-        let mut text = format!(
-            "[paths]\nstate_dir = \"{}\"\n\n[models]\ndir = \"{}\"\n\n[protect]\npreset = \"fast\"\n\n[watch]\nsettle_seconds = 0.3\n",
-            self.path().join("state").display(),
-            models.display()
-        );
-        for (path, output) in folders {
-            text += &format!(
-                "\n[[folders]]\npath = \"{}\"\noutput = \"{}\"\n",
-                self.path().join(path).display(),
-                self.path().join(output).display()
-            );
-        }
-        std::fs::write(self.config_path(), text).unwrap();
-    }
-
-    fn command(&self, bin: &str) -> Command {
-        let home = self.path();
-        let mut c = Command::new(bin);
-        c.args(["--config", self.config_path().to_str().unwrap()])
-            .env_remove("LD_LIBRARY_PATH")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .env("VEIL_LOG", "veil=debug,info")
-            .env("HOME", home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_DATA_HOME", home.join(".local/share"))
-            .env("XDG_STATE_HOME", home.join(".local/state"))
-            .env("XDG_CACHE_HOME", home.join(".cache"))
-            .env("XDG_RUNTIME_DIR", home.join("run"));
+    /// `bin` with this home's `veil.toml` and debug logs.
+    fn configured(&self, bin: &str) -> Command {
+        let mut c = self.command(bin);
+        c.args(["--config", self.config_path().to_str().unwrap()]).env("VEIL_LOG", "veil=debug,info");
         c
     }
 
     fn spawn(&self) -> Daemon {
         let mut child = self
-            .command(env!("CARGO_BIN_EXE_veild"))
+            .configured(env!("CARGO_BIN_EXE_veild"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let pipe = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
+        let (log, _) = capture_stderr(&mut child);
         Daemon { child, log }
     }
 
@@ -97,7 +50,7 @@ impl Home {
     }
 
     fn veil(&self, args: &[&str]) -> Output {
-        self.command(env!("CARGO_BIN_EXE_veil")).args(args).output().unwrap()
+        self.configured(env!("CARGO_BIN_EXE_veil")).args(args).output().unwrap()
     }
 
     /// `veil ARGS --json`, which must succeed: its JSON.
@@ -210,7 +163,7 @@ fn until(rx: &mpsc::Receiver<Value>, name: &str, event: &str, seen: &mut Vec<Str
 #[test]
 fn every_endpoint_over_the_real_socket() {
     let home = Home::new();
-    home.configure(&[("In", "Out")]);
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
     let d = home.start();
     let sock = home.socket();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -311,13 +264,13 @@ fn every_endpoint_over_the_real_socket() {
     assert_eq!(home.veil_json(&["status"])["counts"], json!({"done": 5, "failed": 1}));
 
     // Reload: a second folder appears; an invalid configuration is refused and the old one kept.
-    home.configure(&[("In", "Out"), ("In2", "Out2")]);
+    home.configure("settle_seconds = 0.3", &[("In", "Out"), ("In2", "Out2")]);
     home.veil_json(&["reload"]);
     assert_eq!(home.veil_json(&["status"])["folders"].as_array().unwrap().len(), 2);
     std::fs::write(home.config_path(), "[watch]\nsettle_seconds = \"soon\"\n").unwrap();
     let bad = home.veil(&["reload"]);
     assert_eq!(bad.status.code(), Some(1));
-    home.configure(&[("In", "Out"), ("In2", "Out2")]);
+    home.configure("settle_seconds = 0.3", &[("In", "Out"), ("In2", "Out2")]);
     let (code, v) = post(&sock, "/v1/reload", "");
     assert_eq!(code, 200, "{v}");
 
@@ -358,9 +311,9 @@ fn every_endpoint_over_the_real_socket() {
 #[test]
 fn a_second_veild_is_refused_and_a_stale_socket_does_not_block() {
     let home = Home::new();
-    home.configure(&[("In", "Out")]);
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
     let mut first = home.start();
-    let second = home.command(env!("CARGO_BIN_EXE_veild")).output().unwrap();
+    let second = home.configured(env!("CARGO_BIN_EXE_veild")).output().unwrap();
     assert_eq!(second.status.code(), Some(1));
     let message = text(&second.stderr);
     let pid = first.child.id();
@@ -400,7 +353,7 @@ fn another_user_is_refused() {
         }
     }
     let home = Home::new();
-    home.configure(&[("In", "Out")]);
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
     let d = home.start();
     let sock = home.socket();
     let as_nobody = || {

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{mpsc, Arc, Mutex},
@@ -16,71 +16,20 @@ struct Daemon {
     lines: mpsc::Receiver<String>,
 }
 
-/// A temporary home holding the share folders, the state folder and the configuration.
-struct Home {
-    dir: tempfile::TempDir,
-}
+mod common;
+use common::{capture_stderr, Home};
 
 impl Home {
-    fn new() -> Home {
-        Home { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.path().join("veil.toml")
-    }
-
-    /// Writes the configuration: the given `[watch]` body and folders (`path`, `output` under home).
-    fn configure(&self, watch: &str, folders: &[(&str, &str)]) {
-        // The real engine with the tiny generator fixtures (`make fixtures`).
-        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/models");
-        let mut text = format!(
-            "[paths]\nstate_dir = \"{}\"\n\n[models]\ndir = \"{}\"\n\n[protect]\npreset = \"fast\"\n\n[watch]\n{watch}\n",
-            self.path().join("state").display(),
-            models.display()
-        );
-        for (path, output) in folders {
-            text += &format!(
-                "\n[[folders]]\npath = \"{}\"\noutput = \"{}\"\n",
-                self.path().join(path).display(),
-                self.path().join(output).display()
-            );
-        }
-        std::fs::write(self.config_path(), text).unwrap();
-    }
-
     fn start(&self) -> Daemon {
-        let home = self.path();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_veild"))
+        let mut child = self
+            .command(env!("CARGO_BIN_EXE_veild"))
             .args(["--config", self.config_path().to_str().unwrap()])
-            .env_remove("LD_LIBRARY_PATH")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
             .env("VEIL_LOG", "veil=debug,info")
-            .env("HOME", home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_DATA_HOME", home.join(".local/share"))
-            .env("XDG_STATE_HOME", home.join(".local/state"))
-            .env("XDG_CACHE_HOME", home.join(".cache"))
-            .env("XDG_RUNTIME_DIR", home.join("run"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let pipe = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, lines) = mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line.clone() + "\n"));
-                let _ = tx.send(line);
-            }
-        });
+        let (log, lines) = capture_stderr(&mut child);
         let d = Daemon { child, log, lines };
         d.wait_log("ready", Duration::from_secs(60));
         d

@@ -1,6 +1,13 @@
-//! Helpers shared by the end-to-end tests that run `veil` on the test data with the tiny fixtures.
+//! Helpers shared by the end-to-end tests: the test data, the tiny fixtures, and a temporary home
+//! for the real `veil` and `veild` binaries. Each test file uses a part of them.
+#![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::{mpsc, Arc, Mutex},
+};
 
 pub fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -29,4 +36,77 @@ pub fn fixture_config(dir: &Path) -> PathBuf {
     std::fs::write(&path, format!("[models]\ndir = \"{}\"\n[protect]\nseed = 7\n", models.display()))
         .unwrap();
     path
+}
+
+/// A temporary home with the XDG folders inside it and `veil.toml` at its root. Test files add their
+/// own methods in `impl Home` blocks.
+pub struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        Home { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("veil.toml")
+    }
+
+    /// Writes `veil.toml`: state under home, the tiny fixture models, preset `fast`, the given
+    /// `[watch]` body and folders (`path`, `output`, both under home).
+    pub fn configure(&self, watch: &str, folders: &[(&str, &str)]) {
+        let models = crate_dir().join("target/fixtures/models");
+        let mut text = format!(
+            "[paths]\nstate_dir = \"{}\"\n\n[models]\ndir = \"{}\"\n\n[protect]\npreset = \"fast\"\n\n[watch]\n{watch}\n",
+            self.path().join("state").display(),
+            models.display()
+        );
+        for (path, output) in folders {
+            text += &format!(
+                "\n[[folders]]\npath = \"{}\"\noutput = \"{}\"\n",
+                self.path().join(path).display(),
+                self.path().join(output).display()
+            );
+        }
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// `bin` living in this home: no `LD_LIBRARY_PATH` (the rpath must find libtorch), no journal,
+    /// no systemd notify socket, no `VEIL_LOG`, and every XDG folder inside the home.
+    pub fn command(&self, bin: &str) -> Command {
+        let home = self.path();
+        let mut cmd = Command::new(bin);
+        cmd.env_remove("LD_LIBRARY_PATH")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("VEIL_LOG")
+            .env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("XDG_STATE_HOME", home.join(".local/state"))
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .env("XDG_RUNTIME_DIR", home.join("run"));
+        cmd
+    }
+}
+
+/// Collects a child's stderr (spawned with `Stdio::piped()`) on a thread: all of it so far, and each
+/// line as it comes.
+pub fn capture_stderr(child: &mut Child) -> (Arc<Mutex<String>>, mpsc::Receiver<String>) {
+    let pipe = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, lines) = mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line.clone() + "\n"));
+            let _ = tx.send(line);
+        }
+    });
+    (log, lines)
 }
