@@ -14,6 +14,8 @@ pub const APP14: u8 = 0xEE;
 
 pub const EXIF_ID: &[u8] = b"Exif\0\0";
 pub const XMP_ID: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
+/// Extended XMP: the parts of a packet too large for one segment.
+pub const XMP_EXT_ID: &[u8] = b"http://ns.adobe.com/xmp/extension/\0";
 pub const ICC_ID: &[u8] = b"ICC_PROFILE\0";
 pub const MPF_ID: &[u8] = b"MPF\0";
 

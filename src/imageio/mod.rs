@@ -15,7 +15,7 @@
 //! `replace_existing` says so, `fsync` of the directory. No partial file is ever left behind.
 //!
 //! The policy for metadata is [`MetadataPolicy`]: `keep` (default), `keep-no-gps` (the GPS IFD is
-//! removed and its bytes zeroed) or `strip` (only the colour profile stays; pixels are written
+//! removed and its bytes zeroed, and the XMP packet's GPS properties are removed) or `strip` (only the colour profile stays; pixels are written
 //! upright).
 
 mod fsio;
@@ -26,6 +26,7 @@ mod jpeg;
 mod png;
 mod tiffmeta;
 mod webp;
+mod xmp;
 
 use std::{
     fmt,
@@ -76,7 +77,7 @@ impl Default for Settings {
 pub enum MetadataPolicy {
     /// Every segment, chunk and tag as it was (the EXIF thumbnail regenerated).
     Keep,
-    /// As `keep`, without the GPS IFD.
+    /// As `keep`, without the GPS IFD and the XMP packet's GPS properties.
     KeepNoGps,
     /// Only the colour profile; the pixels are written upright.
     Strip,
@@ -808,7 +809,13 @@ fn encode_jpeg(img: &RgbImage, quality: u8, chroma: Chroma) -> Result<Vec<u8>, S
 fn encode(photo: &Photo, stored: &DynamicImage, format: Format, s: &Settings) -> Result<Vec<u8>, String> {
     let strip = s.metadata == MetadataPolicy::Strip;
     let same = format == photo.format;
-    let meta = &photo.meta;
+    let scrubbed;
+    let meta = if s.metadata == MetadataPolicy::KeepNoGps {
+        scrubbed = without_xmp_gps(&photo.meta, same);
+        &scrubbed
+    } else {
+        &photo.meta
+    };
     match format {
         Format::Jpeg => {
             let rgb = match stored {
@@ -973,6 +980,105 @@ fn encode(photo: &Photo, stored: &DynamicImage, format: Format, s: &Settings) ->
             encode_tiff(stored, le, entries)
         }
     }
+}
+
+/// `keep-no-gps` for XMP: `meta` with the GPS properties removed from its XMP packet where the
+/// output takes it from: the source's own JPEG APP1 segment, PNG iTXt chunk, WebP chunk or TIFF tag
+/// when the format stays (`same`), the decoded packet when it changes. A packet that mentions GPS but cannot be parsed, a compressed PNG XMP chunk and JPEG
+/// extended-XMP parts that mention GPS are dropped instead: the copy never carries coordinates.
+fn without_xmp_gps(meta: &Meta, same: bool) -> Meta {
+    let scrub = |where_: &str, packet: &[u8]| -> Option<Vec<u8>> {
+        match xmp::remove_gps(packet) {
+            xmp::Scrubbed::Unchanged => Some(packet.to_vec()),
+            xmp::Scrubbed::Removed(p) => {
+                tracing::info!(
+                    "removed the GPS properties of the XMP {where_} (imageio.metadata = \"keep-no-gps\")"
+                );
+                Some(p)
+            }
+            xmp::Scrubbed::Unreadable => {
+                tracing::warn!("dropped the XMP {where_}: it mentions GPS but cannot be parsed (imageio.metadata = \"keep-no-gps\")");
+                None
+            }
+        }
+    };
+    let mut m = meta.clone();
+    if !same || matches!(meta.native, Native::None) {
+        m.xmp = meta.xmp.as_deref().and_then(|x| scrub("packet", x));
+        return m;
+    }
+    match &mut m.native {
+        Native::Jpeg { segments, .. } => {
+            let extended = |p: &[u8]| p.starts_with(jpeg::XMP_EXT_ID);
+            let ext_gps = segments.iter().any(|(m, p)| {
+                *m == jpeg::APP1 && extended(p) && xmp::mentions_gps(&p[jpeg::XMP_EXT_ID.len()..])
+            });
+            if ext_gps {
+                tracing::info!(
+                    "dropped the extended XMP: it mentions GPS (imageio.metadata = \"keep-no-gps\")"
+                );
+            }
+            segments.retain_mut(|(marker, p)| {
+                if *marker != jpeg::APP1 {
+                    return true;
+                }
+                if extended(p) {
+                    return !ext_gps;
+                }
+                if !p.starts_with(jpeg::XMP_ID) {
+                    return true;
+                }
+                match scrub("segment", &p[jpeg::XMP_ID.len()..]) {
+                    Some(x) => {
+                        *p = [jpeg::XMP_ID, &x].concat();
+                        true
+                    }
+                    None => false,
+                }
+            });
+        }
+        Native::Png { chunks } => {
+            chunks.retain_mut(|(kind, raw)| {
+                let data = raw.get(8..raw.len().saturating_sub(4)).unwrap_or_default();
+                if kind != b"iTXt" || !data.starts_with(b"XML:com.adobe.xmp\0") {
+                    return true;
+                }
+                let Some(packet) = png::xmp(data) else {
+                    tracing::info!("dropped a compressed XMP chunk (imageio.metadata = \"keep-no-gps\")");
+                    return false;
+                };
+                let header = &data[..data.len() - packet.len()];
+                match scrub("chunk", packet) {
+                    Some(x) => {
+                        let mut new = Vec::with_capacity(raw.len());
+                        png::put_chunk(&mut new, b"iTXt", &[header, &x].concat());
+                        *raw = new;
+                        true
+                    }
+                    None => false,
+                }
+            });
+        }
+        Native::Webp { chunks } => chunks.retain_mut(|(kind, d)| {
+            if kind != b"XMP " {
+                return true;
+            }
+            scrub("chunk", d).map(|x| *d = x).is_some()
+        }),
+        Native::Tiff { entries, .. } => entries.retain_mut(|e| match (&e.value, e.tag) {
+            (OutValue::Bytes(b), TIFF_XMP) => match scrub("tag", b) {
+                Some(x) => {
+                    e.count = x.len() as u32;
+                    e.value = OutValue::Bytes(x);
+                    true
+                }
+                None => false,
+            },
+            _ => true,
+        }),
+        Native::None => {}
+    }
+    m
 }
 
 /// A TIFF with Deflate-compressed strips of `img` and IFD0 holding `entries` (values as they were,

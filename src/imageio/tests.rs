@@ -498,3 +498,74 @@ fn damaged_files_never_panic() {
         assert!(read_ok > 0 && refused > 0, "{name}: {read_ok} read, {refused} refused");
     }
 }
+
+/// An XMP packet with GPS properties as attributes and as an element, and a property to keep.
+const GPS_XMP: &[u8] = b"<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF><rdf:Description \
+    xmlns:exif='http://ns.adobe.com/exif/1.0/' exif:GPSLatitude='51,30.1N' exif:Make='Jolla' \
+    exif:GPSLongitude='0,7.5W'><exif:GPSAltitude>12/1</exif:GPSAltitude></rdf:Description></rdf:RDF></x:xmpmeta>";
+
+fn assert_no_gps_but_make(xmp: &[u8], what: &str) {
+    let text = String::from_utf8_lossy(xmp);
+    assert!(!text.contains("GPS"), "{what}: {text}");
+    assert!(text.contains("exif:Make='Jolla'"), "{what}: {text}");
+}
+
+#[test]
+fn keep_no_gps_removes_the_xmp_coordinates_in_every_container() {
+    let d = tempfile::tempdir().unwrap();
+    let no_gps = Settings { metadata: MetadataPolicy::KeepNoGps, ..Settings::default() };
+    // JPEG: the XMP segment is edited, an extended-XMP part that mentions GPS is dropped, and with
+    // `keep` both stay as they were.
+    let enc = encode_jpeg(&gradient(32, 24), 90, Chroma::Half).unwrap();
+    let ext = [jpeg::XMP_EXT_ID, &[b'0'; 32], &[0, 0, 0, 12, 0, 0, 0, 0], b"exif:GPSDest"].concat();
+    let carried = vec![(jpeg::APP1, [jpeg::XMP_ID, GPS_XMP].concat()), (jpeg::APP1, ext.clone())];
+    let src = d.path().join("gps.jpg");
+    std::fs::write(&src, jpeg::splice(&enc, &carried).unwrap()).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    let w = write(&photo, d.path(), "gps.jpg", None, &no_gps).unwrap();
+    let segs = header_segments(&std::fs::read(&w.path).unwrap());
+    let xmp = segs.iter().find(|(_, p)| p.starts_with(jpeg::XMP_ID)).unwrap();
+    assert_no_gps_but_make(&xmp.1[jpeg::XMP_ID.len()..], "jpeg");
+    assert!(!segs.iter().any(|(_, p)| p.starts_with(jpeg::XMP_EXT_ID)), "extended XMP kept");
+    let kept = write(&photo, d.path(), "gps.jpg", None, &Settings::default()).unwrap();
+    let segs = header_segments(&std::fs::read(&kept.path).unwrap());
+    assert!(segs.contains(&(jpeg::APP1, [jpeg::XMP_ID, GPS_XMP].concat())));
+    assert!(segs.contains(&(jpeg::APP1, ext)));
+    // Into other formats, from the decoded packet.
+    for format in [Format::Png, Format::Webp, Format::Tiff] {
+        let w = write(&photo, d.path(), "gps.jpg", Some(format), &no_gps).unwrap();
+        let again = read(&w.path, &Settings::default()).unwrap();
+        assert_no_gps_but_make(again.meta.xmp.as_deref().unwrap(), &format.to_string());
+    }
+    // Each format into itself, from its own chunk or tag.
+    for format in [Format::Png, Format::Webp, Format::Tiff] {
+        let again =
+            read(&d.path().join(format!("gps.{}", format.extension())), &Settings::default()).unwrap();
+        // Put the GPS packet back into the file's own container, as a camera would have it.
+        let mut with_gps = again.clone();
+        match &mut with_gps.meta.native {
+            Native::Png { chunks } => {
+                let (_, raw) = chunks.iter_mut().find(|(k, _)| k == b"iTXt").unwrap();
+                raw.clear();
+                png::put_chunk(raw, b"iTXt", &png::xmp_data(GPS_XMP));
+            }
+            Native::Webp { chunks } => {
+                chunks.iter_mut().find(|(k, _)| k == b"XMP ").unwrap().1 = GPS_XMP.to_vec()
+            }
+            Native::Tiff { entries, .. } => {
+                let e = entries.iter_mut().find(|e| e.tag == TIFF_XMP).unwrap();
+                e.count = GPS_XMP.len() as u32;
+                e.value = OutValue::Bytes(GPS_XMP.to_vec());
+            }
+            other => panic!("{format}: {other:?}"),
+        }
+        let out = tempfile::tempdir().unwrap();
+        let name = format!("gps.{}", format.extension());
+        let w = write(&with_gps, out.path(), &name, None, &no_gps).unwrap();
+        let back = read(&w.path, &Settings::default()).unwrap();
+        assert_no_gps_but_make(back.meta.xmp.as_deref().unwrap(), &format!("{format} native"));
+        let w = write(&with_gps, out.path(), &name, None, &Settings::default()).unwrap();
+        let back = read(&w.path, &Settings::default()).unwrap();
+        assert_eq!(back.meta.xmp.as_deref(), Some(GPS_XMP), "{format} keep");
+    }
+}
