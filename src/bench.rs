@@ -3,7 +3,10 @@
 //! Builds 12 MP test photos (4000×3000) from a camera photo with one and with four portraits pasted
 //! in, then measures, after warm-up runs, the median of: the attack on one face region alone (faces
 //! per second), and the whole path for each photo (decode, detect, protect, encode and write; the
-//! quality check that follows, a second decode with PSNR and SSIM, is reported apart). Peak
+//! quality check that follows, a second decode with PSNR and SSIM, is reported apart). With
+//! `photos` > 1 it also times that many one-face photos handed to the pipeline together, as the
+//! daemon does on a GPU (their faces attacked in one batch, decoding and encoding overlapped with
+//! the engine's work): wall-clock seconds per photo, quality check included. Peak
 //! memory is the process's maximum resident set; on CUDA, the GPU memory in use at the end.
 
 use std::{
@@ -17,7 +20,7 @@ use tch::Tensor;
 use crate::{
     engine,
     imageio::{self, ImageError},
-    pipeline::{self, JobOptions, Pipeline, PipelineError},
+    pipeline::{self, FileJob, JobOptions, Pipeline, PipelineError},
     protect::{self, Preset, Rng},
 };
 
@@ -48,6 +51,8 @@ pub struct Options {
     pub batch: usize,
     /// Also time the 12 MP photo with four faces.
     pub four_faces: bool,
+    /// Also time this many one-face photos handed over together; 1 skips it.
+    pub photos: usize,
 }
 
 /// Median, minimum and maximum of repeated timings, in seconds.
@@ -90,6 +95,8 @@ pub struct Report {
     pub photo_one_face: Timing,
     /// With the number of faces found in it, when timed.
     pub photo_four_faces: Option<(Timing, usize)>,
+    /// `n` one-face photos handed over together: the wall-clock time of the whole batch.
+    pub photo_batch: Option<(usize, Timing)>,
     /// The quality check after each photo was written (decoded again, PSNR and SSIM), not part of
     /// the end-to-end times.
     pub quality_check: Timing,
@@ -123,6 +130,15 @@ impl Report {
             s += &row(&format!("12 MP photo, 4 faces ({found} found)"), t);
         }
         s += &row("then the quality check (re-read)", &self.quality_check);
+        if let Some((n, t)) = &self.photo_batch {
+            let per_photo = Timing {
+                median: t.median / *n as f64,
+                min: t.min / *n as f64,
+                max: t.max / *n as f64,
+                runs: t.runs,
+            };
+            s += &row(&format!("{n} such photos together, per photo"), &per_photo);
+        }
         s += &format!("{:<34} {:>9.1} MiB\n", "peak RSS", self.peak_rss_bytes as f64 / 1048576.0);
         if let Some(g) = self.gpu_memory_used_bytes {
             s += &format!("{:<34} {:>9.1} MiB\n", "GPU memory in use at the end", g as f64 / 1048576.0);
@@ -146,6 +162,9 @@ impl Report {
             "photo_12mp_four_faces": self.photo_four_faces.as_ref().map(|(ft, _)| t(ft)),
             "faces_found_in_four": self.photo_four_faces.as_ref().map(|(_, n)| n),
             "quality_check": t(&self.quality_check),
+            "photo_batch": self.photo_batch.as_ref().map(|(n, bt)| serde_json::json!({
+                "photos": n, "timing": t(bt), "seconds_per_photo": bt.median / *n as f64,
+            })),
             "peak_rss_bytes": self.peak_rss_bytes,
             "gpu_memory_used_bytes": self.gpu_memory_used_bytes,
         })
@@ -305,6 +324,32 @@ pub fn run(
     let photo_four_faces = if opts.four_faces { Some(end_to_end(&four, "12 MP, 4 faces")?) } else { None };
     let quality_check = Timing::of(checks);
 
+    // `photos` one-face photos together, as the daemon hands them over: wall clock for all of them.
+    let photo_batch = if opts.photos > 1 {
+        let dir = tmp.path().join("batch");
+        std::fs::create_dir_all(&dir).map_err(BenchError::Temp)?;
+        let jobs = (0..opts.photos)
+            .map(|i| {
+                let source = dir.join(format!("photo-{i}.jpg"));
+                std::fs::copy(&one, &source)
+                    .map_err(|e| BenchError::Write { path: source.clone(), message: e.to_string() })?;
+                Ok(FileJob { source, out_dir: out.clone(), options: options.clone() })
+            })
+            .collect::<Result<Vec<_>, BenchError>>()?;
+        let label = format!("{} photos together", opts.photos);
+        let t = time_runs(opts, cuda, &label, &mut progress, || -> Result<(), BenchError> {
+            for outcome in pipeline.protect_files(&jobs, &mut rng) {
+                if let Some(w) = outcome?.written {
+                    let _ = std::fs::remove_file(&w.path);
+                }
+            }
+            Ok(())
+        })?;
+        Some((opts.photos, t))
+    } else {
+        None
+    };
+
     Ok(Report {
         device: engine::describe(pipeline.ensemble().device),
         preset,
@@ -314,6 +359,7 @@ pub fn run(
         face_batch: batched,
         photo_one_face,
         photo_four_faces,
+        photo_batch,
         quality_check,
         peak_rss_bytes: peak_rss_bytes(),
         gpu_memory_used_bytes: engine::gpu_memory_used(pipeline.ensemble().device),

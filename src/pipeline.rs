@@ -6,6 +6,10 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Mutex,
+    },
     time::Instant,
 };
 
@@ -285,56 +289,103 @@ impl Pipeline {
     /// error is its own. When a batched attack fails, its photos are tried one by one, so the error
     /// is pinned on the photo that caused it. `Outcome::seconds` of a batched photo counts its own
     /// decode, detection and encoding and its share of the batch's attack.
+    ///
+    /// The stages overlap: photos are decoded on other threads (several at once) while this thread
+    /// finds the faces of those already decoded, and each photo is encoded, written and checked on
+    /// another thread as soon as it is ready (a photo without faces while the others are attacked;
+    /// one attacked group while the next is). Only detection and the attack use the engine's
+    /// models, on this thread.
     pub fn protect_files(&self, jobs: &[FileJob], rng: &mut Rng) -> Vec<Result<Outcome, PipelineError>> {
         let mut results: Vec<Option<Result<Outcome, PipelineError>>> = jobs.iter().map(|_| None).collect();
-        // Decode and detect each photo.
-        let mut ready: Vec<Prepared> = Vec::new();
-        for (i, job) in jobs.iter().enumerate() {
-            match self.prepare(i, job) {
-                Ok(p) => ready.push(p),
-                Err(e) => results[i] = Some(Err(e)),
+        let threads = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, jobs.len().max(1));
+        let (config, device) = (&self.config, self.ensemble.device);
+        let next = AtomicUsize::new(0);
+        let (write_tx, write_rx) = mpsc::channel::<Prepared>();
+        let write_rx = Mutex::new(write_rx);
+        std::thread::scope(|scope| {
+            // Decoders: the jobs in order, `threads` at a time.
+            let (decoded_tx, decoded_rx) = mpsc::channel();
+            for _ in 0..threads {
+                let (tx, next) = (decoded_tx.clone(), &next);
+                scope.spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    let started = Instant::now();
+                    let photo = decode(config, job);
+                    if tx.send((i, photo, started.elapsed().as_secs_f64())).is_err() {
+                        break;
+                    }
+                });
             }
-        }
-        // Attack the photos with faces, grouped by their parameters.
-        let mut groups: Vec<(Params, Vec<usize>)> = Vec::new();
-        for (k, p) in ready.iter().enumerate() {
-            if p.found.regions.is_empty() {
-                continue;
+            drop(decoded_tx);
+            // Writers: each photo as soon as it is ready.
+            let (done_tx, done_rx) = mpsc::channel();
+            for _ in 0..threads {
+                let (rx, tx) = (&write_rx, done_tx.clone());
+                scope.spawn(move || loop {
+                    let next = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => break,
+                    };
+                    let Ok(p) = next else { break };
+                    let i = p.job;
+                    if tx.send((i, finish(config, device, p, &jobs[i]))).is_err() {
+                        break;
+                    }
+                });
             }
-            match groups.iter_mut().find(|(params, _)| *params == p.params) {
-                Some((_, members)) => members.push(k),
-                None => groups.push((p.params.clone(), vec![k])),
+            drop(done_tx);
+            // Detection, as the photos come in; a photo without faces goes straight to a writer (the
+            // writers outlive these sends, so they cannot fail).
+            let mut ready: Vec<Prepared> = Vec::new();
+            for (i, photo, decode_seconds) in decoded_rx {
+                match photo.and_then(|photo| self.detect(i, photo, decode_seconds, &jobs[i])) {
+                    Ok(p) if p.found.regions.is_empty() => {
+                        let _ = write_tx.send(p);
+                    }
+                    Ok(p) => ready.push(p),
+                    Err(e) => results[i] = Some(Err(e)),
+                }
             }
-        }
-        let mut failed: Vec<usize> = Vec::new();
-        for (params, members) in &groups {
-            let started = Instant::now();
-            match self.attack_group(&mut ready, members, params, rng) {
-                Ok(()) => {
-                    let share = started.elapsed().as_secs_f64() / members.len() as f64;
-                    for &k in members {
-                        ready[k].seconds += share;
+            // The attack order (and so each photo's random start) does not depend on decoding times.
+            ready.sort_by_key(|p| p.job);
+            let mut groups: Vec<(Params, Vec<Prepared>)> = Vec::new();
+            for p in ready {
+                match groups.iter_mut().find(|(params, _)| *params == p.params) {
+                    Some((_, members)) => members.push(p),
+                    None => groups.push((p.params.clone(), vec![p])),
+                }
+            }
+            for (params, mut members) in groups {
+                let started = Instant::now();
+                match self.attack_group(&mut members, &params, rng) {
+                    Ok(()) => {
+                        let share = started.elapsed().as_secs_f64() / members.len() as f64;
+                        for mut p in members {
+                            p.seconds += share;
+                            let _ = write_tx.send(p);
+                        }
+                    }
+                    Err(e) if members.len() == 1 => results[members[0].job] = Some(Err(e)),
+                    Err(_) => {
+                        for mut p in members {
+                            let started = Instant::now();
+                            match self.attack_group(std::slice::from_mut(&mut p), &params, rng) {
+                                Ok(()) => {
+                                    p.seconds += started.elapsed().as_secs_f64();
+                                    let _ = write_tx.send(p);
+                                }
+                                Err(e) => results[p.job] = Some(Err(e)),
+                            }
+                        }
                     }
                 }
-                Err(_) if members.len() > 1 => failed.extend(members),
-                Err(e) => results[ready[members[0]].job] = Some(Err(e)),
             }
-        }
-        for k in failed {
-            let started = Instant::now();
-            let params = ready[k].params.clone();
-            match self.attack_group(&mut ready, &[k], &params, rng) {
-                Ok(()) => ready[k].seconds += started.elapsed().as_secs_f64(),
-                Err(e) => results[ready[k].job] = Some(Err(e)),
+            drop(write_tx);
+            for (i, outcome) in done_rx {
+                results[i] = Some(outcome);
             }
-        }
-        // Write each photo and check what was written.
-        for p in ready {
-            let i = p.job;
-            if results[i].is_none() {
-                results[i] = Some(self.finish(p, &jobs[i]));
-            }
-        }
+        });
         results
             .into_iter()
             .zip(jobs)
@@ -342,106 +393,50 @@ impl Pipeline {
             .collect()
     }
 
-    /// Decodes a job's photo and finds its faces.
-    fn prepare(&self, index: usize, job: &FileJob) -> Result<Prepared, PipelineError> {
+    /// Finds the faces of a decoded photo (`decode_seconds` spent decoding it).
+    fn detect(
+        &self,
+        index: usize,
+        photo: Photo,
+        decode_seconds: f64,
+        job: &FileJob,
+    ) -> Result<Prepared, PipelineError> {
         let started = Instant::now();
-        let settings = job.options.imageio.as_ref().unwrap_or(&self.config.imageio);
-        let photo = match &job.options.folder {
-            Some(folder) => imageio::read_in_folder(folder, &job.source, settings)?,
-            None => imageio::read(&job.source, settings)?,
-        };
-        let decoded = started.elapsed().as_secs_f64();
         let found = self.find(&photo)?;
-        let seconds = started.elapsed().as_secs_f64();
-        tracing::debug!("{}: decode {decoded:.3} s, detect {:.3} s", job.source.display(), seconds - decoded);
+        let detect_seconds = started.elapsed().as_secs_f64();
+        tracing::debug!(
+            "{}: decode {decode_seconds:.3} s, detect {detect_seconds:.3} s",
+            job.source.display()
+        );
         let params = self.params(job.options.preset);
-        Ok(Prepared { job: index, photo, protected: None, found, params, seconds })
+        Ok(Prepared {
+            job: index,
+            photo,
+            protected: None,
+            found,
+            params,
+            seconds: decode_seconds + detect_seconds,
+        })
     }
 
-    /// Attacks the faces of `ready[members]` together and stores each protected photo.
+    /// Attacks the faces of `members` together and stores each protected photo.
     fn attack_group(
         &self,
-        ready: &mut [Prepared],
-        members: &[usize],
+        members: &mut [Prepared],
         params: &Params,
         rng: &mut Rng,
     ) -> Result<(), PipelineError> {
         let photos: Vec<(&RgbImage, &[Region])> =
-            members.iter().map(|&k| (&ready[k].photo.pixels, ready[k].found.regions.as_slice())).collect();
+            members.iter().map(|p| (&p.photo.pixels, p.found.regions.as_slice())).collect();
         let out = attack_photos(&self.ensemble, &photos, params, rng).map_err(|source| {
-            PipelineError::Protect { path: ready[members[0]].photo.source.clone(), source }
+            let path = members.first().map(|p| p.photo.source.clone()).unwrap_or_default();
+            PipelineError::Protect { path, source }
         })?;
-        for (&k, (pixels, losses)) in members.iter().zip(out) {
-            ready[k].protected = Some(pixels);
-            ready[k].found.losses = losses;
+        for (p, (pixels, losses)) in members.iter_mut().zip(out) {
+            p.protected = Some(pixels);
+            p.found.losses = losses;
         }
         Ok(())
-    }
-
-    /// Writes a prepared (and, with faces, protected) photo, then decodes what was written to measure
-    /// its quality.
-    fn finish(&self, p: Prepared, job: &FileJob) -> Result<Outcome, PipelineError> {
-        let started = Instant::now();
-        let settings = job.options.imageio.as_ref().unwrap_or(&self.config.imageio);
-        let name = job
-            .source
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| PipelineError::Name { path: job.source.clone() })?;
-        let Prepared { mut photo, protected, found, seconds, .. } = p;
-        // The photo goes out with its protected pixels (when it has any); the original pixels stay
-        // for the quality check.
-        let replaced = protected.map(|pixels| std::mem::replace(&mut photo.pixels, pixels));
-        let original = replaced.as_ref().unwrap_or(&photo.pixels);
-        let written = match found.action {
-            Action::SkippedNoFace => None,
-            Action::CopiedNoFace | Action::Protected | Action::ProtectedWhole => {
-                Some(imageio::write(&photo, &job.out_dir, name, job.options.format, settings)?)
-            }
-        };
-        let written_at = started.elapsed().as_secs_f64();
-        // Quality of what was actually written, decoded again.
-        let (psnr, ssim) = match &written {
-            Some(w) => match imageio::read(&w.path, settings) {
-                Ok(back) => {
-                    let (w, h) = original.dimensions();
-                    let rects: Vec<(i64, i64, i64, i64)> = if found.regions.is_empty() {
-                        vec![(0, 0, i64::from(w), i64::from(h))]
-                    } else {
-                        found.regions.iter().map(|r| (r.x, r.y, r.w, r.h)).collect()
-                    };
-                    let device = self.ensemble.device;
-                    (
-                        quality::psnr(original, &back.pixels),
-                        quality::ssim_regions(original, &back.pixels, &rects, device),
-                    )
-                }
-                Err(e) => {
-                    tracing::warn!("cannot re-read {} to measure its quality: {e}", w.path.display());
-                    (None, None)
-                }
-            },
-            None => (None, None),
-        };
-        let checked = started.elapsed().as_secs_f64();
-        tracing::debug!(
-            "{}: detected and protected in {seconds:.3} s, encoded in {written_at:.3} s, quality check {:.3} s",
-            job.source.display(),
-            checked - written_at
-        );
-        Ok(Outcome {
-            source: job.source.clone(),
-            action: found.action,
-            written,
-            faces: found.faces,
-            too_small: found.too_small,
-            regions: found.regions,
-            losses: found.losses,
-            psnr,
-            ssim,
-            seconds: seconds + written_at,
-            check_seconds: checked - written_at,
-        })
     }
 
     /// Finds the faces of `photo` and the regions to protect under the `no_face` policy.
@@ -501,6 +496,80 @@ impl Pipeline {
         }
         Ok(found)
     }
+}
+
+/// Decodes a job's photo. Runs on a decoder thread: it needs no model.
+fn decode(config: &Config, job: &FileJob) -> Result<Photo, PipelineError> {
+    let settings = job.options.imageio.as_ref().unwrap_or(&config.imageio);
+    Ok(match &job.options.folder {
+        Some(folder) => imageio::read_in_folder(folder, &job.source, settings)?,
+        None => imageio::read(&job.source, settings)?,
+    })
+}
+
+/// Writes a prepared (and, with faces, protected) photo, then decodes what was written to measure
+/// its quality. Runs on a writer thread: it needs no model.
+fn finish(config: &Config, device: Device, p: Prepared, job: &FileJob) -> Result<Outcome, PipelineError> {
+    let started = Instant::now();
+    let settings = job.options.imageio.as_ref().unwrap_or(&config.imageio);
+    let name = job
+        .source
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| PipelineError::Name { path: job.source.clone() })?;
+    let Prepared { mut photo, protected, found, seconds, .. } = p;
+    // The photo goes out with its protected pixels (when it has any); the original pixels stay
+    // for the quality check.
+    let replaced = protected.map(|pixels| std::mem::replace(&mut photo.pixels, pixels));
+    let original = replaced.as_ref().unwrap_or(&photo.pixels);
+    let written = match found.action {
+        Action::SkippedNoFace => None,
+        Action::CopiedNoFace | Action::Protected | Action::ProtectedWhole => {
+            Some(imageio::write(&photo, &job.out_dir, name, job.options.format, settings)?)
+        }
+    };
+    let written_at = started.elapsed().as_secs_f64();
+    // Quality of what was actually written, decoded again.
+    let (psnr, ssim) = match &written {
+        Some(w) => match imageio::read(&w.path, settings) {
+            Ok(back) => {
+                let (w, h) = original.dimensions();
+                let rects: Vec<(i64, i64, i64, i64)> = if found.regions.is_empty() {
+                    vec![(0, 0, i64::from(w), i64::from(h))]
+                } else {
+                    found.regions.iter().map(|r| (r.x, r.y, r.w, r.h)).collect()
+                };
+                (
+                    quality::psnr(original, &back.pixels),
+                    quality::ssim_regions(original, &back.pixels, &rects, device),
+                )
+            }
+            Err(e) => {
+                tracing::warn!("cannot re-read {} to measure its quality: {e}", w.path.display());
+                (None, None)
+            }
+        },
+        None => (None, None),
+    };
+    let checked = started.elapsed().as_secs_f64();
+    tracing::debug!(
+        "{}: detected and protected in {seconds:.3} s, encoded in {written_at:.3} s, quality check {:.3} s",
+        job.source.display(),
+        checked - written_at
+    );
+    Ok(Outcome {
+        source: job.source.clone(),
+        action: found.action,
+        written,
+        faces: found.faces,
+        too_small: found.too_small,
+        regions: found.regions,
+        losses: found.losses,
+        psnr,
+        ssim,
+        seconds: seconds + written_at,
+        check_seconds: checked - written_at,
+    })
 }
 
 /// The final loss per generator, by name.

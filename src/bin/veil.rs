@@ -98,6 +98,10 @@ enum Command {
         /// Skip the 12 MP photo with four faces (the slowest part on a CPU).
         #[arg(long)]
         no_four_faces: bool,
+        /// Also time this many 12 MP one-face photos handed over together, as `veild` does (default:
+        /// what the engine batches, 8 on a GPU and 1, which skips it, on a CPU).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+        photos: Option<u16>,
         #[arg(long)]
         json: bool,
     },
@@ -285,7 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bar.finish_and_clear();
             print(&mut out, json, &report.to_json(), |_| report.table())
         }
-        Command::Bench { data, runs, warmup, preset, batch, no_four_faces, json } => {
+        Command::Bench { data, runs, warmup, preset, batch, no_four_faces, photos, json } => {
             let (config, _) = effective_config(cli.config.as_deref())?;
             let pipeline = load_pipeline(&config)?;
             let bar = progress(0);
@@ -298,6 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     preset,
                     batch: usize::from(batch),
                     four_faces: !no_four_faces,
+                    photos: photos.map_or(pipeline.photo_batch(), usize::from),
                 },
                 |msg| {
                     bar.set_message(msg.to_string());
