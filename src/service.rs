@@ -20,7 +20,7 @@ use crate::{
     config::{Config, FolderConfig, Source},
     control::{self, server, ApiError, Command, Event, Reply},
     engine::{self, EngineError},
-    models::Inventory,
+    models::{Inventory, Role},
     store::{self, Finish, Observed, Status, Store, StoreError},
     systemd,
     watch::{self, Filter, Hint, Watcher},
@@ -201,14 +201,17 @@ fn reload_config(
     }
 }
 
-/// The generators and detector that loaded, for `veil status`.
+/// The detector and the `ensemble` generators that loaded: what the engine runs, for `veil status`.
+/// Holdouts only judge `veil eval`; the daemon never loads them.
 fn loaded_models(inventory: &Inventory) -> Vec<String> {
     let mut out = Vec::new();
     if inventory.detector_ready() {
         out.push("mtcnn".to_string());
     }
     if let Ok(models) = &inventory.generators {
-        out.extend(models.iter().filter(|(_, l)| l.is_ok()).map(|(e, _)| e.name.clone()));
+        out.extend(
+            models.iter().filter(|(e, l)| l.is_ok() && e.role == Role::Ensemble).map(|(e, _)| e.name.clone()),
+        );
     }
     out
 }
@@ -995,9 +998,15 @@ fn log_models(inventory: &Inventory) {
     match &inventory.generators {
         Ok(models) => {
             for (entry, loaded) in models {
-                match loaded {
-                    Ok(()) => tracing::info!("generator {} ({:?}) loaded", entry.name, entry.role),
-                    Err(e) => tracing::error!("generator {}: {e}", entry.name),
+                match (loaded, entry.role) {
+                    (Ok(()), Role::Ensemble) => tracing::info!("generator {} (ensemble) loads", entry.name),
+                    (Ok(()), Role::Holdout) => {
+                        tracing::debug!("generator {} (holdout, for veil eval only) loads", entry.name)
+                    }
+                    (Err(e), Role::Ensemble) => tracing::error!("generator {}: {e}", entry.name),
+                    (Err(e), Role::Holdout) => {
+                        tracing::warn!("generator {} (holdout, for veil eval only): {e}", entry.name)
+                    }
                 }
             }
         }

@@ -176,7 +176,10 @@ fn every_endpoint_over_the_real_socket() {
     let status = home.veil_json(&["status"]);
     assert_eq!(status["state"], "idle", "{status}");
     assert_eq!(status["folders"][0]["watch"], "events", "{status}");
-    assert!(status["models"].as_array().unwrap().iter().any(|m| m == "mtcnn"), "{status}");
+    // What the engine runs: the detector and the ensemble, not the holdouts that only judge `veil eval`.
+    let models = status["models"].as_array().unwrap();
+    assert!(models.iter().any(|m| m == "mtcnn") && models.iter().any(|m| m == "stargan"), "{status}");
+    assert!(!models.iter().any(|m| m == "stargan_adv" || m == "cyclegan"), "{status}");
     let human = home.veil(&["status"]);
     assert!(
         text(&human.stdout).contains("idle") && text(&human.stdout).contains("In"),
