@@ -10,7 +10,9 @@
 #   .device/data/portraits/src/{female,male}/ and .device/data/exif-samples/jpg/mobile/jolla.jpg (for bench),
 #   cp -a models/mtcnn .device/models/
 # There:   bash bench/device-run.sh   (MIN: minutes of phase 1, ADV_MIN: of stargan_adv after it; STOP:
-#          seconds after which no further eval chunk starts. Leave room in the 600 s call limit.)
+#          seconds after which no further eval chunk starts. Leave room in the 600 s call limit.
+#          INIT_DIR: where training goes on from, default models/ (the committed zoo); INIT_DIR= starts
+#          afresh.)
 # Here, a dry run on the CPU with the tiny fixtures: OUT=/tmp/out DRY=1 CHUNK=2 RUNS=1 bash bench/device-run.sh
 # Then: bench/merge_eval.py $OUT/eval[1-4].json, and untar the zoo into models/.
 set -u
@@ -31,7 +33,7 @@ log "start; $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=c
 Z=/tmp/zoo; rm -rf $Z; mkdir -p $Z
 if [ -z "${DRY:-}" ]; then
   log "train ${MIN} min per model, in parallel"
-  bash models/train/gpu.sh .device/celeba128.tar.gz $Z "$MIN" cuda "${ADV_MIN:-$MIN}" >>"$L" 2>&1; log "gpu.sh rc $?"
+  bash models/train/gpu.sh .device/celeba128.tar.gz $Z "$MIN" cuda "${ADV_MIN:-$MIN}" "${INIT_DIR-models}" >>"$L" 2>&1; log "gpu.sh rc $?"
 else
   cp target/fixtures/models/*.pt target/fixtures/models/*.json target/fixtures/models/manifest.toml $Z/
 fi
@@ -44,6 +46,8 @@ ls -la $OUT >>"$L"
 cp -a .device/models/mtcnn $Z/
 printf '[models]\ndir = "%s"\n' $Z >/tmp/veil.toml
 printf '[models]\ndir = "%s"\n[engine]\nprecision = "fp16"\n' $Z >/tmp/veil16.toml
+printf '[models]\ndir = "%s"\n[engine]\nchannels_last = true\n' $Z >/tmp/veilcl.toml
+printf '[models]\ndir = "%s"\n[engine]\nchannels_last = true\nprecision = "bf16"\n' $Z >/tmp/veilclbf.toml
 log "doctor"; $V --config /tmp/veil.toml doctor >>"$L" 2>&1
 # Four chunks of the 200 val images, so a slow eval still leaves whole chunks behind.
 src=$PWD/.device/data/celeba
@@ -68,6 +72,9 @@ done
 [ -n "${SKIPBENCH:-}" ] || {
 log "bench fp16"
 echo "BENCHJSON16 $(timeout 60 $V --config /tmp/veil16.toml bench --json --batch 8 --runs $RUNS --data .device/data 2>>"$L")" >>"$L"; log "bench16 rc $?"
+log "bench channels-last, fp32 and bf16"
+echo "BENCHJSONCL $(timeout 60 $V --config /tmp/veilcl.toml bench --json --batch 8 --runs $RUNS --no-four-faces --data .device/data 2>>"$L")" >>"$L"; log "benchcl rc $?"
+echo "BENCHJSONCLBF $(timeout 60 $V --config /tmp/veilclbf.toml bench --json --batch 8 --runs $RUNS --no-four-faces --data .device/data 2>>"$L")" >>"$L"; log "benchclbf rc $?"
 }
 if [ $(el) -lt $(( STOP + 20 )) ]; then
   log "eval fp16 chunk 1"

@@ -94,6 +94,9 @@ pub struct EngineConfig {
     /// Number format the attacked generators run in on CUDA (`fp32`, `fp16`, `bf16`); the CPU always
     /// runs fp32. `veil eval` judges in fp32 whatever this says.
     pub precision: Precision,
+    /// Hand the generators their inputs in channels-last (NHWC) layout, which suits tensor-core
+    /// convolutions on CUDA; the same arithmetic either way.
+    pub channels_last: bool,
 }
 
 /// `engine.precision`: the generators' number format on CUDA.
@@ -332,7 +335,7 @@ impl Default for Config {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { device: DeviceChoice::Auto, precision: Precision::Fp32 }
+        EngineConfig { device: DeviceChoice::Auto, precision: Precision::Fp32, channels_last: false }
     }
 }
 

@@ -282,7 +282,7 @@ pub fn run(
     let mut single = Ensemble::load(&dir, &[Role::Ensemble], device, &config.protect.weights)
         .map_err(PipelineError::Generators)?;
     single.restrict_conditions(0..1);
-    single.set_precision(config.engine.precision);
+    single.configure(&config.engine);
     let manifest = crate::models::Manifest::load(&dir).map_err(|e| PipelineError::Generators(e.into()))?;
     let attributes_of = |name: &str| {
         manifest.models.iter().find(|m| m.name == name).map(|m| m.attributes.clone()).unwrap_or_default()

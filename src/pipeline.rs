@@ -226,7 +226,7 @@ impl Pipeline {
         let detector = Detector::load(&dir, &config.faces, device).map_err(PipelineError::Detector)?;
         let mut ensemble = Ensemble::load(&dir, &[Role::Ensemble], device, &config.protect.weights)
             .map_err(PipelineError::Generators)?;
-        ensemble.set_precision(config.engine.precision);
+        ensemble.configure(&config.engine);
         Ok(Pipeline { detector, ensemble, config: config.clone(), auto: std::cell::OnceCell::new() })
     }
 

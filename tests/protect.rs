@@ -199,3 +199,17 @@ fn spread_spectrum_beats_the_plain_attack_under_the_blur_defense() {
     println!("under Gaussian blur k11 σ1.5, mean MSE: spread {with:.5}, plain {without:.5}");
     assert!(with > without, "spread {with} vs plain {without}");
 }
+
+#[test]
+fn channels_last_inputs_give_the_same_outputs() {
+    let mut ens = ensemble();
+    let x = Tensor::rand([1, 3, 40, 40], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let plain: Vec<Tensor> = ens.generators.iter().map(|g| g.forward_all(&[x.shallow_clone()]).unwrap()).collect();
+    let engine = veil::config::EngineConfig { channels_last: true, ..Default::default() };
+    assert_eq!(ens.configure(&engine), Kind::Float);
+    for (g, p) in ens.generators.iter().zip(&plain) {
+        let y = g.forward_all(&[x.shallow_clone()]).unwrap();
+        let diff = (&y - p).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{}: channels-last output differs by {diff}", g.name);
+    }
+}

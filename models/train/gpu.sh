@@ -8,26 +8,33 @@
 # iterations, about a seventh of the card each, so several models at once save no GPU time. Spend
 # the minutes you have on longer runs: MINUTES is per model, and phase 1 takes MINUTES in all.
 #
+# INIT_DIR (e.g. `models`, the committed zoo) makes every generator go on from its exported weights there
+# instead of starting afresh (a fresh critic trains alone for its first 200 iterations), so GPU sessions
+# add up; stargan_adv still starts from phase 1's new StarGAN.
+#
 # Here (once):  .venv/bin/python models/train/pack.py --data ../shared/data/celeba --out .device/celeba128.tar.gz
-# There:        bash models/train/gpu.sh .device/celeba128.tar.gz /tmp/zoo 6 cuda 3
+# There:        bash models/train/gpu.sh .device/celeba128.tar.gz /tmp/zoo 6 cuda 3 models
 #               (`.device/` is git-ignored; name it in the device call's `carry`.)
 # Then copy OUT_DIR's *.pt, *.json and manifest.toml into models/ and run
 #   .venv/bin/python models/train/evaluate.py --models models --data ../shared/data/celeba --split val --samples models/samples
 # here to fill in models/README.md's figures.
 set -euo pipefail
-usage="usage: gpu.sh DATA_TAR OUT_DIR [MINUTES] [DEVICE] [ADV_MINUTES]"
+usage="usage: gpu.sh DATA_TAR OUT_DIR [MINUTES] [DEVICE] [ADV_MINUTES] [INIT_DIR]"
 data=${1:?$usage}
 out=${2:?$usage}
 minutes=${3:-4}
 device=${4:-cuda}
 adv_minutes=${5:-$minutes}
+init_dir=${6:-}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 common=(--device "$device" --data "$data" --out "$out" --batch 32 --width 32 --threads 2)
+init=()
+[ -n "$init_dir" ] && init=(--init-dir "$init_dir")
 pids=()
 for m in stargan ganimation attgan cyclegan faceswap classifier; do
-  PYTHONUNBUFFERED=1 python3 "$here/train.py" "$m" "${common[@]}" --minutes "$minutes" >"$out/$m.log" 2>&1 &
+  PYTHONUNBUFFERED=1 python3 "$here/train.py" "$m" "${common[@]}" "${init[@]}" --minutes "$minutes" >"$out/$m.log" 2>&1 &
   pids+=($!)
 done
 failed=0

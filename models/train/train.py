@@ -76,8 +76,43 @@ def settings(args) -> dict:
         "minutes": args.minutes,
         "adv_warmup": args.adv_warmup,
         "init": args.init,
+        "init_dir": args.init_dir,
+        "d_warmup": args.d_warmup,
     }
     return s
+
+
+def init_path(model: str, s: dict) -> str | None:
+    """The exported generator `model` starts from: --init, else --init-dir/<model>.pt when it exists."""
+    if s.get("init"):
+        return s["init"]
+    if s.get("init_dir"):
+        path = os.path.join(s["init_dir"], f"{model}.pt")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def load_exported(net: nn.Module, path: str) -> None:
+    """Loads the weights of an exported generator (TorchScript `Exported` around `net`, possibly
+    through `Unconditional`) into `net`: the export's key prefix is whatever makes its keys `net`'s."""
+    state = torch.jit.load(path, map_location="cpu").state_dict()
+    want = set(net.state_dict())
+    for prefix in ("g.", "g.net.", ""):
+        stripped = {k.removeprefix(prefix): v.float() for k, v in state.items()}
+        if set(stripped) == want:
+            net.load_state_dict(stripped)
+            print(f"initialized from {path}", flush=True)
+            return
+    raise SystemExit(f"error: {path} does not hold this architecture's weights (width or size differ?)")
+
+
+def critic_warmup(s: dict) -> int:
+    """Critic-only iterations before the generator trains: a generator started from trained weights
+    should not be pushed around by a critic that has not learned anything yet."""
+    if s.get("d_warmup") is not None:
+        return s["d_warmup"]
+    return 200 if s.get("started_from") else 0
 
 
 def gradient_penalty(critic, real, fake):
@@ -113,11 +148,11 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
     else:
         g = nets.ResNetTranslator(c_dim, s["width"], s["blocks"], attention=(model == "ganimation"))
     d = nets.Discriminator(s["size"], c_dim, s["width"], depth=5 if s["size"] >= 64 else 3)
-    if s.get("init"):
+    if s.get("started_from"):
         # Start from an exported generator of the same architecture (e.g. stargan.pt for stargan_adv).
-        state = torch.jit.load(s["init"], map_location="cpu").state_dict()
-        g.load_state_dict({k.removeprefix("g."): v.float() for k, v in state.items()})
+        load_exported(g, s["started_from"])
     g, d = g.to(DEVICE), d.to(DEVICE)
+    g_from = critic_warmup(s)
     opt_g = torch.optim.Adam(g.parameters(), s["lr"], betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), s["lr"], betas=(0.5, 0.999))
     adversarial = model == "stargan_adv"
@@ -162,7 +197,7 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
         loss_d.backward()
         opt_d.step()
 
-        if it % s["n_critic"] == 0:
+        if it % s["n_critic"] == 0 and it > g_from:
             fake = g(x_in, c_trg)
             src, cls = d(fake)
             if model == "attgan":
@@ -182,7 +217,7 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
             loss_g.backward()
             opt_g.step()
         if it % max(1, s["iters"] // 20) == 0 or it == s["iters"]:
-            log(it, loss_d=loss_d.item(), loss_g=loss_g.item() if it >= s["n_critic"] else float("nan"))
+            log(it, loss_d=loss_d.item(), loss_g=loss_g.item() if it > g_from and it >= s["n_critic"] else float("nan"))
     return g
 
 
@@ -192,11 +227,16 @@ def train_cyclegan(train: D.Split, s: dict, log) -> nn.Module:
     young = train.labels[:, D.STARGAN_ATTRS.index("Young")] > 0.5
     idx_a, idx_b = torch.nonzero(~young).flatten(), torch.nonzero(young).flatten()
     g_ab, g_ba = (nets.CycleTranslator(s["width"], s["blocks"]) for _ in range(2))
+    if s.get("started_from"):
+        # The export holds the A->B translator only; B->A starts afresh.
+        load_exported(g_ab, s["started_from"])
+    g_from = critic_warmup(s)
     d_a, d_b = (nets.Discriminator(s["size"], 0, s["width"], depth=3).to(DEVICE) for _ in range(2))
     g_ab, g_ba = g_ab.to(DEVICE), g_ba.to(DEVICE)
     opt_g = torch.optim.Adam(list(g_ab.parameters()) + list(g_ba.parameters()), s["lr"], betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(list(d_a.parameters()) + list(d_b.parameters()), s["lr"], betas=(0.5, 0.999))
     bs = s["batch"]
+    loss_g = torch.tensor(float("nan"))
     for it in range(1, s["iters"] + 1):
         if time.time() > s["deadline"]:
             s["iters_done"] = it - 1
@@ -204,14 +244,15 @@ def train_cyclegan(train: D.Split, s: dict, log) -> nn.Module:
         a, _ = train.batch(idx_a[torch.randint(0, len(idx_a), (bs,))])
         b, _ = train.batch(idx_b[torch.randint(0, len(idx_b), (bs,))])
         fake_b, fake_a = g_ab(a), g_ba(b)
-        loss_g = (
-            ((d_b(fake_b)[0] - 1) ** 2).mean() + ((d_a(fake_a)[0] - 1) ** 2).mean()
-            + 10.0 * (F.l1_loss(g_ba(fake_b), a) + F.l1_loss(g_ab(fake_a), b))
-            + 5.0 * (F.l1_loss(g_ab(b), b) + F.l1_loss(g_ba(a), a))
-        )
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        if it > g_from:
+            loss_g = (
+                ((d_b(fake_b)[0] - 1) ** 2).mean() + ((d_a(fake_a)[0] - 1) ** 2).mean()
+                + 10.0 * (F.l1_loss(g_ba(fake_b), a) + F.l1_loss(g_ab(fake_a), b))
+                + 5.0 * (F.l1_loss(g_ab(b), b) + F.l1_loss(g_ba(a), a))
+            )
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
         loss_d = 0.5 * (
             ((d_b(b)[0] - 1) ** 2).mean() + (d_b(fake_b.detach())[0] ** 2).mean()
             + ((d_a(a)[0] - 1) ** 2).mean() + (d_a(fake_a.detach())[0] ** 2).mean()
@@ -225,7 +266,10 @@ def train_cyclegan(train: D.Split, s: dict, log) -> nn.Module:
 
 
 def train_faceswap(train: D.Split, s: dict, log) -> nn.Module:
-    ae = nets.FaceSwapAE(s["size"], s["width"], code=64 if s["size"] < 64 else 512).to(DEVICE)
+    ae = nets.FaceSwapAE(s["size"], s["width"], code=64 if s["size"] < 64 else 512)
+    if s.get("started_from"):
+        load_exported(ae, s["started_from"])
+    ae = ae.to(DEVICE)
     opt = torch.optim.Adam(ae.parameters(), s["lr"] * 2.5, betas=(0.5, 0.999))
     n = len(train)
     for it in range(1, s["iters"] + 1):
@@ -294,6 +338,7 @@ def train_one(model: str, train: D.Split, s: dict, out: str) -> dict:
     started = time.time()
     deadline = started + 60 * s["minutes"] if s["minutes"] else float("inf")
     s = dict(s, started=started, deadline=deadline, iters_done=s["iters"])
+    s["started_from"] = init_path(model, s) if model != "classifier" else None
     history = []
 
     def log(it, **values):
@@ -328,7 +373,7 @@ def train_one(model: str, train: D.Split, s: dict, out: str) -> dict:
         "threads": torch.get_num_threads(),
         "bytes": os.path.getsize(path),
         **({"adversarial_from_iter": s.get("adversarial_from_iter")} if model == "stargan_adv" else {}),
-        **({"init": s["init"]} if s.get("init") else {}),
+        **({"init": s["started_from"], "critic_warmup_iters": critic_warmup(s)} if s["started_from"] else {}),
         "history": history,
     }
     with open(os.path.join(out, f"{model}.json"), "w") as f:
@@ -365,7 +410,12 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--minutes", type=float, help="stop each model after this many minutes (iterations run are logged)")
     p.add_argument("--n-critic", type=int, default=1)
-    p.add_argument("--init", help="conditional generators: start from this exported generator (same architecture)")
+    p.add_argument("--init", help="start the generator from this exported one (same architecture and width)")
+    p.add_argument("--init-dir", help="start each generator from DIR/<model>.pt when it exists (e.g. models/, "
+                   "to go on training the committed zoo)")
+    p.add_argument("--d-warmup", type=int,
+                   help="critic-only iterations before the generator trains (default: 200 when started from "
+                   "an exported generator, else 0)")
     p.add_argument("--adv-warmup", type=float, default=0.4,
                    help="stargan_adv: fraction of the budget trained plainly before adversarial training")
     p.add_argument("--threads", type=int, help="torch CPU threads")

@@ -22,6 +22,8 @@ pub struct Generator {
     /// Number format the module runs in (`Float`, or `Half`/`BFloat16` on CUDA); inputs are cast to
     /// it and outputs back to `Float`.
     kind: Kind,
+    /// Inputs handed over in channels-last layout (`engine.channels_last`).
+    channels_last: bool,
     module: CModule,
 }
 
@@ -33,9 +35,14 @@ impl Generator {
     /// Runs the module on `x: [N,3,S,S]` with conditions `c: [N,C]`; a model that answers with the
     /// wrong shape is an error, not a panic.
     pub fn run(&self, x: &Tensor, c: &Tensor) -> Result<Tensor, ProtectError> {
+        let mut input = x.to_kind(self.kind);
+        if self.channels_last {
+            // Still [N,3,S,S], with NHWC strides: convolutions take their channels-last kernels.
+            input = input.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        }
         let y = self
             .module
-            .forward_ts(&[x.to_kind(self.kind), c.to_kind(self.kind)])
+            .forward_ts(&[input, c.to_kind(self.kind)])
             .map_err(|e| ProtectError::Model { name: self.name.clone(), message: e.to_string() })?
             .to_kind(Kind::Float);
         if y.size() != x.size() {
@@ -142,6 +149,7 @@ impl Ensemble {
                 conditions,
                 weight: weights.get(&entry.name).copied().unwrap_or(1.0),
                 kind: Kind::Float,
+                channels_last: false,
                 module,
             });
         }
@@ -149,6 +157,15 @@ impl Ensemble {
             return Err(ProtectError::EmptyEnsemble(dir.join(crate::models::MANIFEST).display().to_string()));
         }
         Ok(Ensemble { generators, device })
+    }
+
+    /// Applies `[engine]`: the number format (on CUDA only; the CPU stays fp32) and the input
+    /// layout. Returns the number format in effect.
+    pub fn configure(&mut self, engine: &crate::config::EngineConfig) -> Kind {
+        for g in &mut self.generators {
+            g.channels_last = engine.channels_last;
+        }
+        self.set_precision(engine.precision)
     }
 
     /// Runs the generators in `precision` when the ensemble is on CUDA (the CPU stays fp32). Returns
