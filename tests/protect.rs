@@ -204,12 +204,35 @@ fn spread_spectrum_beats_the_plain_attack_under_the_blur_defense() {
 fn channels_last_inputs_give_the_same_outputs() {
     let mut ens = ensemble();
     let x = Tensor::rand([1, 3, 40, 40], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    let plain: Vec<Tensor> = ens.generators.iter().map(|g| g.forward_all(&[x.shallow_clone()]).unwrap()).collect();
+    let plain: Vec<Tensor> =
+        ens.generators.iter().map(|g| g.forward_all(&[x.shallow_clone()]).unwrap()).collect();
     let engine = veil::config::EngineConfig { channels_last: true, ..Default::default() };
     assert_eq!(ens.configure(&engine), Kind::Float);
     for (g, p) in ens.generators.iter().zip(&plain) {
         let y = g.forward_all(&[x.shallow_clone()]).unwrap();
         let diff = (&y - p).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{}: channels-last output differs by {diff}", g.name);
+    }
+}
+
+#[test]
+fn batched_disruption_matches_each_face_measured_alone() {
+    let ens = ensemble();
+    let faces = [
+        Tensor::rand([1, 3, 40, 36], (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
+        Tensor::rand([1, 3, 57, 57], (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
+    ];
+    let prot: Vec<Tensor> =
+        faces.iter().map(|x| (x + (x.rand_like() - 0.5) * 0.1).clamp(-1.0, 1.0)).collect();
+    let targets: Vec<Tensor> = ens.generators.iter().map(|g| g.forward_all(&faces).unwrap()).collect();
+    let batched = tch::no_grad(|| ens.disruption_batch(&prot, &targets)).unwrap();
+    assert_eq!(batched.len(), 2);
+    for (i, (x, p)) in faces.iter().zip(&prot).enumerate() {
+        let alone = ens.mse_per_condition(x, p, Transform::Identity).unwrap();
+        for ((name, v), (name2, per)) in batched[i].iter().zip(&alone) {
+            let mean = per.iter().sum::<f64>() / per.len() as f64;
+            assert_eq!(name, name2);
+            assert!((v - mean).abs() <= 1e-6 * mean.max(1e-3), "face {i}, {name}: {v} batched, {mean} alone");
+        }
     }
 }

@@ -219,16 +219,43 @@ impl Ensemble {
         })
     }
 
-    /// Per generator, `MSE(G(x_prot), G(x))` averaged over its attacked conditions (no transform):
-    /// the disruption the protection achieved. Both `[1,3,h,w] in [-1,1]`.
-    pub fn disruption(&self, x: &Tensor, x_prot: &Tensor) -> Result<Vec<(String, f64)>, ProtectError> {
-        self.generators
-            .iter()
-            .map(|g| {
-                let clean = g.forward_all(std::slice::from_ref(x))?;
-                let loss = g.loss_all(std::slice::from_ref(x_prot), &clean, Transform::Identity)?;
-                Ok((g.name.clone(), loss.double_value(&[])))
-            })
-            .collect()
+    /// Per face of `xs_prot` (each `[1,3,h,w] in [-1,1]`), per generator: `MSE(G(x_prot), G(x))`
+    /// averaged over its attacked conditions (no transform), with `targets` the clean outputs
+    /// (per generator, `[N*K,3,S,S]` face-major, as [`Generator::forward_all`] gives them). One
+    /// batched pass per generator input size and generator.
+    pub fn disruption_batch(
+        &self,
+        xs_prot: &[Tensor],
+        targets: &[Tensor],
+    ) -> Result<Vec<Vec<(String, f64)>>, ProtectError> {
+        let n = xs_prot.len();
+        let mut per_face: Vec<Vec<(String, f64)>> = vec![Vec::with_capacity(self.generators.len()); n];
+        let mut inputs: Vec<(i64, Tensor)> = Vec::new();
+        for (g, target) in self.generators.iter().zip(targets) {
+            let x_in = match inputs.iter().find(|(s, _)| *s == g.input_size) {
+                Some((_, x_in)) => x_in.shallow_clone(),
+                None => {
+                    let x_in = g.resized(xs_prot, Transform::Identity);
+                    inputs.push((g.input_size, x_in.shallow_clone()));
+                    x_in
+                }
+            };
+            let (x, c) = g.batch_resized(&x_in);
+            let k = g.condition_count() as i64;
+            // [N*K] -> [N]: the mean over conditions and pixels of each face.
+            let per = (g.run(&x, &c)? - target)
+                .square()
+                .mean_dim(&[1i64, 2, 3][..], false, Kind::Float)
+                .view([n as i64, k])
+                .mean_dim(&[1i64][..], false, Kind::Float);
+            let values = Vec::<f64>::try_from(per).map_err(|e| ProtectError::Model {
+                name: g.name.clone(),
+                message: format!("cannot read its disruption: {e}"),
+            })?;
+            for (face, v) in per_face.iter_mut().zip(values) {
+                face.push((g.name.clone(), v));
+            }
+        }
+        Ok(per_face)
     }
 }

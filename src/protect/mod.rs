@@ -170,6 +170,18 @@ pub fn attack_batch(
     params: &Params,
     rng: &mut Rng,
 ) -> Result<Vec<Tensor>, ProtectError> {
+    attack_batch_targets(ensemble, xs, masks, params, rng).map(|(advs, _)| advs)
+}
+
+/// [`attack_batch`], also returning the clean outputs it attacked away from: per generator,
+/// `[N*K,3,S,S]` face-major.
+fn attack_batch_targets(
+    ensemble: &Ensemble,
+    xs: &[Tensor],
+    masks: &[Tensor],
+    params: &Params,
+    rng: &mut Rng,
+) -> Result<(Vec<Tensor>, Vec<Tensor>), ProtectError> {
     let eps = params.epsilon;
     let dev = ensemble.device;
     // Clean outputs per generator: G(resize(x_n), c_k) for every face and attacked condition,
@@ -221,9 +233,10 @@ pub fn attack_batch(
             ds.iter().map(|d| (d.detach() + d.grad().sign() * params.step).clamp(-eps, eps)).collect()
         });
     }
-    Ok(tch::no_grad(|| {
+    let advs = tch::no_grad(|| {
         xs.iter().zip(&deltas).zip(masks).map(|((x, d), m)| (x + d * m).clamp(-1.0, 1.0)).collect()
-    }))
+    });
+    Ok((advs, targets))
 }
 
 /// Protects the given face regions of an image. `pixels: [3,H,W]` uint8 (CPU, upright). Returns the
@@ -267,17 +280,28 @@ pub fn protect_many(
         let xs: Vec<Tensor> = crops.iter().map(|c| to_unit(c, ensemble.device)).collect();
         let masks: Vec<Tensor> =
             chunk.iter().map(|(_, r)| feather_mask(r.h, r.w, params.feather, ensemble.device)).collect();
-        let advs = attack_batch(ensemble, &xs, &masks, params, rng)?;
-        for ((((i, region), crop_u8), x), x_adv) in chunk.iter().zip(&crops).zip(&xs).zip(&advs) {
-            // Quantize: whole 8-bit levels, at most floor(ε·127.5) away from the original byte.
-            let protected = tch::no_grad(|| {
-                let delta = ((x_adv - x) * 127.5).round().clamp(-levels, levels);
-                let orig = crop_u8.to_device(ensemble.device).to_kind(Kind::Float).unsqueeze(0);
-                (orig + delta).clamp(0.0, 255.0).squeeze_dim(0).to_kind(Kind::Uint8).to_device(Device::Cpu)
-            });
-            let losses = tch::no_grad(|| ensemble.disruption(x, &to_unit(&protected, ensemble.device)))?;
+        let (advs, targets) = attack_batch_targets(ensemble, &xs, &masks, params, rng)?;
+        // Quantize: whole 8-bit levels, at most floor(ε·127.5) away from the original byte.
+        let protected: Vec<Tensor> = tch::no_grad(|| {
+            crops
+                .iter()
+                .zip(&xs)
+                .zip(&advs)
+                .map(|((crop_u8, x), x_adv)| {
+                    let delta = ((x_adv - x) * 127.5).round().clamp(-levels, levels);
+                    let orig = crop_u8.to_device(ensemble.device).to_kind(Kind::Float).unsqueeze(0);
+                    (orig + delta).clamp(0.0, 255.0).squeeze_dim(0).to_kind(Kind::Uint8)
+                })
+                .collect()
+        });
+        // The disruption reached by the quantized faces, against the clean outputs the attack used.
+        let units: Vec<Tensor> = protected.iter().map(|p| to_unit(p, ensemble.device)).collect();
+        let losses = tch::no_grad(|| ensemble.disruption_batch(&units, &targets))?;
+        for (((i, region), protected), losses) in chunk.iter().zip(&protected).zip(losses) {
             let (out, reports) = &mut outs[*i];
-            out.narrow(1, region.y, region.h).narrow(2, region.x, region.w).copy_(&protected);
+            out.narrow(1, region.y, region.h)
+                .narrow(2, region.x, region.w)
+                .copy_(&protected.to_device(Device::Cpu));
             reports.push(RegionReport { region: *region, losses });
         }
     }
