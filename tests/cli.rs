@@ -231,7 +231,7 @@ fn veild_logs_its_config_device_and_models_and_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains(&format!("config: {}", config.display())), "{log}");
     assert!(log.contains("face detector: MTCNN loaded"), "{log}");
-    assert!(log.contains("generator tiny (Ensemble) loaded"), "{log}");
+    assert!(log.contains("generator tiny (ensemble) loads"), "{log}");
     assert!(home.path().join("In").is_dir() && home.path().join("Out").is_dir());
 }
 
