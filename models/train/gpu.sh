@@ -34,7 +34,11 @@ init=()
 [ -n "$init_dir" ] && init=(--init-dir "$init_dir")
 pids=()
 for m in stargan ganimation attgan cyclegan faceswap classifier; do
-  PYTHONUNBUFFERED=1 python3 "$here/train.py" "$m" "${common[@]}" "${init[@]}" --minutes "$minutes" >"$out/$m.log" 2>&1 &
+  # GANimation's attention mask saturates at "keep the input" within ~50 iterations (measured on the
+  # CPU, 2026-11-26; zoo v0's ganimation is the identity): cap its mean.
+  extra=()
+  [ "$m" = ganimation ] && extra=(--attention-cap 0.8)
+  PYTHONUNBUFFERED=1 python3 "$here/train.py" "$m" "${common[@]}" "${init[@]}" "${extra[@]}" --minutes "$minutes" >"$out/$m.log" 2>&1 &
   pids+=($!)
 done
 failed=0

@@ -78,6 +78,8 @@ def settings(args) -> dict:
         "init": args.init,
         "init_dir": args.init_dir,
         "d_warmup": args.d_warmup,
+        "attention_weight": args.attention_weight,
+        "attention_cap": args.attention_cap,
     }
     return s
 
@@ -105,6 +107,12 @@ def load_exported(net: nn.Module, path: str) -> None:
             print(f"initialized from {path}", flush=True)
             return
     raise SystemExit(f"error: {path} does not hold this architecture's weights (width or size differ?)")
+
+
+@torch.no_grad()
+def changes_nothing(g: nn.Module, x: torch.Tensor, c: torch.Tensor) -> bool:
+    """Whether `g` returns its inputs `x` ([B,3,S,S] in [-1,1]) unchanged, to within 1e-3 on average."""
+    return (g(x, c) - x).abs().mean().item() < 1e-3
 
 
 def critic_warmup(s: dict) -> int:
@@ -151,6 +159,13 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
     if s.get("started_from"):
         # Start from an exported generator of the same architecture (e.g. stargan.pt for stargan_adv).
         load_exported(g, s["started_from"])
+        x, c = train.batch(torch.arange(min(len(train), 16)))
+        if changes_nothing(g, x.cpu(), D.random_targets(c).cpu()):
+            # A generator stuck at the identity (zoo v0's GANimation, whose attention mask saturated at
+            # 1) has no gradient to learn from: going on from it teaches nothing.
+            print(f"{s['started_from']} returns its input unchanged: training {model} afresh", flush=True)
+            s["started_from"] = None
+            g = nets.ResNetTranslator(c_dim, s["width"], s["blocks"], attention=(model == "ganimation"))
     g, d = g.to(DEVICE), d.to(DEVICE)
     g_from = critic_warmup(s)
     opt_g = torch.optim.Adam(g.parameters(), s["lr"], betas=(0.5, 0.999))
@@ -212,12 +227,18 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
                 tv = (a[:, :, 1:] - a[:, :, :-1]).abs().mean() + (a[..., 1:] - a[..., :-1]).abs().mean()
                 # GANimation's attention loss: A = 1 keeps the input pixel, and A saturates to 1 (a
                 # generator that changes nothing) unless A itself is penalized; plus smoothness.
-                loss_g = loss_g + 0.1 * a.mean() + 1e-4 * tv
+                loss_g = loss_g + s["attention_weight"] * a.mean() + 1e-4 * tv
+                if s["attention_cap"] is not None:
+                    # Keeping the input everywhere (A = 1) is where short trainings end up (zoo v0):
+                    # past the cap, the colour branch must be used.
+                    loss_g = loss_g + 10.0 * F.relu(a.mean() - s["attention_cap"])
+                s["attention_mean"] = a.mean().item()
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
         if it % max(1, s["iters"] // 20) == 0 or it == s["iters"]:
-            log(it, loss_d=loss_d.item(), loss_g=loss_g.item() if it > g_from and it >= s["n_critic"] else float("nan"))
+            extra = {"attention_mean": s["attention_mean"]} if "attention_mean" in s else {}
+            log(it, loss_d=loss_d.item(), loss_g=loss_g.item() if it > g_from and it >= s["n_critic"] else float("nan"), **extra)
     return g
 
 
@@ -418,6 +439,11 @@ def main() -> None:
                    "an exported generator, else 0)")
     p.add_argument("--adv-warmup", type=float, default=0.4,
                    help="stargan_adv: fraction of the budget trained plainly before adversarial training")
+    p.add_argument("--attention-weight", type=float, default=0.1,
+                   help="ganimation: weight of the attention-mask penalty (GANimation's 0.1)")
+    p.add_argument("--attention-cap", type=float,
+                   help="ganimation: penalize (weight 10) a mean attention above this, so the mask cannot "
+                   "settle on keeping the whole input")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
