@@ -394,7 +394,8 @@ def train_one(model: str, train: D.Split, s: dict, out: str) -> dict:
         "threads": torch.get_num_threads(),
         "bytes": os.path.getsize(path),
         **({"adversarial_from_iter": s.get("adversarial_from_iter")} if model == "stargan_adv" else {}),
-        **({"init": s["started_from"], "critic_warmup_iters": critic_warmup(s)} if s["started_from"] else {}),
+        **({"init": s["started_from"]} if s["started_from"] else {}),
+        **({"critic_warmup_iters": critic_warmup(s)} if s["started_from"] and model != "faceswap" else {}),
         "history": history,
     }
     with open(os.path.join(out, f"{model}.json"), "w") as f:
