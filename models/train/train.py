@@ -151,10 +151,13 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
     """StarGAN, GANimation-style, AttGAN-style and adversarially trained StarGAN: WGAN-GP critic with an
     attribute head, classification and reconstruction losses."""
     c_dim = len(D.STARGAN_ATTRS)
-    if model == "attgan":
-        g = nets.AttGAN(c_dim, s["width"])
-    else:
-        g = nets.ResNetTranslator(c_dim, s["width"], s["blocks"], attention=(model == "ganimation"))
+
+    def new_generator() -> nn.Module:
+        if model == "attgan":
+            return nets.AttGAN(c_dim, s["width"])
+        return nets.ResNetTranslator(c_dim, s["width"], s["blocks"], attention=(model == "ganimation"))
+
+    g = new_generator()
     d = nets.Discriminator(s["size"], c_dim, s["width"], depth=5 if s["size"] >= 64 else 3)
     if s.get("started_from"):
         # Start from an exported generator of the same architecture (e.g. stargan.pt for stargan_adv).
@@ -165,7 +168,7 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
             # 1) has no gradient to learn from: going on from it teaches nothing.
             print(f"{s['started_from']} returns its input unchanged: training {model} afresh", flush=True)
             s["started_from"] = None
-            g = nets.ResNetTranslator(c_dim, s["width"], s["blocks"], attention=(model == "ganimation"))
+            g = new_generator()
     g, d = g.to(DEVICE), d.to(DEVICE)
     g_from = critic_warmup(s)
     opt_g = torch.optim.Adam(g.parameters(), s["lr"], betas=(0.5, 0.999))
@@ -180,6 +183,7 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
     else:
         adv_from_time, adv_from_iter = 0.0, int(s["iters"] * s["adv_warmup"])
     adv_since = None
+    attention_mean = None  # ganimation: the mask's mean at the last generator step, for the log
     n = len(train)
     for it in range(1, s["iters"] + 1):
         if time.time() > s["deadline"]:
@@ -232,12 +236,12 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
                     # Keeping the input everywhere (A = 1) is where short trainings end up (zoo v0):
                     # past the cap, the colour branch must be used.
                     loss_g = loss_g + 10.0 * F.relu(a.mean() - s["attention_cap"])
-                s["attention_mean"] = a.mean().item()
+                attention_mean = a.mean().item()
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
         if it % max(1, s["iters"] // 20) == 0 or it == s["iters"]:
-            extra = {"attention_mean": s["attention_mean"]} if "attention_mean" in s else {}
+            extra = {"attention_mean": attention_mean} if attention_mean is not None else {}
             log(it, loss_d=loss_d.item(), loss_g=loss_g.item() if it > g_from and it >= s["n_critic"] else float("nan"), **extra)
     return g
 

@@ -75,23 +75,33 @@ impl Generator {
         (x, self.conditions.repeat([n, 1]))
     }
 
+    /// [`Generator::resized`], made once per input size: generators of one size share it (and its
+    /// backward) through `shared`, which holds what was made so far.
+    pub fn resized_shared(&self, shared: &mut Vec<(i64, Tensor)>, xs: &[Tensor], t: Transform) -> Tensor {
+        if let Some((_, x)) = shared.iter().find(|(s, _)| *s == self.input_size) {
+            return x.shallow_clone();
+        }
+        let x = self.resized(xs, t);
+        shared.push((self.input_size, x.shallow_clone()));
+        x
+    }
+
     /// `G(resize(x), c)` for every face and attacked condition: `[N*K,3,S,S]`, face-major.
     pub fn forward_all(&self, xs: &[Tensor]) -> Result<Tensor, ProtectError> {
-        let (x, c) = self.batch(xs, Transform::Identity);
+        self.forward_resized(&self.resized(xs, Transform::Identity))
+    }
+
+    /// [`Generator::forward_all`] from faces already resized (`[N,3,S,S]`).
+    pub fn forward_resized(&self, x: &Tensor) -> Result<Tensor, ProtectError> {
+        let (x, c) = self.batch_resized(x);
         self.run(&x, &c)
     }
 
-    /// Joint loss: mean over all faces and conditions of `MSE(G(T(resize(x_adv)), c), target)`, one
-    /// batched pass; `target` is [`Generator::forward_all`] of the clean faces.
-    pub fn loss_all(&self, xs_adv: &[Tensor], target: &Tensor, t: Transform) -> Result<Tensor, ProtectError> {
-        self.loss_all_resized(&self.resized(xs_adv, t), target)
-    }
-
-    /// [`Generator::loss_all`] from faces already resized and transformed (`[N,3,S,S]`, see
-    /// [`Generator::resized`]), so generators of one input size share that work.
+    /// Joint loss: mean over all faces and conditions of `MSE(G(x, c), target)`, one batched pass,
+    /// from faces already resized and transformed (`x: [N,3,S,S]`, see
+    /// [`Generator::resized_shared`]); `target` is [`Generator::forward_all`] of the clean faces.
     pub fn loss_all_resized(&self, x: &Tensor, target: &Tensor) -> Result<Tensor, ProtectError> {
-        let (x, c) = self.batch_resized(x);
-        Ok(self.run(&x, &c)?.mse_loss(target, tch::Reduction::Mean))
+        Ok(self.forward_resized(x)?.mse_loss(target, tch::Reduction::Mean))
     }
 
     /// Iterative variant: the loss for condition `k` only, every face in one pass; `x` as in
@@ -232,18 +242,10 @@ impl Ensemble {
         let mut per_face: Vec<Vec<(String, f64)>> = vec![Vec::with_capacity(self.generators.len()); n];
         let mut inputs: Vec<(i64, Tensor)> = Vec::new();
         for (g, target) in self.generators.iter().zip(targets) {
-            let x_in = match inputs.iter().find(|(s, _)| *s == g.input_size) {
-                Some((_, x_in)) => x_in.shallow_clone(),
-                None => {
-                    let x_in = g.resized(xs_prot, Transform::Identity);
-                    inputs.push((g.input_size, x_in.shallow_clone()));
-                    x_in
-                }
-            };
-            let (x, c) = g.batch_resized(&x_in);
+            let x_in = g.resized_shared(&mut inputs, xs_prot, Transform::Identity);
             let k = g.condition_count() as i64;
             // [N*K] -> [N]: the mean over conditions and pixels of each face.
-            let per = (g.run(&x, &c)? - target)
+            let per = (g.forward_resized(&x_in)? - target)
                 .square()
                 .mean_dim(&[1i64, 2, 3][..], false, Kind::Float)
                 .view([n as i64, k])

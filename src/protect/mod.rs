@@ -186,8 +186,14 @@ fn attack_batch_targets(
     let dev = ensemble.device;
     // Clean outputs per generator: G(resize(x_n), c_k) for every face and attacked condition,
     // [N*K,3,S,S].
-    let targets: Vec<Tensor> =
-        tch::no_grad(|| ensemble.generators.iter().map(|g| g.forward_all(xs)).collect::<Result<_, _>>())?;
+    let mut clean: Vec<(i64, Tensor)> = Vec::new();
+    let targets: Vec<Tensor> = tch::no_grad(|| {
+        ensemble
+            .generators
+            .iter()
+            .map(|g| g.forward_resized(&g.resized_shared(&mut clean, xs, Transform::Identity)))
+            .collect::<Result<_, _>>()
+    })?;
     // Random start in the ε-ball: at x_adv = x the loss gradient is exactly zero. Drawn on the
     // device by torch's generator, seeded from `rng` so a seed still reproduces a run.
     tch::manual_seed((rng.next_u64() >> 1) as i64);
@@ -204,14 +210,7 @@ fn attack_batch_targets(
         // Generators of one input size share the resize and the transform (and their backward).
         let mut inputs: Vec<(i64, Tensor)> = Vec::new();
         for (i, g) in ensemble.generators.iter().enumerate() {
-            let x_in = match inputs.iter().find(|(s, _)| *s == g.input_size) {
-                Some((_, x_in)) => x_in.shallow_clone(),
-                None => {
-                    let x_in = g.resized(&x_adv, t);
-                    inputs.push((g.input_size, x_in.shallow_clone()));
-                    x_in
-                }
-            };
+            let x_in = g.resized_shared(&mut inputs, &x_adv, t);
             let loss = match params.mode {
                 Mode::Joint => g.loss_all_resized(&x_in, &targets[i])?,
                 Mode::Iterative => {
