@@ -245,11 +245,11 @@ fn peak_rss_bytes() -> u64 {
 }
 
 pub fn run(
-    pipeline: &Pipeline,
+    pipeline: &mut Pipeline,
     opts: &Options,
     mut progress: impl FnMut(&str),
 ) -> Result<Report, BenchError> {
-    let settings = &pipeline.config().imageio;
+    let settings = &pipeline.config().imageio.clone();
     let portraits: Vec<RgbImage> = jpegs_in(&opts.data.join("portraits/src/female"))?
         .into_iter()
         .chain(jpegs_in(&opts.data.join("portraits/src/male"))?)

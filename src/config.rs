@@ -97,6 +97,11 @@ pub struct EngineConfig {
     /// Hand the generators their inputs in channels-last (NHWC) layout, which suits tensor-core
     /// convolutions on CUDA; the same arithmetic either way.
     pub channels_last: bool,
+    /// How many photos the engine attacks together at most (their faces share each attack pass).
+    /// `None`: 8 on CUDA, 1 on the CPU (where batching gains nothing). Lower it on a GPU with little
+    /// memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub photo_batch: Option<std::num::NonZeroUsize>,
 }
 
 /// `engine.precision`: the generators' number format on CUDA.
@@ -335,7 +340,12 @@ impl Default for Config {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { device: DeviceChoice::Auto, precision: Precision::Fp32, channels_last: false }
+        EngineConfig {
+            device: DeviceChoice::Auto,
+            precision: Precision::Fp32,
+            channels_last: false,
+            photo_batch: None,
+        }
     }
 }
 

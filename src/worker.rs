@@ -16,7 +16,7 @@ use std::{
 use crate::{
     config::Config,
     imageio,
-    pipeline::{FileJob, JobOptions, Pipeline, PipelineError},
+    pipeline::{FileJob, Grouping, JobOptions, Pipeline, PipelineError},
     protect::{Preset, Rng},
 };
 
@@ -97,7 +97,29 @@ pub trait Protector: Send {
     fn batch_size(&self) -> usize {
         1
     }
+
+    /// Protects the jobs `next` hands over until it answers `None`, and hands each result to `done`
+    /// (from any thread, in any order). `next(true)` waits for a job; `next(false)` answers only a
+    /// job already waiting. By default: batches of the jobs already waiting, up to
+    /// [`Protector::batch_size`], each run to its end before the next is taken.
+    fn protect_stream(&mut self, next: &mut (dyn FnMut(bool) -> Option<Job> + Send), done: &Done) {
+        while let Some(first) = next(true) {
+            let mut batch = vec![first];
+            while batch.len() < self.batch_size().max(1) {
+                match next(false) {
+                    Some(job) => batch.push(job),
+                    None => break,
+                }
+            }
+            for (job, result) in protect_fitting(self, batch) {
+                done(job, result);
+            }
+        }
+    }
 }
+
+/// Where [`Protector::protect_stream`] hands each job's result.
+pub type Done = dyn Fn(Job, Result<JobOutcome, JobError>) + Sync;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -126,14 +148,13 @@ pub fn protector(config: &Config) -> Result<Box<dyn Protector>, String> {
     let names: Vec<&str> = pipeline.ensemble().generators.iter().map(|g| g.name.as_str()).collect();
     tracing::info!("protection engine loaded on {}: {}", crate::engine::describe(device), names.join(", "));
     let rng = Rng::new(config.protect.seed());
-    Ok(Box::new(PipelineProtector { pipeline, rng, config: config.clone() }))
+    Ok(Box::new(PipelineProtector { pipeline, rng }))
 }
 
 /// The real engine: [`Pipeline::protect_files`] for each batch of jobs.
 pub struct PipelineProtector {
     pipeline: Pipeline,
     rng: Rng,
-    config: Config,
 }
 
 impl PipelineProtector {
@@ -163,24 +184,23 @@ impl Protector for PipelineProtector {
         jobs.iter().zip(outcomes).map(|(job, outcome)| job_outcome(job, outcome)).collect()
     }
 
-    fn batch_size(&self) -> usize {
-        self.pipeline.photo_batch()
-    }
-
-    fn fall_back_to_cpu(&mut self) -> bool {
-        if !self.pipeline.ensemble().device.is_cuda() {
-            return false;
-        }
-        match Pipeline::load(&self.config, tch::Device::Cpu) {
-            Ok(p) => {
-                self.pipeline = p;
-                true
-            }
-            Err(e) => {
-                tracing::error!("cannot move the engine to the CPU: {e}");
-                false
-            }
-        }
+    /// The pipeline's stages run for as long as jobs come: the next photos are read and the last
+    /// ones written while the engine attacks, and a group is attacked as soon as the photo after it
+    /// has not arrived yet. Out of GPU memory, the pipeline retries photos one by one, then on the CPU.
+    fn protect_stream(&mut self, next: &mut (dyn FnMut(bool) -> Option<Job> + Send), done: &Done) {
+        self.pipeline.protect_stream(
+            || {
+                let job = next(true)?;
+                let file_job = Self::file_job(&job);
+                Some((job, file_job))
+            },
+            |job, outcome| {
+                let result = job_outcome(&job, outcome);
+                done(job, result);
+            },
+            &mut self.rng,
+            Grouping::AsReady,
+        );
     }
 }
 
@@ -224,9 +244,8 @@ fn from_pipeline(e: PipelineError) -> JobError {
         PipelineError::Image(e) => from_image(e),
         PipelineError::Name { .. } => JobError::new(ErrorKind::Permanent, e.to_string()),
         other => {
-            let message = other.to_string();
-            let oom = message.contains("out of memory");
-            JobError::new(if oom { ErrorKind::OutOfMemory } else { ErrorKind::Transient }, message)
+            let kind = if other.is_out_of_memory() { ErrorKind::OutOfMemory } else { ErrorKind::Transient };
+            JobError::new(kind, other.to_string())
         }
     }
 }
@@ -314,7 +333,7 @@ impl Worker {
                         return;
                     }
                 };
-                run(protector, rx, &stop, &report);
+                run(protector, rx, &stop, report);
             })
             .map_err(WorkerError::Thread)?;
         match ready_rx.recv() {
@@ -337,35 +356,43 @@ impl Worker {
     }
 }
 
+/// The engine thread's life: jobs from the queue go through the protector's stream; results and the
+/// jobs left unattempted while stopping are reported, in the order they end, from a reporting thread
+/// (the protector may finish photos on threads of its own).
 fn run(
     mut protector: Box<dyn Protector>,
     rx: mpsc::Receiver<Job>,
     stopping: &AtomicBool,
-    report: &dyn Fn(Report),
+    report: impl Fn(Report) + Send,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < protector.batch_size().max(1) {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+    let (tx, reports) = mpsc::channel::<Report>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for r in reports {
+                report(r);
             }
-        }
-        if stopping.load(Ordering::SeqCst) {
-            for job in batch {
-                report(Report { job, result: None });
+        });
+        let unattempted = tx.clone();
+        let mut next = move |wait: bool| loop {
+            let job = if wait { rx.recv().ok()? } else { rx.try_recv().ok()? };
+            if !stopping.load(Ordering::SeqCst) {
+                return Some(job);
             }
-            continue;
-        }
-        for (job, result) in protect_fitting(protector.as_mut(), batch) {
-            report(Report { job, result: Some(result) });
-        }
-    }
+            let _ = unattempted.send(Report { job, result: None });
+        };
+        let done = move |job: Job, result: Result<JobOutcome, JobError>| {
+            let _ = tx.send(Report { job, result: Some(result) });
+        };
+        protector.protect_stream(&mut next, &done);
+    });
 }
 
 /// Runs a batch; on out-of-memory splits it in halves, and for a single photo falls back to the CPU
 /// once before giving up on it.
-fn protect_fitting(p: &mut dyn Protector, batch: Vec<Job>) -> Vec<(Job, Result<JobOutcome, JobError>)> {
+fn protect_fitting<P: Protector + ?Sized>(
+    p: &mut P,
+    batch: Vec<Job>,
+) -> Vec<(Job, Result<JobOutcome, JobError>)> {
     let results = p.protect_batch(&batch);
     let oom = results.iter().any(|r| matches!(r, Err(e) if e.kind == ErrorKind::OutOfMemory));
     if !oom {

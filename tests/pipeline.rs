@@ -154,7 +154,7 @@ fn protect_refuses_a_missing_path_clearly() {
 #[test]
 fn a_batch_of_files_is_protected_together_and_each_error_stays_with_its_file() {
     use veil::{
-        config::{Config, ModelsConfig},
+        config::{Config, EngineConfig, ModelsConfig},
         imageio::{self, Format},
         pipeline::{Action, FileJob, JobOptions, Pipeline},
         protect::{max_levels, Preset, Rng},
@@ -162,12 +162,14 @@ fn a_batch_of_files_is_protected_together_and_each_error_stays_with_its_file() {
     let Some(data) = data() else { return };
     let tmp = tempfile::tempdir().unwrap();
     fixture_config(tmp.path()); // checks that the fixtures exist
+    // Up to 4 photos attacked together, as on a GPU (the CPU's default is 1).
     let config = Config {
         models: ModelsConfig { dir: Some(common::crate_dir().join("target/fixtures/models")) },
+        engine: EngineConfig { photo_batch: std::num::NonZeroUsize::new(4), ..EngineConfig::default() },
         ..Config::default()
     };
     tch::set_num_threads(1);
-    let pipeline = Pipeline::load(&config, tch::Device::Cpu).unwrap();
+    let mut pipeline = Pipeline::load(&config, tch::Device::Cpu).unwrap();
     let mut faces: Vec<PathBuf> = std::fs::read_dir(data.join("celeba/val"))
         .unwrap()
         .filter_map(Result::ok)
@@ -204,8 +206,8 @@ fn a_batch_of_files_is_protected_together_and_each_error_stays_with_its_file() {
         let max = a.pixels.as_raw().iter().zip(b.pixels.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
         assert!(i64::from(max) <= max_levels(0.05) && max > 0, "{}: max change {max}", sources[i].display());
     }
-    // Decoding runs on several threads, but the attack order does not depend on which photo was
-    // decoded first: the same seed gives the same protected pixels.
+    // Decoding runs on several threads, but the groups and their order do not depend on which photo
+    // was decoded first: the same seed gives the same protected pixels.
     let again_dir = tmp.path().join("again");
     std::fs::create_dir(&again_dir).unwrap();
     let jobs: Vec<FileJob> = jobs.into_iter().map(|j| FileJob { out_dir: again_dir.clone(), ..j }).collect();
@@ -216,4 +218,94 @@ fn a_batch_of_files_is_protected_together_and_each_error_stays_with_its_file() {
         };
         assert!(read(&results[i]) == read(&again[i]), "{}: another run, other pixels", sources[i].display());
     }
+}
+
+/// The daemon's stream, with groups of up to 4 photos: a photo is protected without waiting for a
+/// fuller group when the next one has not arrived, and the next one is read while the one before it
+/// is still being protected and written.
+#[test]
+fn the_stream_protects_photos_as_they_arrive_and_reads_ahead() {
+    use std::{
+        num::NonZeroUsize,
+        sync::{mpsc, Mutex},
+        time::{Duration, Instant},
+    };
+    use veil::{
+        config::{Config, EngineConfig, ModelsConfig},
+        pipeline::{FileJob, Grouping, JobOptions, Pipeline},
+        protect::{Preset, Rng},
+    };
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    fixture_config(tmp.path());
+    // Groups of up to 4 photos, as on a GPU.
+    let config = Config {
+        models: ModelsConfig { dir: Some(common::crate_dir().join("target/fixtures/models")) },
+        engine: EngineConfig { photo_batch: NonZeroUsize::new(4), ..EngineConfig::default() },
+        ..Config::default()
+    };
+    let mut pipeline = Pipeline::load(&config, tch::Device::Cpu).unwrap();
+    assert_eq!(pipeline.photo_batch(), 4);
+    let mut faces: Vec<PathBuf> = std::fs::read_dir(data.join("celeba/val"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    faces.sort();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let options = JobOptions { preset: Some(Preset::Fast), ..JobOptions::default() };
+    let job = |i: usize| FileJob { source: faces[i].clone(), out_dir: out.clone(), options: options.clone() };
+
+    // Photo 1 is handed over only once photo 0 is done: an engine that waited for a fuller group
+    // would never finish photo 0.
+    let (jobs_tx, jobs_rx) = mpsc::channel::<(usize, FileJob)>();
+    let (done_tx, done_rx) = mpsc::channel();
+    jobs_tx.send((0, job(0))).unwrap();
+    let jobs_tx = Mutex::new(Some(jobs_tx));
+    std::thread::scope(|s| {
+        let pipeline = &mut pipeline;
+        s.spawn(move || {
+            pipeline.protect_stream(
+                move || jobs_rx.recv().ok(),
+                |i, result| done_tx.send((i, result.map(|o| o.written.is_some()))).unwrap(),
+                &mut Rng::new(1),
+                Grouping::AsReady,
+            )
+        });
+        let first = done_rx.recv_timeout(Duration::from_secs(120));
+        if first.is_err() {
+            jobs_tx.lock().unwrap().take(); // ends the stream, so that the failure ends the test
+        }
+        let first = first.expect("photo 0 waited for photo 1");
+        assert!(matches!(first, (0, Ok(true))), "{first:?}");
+        jobs_tx.lock().unwrap().as_ref().unwrap().send((1, job(1))).unwrap();
+        let second = done_rx.recv_timeout(Duration::from_secs(120)).unwrap();
+        assert!(matches!(second, (1, Ok(true))), "{second:?}");
+        jobs_tx.lock().unwrap().take(); // the end of the stream
+    });
+
+    // Three photos waiting: photo 1 is taken from the source (and read) before photo 0 is done.
+    let taken: Mutex<Vec<(usize, Instant)>> = Mutex::new(Vec::new());
+    let finished: Mutex<Vec<(usize, Instant)>> = Mutex::new(Vec::new());
+    let mut waiting = (2..5).map(|i| (i - 2, job(i)));
+    pipeline.protect_stream(
+        || {
+            let next = waiting.next();
+            if let Some((i, _)) = &next {
+                taken.lock().unwrap().push((*i, Instant::now()));
+            }
+            next
+        },
+        |i, result| {
+            assert!(result.is_ok(), "{result:?}");
+            finished.lock().unwrap().push((i, Instant::now()));
+        },
+        &mut Rng::new(1),
+        Grouping::AsReady,
+    );
+    let (taken, finished) = (taken.into_inner().unwrap(), finished.into_inner().unwrap());
+    assert_eq!(finished.len(), 3);
+    let at = |v: &[(usize, Instant)], i: usize| v.iter().find(|(j, _)| *j == i).unwrap().1;
+    assert!(at(&taken, 1) < at(&finished, 0), "photo 1 was read only after photo 0 was done");
 }

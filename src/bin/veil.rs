@@ -291,10 +291,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { data, runs, warmup, preset, batch, no_four_faces, photos, json } => {
             let (config, _) = effective_config(cli.config.as_deref())?;
-            let pipeline = load_pipeline(&config)?;
+            let mut pipeline = load_pipeline(&config)?;
+            let photos = photos.map_or(pipeline.photo_batch(), usize::from);
             let bar = progress(0);
             let report = bench::run(
-                &pipeline,
+                &mut pipeline,
                 &bench::Options {
                     data,
                     runs,
@@ -302,7 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     preset,
                     batch: usize::from(batch),
                     four_faces: !no_four_faces,
-                    photos: photos.map_or(pipeline.photo_batch(), usize::from),
+                    photos,
                 },
                 |msg| {
                     bar.set_message(msg.to_string());
@@ -539,32 +540,60 @@ fn protect(
     };
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let photos = pipeline::collect_photos(paths)?;
-    let pipeline = load_pipeline(config)?;
+    let mut pipeline = load_pipeline(config)?;
     let mut rng = Rng::new(config.protect.seed());
     let options = JobOptions { preset, ..JobOptions::default() };
     let bar = progress(photos.len() as u64);
     let mut failed = 0;
-    for batch in photos.chunks(pipeline.photo_batch()) {
-        bar.set_message(batch[0].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        let jobs: Vec<FileJob> = batch
-            .iter()
-            .map(|p| FileJob { source: p.clone(), out_dir: out_dir.clone(), options: options.clone() })
-            .collect();
-        for (photo, result) in batch.iter().zip(pipeline.protect_files(&jobs, &mut rng)) {
-            match result {
-                Ok(outcome) if json => writeln!(out, "{}", outcome.to_json())?,
-                Ok(outcome) => bar.suspend(|| writeln!(out, "{}", outcome.summary()))?,
-                Err(e) => {
-                    failed += 1;
-                    if json {
-                        writeln!(out, "{}", serde_json::json!({"source": photo, "error": e.to_string()}))?;
+    // The engine runs on its own thread, reading ahead and writing behind; this one reports each
+    // photo in the order given as soon as it and those before it are done.
+    let (tx, results) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let jobs = photos.iter().enumerate().map(|(i, p)| {
+            (i, FileJob { source: p.clone(), out_dir: out_dir.clone(), options: options.clone() })
+        });
+        let (pipeline, rng) = (&mut pipeline, &mut rng);
+        scope.spawn(move || {
+            let mut jobs = jobs;
+            pipeline.protect_stream(
+                || jobs.next(),
+                |i, result| {
+                    let _ = tx.send((i, result));
+                },
+                rng,
+                pipeline::Grouping::Deterministic,
+            );
+        });
+        let mut pending = std::collections::BTreeMap::new();
+        let mut next = 0;
+        for (i, result) in results {
+            pending.insert(i, result);
+            while let Some(result) = pending.remove(&next) {
+                let photo = &photos[next];
+                next += 1;
+                match result {
+                    Ok(outcome) if json => writeln!(out, "{}", outcome.to_json())?,
+                    Ok(outcome) => bar.suspend(|| writeln!(out, "{}", outcome.summary()))?,
+                    Err(e) => {
+                        failed += 1;
+                        if json {
+                            writeln!(
+                                out,
+                                "{}",
+                                serde_json::json!({"source": photo, "error": e.to_string()})
+                            )?;
+                        }
+                        bar.suspend(|| eprintln!("veil: {e}"));
                     }
-                    bar.suspend(|| eprintln!("veil: {e}"));
+                }
+                bar.inc(1);
+                if let Some(name) = photos.get(next).and_then(|p| p.file_name()) {
+                    bar.set_message(name.to_string_lossy().into_owned());
                 }
             }
-            bar.inc(1);
         }
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     if failed > 0 {
         eprintln!("veil: {failed} of {} photo(s) could not be protected", photos.len());

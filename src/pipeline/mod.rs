@@ -4,12 +4,11 @@
 //! A [`Pipeline`] owns the loaded detector and generators, so it lives on the thread that owns
 //! libtorch. `veil protect`, `veil eval` and the daemon's engine worker all go through it.
 
+mod stages;
+
 use std::{
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        mpsc, Mutex,
-    },
+    sync::{Mutex, PoisonError},
     time::Instant,
 };
 
@@ -39,6 +38,14 @@ pub enum PipelineError {
     Generators(ProtectError),
     #[error("{}: not a file name Veil can write", path.display())]
     Name { path: PathBuf },
+}
+
+impl PipelineError {
+    /// Whether the device ran out of memory (a smaller batch, or the CPU, may succeed).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, PipelineError::Protect { .. } | PipelineError::Faces { .. })
+            && self.to_string().contains("out of memory")
+    }
 }
 
 /// What happened to one photo.
@@ -184,7 +191,7 @@ pub struct JobOptions {
     pub imageio: Option<imageio::Settings>,
 }
 
-/// How many photos [`Pipeline::protect_files`] takes at once on a GPU, where their faces share each
+/// How many photos the engine attacks together by default on a GPU, where their faces share each
 /// attack pass.
 const GPU_PHOTO_BATCH: usize = 8;
 
@@ -196,10 +203,10 @@ pub struct FileJob {
     pub options: JobOptions,
 }
 
+pub use stages::Grouping;
+
 /// A decoded photo with its faces found, waiting for its attack and its write.
 struct Prepared {
-    /// Index of its job.
-    job: usize,
     photo: Photo,
     /// Its protected pixels, once attacked.
     protected: Option<RgbImage>,
@@ -244,13 +251,13 @@ impl Pipeline {
         }
     }
 
-    /// How many photos are worth handing [`Pipeline::protect_files`] at once: several on a GPU, one
-    /// on a CPU (where batching gains nothing).
+    /// How many photos the engine attacks together at most: `engine.photo_batch`, else several on a
+    /// GPU and one on a CPU (where batching gains nothing).
     pub fn photo_batch(&self) -> usize {
-        if self.ensemble.device.is_cuda() {
-            GPU_PHOTO_BATCH
-        } else {
-            1
+        match self.config.engine.photo_batch {
+            Some(n) => n.get(),
+            None if self.ensemble.device.is_cuda() => GPU_PHOTO_BATCH,
+            None => 1,
         }
     }
 
@@ -269,7 +276,7 @@ impl Pipeline {
 
     /// Protects one file into `out_dir` under its own name.
     pub fn protect_file(
-        &self,
+        &mut self,
         source: &Path,
         out_dir: &Path,
         options: &JobOptions,
@@ -284,109 +291,27 @@ impl Pipeline {
         out.pop().unwrap_or_else(|| Err(PipelineError::Name { path: source.to_path_buf() }))
     }
 
-    /// Protects several files, the faces of those with the same attack parameters batched together
-    /// on the engine device ([`protect::protect_many`]). One result per job, in order; a file's
-    /// error is its own. When a batched attack fails, its photos are tried one by one, so the error
-    /// is pinned on the photo that caused it. `Outcome::seconds` of a batched photo counts its own
-    /// decode, detection and encoding and its share of the batch's attack.
-    ///
-    /// The stages overlap: photos are decoded on other threads (several at once) while this thread
-    /// finds the faces of those already decoded, and each photo is encoded, written and checked on
-    /// another thread as soon as it is ready (a photo without faces while the others are attacked;
-    /// one attacked group while the next is). Only detection and the attack use the engine's
-    /// models, on this thread.
-    pub fn protect_files(&self, jobs: &[FileJob], rng: &mut Rng) -> Vec<Result<Outcome, PipelineError>> {
-        let mut results: Vec<Option<Result<Outcome, PipelineError>>> = jobs.iter().map(|_| None).collect();
-        let threads = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, jobs.len().max(1));
-        let (config, device) = (&self.config, self.ensemble.device);
-        let next = AtomicUsize::new(0);
-        let (write_tx, write_rx) = mpsc::channel::<Prepared>();
-        let write_rx = Mutex::new(write_rx);
-        std::thread::scope(|scope| {
-            // Decoders: the jobs in order, `threads` at a time.
-            let (decoded_tx, decoded_rx) = mpsc::channel();
-            for _ in 0..threads {
-                let (tx, next) = (decoded_tx.clone(), &next);
-                scope.spawn(move || loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { break };
-                    let started = Instant::now();
-                    let photo = decode(config, job);
-                    if tx.send((i, photo, started.elapsed().as_secs_f64())).is_err() {
-                        break;
-                    }
-                });
-            }
-            drop(decoded_tx);
-            // Writers: each photo as soon as it is ready.
-            let (done_tx, done_rx) = mpsc::channel();
-            for _ in 0..threads {
-                let (rx, tx) = (&write_rx, done_tx.clone());
-                scope.spawn(move || loop {
-                    let next = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => break,
-                    };
-                    let Ok(p) = next else { break };
-                    let i = p.job;
-                    if tx.send((i, finish(config, device, p, &jobs[i]))).is_err() {
-                        break;
-                    }
-                });
-            }
-            drop(done_tx);
-            // Detection, as the photos come in; a photo without faces goes straight to a writer (the
-            // writers outlive these sends, so they cannot fail).
-            let mut ready: Vec<Prepared> = Vec::new();
-            for (i, photo, decode_seconds) in decoded_rx {
-                match photo.and_then(|photo| self.detect(i, photo, decode_seconds, &jobs[i])) {
-                    Ok(p) if p.found.regions.is_empty() => {
-                        let _ = write_tx.send(p);
-                    }
-                    Ok(p) => ready.push(p),
-                    Err(e) => results[i] = Some(Err(e)),
+    /// Protects several files: [`Pipeline::protect_stream`] over `jobs`, grouped the same way
+    /// whatever the timing (so a seed gives the same pixels). One result per job, in order; a file's
+    /// error is its own.
+    pub fn protect_files(&mut self, jobs: &[FileJob], rng: &mut Rng) -> Vec<Result<Outcome, PipelineError>> {
+        let results: Mutex<Vec<Option<Result<Outcome, PipelineError>>>> =
+            Mutex::new(jobs.iter().map(|_| None).collect());
+        let mut next = jobs.iter().cloned().enumerate();
+        self.protect_stream(
+            move || next.next(),
+            |i, outcome| {
+                let mut results = results.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(outcome);
                 }
-            }
-            // The attack order (and so each photo's random start) does not depend on decoding times.
-            ready.sort_by_key(|p| p.job);
-            let mut groups: Vec<(Params, Vec<Prepared>)> = Vec::new();
-            for p in ready {
-                match groups.iter_mut().find(|(params, _)| *params == p.params) {
-                    Some((_, members)) => members.push(p),
-                    None => groups.push((p.params.clone(), vec![p])),
-                }
-            }
-            for (params, mut members) in groups {
-                let started = Instant::now();
-                match self.attack_group(&mut members, &params, rng) {
-                    Ok(()) => {
-                        let share = started.elapsed().as_secs_f64() / members.len() as f64;
-                        for mut p in members {
-                            p.seconds += share;
-                            let _ = write_tx.send(p);
-                        }
-                    }
-                    Err(e) if members.len() == 1 => results[members[0].job] = Some(Err(e)),
-                    Err(_) => {
-                        for mut p in members {
-                            let started = Instant::now();
-                            match self.attack_group(std::slice::from_mut(&mut p), &params, rng) {
-                                Ok(()) => {
-                                    p.seconds += started.elapsed().as_secs_f64();
-                                    let _ = write_tx.send(p);
-                                }
-                                Err(e) => results[p.job] = Some(Err(e)),
-                            }
-                        }
-                    }
-                }
-            }
-            drop(write_tx);
-            for (i, outcome) in done_rx {
-                results[i] = Some(outcome);
-            }
-        });
+            },
+            rng,
+            Grouping::Deterministic,
+        );
         results
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
             .into_iter()
             .zip(jobs)
             .map(|(r, job)| r.unwrap_or_else(|| Err(PipelineError::Name { path: job.source.clone() })))
@@ -394,13 +319,7 @@ impl Pipeline {
     }
 
     /// Finds the faces of a decoded photo (`decode_seconds` spent decoding it).
-    fn detect(
-        &self,
-        index: usize,
-        photo: Photo,
-        decode_seconds: f64,
-        job: &FileJob,
-    ) -> Result<Prepared, PipelineError> {
+    fn detect(&self, photo: Photo, decode_seconds: f64, job: &FileJob) -> Result<Prepared, PipelineError> {
         let started = Instant::now();
         let found = self.find(&photo)?;
         let detect_seconds = started.elapsed().as_secs_f64();
@@ -409,14 +328,7 @@ impl Pipeline {
             job.source.display()
         );
         let params = self.params(job.options.preset);
-        Ok(Prepared {
-            job: index,
-            photo,
-            protected: None,
-            found,
-            params,
-            seconds: decode_seconds + detect_seconds,
-        })
+        Ok(Prepared { photo, protected: None, found, params, seconds: decode_seconds + detect_seconds })
     }
 
     /// Attacks the faces of `members` together and stores each protected photo.
