@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Trains the whole zoo on a GPU machine in one run and leaves the exported models, their JSON logs and
-# manifest.toml in OUT_DIR. Phase 1 trains six models at once, each in its own process, for MINUTES;
+# manifest.toml in OUT_DIR. Phase 1 trains six models at once (five when INIT_DIR has a classifier,
+# which is then kept as it is), each in its own process, for MINUTES;
 # phase 2 fine-tunes phase 1's StarGAN adversarially (the paper's G+D training) into stargan_adv, alone
 # on the GPU, for ADV_MINUTES.
 #
@@ -32,8 +33,16 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 common=(--device "$device" --data "$data" --out "$out" --batch 32 --width 32 --threads 2)
 init=()
 [ -n "$init_dir" ] && init=(--init-dir "$init_dir")
+# The classifier is the judge of every edit-success figure: going on from a zoo, keep its judge, so that
+# figures from different sessions measure with the same stick (and the GANs get its share of the GPU).
+models=(stargan ganimation attgan cyclegan faceswap classifier)
+if [ -n "$init_dir" ] && [ -f "$init_dir/classifier.pt" ] && [ -f "$init_dir/classifier.json" ]; then
+  cp "$init_dir/classifier.pt" "$init_dir/classifier.json" "$out/"
+  models=(stargan ganimation attgan cyclegan faceswap)
+  echo "gpu.sh: classifier kept from $init_dir"
+fi
 pids=()
-for m in stargan ganimation attgan cyclegan faceswap classifier; do
+for m in "${models[@]}"; do
   # GANimation's attention mask saturates at "keep the input" within ~50 iterations (measured on the
   # CPU, 2026-11-26; zoo v0's ganimation is the identity): cap its mean.
   extra=()
