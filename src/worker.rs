@@ -98,11 +98,18 @@ pub trait Protector: Send {
         1
     }
 
-    /// Protects the jobs `next` hands over until it answers `None`, and hands each result to `done`
-    /// (from any thread, in any order). `next(true)` waits for a job; `next(false)` answers only a
-    /// job already waiting. By default: batches of the jobs already waiting, up to
-    /// [`Protector::batch_size`], each run to its end before the next is taken.
-    fn protect_stream(&mut self, next: &mut (dyn FnMut(bool) -> Option<Job> + Send), done: &Done) {
+    /// Protects the jobs `next` hands over until it answers `None`, and hands each job's report to
+    /// `done` (from any thread, in any order). `next(true)` waits for a job; `next(false)` answers
+    /// only a job already waiting. Once `stopping` is set, no further photo may be started: a job
+    /// taken but not started is reported unattempted. By default: batches of the jobs already
+    /// waiting, up to [`Protector::batch_size`], each run to its end before the next is taken (the
+    /// worker's `next` stops handing out jobs once `stopping` is set).
+    fn protect_stream(
+        &mut self,
+        next: &mut (dyn FnMut(bool) -> Option<Job> + Send),
+        done: &Done,
+        stopping: &AtomicBool,
+    ) {
         while let Some(first) = next(true) {
             let mut batch = vec![first];
             while batch.len() < self.batch_size().max(1) {
@@ -111,15 +118,21 @@ pub trait Protector: Send {
                     None => break,
                 }
             }
+            if stopping.load(Ordering::SeqCst) {
+                for job in batch {
+                    done(Report { job, result: None });
+                }
+                continue;
+            }
             for (job, result) in protect_fitting(self, batch) {
-                done(job, result);
+                done(Report { job, result: Some(result) });
             }
         }
     }
 }
 
-/// Where [`Protector::protect_stream`] hands each job's result.
-pub type Done = dyn Fn(Job, Result<JobOutcome, JobError>) + Sync;
+/// Where [`Protector::protect_stream`] hands each job's report.
+pub type Done = dyn Fn(Report) + Sync;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -187,7 +200,12 @@ impl Protector for PipelineProtector {
     /// The pipeline's stages run for as long as jobs come: the next photos are read and the last
     /// ones written while the engine attacks, and a group is attacked as soon as the photo after it
     /// has not arrived yet. Out of GPU memory, the pipeline retries photos one by one, then on the CPU.
-    fn protect_stream(&mut self, next: &mut (dyn FnMut(bool) -> Option<Job> + Send), done: &Done) {
+    fn protect_stream(
+        &mut self,
+        next: &mut (dyn FnMut(bool) -> Option<Job> + Send),
+        done: &Done,
+        stopping: &AtomicBool,
+    ) {
         self.pipeline.protect_stream(
             || {
                 let job = next(true)?;
@@ -195,11 +213,15 @@ impl Protector for PipelineProtector {
                 Some((job, file_job))
             },
             |job, outcome| {
-                let result = job_outcome(&job, outcome);
-                done(job, result);
+                let result = match outcome {
+                    Err(PipelineError::Stopped { .. }) => None,
+                    outcome => Some(job_outcome(&job, outcome)),
+                };
+                done(Report { job, result });
             },
             &mut self.rng,
             Grouping::AsReady,
+            stopping,
         );
     }
 }
@@ -357,7 +379,7 @@ impl Worker {
 }
 
 /// The engine thread's life: jobs from the queue go through the protector's stream; results and the
-/// jobs left unattempted while stopping are reported, in the order they end, from a reporting thread
+/// jobs left unattempted once stopping are reported, in the order they end, from a reporting thread
 /// (the protector may finish photos on threads of its own).
 fn run(
     mut protector: Box<dyn Protector>,
@@ -380,10 +402,10 @@ fn run(
             }
             let _ = unattempted.send(Report { job, result: None });
         };
-        let done = move |job: Job, result: Result<JobOutcome, JobError>| {
-            let _ = tx.send(Report { job, result: Some(result) });
+        let done = move |report: Report| {
+            let _ = tx.send(report);
         };
-        protector.protect_stream(&mut next, &done);
+        protector.protect_stream(&mut next, &done, stopping);
     });
 }
 

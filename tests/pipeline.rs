@@ -162,7 +162,7 @@ fn a_batch_of_files_is_protected_together_and_each_error_stays_with_its_file() {
     let Some(data) = data() else { return };
     let tmp = tempfile::tempdir().unwrap();
     fixture_config(tmp.path()); // checks that the fixtures exist
-    // Up to 4 photos attacked together, as on a GPU (the CPU's default is 1).
+                                // Up to 4 photos attacked together, as on a GPU (the CPU's default is 1).
     let config = Config {
         models: ModelsConfig { dir: Some(common::crate_dir().join("target/fixtures/models")) },
         engine: EngineConfig { photo_batch: std::num::NonZeroUsize::new(4), ..EngineConfig::default() },
@@ -221,13 +221,13 @@ fn a_batch_of_files_is_protected_together_and_each_error_stays_with_its_file() {
 }
 
 /// The daemon's stream, with groups of up to 4 photos: a photo is protected without waiting for a
-/// fuller group when the next one has not arrived, and the next one is read while the one before it
-/// is still being protected and written.
+/// fuller group when the next one has not arrived, the next one is read while the one before it is
+/// still being protected and written, and once stopping no photo is started.
 #[test]
-fn the_stream_protects_photos_as_they_arrive_and_reads_ahead() {
+fn the_stream_protects_photos_as_they_arrive_reads_ahead_and_stops() {
     use std::{
         num::NonZeroUsize,
-        sync::{mpsc, Mutex},
+        sync::{atomic::AtomicBool, mpsc, Mutex},
         time::{Duration, Instant},
     };
     use veil::{
@@ -271,6 +271,7 @@ fn the_stream_protects_photos_as_they_arrive_and_reads_ahead() {
                 |i, result| done_tx.send((i, result.map(|o| o.written.is_some()))).unwrap(),
                 &mut Rng::new(1),
                 Grouping::AsReady,
+                &AtomicBool::new(false),
             )
         });
         let first = done_rx.recv_timeout(Duration::from_secs(120));
@@ -303,9 +304,27 @@ fn the_stream_protects_photos_as_they_arrive_and_reads_ahead() {
         },
         &mut Rng::new(1),
         Grouping::AsReady,
+        &AtomicBool::new(false),
     );
     let (taken, finished) = (taken.into_inner().unwrap(), finished.into_inner().unwrap());
     assert_eq!(finished.len(), 3);
     let at = |v: &[(usize, Instant)], i: usize| v.iter().find(|(j, _)| *j == i).unwrap().1;
     assert!(at(&taken, 1) < at(&finished, 0), "photo 1 was read only after photo 0 was done");
+
+    // Stopping: photos read but not yet attacked end as not protected, and nothing is written.
+    let stopped_out = tmp.path().join("stopped");
+    std::fs::create_dir(&stopped_out).unwrap();
+    let ended: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut waiting = (5..8).map(|i| (i, FileJob { out_dir: stopped_out.clone(), ..job(i) }));
+    pipeline.protect_stream(
+        || waiting.next(),
+        |_, result| ended.lock().unwrap().push(result.map(|_| ()).unwrap_err().to_string()),
+        &mut Rng::new(1),
+        Grouping::AsReady,
+        &AtomicBool::new(true),
+    );
+    let ended = ended.into_inner().unwrap();
+    assert_eq!(ended.len(), 3);
+    assert!(ended.iter().all(|e| e.contains("Veil is stopping")), "{ended:?}");
+    assert_eq!(std::fs::read_dir(&stopped_out).unwrap().count(), 0);
 }

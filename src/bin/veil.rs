@@ -562,6 +562,7 @@ fn protect(
                 },
                 rng,
                 pipeline::Grouping::Deterministic,
+                &std::sync::atomic::AtomicBool::new(false),
             );
         });
         let mut pending = std::collections::BTreeMap::new();

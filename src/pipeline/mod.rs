@@ -8,7 +8,7 @@ mod stages;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    sync::{atomic::AtomicBool, Mutex, PoisonError},
     time::Instant,
 };
 
@@ -38,6 +38,8 @@ pub enum PipelineError {
     Generators(ProtectError),
     #[error("{}: not a file name Veil can write", path.display())]
     Name { path: PathBuf },
+    #[error("{}: not protected: Veil is stopping", path.display())]
+    Stopped { path: PathBuf },
 }
 
 impl PipelineError {
@@ -298,6 +300,7 @@ impl Pipeline {
         let results: Mutex<Vec<Option<Result<Outcome, PipelineError>>>> =
             Mutex::new(jobs.iter().map(|_| None).collect());
         let mut next = jobs.iter().cloned().enumerate();
+        let never = AtomicBool::new(false);
         self.protect_stream(
             move || next.next(),
             |i, outcome| {
@@ -308,6 +311,7 @@ impl Pipeline {
             },
             rng,
             Grouping::Deterministic,
+            &never,
         );
         results
             .into_inner()

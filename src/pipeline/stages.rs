@@ -128,6 +128,14 @@ struct Source<F> {
     seq: u64,
 }
 
+/// The stream's switches: `stop` is the caller's, `on_cpu` tells the writers where to measure quality
+/// once the engine has moved to the CPU.
+#[derive(Clone, Copy)]
+struct Flags<'a> {
+    stop: &'a AtomicBool,
+    on_cpu: &'a AtomicBool,
+}
+
 /// Photos with faces found, waiting to be attacked together (all with the same parameters).
 struct Group<T> {
     tags: Vec<(T, FileJob)>,
@@ -143,8 +151,17 @@ impl Pipeline {
     /// group's attack fails, its photos are tried one by one, so an error is pinned on the photo
     /// that caused it; when the GPU runs out of memory on a single photo, the engine moves to the
     /// CPU for good and tries that photo again there.
-    pub fn protect_stream<T, N, D>(&mut self, next: N, done: D, rng: &mut Rng, grouping: Grouping)
-    where
+    ///
+    /// Once `stop` is set, no further photo is detected or attacked: each one read but not yet
+    /// attacked ends as [`PipelineError::Stopped`] (those already attacked are still written).
+    pub fn protect_stream<T, N, D>(
+        &mut self,
+        next: N,
+        done: D,
+        rng: &mut Rng,
+        grouping: Grouping,
+        stop: &AtomicBool,
+    ) where
         T: Send,
         N: FnMut() -> Option<(T, FileJob)> + Send,
         D: Fn(T, Result<Outcome, PipelineError>) + Sync,
@@ -196,35 +213,49 @@ impl Pipeline {
             let send = |tag: T, job: FileJob, prepared: Prepared| {
                 let _ = write_tx.send((tag, job, prepared));
             };
+            let flags = Flags { stop, on_cpu: &on_cpu };
             let mut group = Group { tags: Vec::new(), members: Vec::new() };
             loop {
                 let wait = grouping == Grouping::Deterministic || group.members.is_empty();
                 let Decoded { tag, job, photo, seconds } = match reorder.take(wait) {
                     Next::Photo(decoded) => *decoded,
                     Next::NotYet => {
-                        self.attack(&mut group, rng, &on_cpu, &send, &done);
+                        self.attack(&mut group, rng, flags, &send, &done);
                         continue;
                     }
                     Next::End => break,
                 };
+                if stop.load(Ordering::SeqCst) {
+                    self.stopped(&mut group, &done);
+                    done(tag, Err(PipelineError::Stopped { path: job.source }));
+                    continue;
+                }
                 match photo.and_then(|photo| self.detect(photo, seconds, &job)) {
                     Err(e) => done(tag, Err(e)),
                     Ok(p) if p.found.regions.is_empty() => send(tag, job, p),
                     Ok(p) => {
                         if group.members.first().is_some_and(|first| first.params != p.params) {
-                            self.attack(&mut group, rng, &on_cpu, &send, &done);
+                            self.attack(&mut group, rng, flags, &send, &done);
                         }
                         group.tags.push((tag, job));
                         group.members.push(p);
                         if group.members.len() >= self.photo_batch().max(1) {
-                            self.attack(&mut group, rng, &on_cpu, &send, &done);
+                            self.attack(&mut group, rng, flags, &send, &done);
                         }
                     }
                 }
             }
-            self.attack(&mut group, rng, &on_cpu, &send, &done);
+            self.attack(&mut group, rng, flags, &send, &done);
             drop(write_tx);
         });
+    }
+
+    /// Ends every photo of a group (emptying it) as not protected because the stream stops.
+    fn stopped<T>(&self, group: &mut Group<T>, done: &impl Fn(T, Result<Outcome, PipelineError>)) {
+        group.members.clear();
+        for (tag, job) in group.tags.drain(..) {
+            done(tag, Err(PipelineError::Stopped { path: job.source }));
+        }
     }
 
     /// Attacks a group (emptying it) and sends each protected photo to the writers; a failure goes to
@@ -233,10 +264,14 @@ impl Pipeline {
         &mut self,
         group: &mut Group<T>,
         rng: &mut Rng,
-        on_cpu: &AtomicBool,
+        flags: Flags<'_>,
         send: &impl Fn(T, FileJob, Prepared),
         done: &impl Fn(T, Result<Outcome, PipelineError>),
     ) {
+        if flags.stop.load(Ordering::SeqCst) {
+            self.stopped(group, done);
+            return;
+        }
         let tags = std::mem::take(&mut group.tags);
         let mut members = std::mem::take(&mut group.members);
         let Some(params) = members.first().map(|p| p.params.clone()) else { return };
@@ -252,7 +287,7 @@ impl Pipeline {
             Err(_) if members.len() > 1 => {
                 for ((tag, job), p) in tags.into_iter().zip(members) {
                     let mut one = Group { tags: vec![(tag, job)], members: vec![p] };
-                    self.attack(&mut one, rng, on_cpu, send, done);
+                    self.attack(&mut one, rng, flags, send, done);
                 }
             }
             Err(e) => {
@@ -264,10 +299,10 @@ impl Pipeline {
                     match Pipeline::load(&self.config, Device::Cpu) {
                         Ok(cpu) => {
                             *self = cpu;
-                            on_cpu.store(true, Ordering::SeqCst);
+                            flags.on_cpu.store(true, Ordering::SeqCst);
                             p.params = self.params(job.options.preset);
                             let mut one = Group { tags: vec![(tag, job)], members: vec![p] };
-                            self.attack(&mut one, rng, on_cpu, send, done);
+                            self.attack(&mut one, rng, flags, send, done);
                             return;
                         }
                         Err(load) => tracing::error!("cannot move the engine to the CPU: {load}"),
