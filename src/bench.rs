@@ -4,9 +4,9 @@
 //! in, then measures, after warm-up runs, the median of: the attack on one face region alone (faces
 //! per second), and the whole path for each photo (decode, detect, protect, encode and write; the
 //! quality check that follows, a second decode with PSNR and SSIM, is reported apart). With
-//! `photos` > 1 it also times that many one-face photos handed to the pipeline together, as the
-//! daemon does on a GPU (their faces attacked in one batch, decoding and encoding overlapped with
-//! the engine's work): wall-clock seconds per photo, quality check included. Peak
+//! `photos` > 1 it also times that many one-face photos handed to the pipeline's stream together,
+//! as the daemon does (their faces attacked in groups of the engine's photo batch, reading and
+//! writing overlapped with the engine's work): wall-clock seconds per photo, quality check included. Peak
 //! memory is the process's maximum resident set; on CUDA, the GPU memory in use at the end.
 
 use std::{

@@ -99,7 +99,8 @@ enum Command {
         #[arg(long)]
         no_four_faces: bool,
         /// Also time this many 12 MP one-face photos handed over together, as `veild` does (default:
-        /// what the engine batches, 8 on a GPU and 1, which skips it, on a CPU).
+        /// two of the engine's photo batches, so one is read and written while the other is attacked:
+        /// 16 on a GPU; none when the engine takes one photo at a time, as on a CPU).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
         photos: Option<u16>,
         #[arg(long)]
@@ -292,7 +293,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench { data, runs, warmup, preset, batch, no_four_faces, photos, json } => {
             let (config, _) = effective_config(cli.config.as_deref())?;
             let mut pipeline = load_pipeline(&config)?;
-            let photos = photos.map_or(pipeline.photo_batch(), usize::from);
+            let photos = match (photos, pipeline.photo_batch()) {
+                (Some(n), _) => usize::from(n),
+                (None, 1) => 1,
+                (None, batch) => 2 * batch,
+            };
             let bar = progress(0);
             let report = bench::run(
                 &mut pipeline,
