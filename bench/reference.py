@@ -6,9 +6,12 @@ It loads the same TorchScript generators (the `ensemble` models of DIR/manifest.
 made fp32), takes a face region of SIDE×SIDE pixels (a portrait from --photo resized, or noise), and
 runs the same recipe as Veil's `protect` module: antialiased resize to each generator's input, one
 transform per step from the same spread (Gaussian k11 σ1-3, box 5/7/9, resize 0.5-0.9, the
-differentiable JPEG approximation q60-95, identity), L-inf PGD (ε 0.05, step 0.01, 10 steps for
-`balanced`) from a random start, joint over each generator's attacked conditions in one batched pass,
-losses normalized by their value at the start, feathered mask, 8-bit quantization. It reports the
+differentiable JPEG approximation q60-95, identity; a family drawn uniformly, then one of its
+members), a framing per face and step (a crop 0.85-1.25
+times the face's side, its center moved by up to 0.1 of it, inside the region; the clean outputs of
+that framing computed in the step), L-inf PGD (ε 0.05, step 0.01, 10 steps for `balanced`) from a
+random start, joint over each generator's attacked conditions in one batched pass, losses normalized
+by their value at the start, feathered mask, 8-bit quantization. It reports the
 median seconds per attack after warm-up as JSON, for one face and for --batch faces attacked together
 (as `veil bench` does), for bench/compare.sh to set against `veil bench`.
 """
@@ -139,26 +142,53 @@ def load(models_dir, device):
     return gens
 
 
-def attack(gens, x, mask, eps, step, iters, transforms):
-    """x: [N,3,h,w] in [-1,1] (N faces of one size); each generator sees every face under every
-    condition in one pass, rows face-major."""
-    n = x.shape[0]
+def draw(transforms):
+    """A family drawn uniformly, then one of its members, as Veil's spread::draw."""
+    family = random.choice(sorted({t[0] for t in transforms}))
+    return random.choice([t for t in transforms if t[0] == family])
 
-    def inputs(img, t, s, k):
-        r = apply(t, F.interpolate(img, size=(s, s), mode="bilinear", antialias=True))
+
+FRAMING = (0.85, 1.25, 0.1)  # scale range and center shift, as Veil's Framing::DEFAULT
+
+
+def window(h, w, framing):
+    """One framing of a face that fills an h×w region: (y, x, height, width) inside it."""
+    lo, hi, shift = framing
+    scale = random.uniform(lo, hi)
+    dx, dy = random.uniform(-shift, shift), random.uniform(-shift, shift)
+    ww, hh = min(max(round(w * scale), 1), w), min(max(round(h * scale), 1), h)
+    x0 = min(max(round(w * (0.5 + dx) - ww / 2), 0), w - ww)
+    y0 = min(max(round(h * (0.5 + dy) - hh / 2), 0), h - hh)
+    return y0, x0, hh, ww
+
+
+def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING):
+    """x: [N,3,h,w] in [-1,1] (N faces of one size); each generator sees every face under every
+    condition in one pass, rows face-major. `framing` None: every step sees the whole region."""
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
+
+    def inputs(img, t, s, k, wins):
+        faces = [img[j : j + 1, :, y0 : y0 + hh, x0 : x0 + ww] for j, (y0, x0, hh, ww) in enumerate(wins)]
+        r = apply(t, torch.cat([F.interpolate(f, size=(s, s), mode="bilinear", antialias=True) for f in faces]))
         return r.unsqueeze(1).expand(n, k, 3, s, s).reshape(n * k, 3, s, s)
 
-    with torch.no_grad():
-        targets = [g(inputs(x, ("identity", None), s, c.shape[0]), c.repeat(n, 1)) for _, g, s, c in gens]
+    def clean(wins):
+        with torch.no_grad():
+            return [g(inputs(x, ("identity", None), s, c.shape[0], wins), c.repeat(n, 1)) for _, g, s, c in gens]
+
+    whole = [(0, 0, h, w)] * n
+    targets = clean(whole)
     delta = torch.empty_like(x).uniform_(-eps, eps)
     norms = [None] * len(gens)
     for _ in range(iters):
-        t = random.choice(transforms)
+        t = draw(transforms)
+        wins = whole if framing is None else [window(h, w, framing) for _ in range(n)]
+        step_targets = targets if framing is None else clean(wins)
         delta.requires_grad_(True)
         x_adv = (x + delta * mask).clamp(-1, 1)
         total = 0
         for i, (_, g, s, c) in enumerate(gens):
-            loss = F.mse_loss(g(inputs(x_adv, t, s, c.shape[0]), c.repeat(n, 1)), targets[i])
+            loss = F.mse_loss(g(inputs(x_adv, t, s, c.shape[0], wins), c.repeat(n, 1)), step_targets[i])
             if norms[i] is None:
                 norms[i] = max(loss.item(), 1e-8)
             total = total + loss / norms[i]
@@ -183,6 +213,7 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int)
     p.add_argument("--batch", type=int, default=8, help="also time this many faces attacked together (1: skip)")
+    p.add_argument("--no-framing", action="store_true", help="as Veil's protect.framing = false")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -206,7 +237,7 @@ def main():
         times = []
         for i in range(args.warmup + args.runs):
             t0 = time.perf_counter()
-            attack(gens, xs, masks, 0.05, step, iters, transforms)
+            attack(gens, xs, masks, 0.05, step, iters, transforms, None if args.no_framing else FRAMING)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             if i >= args.warmup:

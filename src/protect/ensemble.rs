@@ -108,10 +108,14 @@ impl Generator {
     /// [`Generator::loss_all_resized`].
     pub fn loss_one_resized(&self, x: &Tensor, target: &Tensor, k: usize) -> Result<Tensor, ProtectError> {
         let (n, kk, s) = (x.size()[0], self.condition_count() as i64, self.input_size);
-        let k = k as i64;
-        let c = self.conditions.narrow(0, k, 1).expand([n, -1], false);
-        let y = self.run(x, &c)?;
-        Ok(y.mse_loss(&target.view([n, kk, 3, s, s]).select(1, k), tch::Reduction::Mean))
+        let target = target.view([n, kk, 3, s, s]).select(1, k as i64);
+        Ok(self.forward_one_resized(x, k)?.mse_loss(&target, tch::Reduction::Mean))
+    }
+
+    /// `G(x, c_k)` for faces already resized (`x: [N,3,S,S]`): `[N,3,S,S]`.
+    pub fn forward_one_resized(&self, x: &Tensor, k: usize) -> Result<Tensor, ProtectError> {
+        let c = self.conditions.narrow(0, k as i64, 1).expand([x.size()[0], -1], false);
+        self.run(x, &c)
     }
 }
 

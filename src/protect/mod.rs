@@ -1,11 +1,12 @@
 //! The protection engine: class-transferable, spread-spectrum PGD against an ensemble of generators
 //! (Ruiz, Bargal and Sclaroff, *Disrupting Deepfakes*, 2020), applied face by face at full resolution.
 //!
-//! For each face region the attack works on the region's own pixels (`[1,3,h,w] in [-1,1]`): a
-//! differentiable antialiased resize feeds every generator its input size, one transform from the
-//! spread is applied per step, and the loss is each generator's `MSE(G(T(x_adv), c), G(x, c))`
-//! (away from the clean output), normalized per generator by its value at the random start and
-//! weighted by the config. The perturbation is feathered at the region's edge, quantized to 8 bits,
+//! For each face region the attack works on the region's own pixels (`[1,3,h,w] in [-1,1]`, with a
+//! margin of context around it): each step crops the face under a framing drawn from
+//! `params.framing` (an attacker crops faces their own way), a differentiable antialiased resize
+//! feeds every generator its input size, one transform from the spread is applied, and the loss is
+//! each generator's `MSE(G(T(x_adv), c), G(x, c))` on that framing (away from the clean output),
+//! normalized per generator by its value at the random start and weighted by the config. The perturbation is feathered at the region's edge, quantized to 8 bits,
 //! and bounded by ε *after* rounding: no output byte moves by more than `floor(ε·127.5)`.
 
 pub mod ensemble;
@@ -15,7 +16,7 @@ pub mod spread;
 use tch::{Device, Kind, Tensor};
 
 pub use ensemble::{Ensemble, Generator};
-pub use settings::{Mode, NoFace, Params, Preset, ProtectConfig};
+pub use settings::{Framing, Mode, NoFace, Params, Preset, ProtectConfig};
 use spread::Transform;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,26 @@ impl Region {
         let (x, y) = (self.x.min(o.x), self.y.min(o.y));
         let (r, b) = ((self.x + self.w).max(o.x + o.w), (self.y + self.h).max(o.y + o.h));
         Region { x, y, w: r - x, h: b - y }
+    }
+
+    /// Grown by `by` times its width and height on every side, then clipped to `width`×`height`.
+    fn grown(&self, by: f64, width: i64, height: i64) -> Region {
+        let (gx, gy) = ((self.w as f64 * by).ceil() as i64, (self.h as f64 * by).ceil() as i64);
+        Region { x: self.x - gx, y: self.y - gy, w: self.w + 2 * gx, h: self.h + 2 * gy }
+            .clip(width, height)
+            .unwrap_or(*self)
+    }
+
+    /// One framing of this region inside a `width`×`height` context: `scale` times its size, its
+    /// center moved by `(dx, dy)` times its size, kept inside the context (shrunk to fit if needed).
+    fn framed(&self, scale: f64, dx: f64, dy: f64, width: i64, height: i64) -> Region {
+        let w = ((self.w as f64 * scale).round() as i64).clamp(1, width);
+        let h = ((self.h as f64 * scale).round() as i64).clamp(1, height);
+        let cx = self.x as f64 + self.w as f64 * (0.5 + dx);
+        let cy = self.y as f64 + self.h as f64 * (0.5 + dy);
+        let x = ((cx - w as f64 / 2.0).round() as i64).clamp(0, width - w);
+        let y = ((cy - h as f64 / 2.0).round() as i64).clamp(0, height - h);
+        Region { x, y, w, h }
     }
 
     /// Clipped to an image of `width`×`height`; `None` when nothing is left.
@@ -145,8 +166,8 @@ pub fn max_levels(epsilon: f64) -> i64 {
 /// How many face regions one attack batches (per generator, `faces × conditions` inputs per pass).
 pub const MAX_BATCH: usize = 8;
 
-/// PGD on one region. `x: [1,3,h,w] in [-1,1]` on the ensemble's device; `mask: [1,1,h,w]` (feather).
-/// Returns `x_adv` in the same layout (not yet quantized).
+/// PGD on one region. `x: [1,3,h,w] in [-1,1]` on the ensemble's device, all of it the face;
+/// `mask: [1,1,h,w]` (feather). Returns `x_adv` in the same layout (not yet quantized).
 pub fn attack(
     ensemble: &Ensemble,
     x: &Tensor,
@@ -160,9 +181,8 @@ pub fn attack(
 
 /// PGD on several regions at once: each generator sees every face under every condition in one pass
 /// per step, and one transform from the spread is drawn per step for all of them. `xs[n]: [1,3,h_n,w_n]
-/// in [-1,1]` on the ensemble's device, `masks[n]: [1,1,h_n,w_n]`. Returns each `x_adv` (not yet
-/// quantized). The loop reads nothing back from the device except each generator's loss at the first
-/// step (its normalizer).
+/// in [-1,1]` on the ensemble's device, each all face (framings then only zoom in), `masks[n]:
+/// [1,1,h_n,w_n]`. Returns each `x_adv` (not yet quantized).
 pub fn attack_batch(
     ensemble: &Ensemble,
     xs: &[Tensor],
@@ -170,52 +190,107 @@ pub fn attack_batch(
     params: &Params,
     rng: &mut Rng,
 ) -> Result<Vec<Tensor>, ProtectError> {
-    attack_batch_targets(ensemble, xs, masks, params, rng).map(|(advs, _)| advs)
+    let faces: Vec<Region> =
+        xs.iter().map(|x| Region { x: 0, y: 0, w: x.size()[3], h: x.size()[2] }).collect();
+    attack_batch_targets(ensemble, xs, masks, &faces, params, rng).map(|(advs, _)| advs)
 }
 
-/// [`attack_batch`], also returning the clean outputs it attacked away from: per generator,
-/// `[N*K,3,S,S]` face-major.
+/// `[1,3,h,w]` → the part of it inside `r`.
+fn crop(x: &Tensor, r: &Region) -> Tensor {
+    x.narrow(2, r.y, r.h).narrow(3, r.x, r.w)
+}
+
+/// `G(resize(x_n), c_k)` of every generator for every face and attacked condition: per generator
+/// `[N*K,3,S,S]`, face-major. Generators of one input size share the resize.
+fn clean_outputs(ensemble: &Ensemble, faces: &[Tensor]) -> Result<Vec<Tensor>, ProtectError> {
+    let mut shared: Vec<(i64, Tensor)> = Vec::new();
+    tch::no_grad(|| {
+        ensemble
+            .generators
+            .iter()
+            .map(|g| g.forward_resized(&g.resized_shared(&mut shared, faces, Transform::Identity)))
+            .collect()
+    })
+}
+
+/// [`attack_batch`] on faces with context: `faces[n]` is where Veil's crop of the face lies in
+/// `xs[n]`, which may extend past it so that framings (`params.framing`) can also zoom out; the
+/// perturbation stays where `masks[n]` lets it. Also returns the clean outputs of Veil's own crops
+/// (per generator, `[N*K,3,S,S]` face-major), which the final report measures against.
+///
+/// Each step draws one transform from the spread and, per face, one framing; the loss compares
+/// `G(T(resize(framing of x_adv)))` with `G(resize(the same framing of x))`, so a framing's clean
+/// outputs are computed in the step that draws it. The loop reads nothing back from the device except
+/// each generator's loss at the first step (its normalizer).
 fn attack_batch_targets(
     ensemble: &Ensemble,
     xs: &[Tensor],
     masks: &[Tensor],
+    faces: &[Region],
     params: &Params,
     rng: &mut Rng,
 ) -> Result<(Vec<Tensor>, Vec<Tensor>), ProtectError> {
     let eps = params.epsilon;
     let dev = ensemble.device;
-    // Clean outputs per generator: G(resize(x_n), c_k) for every face and attacked condition,
-    // [N*K,3,S,S].
-    let mut clean: Vec<(i64, Tensor)> = Vec::new();
-    let targets: Vec<Tensor> = tch::no_grad(|| {
-        ensemble
-            .generators
-            .iter()
-            .map(|g| g.forward_resized(&g.resized_shared(&mut clean, xs, Transform::Identity)))
-            .collect::<Result<_, _>>()
-    })?;
+    let own: Vec<Tensor> = xs.iter().zip(faces).map(|(x, r)| crop(x, r)).collect();
+    let targets = clean_outputs(ensemble, &own)?;
     // Random start in the ε-ball: at x_adv = x the loss gradient is exactly zero. Drawn on the
     // device by torch's generator, seeded from `rng` so a seed still reproduces a run.
     tch::manual_seed((rng.next_u64() >> 1) as i64);
     let mut deltas: Vec<Tensor> =
         xs.iter().map(|x| Tensor::rand(x.size(), (Kind::Float, dev)) * (2.0 * eps) - eps).collect();
     let spread = &params.spread;
+    let framing = params.framing;
     let mut norms: Vec<Option<f64>> = vec![None; ensemble.generators.len()];
     for step in 0..params.iterations {
-        let t = if spread.is_empty() { Transform::Identity } else { spread[rng.below(spread.len())] };
+        let t = spread::draw(spread, rng);
+        // This step's framing of each face (Veil's own crops when framing is off).
+        let windows: Vec<Region> = if framing.is_none() {
+            faces.to_vec()
+        } else {
+            xs.iter()
+                .zip(faces)
+                .map(|(x, face)| {
+                    let scale = framing.scale.0 + (framing.scale.1 - framing.scale.0) * rng.unit();
+                    let dx = (2.0 * rng.unit() - 1.0) * framing.shift;
+                    let dy = (2.0 * rng.unit() - 1.0) * framing.shift;
+                    face.framed(scale, dx, dy, x.size()[3], x.size()[2])
+                })
+                .collect()
+        };
+        let framed_clean: Vec<Tensor> = xs.iter().zip(&windows).map(|(x, w)| crop(x, w)).collect();
         let ds: Vec<Tensor> = deltas.iter().map(|d| d.detach().set_requires_grad(true)).collect();
-        let x_adv: Vec<Tensor> =
-            xs.iter().zip(&ds).zip(masks).map(|((x, d), m)| (x + d * m).clamp(-1.0, 1.0)).collect();
+        let x_adv: Vec<Tensor> = xs
+            .iter()
+            .zip(&ds)
+            .zip(masks)
+            .zip(&windows)
+            .map(|(((x, d), m), w)| crop(&(x + d * m).clamp(-1.0, 1.0), w))
+            .collect();
         let mut total: Option<Tensor> = None;
-        // Generators of one input size share the resize and the transform (and their backward).
+        // Generators of one input size share the resizes and the transform (and their backward).
         let mut inputs: Vec<(i64, Tensor)> = Vec::new();
+        let mut clean_inputs: Vec<(i64, Tensor)> = Vec::new();
         for (i, g) in ensemble.generators.iter().enumerate() {
             let x_in = g.resized_shared(&mut inputs, &x_adv, t);
-            let loss = match params.mode {
-                Mode::Joint => g.loss_all_resized(&x_in, &targets[i])?,
-                Mode::Iterative => {
+            // Away from the clean outputs of the same framing: computed once when framing is off,
+            // else in this step (only the condition it attacks, in iterative mode).
+            let loss = match (params.mode, framing.is_none()) {
+                (Mode::Joint, true) => g.loss_all_resized(&x_in, &targets[i])?,
+                (Mode::Joint, false) => {
+                    let clean = g.resized_shared(&mut clean_inputs, &framed_clean, Transform::Identity);
+                    let target = tch::no_grad(|| g.forward_resized(&clean))?;
+                    g.loss_all_resized(&x_in, &target)?
+                }
+                (Mode::Iterative, true) => {
                     let k = step as usize % g.condition_count();
                     g.loss_one_resized(&x_in, &targets[i], k)?
+                }
+                (Mode::Iterative, false) => {
+                    let k = step as usize % g.condition_count();
+                    let clean = g.resized_shared(&mut clean_inputs, &framed_clean, Transform::Identity);
+                    let target = tch::no_grad(|| g.forward_one_resized(&clean, k))?;
+                    g.forward_one_resized(&x_in, k)?.mse_loss(&target, tch::Reduction::Mean)
                 }
             };
             // Normalize by the loss at the random start so no generator dominates.
@@ -273,23 +348,55 @@ pub fn protect_many(
         work.extend(merge_regions(regions, size[2], size[1]).into_iter().map(|r| (i, r)));
     }
     let levels = max_levels(params.epsilon) as f64;
+    let reach = params.framing.reach();
     for chunk in work.chunks(MAX_BATCH) {
-        let crops: Vec<Tensor> =
-            chunk.iter().map(|(i, r)| images[*i].0.narrow(1, r.y, r.h).narrow(2, r.x, r.w)).collect();
+        // Each face with the context its framings may reach, and where the face lies in it.
+        let contexts: Vec<Region> = chunk
+            .iter()
+            .map(|(i, r)| {
+                let size = images[*i].0.size();
+                r.grown(reach, size[2], size[1])
+            })
+            .collect();
+        let faces: Vec<Region> = chunk
+            .iter()
+            .zip(&contexts)
+            .map(|((_, r), c)| Region { x: r.x - c.x, y: r.y - c.y, w: r.w, h: r.h })
+            .collect();
+        let crops: Vec<Tensor> = chunk
+            .iter()
+            .zip(&contexts)
+            .map(|((i, _), c)| images[*i].0.narrow(1, c.y, c.h).narrow(2, c.x, c.w))
+            .collect();
         let xs: Vec<Tensor> = crops.iter().map(|c| to_unit(c, ensemble.device)).collect();
-        let masks: Vec<Tensor> =
-            chunk.iter().map(|(_, r)| feather_mask(r.h, r.w, params.feather, ensemble.device)).collect();
-        let (advs, targets) = attack_batch_targets(ensemble, &xs, &masks, params, rng)?;
-        // Quantize: whole 8-bit levels, at most floor(ε·127.5) away from the original byte.
+        // The feather mask of the face, zero in the context around it.
+        let masks: Vec<Tensor> = contexts
+            .iter()
+            .zip(&faces)
+            .map(|(c, f)| {
+                let face = feather_mask(f.h, f.w, params.feather, ensemble.device);
+                if (f.w, f.h) == (c.w, c.h) {
+                    return face;
+                }
+                let m = Tensor::zeros([1, 1, c.h, c.w], (Kind::Float, ensemble.device));
+                crop(&m, f).copy_(&face);
+                m
+            })
+            .collect();
+        let (advs, targets) = attack_batch_targets(ensemble, &xs, &masks, &faces, params, rng)?;
+        // Quantize: whole 8-bit levels, at most floor(ε·127.5) away from the original byte. Outside
+        // the face the mask is zero, so nothing moves there.
         let protected: Vec<Tensor> = tch::no_grad(|| {
             crops
                 .iter()
                 .zip(&xs)
                 .zip(&advs)
-                .map(|((crop_u8, x), x_adv)| {
+                .zip(&faces)
+                .map(|(((crop_u8, x), x_adv), f)| {
                     let delta = ((x_adv - x) * 127.5).round().clamp(-levels, levels);
                     let orig = crop_u8.to_device(ensemble.device).to_kind(Kind::Float).unsqueeze(0);
-                    (orig + delta).clamp(0.0, 255.0).squeeze_dim(0).to_kind(Kind::Uint8)
+                    let out = (orig + delta).clamp(0.0, 255.0).squeeze_dim(0).to_kind(Kind::Uint8);
+                    out.narrow(1, f.y, f.h).narrow(2, f.x, f.w)
                 })
                 .collect()
         });
@@ -319,6 +426,26 @@ mod tests {
         assert_eq!(merged, [r(0, 0, 22, 22), r(50, 50, 10, 10)]);
         assert_eq!(merge_regions(&[r(-5, 90, 20, 20)], 100, 100), [r(0, 90, 15, 10)]);
         assert!(merge_regions(&[r(200, 200, 5, 5)], 100, 100).is_empty());
+    }
+
+    #[test]
+    fn framings_scale_and_shift_the_face_and_stay_inside_the_context() {
+        let face = Region { x: 30, y: 40, w: 100, h: 100 };
+        assert_eq!(face.framed(1.0, 0.0, 0.0, 200, 200), face);
+        // 1.2 times the side around the same center.
+        assert_eq!(face.framed(1.2, 0.0, 0.0, 200, 200), Region { x: 20, y: 30, w: 120, h: 120 });
+        // Moved right and up by a tenth of the side.
+        assert_eq!(face.framed(1.0, 0.1, -0.1, 200, 200), Region { x: 40, y: 30, w: 100, h: 100 });
+        // Pushed back inside a context that is too small, and shrunk to fit it.
+        assert_eq!(face.framed(1.2, 0.0, 0.0, 140, 200), Region { x: 20, y: 30, w: 120, h: 120 });
+        assert_eq!(face.framed(1.2, 0.0, 0.0, 130, 200), Region { x: 10, y: 30, w: 120, h: 120 });
+        assert_eq!(face.framed(2.0, 0.0, 0.0, 150, 150), Region { x: 0, y: 0, w: 150, h: 150 });
+        // The context the largest default framing needs, clipped to the image.
+        let reach = Framing::DEFAULT.reach();
+        assert!((reach - 0.225).abs() < 1e-9, "{reach}");
+        assert_eq!(face.grown(reach, 1000, 1000), Region { x: 7, y: 17, w: 146, h: 146 });
+        assert_eq!(face.grown(reach, 150, 1000), Region { x: 7, y: 17, w: 143, h: 146 });
+        assert_eq!(face.grown(0.0, 1000, 1000), face);
     }
 
     #[test]

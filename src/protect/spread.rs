@@ -95,7 +95,36 @@ pub fn spread(families: &[Family], width: Width) -> Vec<Transform> {
     out
 }
 
+/// One transform for a step: a family drawn uniformly among those in `spread`, then one of its
+/// members, so a family's weight does not grow with how many parameters it lists (identity, alone in
+/// its family, would otherwise come up once in 19 steps of `balanced`, and the undefended case, the
+/// one that matters most, would barely be attacked). `Identity` for an empty spread.
+pub fn draw(spread: &[Transform], rng: &mut super::Rng) -> Transform {
+    let mut families: Vec<Family> = Vec::new();
+    for t in spread {
+        if !families.contains(&t.family()) {
+            families.push(t.family());
+        }
+    }
+    if families.is_empty() {
+        return Transform::Identity;
+    }
+    let family = families[rng.below(families.len())];
+    let members: Vec<&Transform> = spread.iter().filter(|t| t.family() == family).collect();
+    *members[rng.below(members.len())]
+}
+
 impl Transform {
+    pub fn family(&self) -> Family {
+        match self {
+            Transform::Identity => Family::Identity,
+            Transform::Gaussian { .. } => Family::Gaussian,
+            Transform::Box { .. } => Family::Box,
+            Transform::Resize { .. } => Family::Resize,
+            Transform::Jpeg { .. } => Family::Jpeg,
+        }
+    }
+
     /// Applies the transform to `x: [N,3,H,W] in [-1,1]` (differentiable).
     pub fn apply(&self, x: &Tensor) -> Tensor {
         match *self {
@@ -231,6 +260,17 @@ mod tests {
     fn image() -> Tensor {
         tch::manual_seed(1);
         Tensor::rand([2, 3, 36, 36], (Kind::Float, Device::Cpu)) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn each_family_is_drawn_as_often_whatever_its_size() {
+        let spread = spread(&[Family::Identity, Family::Gaussian, Family::Jpeg], Width::Paper);
+        let mut rng = super::super::Rng::new(3);
+        let n = 30_000;
+        let identity = (0..n).filter(|_| draw(&spread, &mut rng) == Transform::Identity).count();
+        let share = identity as f64 / n as f64;
+        assert!((share - 1.0 / 3.0).abs() < 0.02, "identity drawn {share} of the time");
+        assert_eq!(draw(&[], &mut rng), Transform::Identity);
     }
 
     #[test]
