@@ -1,9 +1,9 @@
 //! The engine worker: one thread that owns libtorch and the loaded models, fed through a bounded
 //! queue. What it does with each photo is a [`Protector`]; [`protector`] builds the one `veild` runs.
 //!
-//! Jobs that are waiting together are handed over as one batch ([`Protector::protect_batch`]), so an
-//! engine can run the faces of several photos in one pass. When the engine runs out of GPU memory the
-//! batch is split and retried, and, down to single photos, the engine is asked to move to the CPU.
+//! Jobs flow from the queue through [`Protector::protect_stream`] for as long as the worker runs. The
+//! real engine streams them through [`Pipeline::protect_stream`], which groups photos, reads ahead,
+//! writes behind, and handles running out of GPU memory (photos one by one, then the CPU).
 
 use std::{
     path::PathBuf,
@@ -81,52 +81,19 @@ pub trait Protector: Send {
     /// Protects one photo: reads `job.source`, writes the protected copy into `job.output_dir`.
     fn protect(&mut self, job: &Job) -> Result<JobOutcome, JobError>;
 
-    /// Protects several photos; an engine that batches faces across photos overrides it. A batch
-    /// that does not fit in device memory answers [`ErrorKind::OutOfMemory`] for its jobs.
-    fn protect_batch(&mut self, jobs: &[Job]) -> Vec<Result<JobOutcome, JobError>> {
-        jobs.iter().map(|j| self.protect(j)).collect()
-    }
-
-    /// Moves the engine to the CPU after a GPU ran out of memory on a single photo; returns whether
-    /// it did (false: already on the CPU).
-    fn fall_back_to_cpu(&mut self) -> bool {
-        false
-    }
-
-    /// The largest number of photos worth handing over at once.
-    fn batch_size(&self) -> usize {
-        1
-    }
-
-    /// Protects the jobs `next` hands over until it answers `None`, and hands each job's report to
-    /// `done` (from any thread, in any order). `next(true)` waits for a job; `next(false)` answers
-    /// only a job already waiting. Once `stopping` is set, no further photo may be started: a job
-    /// taken but not started is reported unattempted. By default: batches of the jobs already
-    /// waiting, up to [`Protector::batch_size`], each run to its end before the next is taken (the
-    /// worker's `next` stops handing out jobs once `stopping` is set).
+    /// Protects the jobs `next` hands over until it answers `None` (it waits for the next job), and
+    /// hands each job's report to `done` (from any thread, in any order). Once `stopping` is set, no
+    /// further photo may be started: a job taken but not started is reported unattempted. By
+    /// default: one job at a time through [`Protector::protect`].
     fn protect_stream(
         &mut self,
-        next: &mut (dyn FnMut(bool) -> Option<Job> + Send),
+        next: &mut (dyn FnMut() -> Option<Job> + Send),
         done: &Done,
         stopping: &AtomicBool,
     ) {
-        while let Some(first) = next(true) {
-            let mut batch = vec![first];
-            while batch.len() < self.batch_size().max(1) {
-                match next(false) {
-                    Some(job) => batch.push(job),
-                    None => break,
-                }
-            }
-            if stopping.load(Ordering::SeqCst) {
-                for job in batch {
-                    done(Report { job, result: None });
-                }
-                continue;
-            }
-            for (job, result) in protect_fitting(self, batch) {
-                done(Report { job, result: Some(result) });
-            }
+        while let Some(job) = next() {
+            let result = (!stopping.load(Ordering::SeqCst)).then(|| self.protect(&job));
+            done(Report { job, result });
         }
     }
 }
@@ -187,14 +154,11 @@ impl PipelineProtector {
 
 impl Protector for PipelineProtector {
     fn protect(&mut self, job: &Job) -> Result<JobOutcome, JobError> {
-        let mut out = self.protect_batch(std::slice::from_ref(job));
-        out.pop().unwrap_or_else(|| Err(JobError::new(ErrorKind::Transient, "the engine answered nothing")))
-    }
-
-    fn protect_batch(&mut self, jobs: &[Job]) -> Vec<Result<JobOutcome, JobError>> {
-        let file_jobs: Vec<FileJob> = jobs.iter().map(Self::file_job).collect();
-        let outcomes = self.pipeline.protect_files(&file_jobs, &mut self.rng);
-        jobs.iter().zip(outcomes).map(|(job, outcome)| job_outcome(job, outcome)).collect()
+        let mut out = self.pipeline.protect_files(&[Self::file_job(job)], &mut self.rng);
+        out.pop().map_or_else(
+            || Err(JobError::new(ErrorKind::Transient, "the engine answered nothing")),
+            |outcome| job_outcome(job, outcome),
+        )
     }
 
     /// The pipeline's stages run for as long as jobs come: the next photos are read and the last
@@ -202,13 +166,13 @@ impl Protector for PipelineProtector {
     /// has not arrived yet. Out of GPU memory, the pipeline retries photos one by one, then on the CPU.
     fn protect_stream(
         &mut self,
-        next: &mut (dyn FnMut(bool) -> Option<Job> + Send),
+        next: &mut (dyn FnMut() -> Option<Job> + Send),
         done: &Done,
         stopping: &AtomicBool,
     ) {
         self.pipeline.protect_stream(
             || {
-                let job = next(true)?;
+                let job = next()?;
                 let file_job = Self::file_job(&job);
                 Some((job, file_job))
             },
@@ -395,8 +359,8 @@ fn run(
             }
         });
         let unattempted = tx.clone();
-        let mut next = move |wait: bool| loop {
-            let job = if wait { rx.recv().ok()? } else { rx.try_recv().ok()? };
+        let mut next = move || loop {
+            let job = rx.recv().ok()?;
             if !stopping.load(Ordering::SeqCst) {
                 return Some(job);
             }
@@ -409,57 +373,16 @@ fn run(
     });
 }
 
-/// Runs a batch; on out-of-memory splits it in halves, and for a single photo falls back to the CPU
-/// once before giving up on it.
-fn protect_fitting<P: Protector + ?Sized>(
-    p: &mut P,
-    batch: Vec<Job>,
-) -> Vec<(Job, Result<JobOutcome, JobError>)> {
-    let results = p.protect_batch(&batch);
-    let oom = results.iter().any(|r| matches!(r, Err(e) if e.kind == ErrorKind::OutOfMemory));
-    if !oom {
-        return batch.into_iter().zip(results).collect();
-    }
-    if batch.len() > 1 {
-        tracing::warn!("out of device memory with {} photos at once: trying smaller batches", batch.len());
-        let mut batch = batch;
-        let second = batch.split_off(batch.len() / 2);
-        let mut out = protect_fitting(p, batch);
-        out.extend(protect_fitting(p, second));
-        return out;
-    }
-    if p.fall_back_to_cpu() {
-        tracing::warn!("out of GPU memory on {}: continuing on the CPU", batch[0].source.display());
-        let results = p.protect_batch(&batch);
-        return batch.into_iter().zip(results).collect();
-    }
-    batch.into_iter().zip(results).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Runs out of memory above `fits` photos at once while on the GPU.
-    struct Tight {
-        fits: usize,
-        on_cpu: bool,
-        calls: Vec<usize>,
-    }
+    /// Answers every job as protected, without touching a file.
+    struct Echo;
 
-    impl Protector for Tight {
+    impl Protector for Echo {
         fn protect(&mut self, job: &Job) -> Result<JobOutcome, JobError> {
             Ok(JobOutcome { output: job.source.clone(), faces: 1, seconds: 0.0, losses: vec![] })
-        }
-        fn protect_batch(&mut self, jobs: &[Job]) -> Vec<Result<JobOutcome, JobError>> {
-            self.calls.push(jobs.len());
-            if !self.on_cpu && jobs.len() > self.fits {
-                return jobs.iter().map(|_| Err(JobError::new(ErrorKind::OutOfMemory, "oom"))).collect();
-            }
-            jobs.iter().map(|j| self.protect(j)).collect()
-        }
-        fn fall_back_to_cpu(&mut self) -> bool {
-            !std::mem::replace(&mut self.on_cpu, true)
         }
     }
 
@@ -475,32 +398,11 @@ mod tests {
     }
 
     #[test]
-    fn out_of_memory_splits_the_batch_then_moves_to_the_cpu() {
-        let mut p = Tight { fits: 2, on_cpu: false, calls: vec![] };
-        let out = protect_fitting(&mut p, (0..5).map(job).collect());
-        assert_eq!(out.len(), 5);
-        assert!(out.iter().all(|(_, r)| r.is_ok()));
-        assert_eq!(
-            out.iter().map(|(j, _)| j.source.clone()).collect::<Vec<_>>(),
-            (0..5).map(|n| job(n).source).collect::<Vec<_>>()
-        );
-        assert_eq!(p.calls, [5, 2, 3, 1, 2], "halves until they fit");
-        assert!(!p.on_cpu);
-
-        let mut p = Tight { fits: 0, on_cpu: false, calls: vec![] };
-        let out = protect_fitting(&mut p, vec![job(0)]);
-        assert!(out[0].1.is_ok() && p.on_cpu, "a single photo that does not fit runs on the CPU");
-    }
-
-    #[test]
     fn worker_reports_every_job_and_returns_queued_ones_when_stopping() {
         let (tx, rx) = mpsc::channel();
-        let worker = Worker::start(
-            4,
-            || Ok(Box::new(Tight { fits: 9, on_cpu: false, calls: vec![] }) as Box<dyn Protector>),
-            move |r| tx.send(r).unwrap(),
-        )
-        .unwrap();
+        let worker =
+            Worker::start(4, || Ok(Box::new(Echo) as Box<dyn Protector>), move |r| tx.send(r).unwrap())
+                .unwrap();
         worker.try_send(job(1)).unwrap();
         let r = rx.recv().unwrap();
         assert_eq!(r.job.source, job(1).source);
