@@ -151,31 +151,41 @@ fn protect_refuses_a_missing_path_clearly() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jpg"));
 }
 
-#[test]
-fn a_batch_of_files_is_protected_together_and_each_error_stays_with_its_file() {
-    use veil::{
-        config::{Config, EngineConfig, ModelsConfig},
-        imageio::{self, Format},
-        pipeline::{Action, FileJob, JobOptions, Pipeline},
-        protect::{max_levels, Preset, Rng},
-    };
-    let Some(data) = data() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    fixture_config(tmp.path()); // checks that the fixtures exist
-                                // Up to 4 photos attacked together, as on a GPU (the CPU's default is 1).
+/// The pipeline on the tiny fixtures, on the CPU, attacking up to 4 photos together as on a GPU
+/// (the CPU's default is 1), with its configuration and the CelebA val faces in order. `tmp` is a
+/// scratch folder (the fixtures' presence is checked there).
+fn batched_pipeline(
+    tmp: &Path,
+    data: &Path,
+) -> (veil::config::Config, veil::pipeline::Pipeline, Vec<PathBuf>) {
+    use veil::config::{Config, EngineConfig, ModelsConfig};
+    fixture_config(tmp);
     let config = Config {
         models: ModelsConfig { dir: Some(common::crate_dir().join("target/fixtures/models")) },
         engine: EngineConfig { photo_batch: std::num::NonZeroUsize::new(4), ..EngineConfig::default() },
         ..Config::default()
     };
     tch::set_num_threads(1);
-    let mut pipeline = Pipeline::load(&config, tch::Device::Cpu).unwrap();
+    let pipeline = veil::pipeline::Pipeline::load(&config, tch::Device::Cpu).unwrap();
     let mut faces: Vec<PathBuf> = std::fs::read_dir(data.join("celeba/val"))
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.path())
         .collect();
     faces.sort();
+    (config, pipeline, faces)
+}
+
+#[test]
+fn a_batch_of_files_is_protected_together_and_each_error_stays_with_its_file() {
+    use veil::{
+        imageio::{self, Format},
+        pipeline::{Action, FileJob, JobOptions},
+        protect::{max_levels, Preset, Rng},
+    };
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, mut pipeline, faces) = batched_pipeline(tmp.path(), &data);
     let blank = tmp.path().join("blank.png");
     image::RgbImage::from_pixel(160, 120, image::Rgb([128, 128, 128])).save(&blank).unwrap();
     let broken = data.join("exif-samples/jpg/corrupted.jpg");
@@ -226,32 +236,17 @@ fn a_batch_of_files_is_protected_together_and_each_error_stays_with_its_file() {
 #[test]
 fn the_stream_protects_photos_as_they_arrive_reads_ahead_and_stops() {
     use std::{
-        num::NonZeroUsize,
         sync::{atomic::AtomicBool, mpsc, Mutex},
         time::{Duration, Instant},
     };
     use veil::{
-        config::{Config, EngineConfig, ModelsConfig},
-        pipeline::{FileJob, Grouping, JobOptions, Pipeline},
+        pipeline::{FileJob, Grouping, JobOptions},
         protect::{Preset, Rng},
     };
     let Some(data) = data() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    fixture_config(tmp.path());
-    // Groups of up to 4 photos, as on a GPU.
-    let config = Config {
-        models: ModelsConfig { dir: Some(common::crate_dir().join("target/fixtures/models")) },
-        engine: EngineConfig { photo_batch: NonZeroUsize::new(4), ..EngineConfig::default() },
-        ..Config::default()
-    };
-    let mut pipeline = Pipeline::load(&config, tch::Device::Cpu).unwrap();
+    let (_, mut pipeline, faces) = batched_pipeline(tmp.path(), &data);
     assert_eq!(pipeline.photo_batch(), 4);
-    let mut faces: Vec<PathBuf> = std::fs::read_dir(data.join("celeba/val"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    faces.sort();
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let options = JobOptions { preset: Some(Preset::Fast), ..JobOptions::default() };
