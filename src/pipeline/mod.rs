@@ -254,7 +254,7 @@ impl Pipeline {
     }
 
     /// How many photos the engine attacks together at most: `engine.photo_batch`, else several on a
-    /// GPU and one on a CPU (where batching gains nothing).
+    /// GPU and one on a CPU (where batching gains nothing); never 0.
     pub fn photo_batch(&self) -> usize {
         match self.config.engine.photo_batch {
             Some(n) => n.get(),

@@ -166,7 +166,7 @@ impl Pipeline {
         N: FnMut() -> Option<(T, FileJob)> + Send,
         D: Fn(T, Result<Outcome, PipelineError>) + Sync,
     {
-        let batch = self.photo_batch().max(1);
+        let batch = self.photo_batch();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let decoders = cores.min(batch.max(2));
         let writers = cores.min(batch.max(2));
@@ -239,7 +239,7 @@ impl Pipeline {
                         }
                         group.tags.push((tag, job));
                         group.members.push(p);
-                        if group.members.len() >= self.photo_batch().max(1) {
+                        if group.members.len() >= self.photo_batch() {
                             self.attack(&mut group, rng, flags, &send, &done);
                         }
                     }
