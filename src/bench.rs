@@ -21,7 +21,7 @@ use crate::{
     engine,
     imageio::{self, ImageError},
     pipeline::{self, FileJob, JobOptions, Pipeline, PipelineError},
-    protect::{self, Preset, Rng},
+    protect::{self, Preset, Rng, Target},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -274,11 +274,13 @@ pub fn run(
     // The attack alone on the first face of the one-face photo.
     let photo = imageio::read(&one, settings)?;
     let found = pipeline.find(&photo)?;
-    let region = *found.regions.first().ok_or_else(|| BenchError::NoFace { path: one.clone() })?;
+    // Veil's own crop only, as bench/reference.py attacks it: an aligned crop changes where a step
+    // frames the face, not what a step costs.
+    let region = found.targets.first().ok_or_else(|| BenchError::NoFace { path: one.clone() })?.face;
     let pixels = pipeline::to_tensor(&photo.pixels);
     let cuda = pipeline.ensemble().device.is_cuda();
     let face = time_runs(opts, cuda, "attack", &mut progress, || {
-        protect::protect_pixels(pipeline.ensemble(), &pixels, &[region], &params, &mut rng)
+        protect::protect_pixels(pipeline.ensemble(), &pixels, &[Target::face(region)], &params, &mut rng)
             .map(drop)
             .map_err(|source| PipelineError::Protect { path: one.clone(), source })
     })?;

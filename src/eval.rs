@@ -348,7 +348,7 @@ pub fn run(
                         &mut rng,
                     )?;
                 }
-                Variant::Noise => add_noise(&mut prot, &found.regions, &params, &mut rng),
+                Variant::Noise => add_noise(&mut prot, &found.regions(), &params, &mut rng),
             }
             // The real path: encode as the pipeline writes, decode again.
             let name = format!(

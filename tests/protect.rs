@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, path::Path};
 use tch::{Device, Kind, Tensor};
 use veil::{
     models::Role,
-    protect::{self, spread::Transform, Ensemble, Params, Preset, Region, Rng},
+    protect::{self, spread::Transform, Ensemble, Params, Preset, Region, Rng, Target},
 };
 
 fn fixtures() -> std::path::PathBuf {
@@ -39,7 +39,7 @@ fn faces(n: usize) -> Vec<Tensor> {
 const FACE: Region = Region { x: 0, y: 20, w: 178, h: 178 };
 
 fn protect(ens: &Ensemble, img: &Tensor, params: &Params, seed: u64) -> Tensor {
-    protect::protect_pixels(ens, img, &[FACE], params, &mut Rng::new(seed)).unwrap().0
+    protect::protect_pixels(ens, img, &[Target::face(FACE)], params, &mut Rng::new(seed)).unwrap().0
 }
 
 fn unit_face(img: &Tensor) -> Tensor {
@@ -85,6 +85,33 @@ fn epsilon_bound_holds_exactly_after_quantization() {
 }
 
 #[test]
+fn an_aligned_crop_is_perturbed_too_and_the_bound_holds_there() {
+    let ens = ensemble();
+    let Some(img) = faces(1).pop() else { return };
+    // Veil's crop lower in the photo than the aligned crop, as MTCNN's is on CelebA photos.
+    let face = Region { x: 10, y: 60, w: 150, h: 150 };
+    let aligned = Region { x: 0, y: 20, w: 178, h: 178 };
+    let target = Target { face, aligned: vec![aligned] };
+    let p = Params::preset(Preset::Fast);
+    let (prot, reports) = protect::protect_pixels(&ens, &img, &[target], &p, &mut Rng::new(2)).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].region, Region { x: 0, y: 20, w: 178, h: 190 });
+    let diff = (prot.to_kind(Kind::Int64) - img.to_kind(Kind::Int64)).abs();
+    assert!(diff.max().int64_value(&[]) <= protect::max_levels(p.epsilon));
+    // Nothing moves above the extent; the rows of the aligned crop above Veil's crop do move.
+    assert_eq!(diff.narrow(1, 0, 20).sum(Kind::Int64).int64_value(&[]), 0);
+    let above_face = diff.narrow(1, 30, 30).narrow(2, 20, 138).ne(0).to_kind(Kind::Float).mean(Kind::Float);
+    let above_face = above_face.double_value(&[]);
+    assert!(above_face > 0.5, "only {above_face} of the aligned crop's pixels above the face changed");
+    // Without the aligned crop they stay as they were.
+    let (alone, _) =
+        protect::protect_pixels(&ens, &img, &[Target::face(face)], &p, &mut Rng::new(2)).unwrap();
+    let moved =
+        (alone.to_kind(Kind::Int64) - img.to_kind(Kind::Int64)).narrow(1, 0, 60).abs().sum(Kind::Int64);
+    assert_eq!(moved.int64_value(&[]), 0);
+}
+
+#[test]
 fn faces_attacked_together_each_stay_in_bound_and_are_each_disrupted() {
     let ens = ensemble();
     let imgs = faces(3);
@@ -93,7 +120,7 @@ fn faces_attacked_together_each_stay_in_bound_and_are_each_disrupted() {
     }
     // Three faces side by side in one picture: one batched attack (protect_pixels batches regions).
     let canvas = Tensor::cat(&imgs, 2);
-    let regions: Vec<Region> = (0..3).map(|i| Region { x: 178 * i, ..FACE }).collect();
+    let regions: Vec<Target> = (0..3).map(|i| Target::face(Region { x: 178 * i, ..FACE })).collect();
     let p = Params::preset(Preset::Fast);
     let (prot, reports) = protect::protect_pixels(&ens, &canvas, &regions, &p, &mut Rng::new(3)).unwrap();
     assert_eq!(reports.len(), 3);

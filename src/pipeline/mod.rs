@@ -20,7 +20,7 @@ use crate::{
     faces::{self, Detector},
     imageio::{self, Format, ImageError, Photo, Written},
     models::Role,
-    protect::{self, Ensemble, NoFace, Params, Preset, ProtectError, Region, Rng},
+    protect::{self, Ensemble, NoFace, Params, Preset, ProtectError, Region, Rng, Target},
     quality,
 };
 
@@ -342,8 +342,8 @@ impl Pipeline {
         params: &Params,
         rng: &mut Rng,
     ) -> Result<(), PipelineError> {
-        let photos: Vec<(&RgbImage, &[Region])> =
-            members.iter().map(|p| (&p.photo.pixels, p.found.regions.as_slice())).collect();
+        let photos: Vec<(&RgbImage, &[Target])> =
+            members.iter().map(|p| (&p.photo.pixels, p.found.targets.as_slice())).collect();
         let out = attack_photos(&self.ensemble, &photos, params, rng).map_err(|source| {
             let path = members.first().map(|p| p.photo.source.clone()).unwrap_or_default();
             PipelineError::Protect { path, source }
@@ -361,32 +361,44 @@ impl Pipeline {
             .detector
             .detect(&photo.pixels)
             .map_err(|source| PipelineError::Faces { path: photo.source.clone(), source })?;
-        let mut regions: Vec<Region> = detections
-            .crop_regions(self.config.faces.margin)
-            .into_iter()
-            .map(|c| Region {
-                x: i64::from(c.x),
-                y: i64::from(c.y),
-                w: i64::from(c.size),
-                h: i64::from(c.size),
+        let (w, h) = photo.pixels.dimensions();
+        let protect = &self.config.protect;
+        // Aligned crops are framed and perturbed only when framing is on and some steps use them.
+        let aligned = protect.framing && protect.aligned > 0.0;
+        let mut targets: Vec<Target> = detections
+            .faces
+            .iter()
+            .filter_map(|f| {
+                let c = f.crop_region(self.config.faces.margin, w, h)?;
+                let face = Region {
+                    x: i64::from(c.x),
+                    y: i64::from(c.y),
+                    w: i64::from(c.size),
+                    h: i64::from(c.size),
+                };
+                let aligned = f.aligned_crop().filter(|_| aligned).and_then(|sq| {
+                    let side = sq.side.round() as i64;
+                    Region { x: sq.x.round() as i64, y: sq.y.round() as i64, w: side, h: side }
+                        .clip(i64::from(w), i64::from(h))
+                });
+                Some(Target { face, aligned: aligned.into_iter().collect() })
             })
             .collect();
-        let (w, h) = photo.pixels.dimensions();
-        let action = match (regions.is_empty(), self.config.protect.no_face) {
+        let action = match (targets.is_empty(), protect.no_face) {
             (false, _) => Action::Protected,
             (true, NoFace::Whole) => {
-                regions.push(Region { x: 0, y: 0, w: i64::from(w), h: i64::from(h) });
+                targets.push(Target::face(Region { x: 0, y: 0, w: i64::from(w), h: i64::from(h) }));
                 Action::ProtectedWhole
             }
             (true, NoFace::Copy) => Action::CopiedNoFace,
             (true, NoFace::Skip) => Action::SkippedNoFace,
         };
-        let regions = protect::merge_regions(&regions, i64::from(w), i64::from(h));
+        let targets = protect::merge_targets(&targets, i64::from(w), i64::from(h));
         Ok(Found {
             action,
             faces: detections.faces.len(),
             too_small: detections.too_small,
-            regions,
+            targets,
             losses: Vec::new(),
         })
     }
@@ -401,10 +413,10 @@ impl Pipeline {
         params: &Params,
         rng: &mut Rng,
     ) -> Result<Found, PipelineError> {
-        if found.regions.is_empty() {
+        if found.targets.is_empty() {
             return Ok(found);
         }
-        let mut out = attack_photos(ensemble, &[(&photo.pixels, found.regions.as_slice())], params, rng)
+        let mut out = attack_photos(ensemble, &[(&photo.pixels, found.targets.as_slice())], params, rng)
             .map_err(|source| PipelineError::Protect { path: photo.source.clone(), source })?;
         if let Some((pixels, losses)) = out.pop() {
             photo.pixels = pixels;
@@ -450,10 +462,10 @@ fn finish(config: &Config, device: Device, p: Prepared, job: &FileJob) -> Result
         Some(w) => match imageio::read(&w.path, settings) {
             Ok(back) => {
                 let (w, h) = original.dimensions();
-                let rects: Vec<(i64, i64, i64, i64)> = if found.regions.is_empty() {
+                let rects: Vec<(i64, i64, i64, i64)> = if found.targets.is_empty() {
                     vec![(0, 0, i64::from(w), i64::from(h))]
                 } else {
-                    found.regions.iter().map(|r| (r.x, r.y, r.w, r.h)).collect()
+                    found.regions().iter().map(|r| (r.x, r.y, r.w, r.h)).collect()
                 };
                 (
                     quality::psnr(original, &back.pixels),
@@ -479,7 +491,7 @@ fn finish(config: &Config, device: Device, p: Prepared, job: &FileJob) -> Result
         written,
         faces: found.faces,
         too_small: found.too_small,
-        regions: found.regions,
+        regions: found.regions(),
         losses: found.losses,
         psnr,
         ssim,
@@ -496,12 +508,12 @@ type Losses = Vec<(String, f64)>;
 /// per generator averaged over its regions.
 fn attack_photos(
     ensemble: &Ensemble,
-    photos: &[(&RgbImage, &[Region])],
+    photos: &[(&RgbImage, &[Target])],
     params: &Params,
     rng: &mut Rng,
 ) -> Result<Vec<(RgbImage, Losses)>, ProtectError> {
     let tensors: Vec<Tensor> = photos.iter().map(|(pixels, _)| to_tensor(pixels)).collect();
-    let images: Vec<(&Tensor, &[Region])> =
+    let images: Vec<(&Tensor, &[Target])> =
         tensors.iter().zip(photos).map(|(t, (_, regions))| (t, *regions)).collect();
     let out = protect::protect_many(ensemble, &images, params, rng)?;
     Ok(out
@@ -542,8 +554,16 @@ pub struct Found {
     pub action: Action,
     pub faces: usize,
     pub too_small: usize,
-    pub regions: Vec<Region>,
+    /// The faces to protect, merged where their extents overlap.
+    pub targets: Vec<Target>,
     pub losses: Vec<(String, f64)>,
+}
+
+impl Found {
+    /// Where the protection may change pixels: each target's extent.
+    pub fn regions(&self) -> Vec<Region> {
+        self.targets.iter().map(Target::extent).collect()
+    }
 }
 
 fn mean_losses<'a>(per_region: impl Iterator<Item = &'a [(String, f64)]>) -> Vec<(String, f64)> {

@@ -232,7 +232,7 @@ impl Pipeline {
                 }
                 match photo.and_then(|photo| self.detect(photo, seconds, &job)) {
                     Err(e) => done(tag, Err(e)),
-                    Ok(p) if p.found.regions.is_empty() => send(tag, job, p),
+                    Ok(p) if p.found.targets.is_empty() => send(tag, job, p),
                     Ok(p) => {
                         if group.members.first().is_some_and(|first| first.params != p.params) {
                             self.attack(&mut group, rng, flags, &send, &done);

@@ -311,7 +311,7 @@ pub fn render(
             None => shown_conditions(&[], &[]),
         })
         .collect();
-    let regions: Vec<Region> = found.regions.iter().take(MAX_FACES).copied().collect();
+    let regions: Vec<Region> = found.targets.iter().take(MAX_FACES).map(|t| t.face).collect();
     let counts: Vec<usize> = conditions.iter().map(Vec::len).collect();
     let layout = Layout::new(photo.pixels.dimensions(), regions.len(), &counts);
     let mut sheet = RgbImage::from_pixel(layout.width, layout.height, PAPER);
@@ -397,8 +397,8 @@ pub fn render(
         params.epsilon,
         params.iterations,
         found.faces,
-        found.regions.len(),
-        if found.regions.len() > MAX_FACES { format!(", first {MAX_FACES} shown") } else { String::new() },
+        found.targets.len(),
+        if found.targets.len() > MAX_FACES { format!(", first {MAX_FACES} shown") } else { String::new() },
         generators.len()
     );
     draw_title(&mut sheet, &layout, &title, &settings);

@@ -79,16 +79,48 @@ impl Region {
     }
 }
 
-/// Merges overlapping regions (repeatedly, so chains merge too) after clipping them to the image.
-pub fn merge_regions(regions: &[Region], width: i64, height: i64) -> Vec<Region> {
-    let mut out: Vec<Region> = regions.iter().filter_map(|r| r.clip(width, height)).collect();
+/// One face to protect, in full-resolution pixels of its photo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Veil's own crop of the face (the detector's box grown by `faces.margin`): framings are drawn
+    /// around it and the final report measures on it.
+    pub face: Region,
+    /// The crops a tool aligning faces by their landmarks would cut (`faces::Face::aligned_crop`),
+    /// clipped to the photo; empty when there is none. The perturbation also covers them.
+    pub aligned: Vec<Region>,
+}
+
+impl Target {
+    /// A face without aligned crops: the perturbation stays in `face`.
+    pub fn face(face: Region) -> Target {
+        Target { face, aligned: Vec::new() }
+    }
+
+    /// Where the perturbation may go: the smallest rectangle around the face and its aligned crops.
+    pub fn extent(&self) -> Region {
+        self.aligned.iter().fold(self.face, |acc, a| acc.union(a))
+    }
+}
+
+/// Clips targets to the image and merges those whose extents overlap (repeatedly, so chains merge
+/// too): a merged target's face is the rectangle around its faces and it keeps all their aligned
+/// crops. Targets with nothing left inside the image are dropped.
+pub fn merge_targets(targets: &[Target], width: i64, height: i64) -> Vec<Target> {
+    let mut out: Vec<Target> = targets
+        .iter()
+        .filter_map(|t| {
+            let face = t.face.clip(width, height)?;
+            Some(Target { face, aligned: t.aligned.iter().filter_map(|a| a.clip(width, height)).collect() })
+        })
+        .collect();
     loop {
         let mut merged = false;
         'scan: for i in 0..out.len() {
             for j in i + 1..out.len() {
-                if out[i].overlaps(&out[j]) {
-                    out[i] = out[i].union(&out[j]);
-                    out.remove(j);
+                if out[i].extent().overlaps(&out[j].extent()) {
+                    let other = out.remove(j);
+                    out[i].face = out[i].face.union(&other.face);
+                    out[i].aligned.extend(other.aligned);
                     merged = true;
                     break 'scan;
                 }
@@ -192,7 +224,8 @@ pub fn attack_batch(
 ) -> Result<Vec<Tensor>, ProtectError> {
     let faces: Vec<Region> =
         xs.iter().map(|x| Region { x: 0, y: 0, w: x.size()[3], h: x.size()[2] }).collect();
-    attack_batch_targets(ensemble, xs, masks, &faces, params, rng).map(|(advs, _)| advs)
+    let aligned = vec![Vec::new(); xs.len()];
+    attack_batch_targets(ensemble, xs, masks, &faces, &aligned, params, rng).map(|(advs, _)| advs)
 }
 
 /// `[1,3,h,w]` → the part of it inside `r`.
@@ -214,11 +247,13 @@ fn clean_outputs(ensemble: &Ensemble, faces: &[Tensor]) -> Result<Vec<Tensor>, P
 }
 
 /// [`attack_batch`] on faces with context: `faces[n]` is where Veil's crop of the face lies in
-/// `xs[n]`, which may extend past it so that framings (`params.framing`) can also zoom out; the
-/// perturbation stays where `masks[n]` lets it. Also returns the clean outputs of Veil's own crops
+/// `xs[n]`, which may extend past it so that framings (`params.framing`) can also zoom out, and
+/// `aligned[n]` where its aligned crops lie (possibly none); the perturbation stays where `masks[n]`
+/// lets it. Also returns the clean outputs of Veil's own crops
 /// (per generator, `[N*K,3,S,S]` face-major), which the final report measures against.
 ///
-/// Each step draws one transform from the spread and, per face, one framing; the loss compares
+/// Each step draws one transform from the spread and, per face, one framing (a share
+/// `params.framing.aligned` of them on one of the face's aligned crops); the loss compares
 /// `G(T(resize(framing of x_adv)))` with `G(resize(the same framing of x))`, so a framing's clean
 /// outputs are computed in the step that draws it. The loop reads nothing back from the device except
 /// each generator's loss at the first step (its normalizer).
@@ -227,6 +262,7 @@ fn attack_batch_targets(
     xs: &[Tensor],
     masks: &[Tensor],
     faces: &[Region],
+    aligned: &[Vec<Region>],
     params: &Params,
     rng: &mut Rng,
 ) -> Result<(Vec<Tensor>, Vec<Tensor>), ProtectError> {
@@ -250,11 +286,21 @@ fn attack_batch_targets(
         } else {
             xs.iter()
                 .zip(faces)
-                .map(|(x, face)| {
+                .zip(aligned)
+                .map(|((x, face), aligned)| {
+                    let (w, h) = (x.size()[3], x.size()[2]);
+                    if !aligned.is_empty() && rng.unit() < framing.aligned {
+                        let a = aligned[rng.below(aligned.len())];
+                        let j = framing.jitter;
+                        let scale = 1.0 + (2.0 * rng.unit() - 1.0) * j;
+                        let dx = (2.0 * rng.unit() - 1.0) * j;
+                        let dy = (2.0 * rng.unit() - 1.0) * j;
+                        return a.framed(scale, dx, dy, w, h);
+                    }
                     let scale = framing.scale.0 + (framing.scale.1 - framing.scale.0) * rng.unit();
                     let dx = (2.0 * rng.unit() - 1.0) * framing.shift;
                     let dy = (2.0 * rng.unit() - 1.0) * framing.shift;
-                    face.framed(scale, dx, dy, x.size()[3], x.size()[2])
+                    face.framed(scale, dx, dy, w, h)
                 })
                 .collect()
         };
@@ -313,13 +359,13 @@ fn attack_batch_targets(
     Ok((advs, targets))
 }
 
-/// Protects the given face regions of an image. `pixels: [3,H,W]` uint8 (CPU, upright). Returns the
-/// protected pixels (same layout) and one report per merged region. Regions are attacked together,
+/// Protects the given faces of an image. `pixels: [3,H,W]` uint8 (CPU, upright). Returns the
+/// protected pixels (same layout) and one report per merged target. Targets are attacked together,
 /// up to [`MAX_BATCH`] at a time.
 pub fn protect_pixels(
     ensemble: &Ensemble,
     pixels: &Tensor,
-    regions: &[Region],
+    regions: &[Target],
     params: &Params,
     rng: &mut Rng,
 ) -> Result<(Tensor, Vec<RegionReport>), ProtectError> {
@@ -327,52 +373,62 @@ pub fn protect_pixels(
     Ok(out.remove(0))
 }
 
-/// [`protect_pixels`] for several images at once: the face regions of all of them are attacked in
-/// batches of up to [`MAX_BATCH`], so a GPU sees the faces of several photos in one pass. Returns,
-/// per image in order, its protected pixels and region reports.
+/// [`protect_pixels`] for several images at once: the faces of all of them are attacked in batches
+/// of up to [`MAX_BATCH`], so a GPU sees the faces of several photos in one pass. Returns, per image
+/// in order, its protected pixels and one report per merged target (its region is the target's
+/// extent, where the pixels may have changed).
 pub fn protect_many(
     ensemble: &Ensemble,
-    images: &[(&Tensor, &[Region])],
+    images: &[(&Tensor, &[Target])],
     params: &Params,
     rng: &mut Rng,
 ) -> Result<Vec<(Tensor, Vec<RegionReport>)>, ProtectError> {
     let mut outs = Vec::with_capacity(images.len());
-    // (image index, merged region) for every region of every image.
-    let mut work: Vec<(usize, Region)> = Vec::new();
+    // (image index, merged target) for every face of every image.
+    let mut work: Vec<(usize, Target)> = Vec::new();
     for (i, (pixels, regions)) in images.iter().enumerate() {
         let size = pixels.size();
         if size.len() != 3 || size[0] != 3 || pixels.kind() != Kind::Uint8 {
             return Err(ProtectError::BadImage(size));
         }
         outs.push((pixels.copy(), Vec::new()));
-        work.extend(merge_regions(regions, size[2], size[1]).into_iter().map(|r| (i, r)));
+        work.extend(merge_targets(regions, size[2], size[1]).into_iter().map(|t| (i, t)));
     }
     let levels = max_levels(params.epsilon) as f64;
-    let reach = params.framing.reach();
+    let (reach, aligned_reach) = (params.framing.reach(), params.framing.aligned_reach());
     for chunk in work.chunks(MAX_BATCH) {
-        // Each face with the context its framings may reach, and where the face lies in it.
+        // Each target with the context its framings may reach.
         let contexts: Vec<Region> = chunk
             .iter()
-            .map(|(i, r)| {
+            .map(|(i, t)| {
                 let size = images[*i].0.size();
-                r.grown(reach, size[2], size[1])
+                let (w, h) = (size[2], size[1]);
+                t.aligned
+                    .iter()
+                    .map(|a| a.grown(aligned_reach, w, h))
+                    .fold(t.face.grown(reach, w, h).union(&t.extent()), |acc, a| acc.union(&a))
             })
             .collect();
-        let faces: Vec<Region> = chunk
+        let within = |r: &Region, c: &Region| Region { x: r.x - c.x, y: r.y - c.y, w: r.w, h: r.h };
+        // Where the face, its aligned crops and its extent lie in the context.
+        let faces: Vec<Region> = chunk.iter().zip(&contexts).map(|((_, t), c)| within(&t.face, c)).collect();
+        let aligned: Vec<Vec<Region>> = chunk
             .iter()
             .zip(&contexts)
-            .map(|((_, r), c)| Region { x: r.x - c.x, y: r.y - c.y, w: r.w, h: r.h })
+            .map(|((_, t), c)| t.aligned.iter().map(|a| within(a, c)).collect())
             .collect();
+        let extents: Vec<Region> =
+            chunk.iter().zip(&contexts).map(|((_, t), c)| within(&t.extent(), c)).collect();
         let crops: Vec<Tensor> = chunk
             .iter()
             .zip(&contexts)
             .map(|((i, _), c)| images[*i].0.narrow(1, c.y, c.h).narrow(2, c.x, c.w))
             .collect();
         let xs: Vec<Tensor> = crops.iter().map(|c| to_unit(c, ensemble.device)).collect();
-        // The feather mask of the face, zero in the context around it.
+        // The feather mask of the extent, zero in the context around it.
         let masks: Vec<Tensor> = contexts
             .iter()
-            .zip(&faces)
+            .zip(&extents)
             .map(|(c, f)| {
                 let face = feather_mask(f.h, f.w, params.feather, ensemble.device);
                 if (f.w, f.h) == (c.w, c.h) {
@@ -383,15 +439,15 @@ pub fn protect_many(
                 m
             })
             .collect();
-        let (advs, targets) = attack_batch_targets(ensemble, &xs, &masks, &faces, params, rng)?;
+        let (advs, targets) = attack_batch_targets(ensemble, &xs, &masks, &faces, &aligned, params, rng)?;
         // Quantize: whole 8-bit levels, at most floor(ε·127.5) away from the original byte. Outside
-        // the face the mask is zero, so nothing moves there.
+        // the extent the mask is zero, so nothing moves there.
         let protected: Vec<Tensor> = tch::no_grad(|| {
             crops
                 .iter()
                 .zip(&xs)
                 .zip(&advs)
-                .zip(&faces)
+                .zip(&extents)
                 .map(|(((crop_u8, x), x_adv), f)| {
                     let delta = ((x_adv - x) * 127.5).round().clamp(-levels, levels);
                     let orig = crop_u8.to_device(ensemble.device).to_kind(Kind::Float).unsqueeze(0);
@@ -400,15 +456,24 @@ pub fn protect_many(
                 })
                 .collect()
         });
-        // The disruption reached by the quantized faces, against the clean outputs the attack used.
-        let units: Vec<Tensor> = protected.iter().map(|p| to_unit(p, ensemble.device)).collect();
+        // The disruption reached by the quantized faces (Veil's own crops), against the clean outputs
+        // the attack used.
+        let units: Vec<Tensor> = protected
+            .iter()
+            .zip(&faces)
+            .zip(&extents)
+            .map(|((p, f), e)| {
+                to_unit(&p.narrow(1, f.y - e.y, f.h).narrow(2, f.x - e.x, f.w), ensemble.device)
+            })
+            .collect();
         let losses = tch::no_grad(|| ensemble.disruption_batch(&units, &targets))?;
-        for (((i, region), protected), losses) in chunk.iter().zip(&protected).zip(losses) {
+        for (((i, target), protected), losses) in chunk.iter().zip(&protected).zip(losses) {
+            let region = target.extent();
             let (out, reports) = &mut outs[*i];
             out.narrow(1, region.y, region.h)
                 .narrow(2, region.x, region.w)
                 .copy_(&protected.to_device(Device::Cpu));
-            reports.push(RegionReport { region: *region, losses });
+            reports.push(RegionReport { region, losses });
         }
     }
     Ok(outs)
@@ -421,11 +486,32 @@ mod tests {
     #[test]
     fn regions_merge_when_they_overlap_and_clip_to_the_image() {
         let r = |x, y, w, h| Region { x, y, w, h };
-        let merged =
-            merge_regions(&[r(0, 0, 10, 10), r(50, 50, 10, 10), r(8, 8, 10, 10), r(17, 17, 5, 5)], 100, 100);
+        let merge = |rs: &[Region]| -> Vec<Region> {
+            let targets: Vec<Target> = rs.iter().copied().map(Target::face).collect();
+            merge_targets(&targets, 100, 100).iter().map(|t| t.face).collect()
+        };
+        let merged = merge(&[r(0, 0, 10, 10), r(50, 50, 10, 10), r(8, 8, 10, 10), r(17, 17, 5, 5)]);
         assert_eq!(merged, [r(0, 0, 22, 22), r(50, 50, 10, 10)]);
-        assert_eq!(merge_regions(&[r(-5, 90, 20, 20)], 100, 100), [r(0, 90, 15, 10)]);
-        assert!(merge_regions(&[r(200, 200, 5, 5)], 100, 100).is_empty());
+        assert_eq!(merge(&[r(-5, 90, 20, 20)]), [r(0, 90, 15, 10)]);
+        assert!(merge(&[r(200, 200, 5, 5)]).is_empty());
+    }
+
+    #[test]
+    fn targets_merge_on_their_extents_and_keep_their_aligned_crops() {
+        let r = |x, y, w, h| Region { x, y, w, h };
+        let a = Target { face: r(0, 40, 50, 50), aligned: vec![r(0, 20, 60, 60)] };
+        assert_eq!(a.extent(), r(0, 20, 60, 70));
+        // b's face is clear of a's face but not of a's aligned crop: they merge.
+        let b = Target { face: r(55, 0, 30, 30), aligned: Vec::new() };
+        let far = Target { face: r(200, 200, 20, 20), aligned: vec![r(190, 190, 40, 40)] };
+        let merged = merge_targets(&[a, b, far.clone()], 1000, 1000);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].face, r(0, 0, 85, 90));
+        assert_eq!(merged[0].aligned, [r(0, 20, 60, 60)]);
+        assert_eq!(merged[1], far);
+        // Clipped to the image; an aligned crop wholly outside it is dropped.
+        let edge = Target { face: r(-10, 0, 30, 30), aligned: vec![r(-50, -50, 20, 20)] };
+        assert_eq!(merge_targets(&[edge], 100, 100), [Target::face(r(0, 0, 20, 30))]);
     }
 
     #[test]
