@@ -18,6 +18,7 @@ No spread-spectrum here: one generator, no transform, so only the framing differ
 
 --faces and --template take the output of `veil faces --json` on the same val photos and on train
 photos; with them, Veil's crop A is each photo's own (MTCNN box, margin 0.2) instead of the fixed one.
+--judge A stands for an attacker who crops around the detector's box instead of aligning.
 --mask says where the perturbation may go: the whole photo (none, the default), Veil's crop A
 feathered at 0.1 of its side (A, what the pipeline did), or the box around A and the aligned crop (AL).
 """
@@ -104,6 +105,9 @@ def main():
     p.add_argument("--template", help="`veil faces --json` of train photos (mode L)")
     p.add_argument("--aligned", type=float, default=0.5, help="share of mode L's steps on the aligned crop")
     p.add_argument("--mask", choices=["none", "A", "AL"], default="none")
+    p.add_argument("--judge", choices=["A", "B"], default="B",
+                   help="the attacker's view: B, CelebA's aligned crop, or A, Veil's own crop (a tool that crops "
+                        "the detector's box)")
     p.add_argument("--jitter", type=float, default=0.03, help="mode L: scale and shift jitter of the aligned crop")
     p.add_argument("--iters", type=int, default=10)
     args = p.parse_args()
@@ -186,11 +190,12 @@ def main():
         q = ((xa + 1) * 127.5).round() / 127.5 - 1
         noise = (x + eps * torch.randint(0, 2, x.shape).float().mul(2).sub(1)).clamp(-1, 1)
         with torch.no_grad():
-            clean_b = G(view(x, B))
+            judge = [B] * b if args.judge == "B" else ca
+            clean_b = G(views(x, judge))
             for name, v in [("noise", noise), ("attack", q)]:
-                res[name].append(((G(view(v, B)) - clean_b) ** 2).flatten(1).mean(1).view(k, b))
+                res[name].append(((G(views(v, judge)) - clean_b) ** 2).flatten(1).mean(1).view(k, b))
     print(f"{args.model}, attacked in mode {args.mode}: {len(rows)} val faces, {args.iters} iterations, "
-          f"{time.time() - t0:.0f} s; judged in the attacker's view B (% with MSE >= 0.05, mean MSE)")
+          f"{time.time() - t0:.0f} s; judged in view {args.judge} (% with MSE >= 0.05, mean MSE)")
     for name, v in res.items():
         m = torch.cat(v, 1)
         print(f"{name:7s} " + "  ".join(
