@@ -531,6 +531,11 @@ fn veil_faces_prints_a_table_json_and_draws() {
         let (x, y) = (m[0].as_f64().unwrap(), m[1].as_f64().unwrap());
         assert!(x > b[0] && x < b[2] && y > b[1] && y < b[3], "landmark {m} outside {b:?}");
     }
+    // The square an aligner would cut: centred inside the box, larger than it.
+    let a = &faces[0]["aligned"];
+    let (x, y, side) = (a["x"].as_f64().unwrap(), a["y"].as_f64().unwrap(), a["side"].as_f64().unwrap());
+    let (cx, cy) = (x + side / 2.0, y + side / 2.0);
+    assert!(cx > b[0] && cx < b[2] && cy > b[1] && cy < b[3] && side > b[2] - b[0], "{a}");
 
     let drawn = home.path().join("seen.png");
     let out = veil_faces(home.path(), &["faces", photo_arg, "--draw", drawn.to_str().unwrap()]);

@@ -627,11 +627,22 @@ fn find_faces(
         let mut image = imageio::read(photo, &config.imageio)?.pixels;
         let found = detector.detect(&image)?;
         if json {
+            // Each face with the square an aligner would cut from it (null when its landmarks disagree
+            // with its box).
+            let faces: Vec<serde_json::Value> = found
+                .faces
+                .iter()
+                .map(|f| {
+                    let mut v = serde_json::to_value(f)?;
+                    v["aligned"] = serde_json::to_value(f.aligned_crop())?;
+                    Ok(v)
+                })
+                .collect::<serde_json::Result<_>>()?;
             reports.push(serde_json::json!({
                 "photo": photo,
                 "width": image.width(),
                 "height": image.height(),
-                "faces": found.faces,
+                "faces": faces,
                 "too_small": found.too_small,
             }));
         } else {
@@ -673,15 +684,19 @@ fn write_table(
     if n > 0 {
         writeln!(
             out,
-            "  {:>2}  {:>27}  {:>5}  landmarks (eyes, nose, mouth corners)",
-            "#", "box x1,y1 - x2,y2", "score"
+            "  {:>2}  {:>27}  {:>5}  {:>20}  landmarks (eyes, nose, mouth corners)",
+            "#", "box x1,y1 - x2,y2", "score", "aligned x,y side"
         )?;
     }
     for (i, f) in found.faces.iter().enumerate() {
         let b = &f.bbox;
         let corners = format!("{:.0},{:.0} - {:.0},{:.0}", b.x1, b.y1, b.x2, b.y2);
+        let aligned = match f.aligned_crop() {
+            Some(sq) => format!("{:.0},{:.0} {:.0}", sq.x, sq.y, sq.side),
+            None => "-".to_string(),
+        };
         let marks: Vec<String> = f.landmarks.iter().map(|[x, y]| format!("{x:.0},{y:.0}")).collect();
-        writeln!(out, "  {:>2}  {corners:>27}  {:.3}  {}", i + 1, f.score, marks.join(" "))?;
+        writeln!(out, "  {:>2}  {corners:>27}  {:.3}  {aligned:>20}  {}", i + 1, f.score, marks.join(" "))?;
     }
     Ok(())
 }
