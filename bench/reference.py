@@ -9,7 +9,7 @@ transform per step from the same spread (Gaussian k11 σ1-3, box 5/7/9, resize 0
 differentiable JPEG approximation q60-95, identity; a family drawn uniformly, then one of its
 members), a framing per face and step (a crop 0.85-1.25
 times the face's side, its center moved by up to 0.1 of it, inside the region; the clean outputs of
-that framing computed in the step), L-inf PGD (ε 0.05, step 0.01, 10 steps for `balanced`) from a
+that framing, under the step's transform, computed in the step), L-inf PGD (ε 0.05, step 0.01, 10 steps for `balanced`) from a
 random start, joint over each generator's attacked conditions in one batched pass, losses normalized
 by their value at the start, feathered mask, 8-bit quantization. It reports the
 median seconds per attack after warm-up as JSON, for one face and for --batch faces attacked together
@@ -172,9 +172,9 @@ def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING):
         r = apply(t, torch.cat([F.interpolate(f, size=(s, s), mode="bilinear", antialias=True) for f in faces]))
         return r.unsqueeze(1).expand(n, k, 3, s, s).reshape(n * k, 3, s, s)
 
-    def clean(wins):
+    def clean(wins, t=("identity", None)):
         with torch.no_grad():
-            return [g(inputs(x, ("identity", None), s, c.shape[0], wins), c.repeat(n, 1)) for _, g, s, c in gens]
+            return [g(inputs(x, t, s, c.shape[0], wins), c.repeat(n, 1)) for _, g, s, c in gens]
 
     whole = [(0, 0, h, w)] * n
     targets = clean(whole)
@@ -183,7 +183,8 @@ def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING):
     for _ in range(iters):
         t = draw(transforms)
         wins = whole if framing is None else [window(h, w, framing) for _ in range(n)]
-        step_targets = targets if framing is None else clean(wins)
+        # Away from the outputs of the same framing and transform of the clean face, as Veil.
+        step_targets = targets if framing is None and t[0] == "identity" else clean(wins, t)
         delta.requires_grad_(True)
         x_adv = (x + delta * mask).clamp(-1, 1)
         total = 0

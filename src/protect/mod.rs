@@ -5,9 +5,14 @@
 //! margin of context around it): each step crops the face under a framing drawn from
 //! `params.framing` (an attacker crops faces their own way), a differentiable antialiased resize
 //! feeds every generator its input size, one transform from the spread is applied, and the loss is
-//! each generator's `MSE(G(T(x_adv), c), G(x, c))` on that framing (away from the clean output),
-//! normalized per generator by its value at the random start and weighted by the config. The perturbation is feathered at the region's edge, quantized to 8 bits,
-//! and bounded by ε *after* rounding: no output byte moves by more than `floor(ε·127.5)`.
+//! each generator's `MSE(G(T(x_adv), c), G(T(x), c))` on that framing: away from what the generator
+//! makes of the same transform of the clean face, which is what an attacker applying `T` as a defense
+//! would otherwise get (and what `veil eval` measures against). Against `G(x, c)`, as the paper's
+//! loss reads, a blur's own change to the image (`T(x) - x`) dominates the gradient of generators
+//! close to the identity, and with them the ensemble's sign step. Each loss is normalized per
+//! generator by its value at the random start and weighted by the config. The perturbation is
+//! feathered at the region's edge, quantized to 8 bits, and bounded by ε *after* rounding: no output
+//! byte moves by more than `floor(ε·127.5)`.
 
 pub mod ensemble;
 pub mod settings;
@@ -254,8 +259,9 @@ fn clean_outputs(ensemble: &Ensemble, faces: &[Tensor]) -> Result<Vec<Tensor>, P
 ///
 /// Each step draws one transform from the spread and, per face, one framing (a share
 /// `params.framing.aligned` of them on one of the face's aligned crops); the loss compares
-/// `G(T(resize(framing of x_adv)))` with `G(resize(the same framing of x))`, so a framing's clean
-/// outputs are computed in the step that draws it. The loop reads nothing back from the device except
+/// `G(T(resize(framing of x_adv)))` with `G(T(resize(the same framing of x)))`, so a step's clean
+/// outputs are computed in that step (once for the whole attack when neither framing nor a transform
+/// applies). The loop reads nothing back from the device except
 /// each generator's loss at the first step (its normalizer).
 fn attack_batch_targets(
     ensemble: &Ensemble,
@@ -313,28 +319,30 @@ fn attack_batch_targets(
             .zip(&windows)
             .map(|(((x, d), m), w)| crop(&(x + d * m).clamp(-1.0, 1.0), w))
             .collect();
+        let per_step = !framing.is_none() || t != Transform::Identity;
         let mut total: Option<Tensor> = None;
         // Generators of one input size share the resizes and the transform (and their backward).
         let mut inputs: Vec<(i64, Tensor)> = Vec::new();
         let mut clean_inputs: Vec<(i64, Tensor)> = Vec::new();
         for (i, g) in ensemble.generators.iter().enumerate() {
             let x_in = g.resized_shared(&mut inputs, &x_adv, t);
-            // Away from the clean outputs of the same framing: computed once when framing is off,
-            // else in this step (only the condition it attacks, in iterative mode).
-            let loss = match (params.mode, framing.is_none()) {
-                (Mode::Joint, true) => g.loss_all_resized(&x_in, &targets[i])?,
-                (Mode::Joint, false) => {
-                    let clean = g.resized_shared(&mut clean_inputs, &framed_clean, Transform::Identity);
+            // Away from what the generator makes of the same framing and transform of the clean face:
+            // computed once when neither applies, else in this step (only the condition it attacks,
+            // in iterative mode).
+            let loss = match (params.mode, per_step) {
+                (Mode::Joint, false) => g.loss_all_resized(&x_in, &targets[i])?,
+                (Mode::Joint, true) => {
+                    let clean = g.resized_shared(&mut clean_inputs, &framed_clean, t);
                     let target = tch::no_grad(|| g.forward_resized(&clean))?;
                     g.loss_all_resized(&x_in, &target)?
                 }
-                (Mode::Iterative, true) => {
+                (Mode::Iterative, false) => {
                     let k = step as usize % g.condition_count();
                     g.loss_one_resized(&x_in, &targets[i], k)?
                 }
-                (Mode::Iterative, false) => {
+                (Mode::Iterative, true) => {
                     let k = step as usize % g.condition_count();
-                    let clean = g.resized_shared(&mut clean_inputs, &framed_clean, Transform::Identity);
+                    let clean = g.resized_shared(&mut clean_inputs, &framed_clean, t);
                     let target = tch::no_grad(|| g.forward_one_resized(&clean, k))?;
                     g.forward_one_resized(&x_in, k)?.mse_loss(&target, tch::Reduction::Mean)
                 }
