@@ -23,6 +23,7 @@ photos; with them, Veil's crop A is each photo's own (MTCNN box, margin 0.2) ins
 feathered at 0.1 of its side (A, what the pipeline did), or the box around A and the aligned crop (AL).
 """
 import argparse
+import json
 import os
 import random
 import sys
@@ -36,7 +37,7 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "models", "train"))
 import data as D  # noqa: E402
-import json  # noqa: E402
+import reference as R  # noqa: E402  (bench/, the script's own folder)
 
 A = (3, 46, 154)  # x, y, side: Veil's crop
 B = (0, 20, 178)  # the attacker's aligned crop
@@ -108,6 +109,13 @@ def main():
     p.add_argument("--judge", choices=["A", "B"], default="B",
                    help="the attacker's view: B, CelebA's aligned crop, or A, Veil's own crop (a tool that crops "
                         "the detector's box)")
+    p.add_argument("--spread", default="", help="spread-spectrum families, comma-separated (e.g. "
+                   "identity,gaussian,box,resize,jpeg): one transform per step, drawn as Veil draws it")
+    p.add_argument("--identity", type=float, help="with --spread: identity's share of the steps instead of one "
+                   "family's share")
+    p.add_argument("--target", choices=["clean", "defended"], default="clean",
+                   help="with --spread: away from G(x) (clean) or from G(T(x)), the same transform of the clean "
+                        "face (defended), which is what veil eval measures against")
     p.add_argument("--jitter", type=float, default=0.03, help="mode L: scale and shift jitter of the aligned crop")
     p.add_argument("--iters", type=int, default=10)
     args = p.parse_args()
@@ -152,7 +160,10 @@ def main():
     masks = torch.cat(masks)
     eps, step = 0.05, 0.01
     t0 = time.time()
-    res = {"noise": [], "attack": []}
+    transforms = R.spread([f for f in args.spread.split(",") if f], False)
+    defenses = [("none", ("identity", None)), ("blur", ("gaussian", 1.5)), ("jpeg75~", ("jpeg", 75)),
+                ("resize", ("resize", 0.5))]
+    res = {(name, dn): [] for name in ["noise", "attack"] for dn, _ in defenses}
     for i in range(0, len(rows), 8):
         x = imgs[i:i + 8]
         b = x.shape[0]
@@ -177,14 +188,25 @@ def main():
                 return [drawn(c, (1 - args.jitter, 1 + args.jitter), args.jitter) for c in cl]
             return [drawn(c) for c in ca]
 
+        def transform():
+            if not transforms:
+                return ("identity", None)
+            if args.identity is not None:
+                others = [t for t in transforms if t[0] != "identity"]
+                if random.random() < args.identity or not others:
+                    return ("identity", None)
+                return R.draw(others)
+            return R.draw(transforms)
+
         d = torch.empty_like(x).uniform_(-eps, eps)
         for it in range(args.iters):
             frs = frames(it)
+            t = transform()
             with torch.no_grad():
-                ref = G(views(x, frs))
+                ref = G(R.apply(t, views(x, frs)) if args.target == "defended" else views(x, frs))
             d.requires_grad_(True)
             xa = (x + d * m).clamp(-1, 1)
-            (grad,) = torch.autograd.grad(((G(views(xa, frs)) - ref) ** 2).mean(), d)
+            (grad,) = torch.autograd.grad(((G(R.apply(t, views(xa, frs))) - ref) ** 2).mean(), d)
             d = (d.detach() + step * grad.sign()).clamp(-eps, eps)
         xa = (x + d * m).clamp(-1, 1)
         q = ((xa + 1) * 127.5).round() / 127.5 - 1
@@ -193,12 +215,16 @@ def main():
             judge = [B] * b if args.judge == "B" else ca
             clean_b = G(views(x, judge))
             for name, v in [("noise", noise), ("attack", q)]:
-                res[name].append(((G(views(v, judge)) - clean_b) ** 2).flatten(1).mean(1).view(k, b))
+                for dn, dt in defenses:
+                    out = G(R.apply(dt, views(v, judge)))
+                    res[(name, dn)].append(((out - clean_b) ** 2).flatten(1).mean(1).view(k, b))
     print(f"{args.model}, attacked in mode {args.mode}: {len(rows)} val faces, {args.iters} iterations, "
           f"{time.time() - t0:.0f} s; judged in view {args.judge} (% with MSE >= 0.05, mean MSE)")
-    for name, v in res.items():
+    for (name, dn), v in res.items():
+        if name == "noise" and dn != "none":
+            continue
         m = torch.cat(v, 1)
-        print(f"{name:7s} " + "  ".join(
+        print(f"{name:7s} {dn:8s} " + "  ".join(
             f"{tn} {100 * (m[j] >= 0.05).float().mean():5.1f}% {m[j].mean():.4f}" for j, (tn, _) in enumerate(targets)))
 
 
