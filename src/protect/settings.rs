@@ -136,7 +136,6 @@ pub enum NoFace {
     Whole,
 }
 
-/// Everything one attack needs, resolved from a preset and overrides.
 /// How the attacker might frame the face: each attack step crops the face again, a square
 /// `scale` times the side of Veil's own crop (drawn uniformly in the range), its center moved by up
 /// to `shift` times that side in each direction, before the resize to the generator's input.
@@ -188,6 +187,7 @@ impl Framing {
     }
 }
 
+/// Everything one attack needs, resolved from a preset and overrides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {
     pub epsilon: f64,
@@ -268,13 +268,18 @@ fn bounded<'de, D: Deserializer<'de>>(d: D, lo: f64, hi: f64, what: &str) -> Res
     }
 }
 
-fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+/// A number in `[lo, hi]`, or an error naming `what` and the range.
+fn closed<'de, D: Deserializer<'de>>(d: D, lo: f64, hi: f64, what: &str) -> Result<f64, D::Error> {
     let v = f64::deserialize(d)?;
-    if (0.0..=1.0).contains(&v) {
+    if (lo..=hi).contains(&v) {
         Ok(v)
     } else {
-        Err(serde::de::Error::custom(format!("aligned must be between 0 and 1, got {v}")))
+        Err(serde::de::Error::custom(format!("{what} must be between {lo} and {hi}, got {v}")))
     }
+}
+
+fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    closed(d, 0.0, 1.0, "aligned")
 }
 
 fn epsilon<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -295,12 +300,7 @@ fn iterations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> 
 }
 
 fn feather<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    let v = f64::deserialize(d)?;
-    if (0.0..=0.5).contains(&v) {
-        Ok(v)
-    } else {
-        Err(serde::de::Error::custom(format!("feather must be between 0 and 0.5, got {v}")))
-    }
+    closed(d, 0.0, 0.5, "feather")
 }
 
 fn weights<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
@@ -341,6 +341,17 @@ mod tests {
         assert_eq!((cpu.iterations, cpu.mode), (10, Mode::Iterative));
         assert_eq!("cpu".parse::<Preset>(), Ok(Preset::Cpu));
         assert_eq!(Preset::Auto.to_string(), "auto");
+    }
+
+    #[test]
+    fn shares_and_feathers_out_of_range_are_refused_with_their_range() {
+        let parse = |text: &str| toml::from_str::<ProtectConfig>(text).map_err(|e| e.to_string());
+        assert_eq!(parse("aligned = 1.0\nfeather = 0.5").unwrap().aligned, 1.0);
+        let err = parse("aligned = 1.5").unwrap_err();
+        assert!(err.contains("aligned must be between 0 and 1, got 1.5"), "{err}");
+        let err = parse("feather = -0.1").unwrap_err();
+        assert!(err.contains("feather must be between 0 and 0.5, got -0.1"), "{err}");
+        assert!(parse("aligned = nan").is_err());
     }
 
     #[test]
