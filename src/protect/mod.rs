@@ -294,19 +294,17 @@ fn attack_batch_targets(
                 .zip(faces)
                 .zip(aligned)
                 .map(|((x, face), aligned)| {
-                    let (w, h) = (x.size()[3], x.size()[2]);
-                    if !aligned.is_empty() && rng.unit() < framing.aligned {
-                        let a = aligned[rng.below(aligned.len())];
+                    // Around one of the aligned crops (jittered) or around Veil's crop.
+                    let (around, (lo, hi), shift) = if !aligned.is_empty() && rng.unit() < framing.aligned {
                         let j = framing.jitter;
-                        let scale = 1.0 + (2.0 * rng.unit() - 1.0) * j;
-                        let dx = (2.0 * rng.unit() - 1.0) * j;
-                        let dy = (2.0 * rng.unit() - 1.0) * j;
-                        return a.framed(scale, dx, dy, w, h);
-                    }
-                    let scale = framing.scale.0 + (framing.scale.1 - framing.scale.0) * rng.unit();
-                    let dx = (2.0 * rng.unit() - 1.0) * framing.shift;
-                    let dy = (2.0 * rng.unit() - 1.0) * framing.shift;
-                    face.framed(scale, dx, dy, w, h)
+                        (aligned[rng.below(aligned.len())], (1.0 - j, 1.0 + j), j)
+                    } else {
+                        (*face, framing.scale, framing.shift)
+                    };
+                    let scale = lo + (hi - lo) * rng.unit();
+                    let dx = (2.0 * rng.unit() - 1.0) * shift;
+                    let dy = (2.0 * rng.unit() - 1.0) * shift;
+                    around.framed(scale, dx, dy, x.size()[3], x.size()[2])
                 })
                 .collect()
         };
@@ -329,22 +327,23 @@ fn attack_batch_targets(
             // Away from what the generator makes of the same framing and transform of the clean face:
             // computed once when neither applies, else in this step (only the condition it attacks,
             // in iterative mode).
-            let loss = match (params.mode, per_step) {
-                (Mode::Joint, false) => g.loss_all_resized(&x_in, &targets[i])?,
-                (Mode::Joint, true) => {
-                    let clean = g.resized_shared(&mut clean_inputs, &framed_clean, t);
-                    let target = tch::no_grad(|| g.forward_resized(&clean))?;
-                    g.loss_all_resized(&x_in, &target)?
+            let k = step as usize % g.condition_count();
+            let loss = if per_step {
+                let clean = g.resized_shared(&mut clean_inputs, &framed_clean, t);
+                match params.mode {
+                    Mode::Joint => {
+                        let target = tch::no_grad(|| g.forward_resized(&clean))?;
+                        g.loss_all_resized(&x_in, &target)?
+                    }
+                    Mode::Iterative => {
+                        let target = tch::no_grad(|| g.forward_one_resized(&clean, k))?;
+                        g.forward_one_resized(&x_in, k)?.mse_loss(&target, tch::Reduction::Mean)
+                    }
                 }
-                (Mode::Iterative, false) => {
-                    let k = step as usize % g.condition_count();
-                    g.loss_one_resized(&x_in, &targets[i], k)?
-                }
-                (Mode::Iterative, true) => {
-                    let k = step as usize % g.condition_count();
-                    let clean = g.resized_shared(&mut clean_inputs, &framed_clean, t);
-                    let target = tch::no_grad(|| g.forward_one_resized(&clean, k))?;
-                    g.forward_one_resized(&x_in, k)?.mse_loss(&target, tch::Reduction::Mean)
+            } else {
+                match params.mode {
+                    Mode::Joint => g.loss_all_resized(&x_in, &targets[i])?,
+                    Mode::Iterative => g.loss_one_resized(&x_in, &targets[i], k)?,
                 }
             };
             // Normalize by the loss at the random start so no generator dominates.
@@ -437,13 +436,13 @@ pub fn protect_many(
         let masks: Vec<Tensor> = contexts
             .iter()
             .zip(&extents)
-            .map(|(c, f)| {
-                let face = feather_mask(f.h, f.w, params.feather, ensemble.device);
-                if (f.w, f.h) == (c.w, c.h) {
-                    return face;
+            .map(|(c, e)| {
+                let feathered = feather_mask(e.h, e.w, params.feather, ensemble.device);
+                if (e.w, e.h) == (c.w, c.h) {
+                    return feathered;
                 }
                 let m = Tensor::zeros([1, 1, c.h, c.w], (Kind::Float, ensemble.device));
-                crop(&m, f).copy_(&face);
+                crop(&m, e).copy_(&feathered);
                 m
             })
             .collect();
