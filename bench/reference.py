@@ -10,8 +10,8 @@ differentiable JPEG approximation q60-95, identity; a family drawn uniformly, th
 members), a framing per face and step (a crop 0.85-1.25
 times the face's side, its center moved by up to 0.1 of it, inside the region; the clean outputs of
 that framing, under the step's transform, computed in the step), L-inf PGD (ε 0.05, step 0.01, 10 steps for `balanced`) from a
-random start, joint over each generator's attacked conditions in one batched pass, losses normalized
-by their value at the start, feathered mask, 8-bit quantization. It reports the
+random start, joint over each generator's attacked conditions in one batched pass, losses weighed as
+`protect.focus` (--focus) says, feathered mask, 8-bit quantization. It reports the
 median seconds per attack after warm-up as JSON, for one face and for --batch faces attacked together
 (as `veil bench` does), for bench/compare.sh to set against `veil bench`.
 """
@@ -162,9 +162,19 @@ def window(h, w, framing):
     return y0, x0, hh, ww
 
 
-def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING):
+THRESHOLD = 0.05  # the paper's disruption threshold on the MSE in [-1,1]
+
+
+def focused(out, target, f):
+    """As Veil's `protect::focused_loss`: the mean over rows of sigmoid(f·ln(m/τ))/f, m a row's MSE."""
+    rows = (out - target).square().flatten(1).mean(1)
+    return torch.sigmoid(f * torch.log(rows.clamp_min(1e-12) / THRESHOLD)).mean() / f
+
+
+def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING, focus=1.0):
     """x: [N,3,h,w] in [-1,1] (N faces of one size); each generator sees every face under every
-    condition in one pass, rows face-major. `framing` None: every step sees the whole region."""
+    condition in one pass, rows face-major. `framing` None: every step sees the whole region. `focus`
+    0: each loss normalized by its value at the start; above 0, weighed against the threshold."""
     n, h, w = x.shape[0], x.shape[2], x.shape[3]
 
     def inputs(img, t, s, k, wins):
@@ -189,7 +199,11 @@ def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING):
         x_adv = (x + delta * mask).clamp(-1, 1)
         total = 0
         for i, (_, g, s, c) in enumerate(gens):
-            loss = F.mse_loss(g(inputs(x_adv, t, s, c.shape[0], wins), c.repeat(n, 1)), step_targets[i])
+            out = g(inputs(x_adv, t, s, c.shape[0], wins), c.repeat(n, 1))
+            if focus > 0:
+                total = total + focused(out, step_targets[i], focus)
+                continue
+            loss = F.mse_loss(out, step_targets[i])
             if norms[i] is None:
                 norms[i] = max(loss.item(), 1e-8)
             total = total + loss / norms[i]
@@ -215,6 +229,7 @@ def main():
     p.add_argument("--threads", type=int)
     p.add_argument("--batch", type=int, default=8, help="also time this many faces attacked together (1: skip)")
     p.add_argument("--no-framing", action="store_true", help="as Veil's protect.framing = false")
+    p.add_argument("--focus", type=float, default=1.0, help="as Veil's protect.focus (0: normalized by the loss at the start)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -238,7 +253,7 @@ def main():
         times = []
         for i in range(args.warmup + args.runs):
             t0 = time.perf_counter()
-            attack(gens, xs, masks, 0.05, step, iters, transforms, None if args.no_framing else FRAMING)
+            attack(gens, xs, masks, 0.05, step, iters, transforms, None if args.no_framing else FRAMING, args.focus)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             if i >= args.warmup:

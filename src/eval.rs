@@ -28,8 +28,7 @@ use crate::{
     quality,
 };
 
-/// The paper's disruption threshold on `MSE(G(x_adv), G(x))` in [-1,1].
-pub const THRESHOLD: f64 = 0.05;
+pub use crate::protect::THRESHOLD;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

@@ -17,7 +17,7 @@ pub struct Generator {
     pub input_size: i64,
     /// `[K,C]` on the device (`[1,0]` for unconditional models).
     pub conditions: Tensor,
-    /// Weight of this generator's (normalized) loss.
+    /// Weight of this generator's loss (see `Params::focus` for how losses are scaled).
     pub weight: f64,
     /// Number format the module runs in (`Float`, or `Half`/`BFloat16` on CUDA); inputs are cast to
     /// it and outputs back to `Float`.
@@ -97,19 +97,11 @@ impl Generator {
         self.run(&x, &c)
     }
 
-    /// Joint loss: mean over all faces and conditions of `MSE(G(x, c), target)`, one batched pass,
-    /// from faces already resized and transformed (`x: [N,3,S,S]`, see
-    /// [`Generator::resized_shared`]); `target` is [`Generator::forward_all`] of the clean faces.
-    pub fn loss_all_resized(&self, x: &Tensor, target: &Tensor) -> Result<Tensor, ProtectError> {
-        Ok(self.forward_resized(x)?.mse_loss(target, tch::Reduction::Mean))
-    }
-
-    /// Iterative variant: the loss for condition `k` only, every face in one pass; `x` as in
-    /// [`Generator::loss_all_resized`].
-    pub fn loss_one_resized(&self, x: &Tensor, target: &Tensor, k: usize) -> Result<Tensor, ProtectError> {
-        let (n, kk, s) = (x.size()[0], self.condition_count() as i64, self.input_size);
-        let target = target.view([n, kk, 3, s, s]).select(1, k as i64);
-        Ok(self.forward_one_resized(x, k)?.mse_loss(&target, tch::Reduction::Mean))
+    /// Of clean outputs `target` (`[N*K,3,S,S]`, face-major, as [`Generator::forward_all`] gives
+    /// them), those under condition `k`: `[N,3,S,S]`.
+    pub fn target_one(&self, target: &Tensor, k: usize) -> Tensor {
+        let (kk, s) = (self.condition_count() as i64, self.input_size);
+        target.view([-1, kk, 3, s, s]).select(1, k as i64)
     }
 
     /// `G(x, c_k)` for faces already resized (`x: [N,3,S,S]`): `[N,3,S,S]`.

@@ -9,10 +9,13 @@
 //! makes of the same transform of the clean face, which is what an attacker applying `T` as a defense
 //! would otherwise get (and what `veil eval` measures against). Against `G(x, c)`, as the paper's
 //! loss reads, a blur's own change to the image (`T(x) - x`) dominates the gradient of generators
-//! close to the identity, and with them the ensemble's sign step. Each loss is normalized per
-//! generator by its value at the random start and weighted by the config. The perturbation is
-//! feathered at the region's edge, quantized to 8 bits, and bounded by ε *after* rounding: no output
-//! byte moves by more than `floor(ε·127.5)`.
+//! close to the identity, and with them the ensemble's sign step. Each generator's loss is weighed
+//! against the paper's disruption threshold ([`focused_loss`], `params.focus`): a face and condition
+//! pulls in proportion to its MSE while far below the threshold and fades past it, so generators the
+//! attack cannot bring near the threshold take little of the sign step (`focus` 0: each loss
+//! normalized by its value at the random start instead). Losses are weighted by the config. The
+//! perturbation is feathered at the region's edge, quantized to 8 bits, and bounded by ε *after*
+//! rounding: no output byte moves by more than `floor(ε·127.5)`.
 
 pub mod ensemble;
 pub mod settings;
@@ -251,6 +254,21 @@ fn clean_outputs(ensemble: &Ensemble, faces: &[Tensor]) -> Result<Vec<Tensor>, P
     })
 }
 
+/// The paper's disruption threshold: a face counts as disrupted when `MSE(G(x_adv), G(x))` reaches it
+/// (MSE in [-1,1] space).
+pub const THRESHOLD: f64 = 0.05;
+
+/// The loss of one generator with `focus` f in (0, 1]: the mean over rows (face and condition) of
+/// `σ(f·ln(m/τ))/f`, with `m` the row's MSE and τ [`THRESHOLD`]. Its gradient is `σ'(f·ln(m/τ))·∇m/m`:
+/// well below the threshold about `(m/τ)^f·∇m/m`, so f = 1 pulls in proportion to the MSE itself and a
+/// smaller f moves toward the relative `∇m/m`, where every generator pulls alike; past the threshold it
+/// fades. A generator or condition the attack cannot move near the threshold thus takes little of the
+/// sign step, and one already disrupted with margin hands it to the others. `out`, `target`: `[R,3,S,S]`.
+fn focused_loss(out: &Tensor, target: &Tensor, focus: f64) -> Tensor {
+    let rows = (out - target).square().flatten(1, -1).mean_dim(&[1i64][..], false, Kind::Float); // [R]
+    ((rows.clamp_min(1e-12) / THRESHOLD).log() * focus).sigmoid().mean(Kind::Float) / focus
+}
+
 /// [`attack_batch`] on faces with context: `faces[n]` is where Veil's crop of the face lies in
 /// `xs[n]`, which may extend past it so that framings (`params.framing`) can also zoom out, and
 /// `aligned[n]` where its aligned crops lie (possibly none); the perturbation stays where `masks[n]`
@@ -261,8 +279,8 @@ fn clean_outputs(ensemble: &Ensemble, faces: &[Tensor]) -> Result<Vec<Tensor>, P
 /// `params.framing.aligned` of them on one of the face's aligned crops); the loss compares
 /// `G(T(resize(framing of x_adv)))` with `G(T(resize(the same framing of x)))`, so a step's clean
 /// outputs are computed in that step (once for the whole attack when neither framing nor a transform
-/// applies). The loop reads nothing back from the device except
-/// each generator's loss at the first step (its normalizer).
+/// applies). The loop reads nothing back from the device, except, with `params.focus` 0, each
+/// generator's loss at the first step (its normalizer).
 fn attack_batch_targets(
     ensemble: &Ensemble,
     xs: &[Tensor],
@@ -328,27 +346,29 @@ fn attack_batch_targets(
             // computed once when neither applies, else in this step (only the condition it attacks,
             // in iterative mode).
             let k = step as usize % g.condition_count();
-            let loss = if per_step {
+            // Output and clean target, both [R,3,S,S]: R = N*K rows (joint) or N (iterative).
+            let (out, target) = if per_step {
                 let clean = g.resized_shared(&mut clean_inputs, &framed_clean, t);
                 match params.mode {
-                    Mode::Joint => {
-                        let target = tch::no_grad(|| g.forward_resized(&clean))?;
-                        g.loss_all_resized(&x_in, &target)?
-                    }
+                    Mode::Joint => (g.forward_resized(&x_in)?, tch::no_grad(|| g.forward_resized(&clean))?),
                     Mode::Iterative => {
-                        let target = tch::no_grad(|| g.forward_one_resized(&clean, k))?;
-                        g.forward_one_resized(&x_in, k)?.mse_loss(&target, tch::Reduction::Mean)
+                        (g.forward_one_resized(&x_in, k)?, tch::no_grad(|| g.forward_one_resized(&clean, k))?)
                     }
                 }
             } else {
                 match params.mode {
-                    Mode::Joint => g.loss_all_resized(&x_in, &targets[i])?,
-                    Mode::Iterative => g.loss_one_resized(&x_in, &targets[i], k)?,
+                    Mode::Joint => (g.forward_resized(&x_in)?, targets[i].shallow_clone()),
+                    Mode::Iterative => (g.forward_one_resized(&x_in, k)?, g.target_one(&targets[i], k)),
                 }
             };
-            // Normalize by the loss at the random start so no generator dominates.
-            let norm = *norms[i].get_or_insert_with(|| loss.double_value(&[]).max(1e-8));
-            let term = loss * (g.weight / norm);
+            let term = if params.focus > 0.0 {
+                focused_loss(&out, &target, params.focus) * g.weight
+            } else {
+                // Normalized by the loss at the random start so no generator dominates.
+                let loss = out.mse_loss(&target, tch::Reduction::Mean);
+                let norm = *norms[i].get_or_insert_with(|| loss.double_value(&[]).max(1e-8));
+                loss * (g.weight / norm)
+            };
             total = Some(match total {
                 Some(acc) => acc + term,
                 None => term,
@@ -489,6 +509,30 @@ pub fn protect_many(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Per-element gradient of [`focused_loss`] on rows whose output is off the target by `a[r]`
+    /// everywhere (row MSE `a[r]²`), per row.
+    fn focused_pull(a: &[f32], focus: f64) -> Vec<f64> {
+        let target = Tensor::zeros([a.len() as i64, 3, 4, 4], (Kind::Float, Device::Cpu));
+        let out = (Tensor::from_slice(a).view([-1, 1, 1, 1]) + &target).set_requires_grad(true);
+        focused_loss(&out, &target, focus).backward();
+        let g = out.grad().select(1, 0).select(1, 0).select(1, 0);
+        (0..a.len() as i64).map(|r| g.double_value(&[r])).collect()
+    }
+
+    #[test]
+    fn the_focused_loss_pulls_like_the_mse_below_the_threshold_and_fades_past_it() {
+        // Far below the threshold (MSE 1e-4 and 4e-4): focus 1 pulls in proportion to the MSE's own
+        // gradient (2a, so twice as hard on the row twice as far off) ...
+        let g = focused_pull(&[0.01, 0.02], 1.0);
+        assert!((g[1] / g[0] - 2.0).abs() < 0.05, "{g:?}");
+        // ... a small focus relatively (the MSE's gradient over the MSE, 2/a: half as hard) ...
+        let g = focused_pull(&[0.01, 0.02], 0.01);
+        assert!((g[1] / g[0] - 0.5).abs() < 0.01, "{g:?}");
+        // ... and a row at MSE 1, 20 times the threshold, pulls far less than one right at it.
+        let g = focused_pull(&[THRESHOLD.sqrt() as f32, 1.0], 1.0);
+        assert!(g[1] < g[0] / 20.0 && g[1] > 0.0, "{g:?}");
+    }
 
     #[test]
     fn regions_merge_when_they_overlap_and_clip_to_the_image() {

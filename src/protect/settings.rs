@@ -35,6 +35,10 @@ pub struct ProtectConfig {
     /// around Veil's own crop only and keeps the perturbation inside it.
     #[serde(deserialize_with = "share")]
     pub aligned: f64,
+    /// How the generators' losses are weighed against the disruption threshold (see
+    /// [`Params::focus`]); unset, the preset's.
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "focus")]
+    pub focus: Option<f64>,
     pub no_face: NoFace,
     /// Loss weight per generator name (default 1.0).
     #[serde(deserialize_with = "weights")]
@@ -54,6 +58,7 @@ impl Default for ProtectConfig {
             feather: 0.1,
             framing: true,
             aligned: Framing::DEFAULT.aligned,
+            focus: None,
             no_face: NoFace::Copy,
             weights: BTreeMap::new(),
         }
@@ -197,6 +202,10 @@ pub struct Params {
     pub spread: Vec<Transform>,
     pub feather: f64,
     pub framing: Framing,
+    /// 0: each generator's loss is its MSE normalized by its value at the random start, so every
+    /// generator pulls alike. f in (0, 1]: the loss is weighed against the disruption threshold
+    /// (`protect::focused_loss`), so effort goes where it can still bring a face past it.
+    pub focus: f64,
 }
 
 impl Params {
@@ -219,6 +228,7 @@ impl Params {
             spread: spread::spread(families, width),
             feather: 0.1,
             framing: Framing::DEFAULT,
+            focus: 1.0,
         }
     }
 }
@@ -245,6 +255,9 @@ impl ProtectConfig {
             p.spread = spread::spread(families, width);
         }
         p.feather = self.feather;
+        if let Some(f) = self.focus {
+            p.focus = f;
+        }
         p.framing.aligned = self.aligned;
         if !self.framing {
             p.framing = Framing::NONE;
@@ -280,6 +293,10 @@ fn closed<'de, D: Deserializer<'de>>(d: D, lo: f64, hi: f64, what: &str) -> Resu
 
 fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     closed(d, 0.0, 1.0, "aligned")
+}
+
+fn focus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    closed(d, 0.0, 1.0, "focus").map(Some)
 }
 
 fn epsilon<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -352,6 +369,10 @@ mod tests {
         let err = parse("feather = -0.1").unwrap_err();
         assert!(err.contains("feather must be between 0 and 0.5, got -0.1"), "{err}");
         assert!(parse("aligned = nan").is_err());
+        let err = parse("focus = 1.5").unwrap_err();
+        assert!(err.contains("focus must be between 0 and 1, got 1.5"), "{err}");
+        assert_eq!(parse("focus = 0").unwrap().params(None).focus, 0.0);
+        assert_eq!(parse("").unwrap().params(None).focus, 1.0);
     }
 
     #[test]
