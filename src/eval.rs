@@ -163,6 +163,8 @@ pub struct Report {
     pub no_face: usize,
     pub preset: Preset,
     pub split: String,
+    /// Degrees each photo was turned before protection (`Options::tilt`).
+    pub tilt: f64,
     pub rows: Vec<Row>,
     pub quality: BTreeMap<Variant, Quality>,
     pub seconds: f64,
@@ -175,6 +177,9 @@ pub struct Options {
     pub limit: Option<usize>,
     pub preset: Option<Preset>,
     pub seed: u64,
+    /// Degrees to turn each photo before protecting it, as a tilted head would be: the attacker
+    /// turns it back (aligns it) before taking the aligned crop. 0 leaves photos as they are.
+    pub tilt: f64,
 }
 
 /// One image of the evaluation set with its attributes (column name → present).
@@ -263,6 +268,23 @@ fn aligned_crop(img: &image::RgbImage, device: Device) -> Tensor {
     protect::to_unit(&t, device)
 }
 
+/// `img` turned by `degrees` (counter-clockwise) about its center, the same size, resampled
+/// bilinearly, its corners filled by reflection: a tilted head for `Options::tilt`.
+pub fn turned(img: &image::RgbImage, degrees: f64) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let x = pipeline::to_tensor(img).to_kind(Kind::Float).unsqueeze(0); // [1,3,H,W] in [0,255]
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let aspect = f64::from(w) / f64::from(h);
+    // Output pixel -> input pixel in normalized coordinates, square pixels kept: the inverse turn.
+    let theta = Tensor::from_slice(&[cos, -sin / aspect, 0.0, sin * aspect, cos, 0.0])
+        .to_kind(Kind::Float)
+        .view([1, 2, 3]);
+    let grid = Tensor::affine_grid_generator(&theta, [1, 3, i64::from(h), i64::from(w)], false);
+    // Bilinear (0), reflection padding (2).
+    let y = x.grid_sampler(&grid, 0, 2, false).round().clamp(0.0, 255.0).to_kind(Kind::Uint8);
+    pipeline::from_tensor(&y.squeeze_dim(0), w, h)
+}
+
 /// Runs the evaluation. `holdouts` may be empty. `progress(done, total)` is called after each image.
 pub fn run(
     pipeline: &Pipeline,
@@ -302,12 +324,23 @@ pub fn run(
         judges.generators.iter().chain(holdouts.iter().flat_map(|h| h.generators.iter())).collect();
 
     for (done, sample) in samples.iter().enumerate() {
-        let photo = imageio::read(&sample.path, &config.imageio)?;
+        let mut photo = imageio::read(&sample.path, &config.imageio)?;
+        if opts.tilt != 0.0 {
+            photo.pixels = turned(&photo.pixels, opts.tilt);
+        }
+        // What the attacker crops, after turning a tilted photo upright again.
+        let view = |pixels: &image::RgbImage| {
+            if opts.tilt != 0.0 {
+                aligned_crop(&turned(pixels, -opts.tilt), device)
+            } else {
+                aligned_crop(pixels, device)
+            }
+        };
         let found = pipeline.find(&photo)?;
         if matches!(found.action, Action::CopiedNoFace | Action::SkippedNoFace) {
             no_face += 1;
         }
-        let clean = aligned_crop(&photo.pixels, device);
+        let clean = view(&photo.pixels);
         // What every judge makes of the clean face, under every defense and paper condition.
         let mut clean_outputs = Vec::with_capacity(generators.len());
         for g in &generators {
@@ -358,7 +391,7 @@ pub fn run(
             let written = imageio::write(&prot, tmp.path(), &name, None, &config.imageio)?;
             let back = imageio::read(&written.path, &config.imageio)?;
             let _ = std::fs::remove_file(&written.path);
-            let protected = aligned_crop(&back.pixels, device);
+            let protected = view(&back.pixels);
             let q = quality_by.entry(variant).or_default();
             let (a, b) = (
                 pipeline::from_tensor(&unit_to_u8(&clean), 178, 178),
@@ -406,6 +439,7 @@ pub fn run(
         no_face,
         preset: pipeline.preset(opts.preset),
         split: opts.split.clone(),
+        tilt: opts.tilt,
         rows: rows.into_values().collect(),
         quality: quality_by,
         seconds: started.elapsed().as_secs_f64(),
@@ -467,6 +501,10 @@ impl Report {
             "Disruption on {} {} images (preset {}), % of faces with MSE ≥ {THRESHOLD} and mean MSE; {} without a detected face.",
             self.images, self.split, self.preset, self.no_face
         );
+        if self.tilt != 0.0 {
+            let _ =
+                writeln!(s, "Each photo turned by {}° before protection and back before judging.", self.tilt);
+        }
         let _ = write!(s, "{:<12} {:<8} {:<17} {:<14}", "generator", "role", "condition", "defense");
         for v in Variant::ALL {
             let _ = write!(s, " {:>16}", v.name());
@@ -548,6 +586,7 @@ impl Report {
             "no_face": self.no_face,
             "split": self.split,
             "preset": self.preset.to_string(),
+            "tilt": self.tilt,
             "threshold": THRESHOLD,
             "rows": rows,
             "quality": quality,
@@ -581,6 +620,33 @@ mod tests {
         assert_eq!(c[3].1, [1.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(c[4].1, [1.0, 0.0, 0.0, 1.0, 1.0]);
         assert_eq!(paper_conditions(&[], &truth).len(), 1);
+    }
+
+    #[test]
+    fn a_turn_is_counter_clockwise_keeps_the_size_and_turns_back() {
+        // A 60×40 image, dark, with a bright square above the center.
+        let mut img = image::RgbImage::from_pixel(60, 40, image::Rgb([20, 20, 20]));
+        for y in 4..10 {
+            for x in 27..33 {
+                img.put_pixel(x, y, image::Rgb([240, 240, 240]));
+            }
+        }
+        assert_eq!(turned(&img, 0.0), img);
+        let t = turned(&img, 90.0);
+        assert_eq!(t.dimensions(), (60, 40));
+        // 13 px above the center turns to 13 px left of it, not right, and not above.
+        let bright: Vec<(u32, u32)> =
+            t.enumerate_pixels().filter(|p| p.2[0] > 200).map(|p| (p.0, p.1)).collect();
+        assert!(t.get_pixel(16, 20)[0] > 200, "{bright:?}");
+        assert!(t.get_pixel(44, 20)[0] < 40 && t.get_pixel(30, 7)[0] < 40);
+        // 15° and back leaves the middle of the image nearly as it was (two bilinear resamplings
+        // soften the square's edges by up to a quarter of its contrast).
+        let back = turned(&turned(&img, 15.0), -15.0);
+        let mut worst = 0u8;
+        for (x, y) in (10..30).flat_map(|y| (15..45).map(move |x| (x, y))) {
+            worst = worst.max(back.get_pixel(x, y)[0].abs_diff(img.get_pixel(x, y)[0]));
+        }
+        assert!(worst < 60, "{worst}");
     }
 
     #[test]

@@ -77,6 +77,10 @@ enum Command {
         /// Seed of the random starts and spread draws.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Turn each photo by this many degrees before protecting it (a tilted head); the attacker
+        /// turns it upright again before cropping.
+        #[arg(long, value_name = "DEGREES", default_value_t = 0.0, allow_negative_numbers = true)]
+        tilt: f64,
         #[arg(long)]
         json: bool,
     },
@@ -278,15 +282,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (config, _) = effective_config(cli.config.as_deref())?;
             protect(&config, &paths, out_dir, preset, json, &mut out)
         }
-        Command::Eval { data, split, limit, preset, seed, json } => {
+        Command::Eval { data, split, limit, preset, seed, tilt, json } => {
+            if !tilt.is_finite() || tilt.abs() > 90.0 {
+                anyhow::bail!("--tilt must be between -90 and 90 degrees, got {tilt}");
+            }
             let (config, _) = effective_config(cli.config.as_deref())?;
             let pipeline = load_pipeline(&config)?;
             let bar = progress(limit.unwrap_or(0) as u64);
-            let report =
-                eval::run(&pipeline, &eval::Options { data, split, limit, preset, seed }, |done, total| {
+            let report = eval::run(
+                &pipeline,
+                &eval::Options { data, split, limit, preset, seed, tilt },
+                |done, total| {
                     bar.set_length(total as u64);
                     bar.set_position(done as u64);
-                })?;
+                },
+            )?;
             bar.finish_and_clear();
             print(&mut out, json, &report.to_json(), |_| report.table())
         }
