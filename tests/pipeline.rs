@@ -339,16 +339,26 @@ fn the_aligned_crop_predicted_from_landmarks_is_celebas_own() {
         assert_eq!(found.targets.len(), 1, "{}", path.display());
         let t = &found.targets[0];
         let [a] = t.aligned.as_slice() else { panic!("{}: {t:?}", path.display()) };
-        // Clipped to the 178 px wide photo. Faces differ from the mean template: on 200 val photos the
-        // prediction is off by 3 px in place and 5 px in side on average, by 14 px in side here.
+        // Faces differ from the mean template: on 200 val photos the prediction is off by 3 px in
+        // place and 5 px in side on average, by 14 px in side here. Their turn is the landmarks' noise
+        // (under 3.3° here), taken as upright under 3°; an upright crop is clipped to the photo.
+        let sq = a.square;
         assert!(
-            a.x.abs() <= 12 && (a.y - 20).abs() <= 12 && (a.h - 178).abs() <= 22,
+            sq.x.abs() <= 12 && (sq.y - 20).abs() <= 12 && (sq.h - 178).abs() <= 22 && a.angle.abs() < 4.0,
             "{}: {a:?}",
             path.display()
         );
-        let e = t.extent();
-        assert!(e.y <= a.y && e.y + e.h >= a.y + a.h && e.y + e.h >= t.face.y + t.face.h, "{e:?}");
+        let e = t.extent(178, 218);
+        assert!(e.y <= sq.y && e.y + e.h >= sq.y + sq.h && e.y + e.h >= t.face.y + t.face.h, "{e:?}");
         assert_eq!(found.regions(), [e]);
+    }
+    // The same photos tilted by 20° counter-clockwise: the predicted crop turns with them.
+    for path in faces.iter().take(3) {
+        let mut photo = imageio::read(path, &config.imageio).unwrap();
+        photo.pixels = veil::eval::turned(&photo.pixels, 20.0);
+        let found = pipeline.find(&photo).unwrap();
+        let [a] = found.targets[0].aligned.as_slice() else { panic!("{}: {found:?}", path.display()) };
+        assert!((a.angle - 20.0).abs() < 4.0 && (a.square.w - 178).abs() <= 22, "{}: {a:?}", path.display());
     }
     let mut off = config.clone();
     off.protect.aligned = 0.0;

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, path::Path};
 use tch::{Device, Kind, Tensor};
 use veil::{
     models::Role,
-    protect::{self, spread::Transform, Ensemble, Params, Preset, Region, Rng, Target},
+    protect::{self, spread::Transform, Aligned, Ensemble, Framing, Params, Preset, Region, Rng, Target},
 };
 
 fn fixtures() -> std::path::PathBuf {
@@ -91,7 +91,7 @@ fn an_aligned_crop_is_perturbed_too_and_the_bound_holds_there() {
     // Veil's crop lower in the photo than the aligned crop, as MTCNN's is on CelebA photos.
     let face = Region { x: 10, y: 60, w: 150, h: 150 };
     let aligned = Region { x: 0, y: 20, w: 178, h: 178 };
-    let target = Target { face, aligned: vec![aligned] };
+    let target = Target { face, aligned: vec![Aligned::upright(aligned)] };
     let p = Params::preset(Preset::Fast);
     let (prot, reports) = protect::protect_pixels(&ens, &img, &[target], &p, &mut Rng::new(2)).unwrap();
     assert_eq!(reports.len(), 1);
@@ -109,6 +109,33 @@ fn an_aligned_crop_is_perturbed_too_and_the_bound_holds_there() {
     let moved =
         (alone.to_kind(Kind::Int64) - img.to_kind(Kind::Int64)).narrow(1, 0, 60).abs().sum(Kind::Int64);
     assert_eq!(moved.int64_value(&[]), 0);
+}
+
+#[test]
+fn a_turned_aligned_crop_is_perturbed_into_its_corners_and_the_bound_holds() {
+    let ens = ensemble();
+    let Some(img) = faces(1).pop() else { return };
+    // A 120 px square turned by 30° about (90, 120): its left corner sits near (8, 98), well left of
+    // the upright square (x ≥ 30) and of Veil's crop (x ≥ 40).
+    let face = Region { x: 40, y: 70, w: 100, h: 100 };
+    let turned = Aligned { square: Region { x: 30, y: 60, w: 120, h: 120 }, angle: 30.0 };
+    let p = Params { framing: Framing { aligned: 1.0, ..Framing::DEFAULT }, ..Params::preset(Preset::Fast) };
+    let target = Target { face, aligned: vec![turned] };
+    let (prot, reports) = protect::protect_pixels(&ens, &img, &[target], &p, &mut Rng::new(4)).unwrap();
+    // The extent is the box around the turned square.
+    assert_eq!(reports[0].region, Region { x: 8, y: 38, w: 164, h: 164 });
+    let diff = (prot.to_kind(Kind::Int64) - img.to_kind(Kind::Int64)).abs();
+    assert!(diff.max().int64_value(&[]) <= protect::max_levels(p.epsilon));
+    assert_eq!(diff.narrow(1, 0, 38).sum(Kind::Int64).int64_value(&[]), 0);
+    assert_eq!(diff.narrow(1, 202, 16).sum(Kind::Int64).int64_value(&[]), 0);
+    let corner = |d: &Tensor| {
+        d.narrow(1, 95, 6).narrow(2, 16, 6).ne(0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
+    };
+    assert!(corner(&diff) > 0.5, "only {} of the turned corner's pixels changed", corner(&diff));
+    // Veil's crop alone leaves that corner as it was.
+    let (alone, _) =
+        protect::protect_pixels(&ens, &img, &[Target::face(face)], &p, &mut Rng::new(4)).unwrap();
+    assert_eq!(corner(&(alone.to_kind(Kind::Int64) - img.to_kind(Kind::Int64)).abs()), 0.0);
 }
 
 #[test]

@@ -695,14 +695,14 @@ fn write_table(
         writeln!(
             out,
             "  {:>2}  {:>27}  {:>5}  {:>20}  landmarks (eyes, nose, mouth corners)",
-            "#", "box x1,y1 - x2,y2", "score", "aligned x,y side"
+            "#", "box x1,y1 - x2,y2", "score", "aligned x,y side turn"
         )?;
     }
     for (i, f) in found.faces.iter().enumerate() {
         let b = &f.bbox;
         let corners = format!("{:.0},{:.0} - {:.0},{:.0}", b.x1, b.y1, b.x2, b.y2);
         let aligned = match f.aligned_crop() {
-            Some(sq) => format!("{:.0},{:.0} {:.0}", sq.x, sq.y, sq.side),
+            Some(sq) => format!("{:.0},{:.0} {:.0} {:+.0}°", sq.x, sq.y, sq.side, sq.angle),
             None => "-".to_string(),
         };
         let marks: Vec<String> = f.landmarks.iter().map(|[x, y]| format!("{x:.0},{y:.0}")).collect();

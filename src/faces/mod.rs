@@ -124,21 +124,25 @@ const ALIGNED_LANDMARKS: [[f64; 2]; 5] =
 /// 20..198 (`x`, `y`, side).
 const ALIGNED_CROP: [f64; 3] = [0.0, 20.0, 178.0];
 
-/// A square in photo pixels that may reach outside the photo: `x..x + side`, `y..y + side`.
+/// A square in photo pixels that may reach outside the photo, turned by `angle` about its center:
+/// `x..x + side`, `y..y + side` before the turn.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Square {
     pub x: f64,
     pub y: f64,
     pub side: f64,
+    /// Degrees, counter-clockwise as seen: how far the face is tilted. An aligner turns the square
+    /// back upright before it resizes it.
+    pub angle: f64,
 }
 
 impl Face {
     /// The square a face-editing tool would cut from this face if it aligned it the way CelebA was
     /// aligned (the usual input of generators trained on CelebA): the standard crop mapped back
-    /// through the scale and shift that best take this face's landmarks onto [`ALIGNED_LANDMARKS`]
-    /// (least squares). Rotation is left out: an upright face is assumed. `None` when the landmarks are
-    /// degenerate or disagree with the box (the square's center outside it, or its side outside 1 to 3
-    /// times the box's longer side).
+    /// through the similarity (scale, turn and shift) that best takes this face's landmarks onto
+    /// [`ALIGNED_LANDMARKS`] (least squares). `None` when the landmarks are degenerate or disagree
+    /// with the box (the square's center outside it, or its side outside 1 to 3 times the box's
+    /// longer side).
     pub fn aligned_crop(&self) -> Option<Square> {
         let n = self.landmarks.len() as f64;
         let mean = |pts: &mut dyn Iterator<Item = [f64; 2]>| {
@@ -147,25 +151,32 @@ impl Face {
         let p: Vec<[f64; 2]> = self.landmarks.iter().map(|[x, y]| [f64::from(*x), f64::from(*y)]).collect();
         let pm = mean(&mut p.iter().copied());
         let qm = mean(&mut ALIGNED_LANDMARKS.iter().copied());
-        let (mut pq, mut pp) = (0.0, 0.0);
+        // q ≈ A·p + t with A = [[a, -b], [b, a]] (a scale and a turn), in y-down pixel coordinates.
+        let (mut a, mut b, mut pp) = (0.0, 0.0, 0.0);
         for ([px, py], [qx, qy]) in p.iter().zip(ALIGNED_LANDMARKS) {
             let (dx, dy) = (px - pm[0], py - pm[1]);
-            pq += dx * (qx - qm[0]) + dy * (qy - qm[1]);
+            let (ex, ey) = (qx - qm[0], qy - qm[1]);
+            a += dx * ex + dy * ey;
+            b += dx * ey - dy * ex;
             pp += dx * dx + dy * dy;
         }
-        // q ≈ s·p + t, so a point q of the aligned frame is (q - t) / s in the photo.
-        let s = pq / pp;
-        if !(s.is_finite() && s > 0.0) {
+        let (a, b) = (a / pp, b / pp);
+        let s2 = a * a + b * b;
+        if !(s2.is_finite() && s2 > 0.0 && a.is_finite() && b.is_finite()) {
             return None;
         }
-        let t = [qm[0] - s * pm[0], qm[1] - s * pm[1]];
-        let [cx, cy, side] = ALIGNED_CROP;
-        let square = Square { x: (cx - t[0]) / s, y: (cy - t[1]) / s, side: side / s };
-        let b = &self.bbox;
-        let (mx, my) = (square.x + square.side / 2.0, square.y + square.side / 2.0);
-        let longer = f64::from(b.width().max(b.height()));
-        let inside = (f64::from(b.x1)..=f64::from(b.x2)).contains(&mx)
-            && (f64::from(b.y1)..=f64::from(b.y2)).contains(&my);
+        let t = [qm[0] - (a * pm[0] - b * pm[1]), qm[1] - (b * pm[0] + a * pm[1])];
+        // The crop's center in the photo: A⁻¹·(q - t), A⁻¹ = Aᵀ / s².
+        let [x0, y0, side] = ALIGNED_CROP;
+        let (qx, qy) = (x0 + side / 2.0 - t[0], y0 + side / 2.0 - t[1]);
+        let (mx, my) = ((a * qx + b * qy) / s2, (-b * qx + a * qy) / s2);
+        let side = side / s2.sqrt();
+        // A turns clockwise as seen by atan2(b, a) (y points down), undoing a tilt the other way.
+        let square = Square { x: mx - side / 2.0, y: my - side / 2.0, side, angle: b.atan2(a).to_degrees() };
+        let bx = &self.bbox;
+        let longer = f64::from(bx.width().max(bx.height()));
+        let inside = (f64::from(bx.x1)..=f64::from(bx.x2)).contains(&mx)
+            && (f64::from(bx.y1)..=f64::from(bx.y2)).contains(&my);
         (inside && (longer..=3.0 * longer).contains(&square.side)).then_some(square)
     }
 }
@@ -340,7 +351,10 @@ mod tests {
         f.landmarks = ALIGNED_LANDMARKS.map(|[x, y]| [x as f32, y as f32]);
         let sq = f.aligned_crop().unwrap();
         assert!(
-            (sq.x - 0.0).abs() < 1e-3 && (sq.y - 20.0).abs() < 1e-3 && (sq.side - 178.0).abs() < 1e-3,
+            (sq.x - 0.0).abs() < 1e-3
+                && (sq.y - 20.0).abs() < 1e-3
+                && (sq.side - 178.0).abs() < 1e-3
+                && sq.angle.abs() < 1e-4,
             "{sq:?}"
         );
         // The same face twice as large and moved by (300, 100): the square follows.
@@ -349,6 +363,22 @@ mod tests {
         let sq = g.aligned_crop().unwrap();
         assert!(
             (sq.x - 300.0).abs() < 1e-2 && (sq.y - 140.0).abs() < 1e-2 && (sq.side - 356.0).abs() < 1e-2,
+            "{sq:?}"
+        );
+        // The template tilted by 20° counter-clockwise (as seen) about the crop's center: the same
+        // square, turned by 20°.
+        let (sin, cos) = 20f64.to_radians().sin_cos();
+        let mut h = f.clone();
+        h.landmarks = ALIGNED_LANDMARKS.map(|[x, y]| {
+            let (dx, dy) = (x - 89.0, y - 109.0);
+            [(89.0 + dx * cos + dy * sin) as f32, (109.0 - dx * sin + dy * cos) as f32]
+        });
+        let sq = h.aligned_crop().unwrap();
+        assert!(
+            (sq.x - 0.0).abs() < 1e-3
+                && (sq.y - 20.0).abs() < 1e-3
+                && (sq.side - 178.0).abs() < 1e-3
+                && (sq.angle - 20.0).abs() < 1e-3,
             "{sq:?}"
         );
         // Landmarks all at one point, or far from the box: no square.

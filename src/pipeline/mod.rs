@@ -20,7 +20,7 @@ use crate::{
     faces::{self, Detector},
     imageio::{self, Format, ImageError, Photo, Written},
     models::Role,
-    protect::{self, Ensemble, NoFace, Params, Preset, ProtectError, Region, Rng, Target},
+    protect::{self, Aligned, Ensemble, NoFace, Params, Preset, ProtectError, Region, Rng, Target},
     quality,
 };
 
@@ -196,6 +196,9 @@ pub struct JobOptions {
 /// How many photos the engine attacks together by default on a GPU, where their faces share each
 /// attack pass.
 const GPU_PHOTO_BATCH: usize = 8;
+
+/// Aligned crops turned by less than this are taken as upright (see `Pipeline::find`).
+const MIN_TURN_DEGREES: f64 = 3.0;
 
 /// One file for [`Pipeline::protect_files`].
 #[derive(Debug, Clone)]
@@ -376,10 +379,13 @@ impl Pipeline {
                     w: i64::from(c.size),
                     h: i64::from(c.size),
                 };
-                let aligned = f.aligned_crop().filter(|_| aligned).and_then(|sq| {
+                let aligned = f.aligned_crop().filter(|_| aligned).map(|sq| {
                     let side = sq.side.round() as i64;
-                    Region { x: sq.x.round() as i64, y: sq.y.round() as i64, w: side, h: side }
-                        .clip(i64::from(w), i64::from(h))
+                    let square = Region { x: sq.x.round() as i64, y: sq.y.round() as i64, w: side, h: side };
+                    // A small turn is the landmarks' noise on an upright face (on CelebA's aligned val
+                    // faces the fitted turn has a standard deviation of 1.7°): taken as upright.
+                    let angle = if sq.angle.abs() < MIN_TURN_DEGREES { 0.0 } else { sq.angle };
+                    Aligned { square, angle }
                 });
                 Some(Target { face, aligned: aligned.into_iter().collect() })
             })
@@ -399,6 +405,7 @@ impl Pipeline {
             faces: detections.faces.len(),
             too_small: detections.too_small,
             targets,
+            size: [i64::from(w), i64::from(h)],
             losses: Vec::new(),
         })
     }
@@ -556,13 +563,15 @@ pub struct Found {
     pub too_small: usize,
     /// The faces to protect, merged where their extents overlap.
     pub targets: Vec<Target>,
+    /// The photo's `[width, height]`.
+    pub size: [i64; 2],
     pub losses: Vec<(String, f64)>,
 }
 
 impl Found {
     /// Where the protection may change pixels: each target's extent.
     pub fn regions(&self) -> Vec<Region> {
-        self.targets.iter().map(Target::extent).collect()
+        self.targets.iter().map(|t| t.extent(self.size[0], self.size[1])).collect()
     }
 }
 

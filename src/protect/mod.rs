@@ -70,13 +70,18 @@ impl Region {
     /// One framing of this region inside a `width`×`height` context: `scale` times its size, its
     /// center moved by `(dx, dy)` times its size, kept inside the context (shrunk to fit if needed).
     fn framed(&self, scale: f64, dx: f64, dy: f64, width: i64, height: i64) -> Region {
-        let w = ((self.w as f64 * scale).round() as i64).clamp(1, width);
-        let h = ((self.h as f64 * scale).round() as i64).clamp(1, height);
+        let r = self.scaled(scale, dx, dy);
+        let (w, h) = (r.w.min(width), r.h.min(height));
+        Region { x: r.x.clamp(0, width - w), y: r.y.clamp(0, height - h), w, h }
+    }
+
+    /// `scale` times this region, its center moved by `(dx, dy)` times its size, wherever that falls.
+    fn scaled(&self, scale: f64, dx: f64, dy: f64) -> Region {
+        let w = ((self.w as f64 * scale).round() as i64).max(1);
+        let h = ((self.h as f64 * scale).round() as i64).max(1);
         let cx = self.x as f64 + self.w as f64 * (0.5 + dx);
         let cy = self.y as f64 + self.h as f64 * (0.5 + dy);
-        let x = ((cx - w as f64 / 2.0).round() as i64).clamp(0, width - w);
-        let y = ((cy - h as f64 / 2.0).round() as i64).clamp(0, height - h);
-        Region { x, y, w, h }
+        Region { x: (cx - w as f64 / 2.0).round() as i64, y: (cy - h as f64 / 2.0).round() as i64, w, h }
     }
 
     /// Clipped to an image of `width`×`height`; `None` when nothing is left.
@@ -87,15 +92,53 @@ impl Region {
     }
 }
 
+/// A crop a tool aligning faces by their landmarks would cut: `square`, turned by `angle` degrees
+/// (counter-clockwise as seen) about its center. The aligner turns it upright before resizing it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Aligned {
+    pub square: Region,
+    pub angle: f64,
+}
+
+impl Aligned {
+    /// An upright crop.
+    pub fn upright(square: Region) -> Aligned {
+        Aligned { square, angle: 0.0 }
+    }
+
+    /// The smallest rectangle around the turned square.
+    pub fn bounds(&self) -> Region {
+        if self.angle == 0.0 {
+            return self.square;
+        }
+        let (sin, cos) = self.angle.to_radians().sin_cos();
+        let (w, h) = (self.square.w as f64, self.square.h as f64);
+        let (bw, bh) = (w * cos.abs() + h * sin.abs(), w * sin.abs() + h * cos.abs());
+        let (cx, cy) = (self.square.x as f64 + w / 2.0, self.square.y as f64 + h / 2.0);
+        let (x, y) = ((cx - bw / 2.0).floor() as i64, (cy - bh / 2.0).floor() as i64);
+        Region { x, y, w: (cx + bw / 2.0).ceil() as i64 - x, h: (cy + bh / 2.0).ceil() as i64 - y }
+    }
+
+    /// Clipped to a `width`×`height` image: an upright crop is cut to it; a turned one, which an aligner
+    /// samples past the edge, stays whole as long as part of it is inside. `None` when nothing is.
+    fn clip(&self, width: i64, height: i64) -> Option<Aligned> {
+        if self.angle == 0.0 {
+            self.square.clip(width, height).map(Aligned::upright)
+        } else {
+            self.bounds().clip(width, height).map(|_| *self)
+        }
+    }
+}
+
 /// One face to protect, in full-resolution pixels of its photo.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     /// Veil's own crop of the face (the detector's box grown by `faces.margin`): framings are drawn
     /// around it and the final report measures on it.
     pub face: Region,
-    /// The crops a tool aligning faces by their landmarks would cut (`faces::Face::aligned_crop`),
-    /// clipped to the photo; empty when there is none. The perturbation also covers them.
-    pub aligned: Vec<Region>,
+    /// The crops a tool aligning faces by their landmarks would cut (`faces::Face::aligned_crop`);
+    /// empty when there is none. The perturbation also covers them.
+    pub aligned: Vec<Aligned>,
 }
 
 impl Target {
@@ -104,9 +147,11 @@ impl Target {
         Target { face, aligned: Vec::new() }
     }
 
-    /// Where the perturbation may go: the smallest rectangle around the face and its aligned crops.
-    pub fn extent(&self) -> Region {
-        self.aligned.iter().fold(self.face, |acc, a| acc.union(a))
+    /// Where the perturbation may go: the smallest rectangle around the face and its aligned crops,
+    /// clipped to a `width`×`height` image (a turned crop may reach past it).
+    pub fn extent(&self, width: i64, height: i64) -> Region {
+        let all = self.aligned.iter().fold(self.face, |acc, a| acc.union(&a.bounds()));
+        all.clip(width, height).unwrap_or(self.face)
     }
 }
 
@@ -125,7 +170,7 @@ pub fn merge_targets(targets: &[Target], width: i64, height: i64) -> Vec<Target>
         let mut merged = false;
         'scan: for i in 0..out.len() {
             for j in i + 1..out.len() {
-                if out[i].extent().overlaps(&out[j].extent()) {
+                if out[i].extent(width, height).overlaps(&out[j].extent(width, height)) {
                     let other = out.remove(j);
                     out[i].face = out[i].face.union(&other.face);
                     out[i].aligned.extend(other.aligned);
@@ -241,6 +286,36 @@ fn crop(x: &Tensor, r: &Region) -> Tensor {
     x.narrow(2, r.y, r.h).narrow(3, r.x, r.w)
 }
 
+/// What an aligner cuts from `x: [1,3,H,W]`: `w.square` turned upright, `[1,3,h,w]` of the square's
+/// size; an upright square is a plain crop, a turned one is sampled bilinearly (differentiably), with
+/// `x` reflected past its edge.
+fn cut(x: &Tensor, w: &Aligned) -> Tensor {
+    if w.angle == 0.0 {
+        return crop(x, &w.square);
+    }
+    let (width, height) = (x.size()[3] as f64, x.size()[2] as f64);
+    let r = &w.square;
+    let (cx, cy) = (r.x as f64 + r.w as f64 / 2.0, r.y as f64 + r.h as f64 / 2.0);
+    let (sin, cos) = w.angle.to_radians().sin_cos();
+    // Output point (u, v) in [-1,1]² -> input pixel c + R·(u·w/2, v·h/2), R turning counter-clockwise
+    // as seen ([[cos, sin], [-sin, cos]] with y down), in grid_sample's [-1,1] input coordinates.
+    let (hw, hh) = (r.w as f64 / width, r.h as f64 / height);
+    let theta = Tensor::from_slice(&[
+        cos * hw,
+        sin * r.h as f64 / width,
+        2.0 * cx / width - 1.0,
+        -sin * r.w as f64 / height,
+        cos * hh,
+        2.0 * cy / height - 1.0,
+    ])
+    .to_kind(Kind::Float)
+    .to_device(x.device())
+    .view([1, 2, 3]);
+    let grid = Tensor::affine_grid_generator(&theta, [1, 3, r.h, r.w], false);
+    // Bilinear (0), reflection past the edge (2).
+    x.grid_sampler(&grid, 0, 2, false)
+}
+
 /// `G(resize(x_n), c_k)` of every generator for every face and attacked condition: per generator
 /// `[N*K,3,S,S]`, face-major. Generators of one input size share the resize.
 fn clean_outputs(ensemble: &Ensemble, faces: &[Tensor]) -> Result<Vec<Tensor>, ProtectError> {
@@ -286,7 +361,7 @@ fn attack_batch_targets(
     xs: &[Tensor],
     masks: &[Tensor],
     faces: &[Region],
-    aligned: &[Vec<Region>],
+    aligned: &[Vec<Aligned>],
     params: &Params,
     rng: &mut Rng,
 ) -> Result<(Vec<Tensor>, Vec<Tensor>), ProtectError> {
@@ -304,9 +379,10 @@ fn attack_batch_targets(
     let mut norms: Vec<Option<f64>> = vec![None; ensemble.generators.len()];
     for step in 0..params.iterations {
         let t = spread::draw(spread, rng);
-        // This step's framing of each face (Veil's own crops when framing is off).
-        let windows: Vec<Region> = if framing.is_none() {
-            faces.to_vec()
+        // This step's framing of each face (Veil's own crops when framing is off): a square and the
+        // turn an aligner would undo (0 for Veil's own framings).
+        let windows: Vec<Aligned> = if framing.is_none() {
+            faces.iter().copied().map(Aligned::upright).collect()
         } else {
             xs.iter()
                 .zip(faces)
@@ -317,23 +393,28 @@ fn attack_batch_targets(
                         let j = framing.jitter;
                         (aligned[rng.below(aligned.len())], (1.0 - j, 1.0 + j), j)
                     } else {
-                        (*face, framing.scale, framing.shift)
+                        (Aligned::upright(*face), framing.scale, framing.shift)
                     };
                     let scale = lo + (hi - lo) * rng.unit();
                     let dx = (2.0 * rng.unit() - 1.0) * shift;
                     let dy = (2.0 * rng.unit() - 1.0) * shift;
-                    around.framed(scale, dx, dy, x.size()[3], x.size()[2])
+                    if around.angle == 0.0 {
+                        Aligned::upright(around.square.framed(scale, dx, dy, x.size()[3], x.size()[2]))
+                    } else {
+                        // A turned crop is sampled past the context's edge, so it is not pushed inside.
+                        Aligned { square: around.square.scaled(scale, dx, dy), angle: around.angle }
+                    }
                 })
                 .collect()
         };
-        let framed_clean: Vec<Tensor> = xs.iter().zip(&windows).map(|(x, w)| crop(x, w)).collect();
+        let framed_clean: Vec<Tensor> = xs.iter().zip(&windows).map(|(x, w)| cut(x, w)).collect();
         let ds: Vec<Tensor> = deltas.iter().map(|d| d.detach().set_requires_grad(true)).collect();
         let x_adv: Vec<Tensor> = xs
             .iter()
             .zip(&ds)
             .zip(masks)
             .zip(&windows)
-            .map(|(((x, d), m), w)| crop(&(x + d * m).clamp(-1.0, 1.0), w))
+            .map(|(((x, d), m), w)| cut(&(x + d * m).clamp(-1.0, 1.0), w))
             .collect();
         let per_step = !framing.is_none() || t != Transform::Identity;
         let mut total: Option<Tensor> = None;
@@ -425,27 +506,35 @@ pub fn protect_many(
     let (reach, aligned_reach) = (params.framing.reach(), params.framing.aligned_reach());
     for chunk in work.chunks(MAX_BATCH) {
         // Each target with the context its framings may reach.
+        let size_of = |i: usize| (images[i].0.size()[2], images[i].0.size()[1]);
         let contexts: Vec<Region> = chunk
             .iter()
             .map(|(i, t)| {
-                let size = images[*i].0.size();
-                let (w, h) = (size[2], size[1]);
+                let (w, h) = size_of(*i);
                 t.aligned
                     .iter()
-                    .map(|a| a.grown(aligned_reach, w, h))
-                    .fold(t.face.grown(reach, w, h).union(&t.extent()), |acc, a| acc.union(&a))
+                    .map(|a| a.bounds().grown(aligned_reach, w, h))
+                    .fold(t.face.grown(reach, w, h).union(&t.extent(w, h)), |acc, a| acc.union(&a))
             })
             .collect();
         let within = |r: &Region, c: &Region| Region { x: r.x - c.x, y: r.y - c.y, w: r.w, h: r.h };
         // Where the face, its aligned crops and its extent lie in the context.
         let faces: Vec<Region> = chunk.iter().zip(&contexts).map(|((_, t), c)| within(&t.face, c)).collect();
-        let aligned: Vec<Vec<Region>> = chunk
+        let aligned: Vec<Vec<Aligned>> = chunk
             .iter()
             .zip(&contexts)
-            .map(|((_, t), c)| t.aligned.iter().map(|a| within(a, c)).collect())
+            .map(|((_, t), c)| {
+                t.aligned.iter().map(|a| Aligned { square: within(&a.square, c), angle: a.angle }).collect()
+            })
             .collect();
-        let extents: Vec<Region> =
-            chunk.iter().zip(&contexts).map(|((_, t), c)| within(&t.extent(), c)).collect();
+        let extents: Vec<Region> = chunk
+            .iter()
+            .zip(&contexts)
+            .map(|((i, t), c)| {
+                let (w, h) = size_of(*i);
+                within(&t.extent(w, h), c)
+            })
+            .collect();
         let crops: Vec<Tensor> = chunk
             .iter()
             .zip(&contexts)
@@ -495,7 +584,8 @@ pub fn protect_many(
             .collect();
         let losses = tch::no_grad(|| ensemble.disruption_batch(&units, &targets))?;
         for (((i, target), protected), losses) in chunk.iter().zip(&protected).zip(losses) {
-            let region = target.extent();
+            let (w, h) = size_of(*i);
+            let region = target.extent(w, h);
             let (out, reports) = &mut outs[*i];
             out.narrow(1, region.y, region.h)
                 .narrow(2, region.x, region.w)
@@ -550,19 +640,47 @@ mod tests {
     #[test]
     fn targets_merge_on_their_extents_and_keep_their_aligned_crops() {
         let r = |x, y, w, h| Region { x, y, w, h };
-        let a = Target { face: r(0, 40, 50, 50), aligned: vec![r(0, 20, 60, 60)] };
-        assert_eq!(a.extent(), r(0, 20, 60, 70));
+        let up = Aligned::upright;
+        let a = Target { face: r(0, 40, 50, 50), aligned: vec![up(r(0, 20, 60, 60))] };
+        assert_eq!(a.extent(1000, 1000), r(0, 20, 60, 70));
         // b's face is clear of a's face but not of a's aligned crop: they merge.
         let b = Target { face: r(55, 0, 30, 30), aligned: Vec::new() };
-        let far = Target { face: r(200, 200, 20, 20), aligned: vec![r(190, 190, 40, 40)] };
+        let far = Target { face: r(200, 200, 20, 20), aligned: vec![up(r(190, 190, 40, 40))] };
         let merged = merge_targets(&[a, b, far.clone()], 1000, 1000);
         assert_eq!(merged.len(), 2);
         assert_eq!(merged[0].face, r(0, 0, 85, 90));
-        assert_eq!(merged[0].aligned, [r(0, 20, 60, 60)]);
+        assert_eq!(merged[0].aligned, [up(r(0, 20, 60, 60))]);
         assert_eq!(merged[1], far);
         // Clipped to the image; an aligned crop wholly outside it is dropped.
-        let edge = Target { face: r(-10, 0, 30, 30), aligned: vec![r(-50, -50, 20, 20)] };
+        let edge = Target { face: r(-10, 0, 30, 30), aligned: vec![up(r(-50, -50, 20, 20))] };
         assert_eq!(merge_targets(&[edge], 100, 100), [Target::face(r(0, 0, 20, 30))]);
+        // A turned crop reaching past the image stays whole (an aligner samples past the edge); the
+        // extent, around its corners, is clipped.
+        let turned = Aligned { square: r(-10, 10, 40, 40), angle: 45.0 };
+        assert_eq!(turned.bounds(), r(-19, 1, 58, 58));
+        let t = Target { face: r(0, 20, 20, 20), aligned: vec![turned] };
+        let merged = merge_targets(std::slice::from_ref(&t), 100, 100);
+        assert_eq!(merged[0].aligned, [turned]);
+        assert_eq!(merged[0].extent(100, 100), r(0, 1, 39, 58));
+    }
+
+    #[test]
+    fn a_turned_cut_is_the_square_turned_upright() {
+        // A 40×40 image, dark, with a bright mark 10 px left of the center.
+        let x = Tensor::full([1, 3, 40, 40], -1.0, (Kind::Float, Device::Cpu));
+        let _ = x.narrow(2, 18, 4).narrow(3, 8, 4).fill_(1.0);
+        let square = Region { x: 5, y: 5, w: 30, h: 30 };
+        assert!(cut(&x, &Aligned::upright(square)).equal(&crop(&x, &square)));
+        // The face tilted by 90° counter-clockwise has its top on the left: cut upright, the mark is
+        // on top, 10 px above the center of the 30 px square.
+        let up = cut(&x, &Aligned { square, angle: 90.0 });
+        assert_eq!(up.size(), [1, 3, 30, 30]);
+        let at = |y: i64, x: i64| up.double_value(&[0, 0, y, x]);
+        assert!(at(5, 15) > 0.9 && at(25, 15) < -0.9 && at(15, 5) < -0.9, "{}", at(5, 15));
+        // The cut passes gradients back to the image.
+        let x = x.set_requires_grad(true);
+        cut(&x, &Aligned { square, angle: 30.0 }).sum(Kind::Float).backward();
+        assert!(x.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
 
     #[test]
