@@ -273,16 +273,10 @@ fn aligned_crop(img: &image::RgbImage, device: Device) -> Tensor {
 pub fn turned(img: &image::RgbImage, degrees: f64) -> image::RgbImage {
     let (w, h) = img.dimensions();
     let x = pipeline::to_tensor(img).to_kind(Kind::Float).unsqueeze(0); // [1,3,H,W] in [0,255]
-    let (sin, cos) = degrees.to_radians().sin_cos();
-    let aspect = f64::from(w) / f64::from(h);
-    // Output pixel -> input pixel in normalized coordinates, square pixels kept: the inverse turn.
-    let theta = Tensor::from_slice(&[cos, -sin / aspect, 0.0, sin * aspect, cos, 0.0])
-        .to_kind(Kind::Float)
-        .view([1, 2, 3]);
-    let grid = Tensor::affine_grid_generator(&theta, [1, 3, i64::from(h), i64::from(w)], false);
-    // Bilinear (0), reflection padding (2).
-    let y = x.grid_sampler(&grid, 0, 2, false).round().clamp(0.0, 255.0).to_kind(Kind::Uint8);
-    pipeline::from_tensor(&y.squeeze_dim(0), w, h)
+                                                                        // The whole photo as the square an aligner would turn upright by -degrees.
+    let whole = protect::Region { x: 0, y: 0, w: i64::from(w), h: i64::from(h) };
+    let y = protect::cut(&x, &protect::Aligned { square: whole, angle: -degrees });
+    pipeline::from_tensor(&y.round().clamp(0.0, 255.0).to_kind(Kind::Uint8).squeeze_dim(0), w, h)
 }
 
 /// Runs the evaluation. `holdouts` may be empty. `progress(done, total)` is called after each image.

@@ -288,8 +288,8 @@ fn crop(x: &Tensor, r: &Region) -> Tensor {
 
 /// What an aligner cuts from `x: [1,3,H,W]`: `w.square` turned upright, `[1,3,h,w]` of the square's
 /// size; an upright square is a plain crop, a turned one is sampled bilinearly (differentiably), with
-/// `x` reflected past its edge.
-fn cut(x: &Tensor, w: &Aligned) -> Tensor {
+/// `x` reflected past its edge. Also turns whole photos for `veil eval --tilt`.
+pub fn cut(x: &Tensor, w: &Aligned) -> Tensor {
     if w.angle == 0.0 {
         return crop(x, &w.square);
     }
@@ -299,13 +299,13 @@ fn cut(x: &Tensor, w: &Aligned) -> Tensor {
     let (sin, cos) = w.angle.to_radians().sin_cos();
     // Output point (u, v) in [-1,1]² -> input pixel c + R·(u·w/2, v·h/2), R turning counter-clockwise
     // as seen ([[cos, sin], [-sin, cos]] with y down), in grid_sample's [-1,1] input coordinates.
-    let (hw, hh) = (r.w as f64 / width, r.h as f64 / height);
+    let (sw, sh) = (r.w as f64, r.h as f64);
     let theta = Tensor::from_slice(&[
-        cos * hw,
-        sin * r.h as f64 / width,
+        cos * sw / width,
+        sin * sh / width,
         2.0 * cx / width - 1.0,
-        -sin * r.w as f64 / height,
-        cos * hh,
+        -sin * sw / height,
+        cos * sh / height,
         2.0 * cy / height - 1.0,
     ])
     .to_kind(Kind::Float)
