@@ -10,7 +10,8 @@ differentiable JPEG approximation q60-95, identity; a family drawn uniformly, th
 members), a framing per face and step (a crop 0.85-1.25
 times the face's side, its center moved by up to 0.1 of it, inside the region; the clean outputs of
 that framing, under the step's transform, computed in the step), L-inf PGD (ε 0.05, step 0.01, 10 steps for `balanced`) from a
-random start, joint over each generator's attacked conditions in one batched pass, losses weighed as
+random start, joint over each generator's attacked conditions in one batched pass (each condition's
+rows through its own transform drawn per step, as `protect.mix`; --no-mix: one per step), losses weighed as
 `protect.focus` (--focus) says, feathered mask, 8-bit quantization. It reports the
 median seconds per attack after warm-up as JSON, for one face and for --batch faces attacked together
 (as `veil bench` does), for bench/compare.sh to set against `veil bench`.
@@ -171,35 +172,42 @@ def focused(out, target, f):
     return torch.sigmoid(f * torch.log(rows.clamp_min(1e-12) / THRESHOLD)).mean() / f
 
 
-def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING, focus=1.0):
+def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING, focus=1.0, mix=True):
     """x: [N,3,h,w] in [-1,1] (N faces of one size); each generator sees every face under every
     condition in one pass, rows face-major. `framing` None: every step sees the whole region. `focus`
-    0: each loss normalized by its value at the start; above 0, weighed against the threshold."""
+    0: each loss normalized by its value at the start; above 0, weighed against the threshold. `mix`:
+    each attacked condition's rows through their own transform drawn per step."""
     n, h, w = x.shape[0], x.shape[2], x.shape[3]
 
-    def inputs(img, t, s, k, wins):
+    def inputs(img, ts, s, k, wins):
+        """Rows n*k + j: face n resized to s and through ts[j % len(ts)]."""
         faces = [img[j : j + 1, :, y0 : y0 + hh, x0 : x0 + ww] for j, (y0, x0, hh, ww) in enumerate(wins)]
-        r = apply(t, torch.cat([F.interpolate(f, size=(s, s), mode="bilinear", antialias=True) for f in faces]))
-        return r.unsqueeze(1).expand(n, k, 3, s, s).reshape(n * k, 3, s, s)
+        r = torch.cat([F.interpolate(f, size=(s, s), mode="bilinear", antialias=True) for f in faces])
+        if all(t == ts[0] for t in ts[:k]):
+            return apply(ts[0], r).unsqueeze(1).expand(n, k, 3, s, s).reshape(n * k, 3, s, s)
+        return torch.stack([apply(ts[j % len(ts)], r) for j in range(k)], 1).reshape(n * k, 3, s, s)
 
-    def clean(wins, t=("identity", None)):
+    def clean(wins, ts=(("identity", None),)):
         with torch.no_grad():
-            return [g(inputs(x, t, s, c.shape[0], wins), c.repeat(n, 1)) for _, g, s, c in gens]
+            return [g(inputs(x, ts, s, c.shape[0], wins), c.repeat(n, 1)) for _, g, s, c in gens]
 
     whole = [(0, 0, h, w)] * n
     targets = clean(whole)
     delta = torch.empty_like(x).uniform_(-eps, eps)
     norms = [None] * len(gens)
+    # One transform per attacked condition and step with `mix` (as Veil's protect.mix), else one.
+    draws = max(c.shape[0] for _, _, _, c in gens) if mix else 1
     for _ in range(iters):
-        t = draw(transforms)
+        ts = [draw(transforms) for _ in range(draws)]
         wins = whole if framing is None else [window(h, w, framing) for _ in range(n)]
         # Away from the outputs of the same framing and transform of the clean face, as Veil.
-        step_targets = targets if framing is None and t[0] == "identity" else clean(wins, t)
+        plain = framing is None and all(t[0] == "identity" for t in ts)
+        step_targets = targets if plain else clean(wins, ts)
         delta.requires_grad_(True)
         x_adv = (x + delta * mask).clamp(-1, 1)
         total = 0
         for i, (_, g, s, c) in enumerate(gens):
-            out = g(inputs(x_adv, t, s, c.shape[0], wins), c.repeat(n, 1))
+            out = g(inputs(x_adv, ts, s, c.shape[0], wins), c.repeat(n, 1))
             if focus > 0:
                 total = total + focused(out, step_targets[i], focus)
                 continue
@@ -229,6 +237,7 @@ def main():
     p.add_argument("--threads", type=int)
     p.add_argument("--batch", type=int, default=8, help="also time this many faces attacked together (1: skip)")
     p.add_argument("--no-framing", action="store_true", help="as Veil's protect.framing = false")
+    p.add_argument("--no-mix", action="store_true", help="as Veil's protect.mix = false: one transform per step")
     p.add_argument("--focus", type=float, default=1.0, help="as Veil's protect.focus (0: normalized by the loss at the start)")
     args = p.parse_args()
     if args.threads:
@@ -253,7 +262,7 @@ def main():
         times = []
         for i in range(args.warmup + args.runs):
             t0 = time.perf_counter()
-            attack(gens, xs, masks, 0.05, step, iters, transforms, None if args.no_framing else FRAMING, args.focus)
+            attack(gens, xs, masks, 0.05, step, iters, transforms, None if args.no_framing else FRAMING, args.focus, not args.no_mix)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             if i >= args.warmup:

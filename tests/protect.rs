@@ -255,6 +255,42 @@ fn spread_spectrum_beats_the_plain_attack_under_the_blur_defense() {
 }
 
 #[test]
+fn each_condition_row_goes_through_its_own_transform() {
+    let ens = ensemble();
+    let g = ens.generators.iter().find(|g| g.condition_count() > 1).expect("a conditional fixture");
+    let (k, s) = (g.condition_count() as i64, g.input_size);
+    let faces = [
+        Tensor::rand([1, 3, 40, 36], (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
+        Tensor::rand([1, 3, 57, 57], (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
+    ];
+    let ts = [Transform::Identity, Transform::Gaussian { sigma: 1.5 }];
+    let mut shared = protect::ensemble::Inputs::default();
+    let rows = g.rows_shared(&mut shared, &faces, &ts);
+    assert_eq!(rows.size(), [2 * k, 3, s, s]);
+    let out = tch::no_grad(|| g.forward_rows(&rows)).unwrap();
+    for (j, t) in ts.iter().enumerate() {
+        let through = g.resized(&faces, *t); // [2,3,S,S]
+        for n in 0..2 {
+            for c in (j as i64..k).step_by(ts.len()) {
+                let row = n * k + c;
+                let diff = (rows.get(row) - through.get(n)).abs().max().double_value(&[]);
+                assert!(diff == 0.0, "face {n}, condition {c}: input differs by {diff} from {t}");
+                let alone = tch::no_grad(|| g.forward_one_resized(&through, c as usize)).unwrap();
+                let diff = (out.get(row) - alone.get(n)).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "face {n}, condition {c}: output differs by {diff} under {t}");
+            }
+        }
+    }
+    // One transform for all: every condition's rows are the same faces.
+    let one = g.rows_shared(&mut shared, &faces, &ts[1..]);
+    let blurred = g.resized(&faces, ts[1]);
+    for row in 0..2 * k {
+        let diff = (one.get(row) - blurred.get(row / k)).abs().max().double_value(&[]);
+        assert!(diff == 0.0, "row {row}: {diff}");
+    }
+}
+
+#[test]
 fn channels_last_inputs_give_the_same_outputs() {
     let mut ens = ensemble();
     let x = Tensor::rand([1, 3, 40, 40], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;

@@ -75,15 +75,47 @@ impl Generator {
         (x, self.conditions.repeat([n, 1]))
     }
 
-    /// [`Generator::resized`], made once per input size: generators of one size share it (and its
-    /// backward) through `shared`, which holds what was made so far.
-    pub fn resized_shared(&self, shared: &mut Vec<(i64, Tensor)>, xs: &[Tensor], t: Transform) -> Tensor {
-        if let Some((_, x)) = shared.iter().find(|(s, _)| *s == self.input_size) {
+    /// [`Generator::resized`], made once per input size and transform: generators of one size share
+    /// it (and its backward) through `shared`, which holds what was made so far.
+    pub fn resized_shared(&self, shared: &mut Inputs, xs: &[Tensor], t: Transform) -> Tensor {
+        let s = self.input_size;
+        if let Some((_, _, x)) = shared.transformed.iter().find(|(size, tt, _)| *size == s && *tt == t) {
             return x.shallow_clone();
         }
-        let x = self.resized(xs, t);
-        shared.push((self.input_size, x.shallow_clone()));
+        let resized = match shared.resized.iter().find(|(size, _)| *size == s) {
+            Some((_, x)) => x.shallow_clone(),
+            None => {
+                let r: Vec<Tensor> = xs.iter().map(|x| super::spread::resize(x, s, s)).collect();
+                let x = Tensor::cat(&r, 0);
+                shared.resized.push((s, x.shallow_clone()));
+                x
+            }
+        };
+        let x = t.apply(&resized);
+        shared.transformed.push((s, t, x.shallow_clone()));
         x
+    }
+
+    /// Every face against every attacked condition, each condition's rows through its own transform:
+    /// `[N*K,3,S,S]`, face-major, row `n*K + k` face n resized and through `ts[k % ts.len()]`. Made
+    /// from `shared` as [`Generator::resized_shared`] makes them; [`Generator::forward_rows`] runs it.
+    pub fn rows_shared(&self, shared: &mut Inputs, xs: &[Tensor], ts: &[Transform]) -> Tensor {
+        let (k, s) = (self.condition_count(), self.input_size);
+        let first = ts.first().copied().unwrap_or(Transform::Identity);
+        if ts.iter().take(k).all(|t| *t == first) {
+            return self.batch_resized(&self.resized_shared(shared, xs, first)).0;
+        }
+        // K tensors [N,3,S,S] -> [N,K,3,S,S] -> [N*K,3,S,S].
+        let per_condition: Vec<Tensor> =
+            (0..k).map(|j| self.resized_shared(shared, xs, ts[j % ts.len()])).collect();
+        Tensor::stack(&per_condition, 1).reshape([-1, 3, s, s])
+    }
+
+    /// `G(x_r, c_(r mod K))` for rows made by [`Generator::rows_shared`] (`[N*K,3,S,S]`):
+    /// `[N*K,3,S,S]`.
+    pub fn forward_rows(&self, x: &Tensor) -> Result<Tensor, ProtectError> {
+        let n = x.size()[0] / self.condition_count() as i64;
+        self.run(x, &self.conditions.repeat([n, 1]))
     }
 
     /// `G(resize(x), c)` for every face and attacked condition: `[N*K,3,S,S]`, face-major.
@@ -109,6 +141,14 @@ impl Generator {
         let c = self.conditions.narrow(0, k as i64, 1).expand([x.size()[0], -1], false);
         self.run(x, &c)
     }
+}
+
+/// Generator inputs made once and shared by the generators of one input size (and their backward):
+/// the faces resized to each size (`[N,3,S,S]`), and those through each transform asked for.
+#[derive(Default)]
+pub struct Inputs {
+    resized: Vec<(i64, Tensor)>,
+    transformed: Vec<(i64, Transform, Tensor)>,
 }
 
 /// The loaded generators of one or more roles.
@@ -236,7 +276,7 @@ impl Ensemble {
     ) -> Result<Vec<Vec<(String, f64)>>, ProtectError> {
         let n = xs_prot.len();
         let mut per_face: Vec<Vec<(String, f64)>> = vec![Vec::with_capacity(self.generators.len()); n];
-        let mut inputs: Vec<(i64, Tensor)> = Vec::new();
+        let mut inputs = Inputs::default();
         for (g, target) in self.generators.iter().zip(targets) {
             let x_in = g.resized_shared(&mut inputs, xs_prot, Transform::Identity);
             let k = g.condition_count() as i64;

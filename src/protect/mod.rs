@@ -4,7 +4,8 @@
 //! For each face region the attack works on the region's own pixels (`[1,3,h,w] in [-1,1]`, with a
 //! margin of context around it): each step crops the face under a framing drawn from
 //! `params.framing` (an attacker crops faces their own way), a differentiable antialiased resize
-//! feeds every generator its input size, one transform from the spread is applied, and the loss is
+//! feeds every generator its input size, a transform from the spread is applied (one per attacked
+//! condition, `params.mix`: each sign step then follows the gradient under several), and the loss is
 //! each generator's `MSE(G(T(x_adv), c), G(T(x), c))` on that framing: away from what the generator
 //! makes of the same transform of the clean face, which is what an attacker applying `T` as a defense
 //! would otherwise get (and what `veil eval` measures against). Against `G(x, c)`, as the paper's
@@ -265,7 +266,8 @@ pub fn attack(
 }
 
 /// PGD on several regions at once: each generator sees every face under every condition in one pass
-/// per step, and one transform from the spread is drawn per step for all of them. `xs[n]: [1,3,h_n,w_n]
+/// per step, each condition through a transform drawn for it (`params.mix`; else one for all) and
+/// shared by every face. `xs[n]: [1,3,h_n,w_n]
 /// in [-1,1]` on the ensemble's device, each all face (framings then only zoom in), `masks[n]:
 /// [1,1,h_n,w_n]`. Returns each `x_adv` (not yet quantized).
 pub fn attack_batch(
@@ -319,7 +321,7 @@ pub fn cut(x: &Tensor, w: &Aligned) -> Tensor {
 /// `G(resize(x_n), c_k)` of every generator for every face and attacked condition: per generator
 /// `[N*K,3,S,S]`, face-major. Generators of one input size share the resize.
 fn clean_outputs(ensemble: &Ensemble, faces: &[Tensor]) -> Result<Vec<Tensor>, ProtectError> {
-    let mut shared: Vec<(i64, Tensor)> = Vec::new();
+    let mut shared = ensemble::Inputs::default();
     tch::no_grad(|| {
         ensemble
             .generators
@@ -350,7 +352,8 @@ fn focused_loss(out: &Tensor, target: &Tensor, focus: f64) -> Tensor {
 /// lets it. Also returns the clean outputs of Veil's own crops
 /// (per generator, `[N*K,3,S,S]` face-major), which the final report measures against.
 ///
-/// Each step draws one transform from the spread and, per face, one framing (a share
+/// Each step draws transforms from the spread (one per attacked condition with `params.mix`, else
+/// one) and, per face, one framing (a share
 /// `params.framing.aligned` of them on one of the face's aligned crops); the loss compares
 /// `G(T(resize(framing of x_adv)))` with `G(T(resize(the same framing of x)))`, so a step's clean
 /// outputs are computed in that step (once for the whole attack when neither framing nor a transform
@@ -377,8 +380,16 @@ fn attack_batch_targets(
     let spread = &params.spread;
     let framing = params.framing;
     let mut norms: Vec<Option<f64>> = vec![None; ensemble.generators.len()];
+    // Transforms drawn per step: one per attacked condition when joint with `params.mix` (row k of
+    // every generator goes through the k-th), else one for all.
+    let draws = match params.mode {
+        Mode::Joint if params.mix => {
+            ensemble.generators.iter().map(Generator::condition_count).max().unwrap_or(1)
+        }
+        _ => 1,
+    };
     for step in 0..params.iterations {
-        let t = spread::draw(spread, rng);
+        let ts: Vec<Transform> = (0..draws).map(|_| spread::draw(spread, rng)).collect();
         // This step's framing of each face (Veil's own crops when framing is off): a square and the
         // turn an aligner would undo (0 for Veil's own framings).
         let windows: Vec<Aligned> = if framing.is_none() {
@@ -416,30 +427,37 @@ fn attack_batch_targets(
             .zip(&windows)
             .map(|(((x, d), m), w)| cut(&(x + d * m).clamp(-1.0, 1.0), w))
             .collect();
-        let per_step = !framing.is_none() || t != Transform::Identity;
+        let per_step = !framing.is_none() || ts.iter().any(|t| *t != Transform::Identity);
         let mut total: Option<Tensor> = None;
-        // Generators of one input size share the resizes and the transform (and their backward).
-        let mut inputs: Vec<(i64, Tensor)> = Vec::new();
-        let mut clean_inputs: Vec<(i64, Tensor)> = Vec::new();
+        // Generators of one input size share the resizes and the transforms (and their backward).
+        let mut inputs = ensemble::Inputs::default();
+        let mut clean_inputs = ensemble::Inputs::default();
         for (i, g) in ensemble.generators.iter().enumerate() {
-            let x_in = g.resized_shared(&mut inputs, &x_adv, t);
             // Away from what the generator makes of the same framing and transform of the clean face:
             // computed once when neither applies, else in this step (only the condition it attacks,
             // in iterative mode).
             let k = step as usize % g.condition_count();
             // Output and clean target, both [R,3,S,S]: R = N*K rows (joint) or N (iterative).
-            let (out, target) = if per_step {
-                let clean = g.resized_shared(&mut clean_inputs, &framed_clean, t);
-                match params.mode {
-                    Mode::Joint => (g.forward_resized(&x_in)?, tch::no_grad(|| g.forward_resized(&clean))?),
-                    Mode::Iterative => {
-                        (g.forward_one_resized(&x_in, k)?, tch::no_grad(|| g.forward_one_resized(&clean, k))?)
-                    }
+            let (out, target) = match params.mode {
+                Mode::Joint => {
+                    let out = g.forward_rows(&g.rows_shared(&mut inputs, &x_adv, &ts))?;
+                    let target = if per_step {
+                        let clean = g.rows_shared(&mut clean_inputs, &framed_clean, &ts);
+                        tch::no_grad(|| g.forward_rows(&clean))?
+                    } else {
+                        targets[i].shallow_clone()
+                    };
+                    (out, target)
                 }
-            } else {
-                match params.mode {
-                    Mode::Joint => (g.forward_resized(&x_in)?, targets[i].shallow_clone()),
-                    Mode::Iterative => (g.forward_one_resized(&x_in, k)?, g.target_one(&targets[i], k)),
+                Mode::Iterative => {
+                    let out = g.forward_one_resized(&g.resized_shared(&mut inputs, &x_adv, ts[0]), k)?;
+                    let target = if per_step {
+                        let clean = g.resized_shared(&mut clean_inputs, &framed_clean, ts[0]);
+                        tch::no_grad(|| g.forward_one_resized(&clean, k))?
+                    } else {
+                        g.target_one(&targets[i], k)
+                    };
+                    (out, target)
                 }
             };
             let term = if params.focus > 0.0 {

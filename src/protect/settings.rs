@@ -39,6 +39,11 @@ pub struct ProtectConfig {
     /// [`Params::focus`]); unset, the preset's.
     #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "focus")]
     pub focus: Option<f64>,
+    /// Joint mode: every attacked condition draws its own transform from the spread at each step, so
+    /// one step's sign is taken over several transforms at once (see [`Params::mix`]); unset, the
+    /// preset's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mix: Option<bool>,
     pub no_face: NoFace,
     /// Loss weight per generator name (default 1.0).
     #[serde(deserialize_with = "weights")]
@@ -59,6 +64,7 @@ impl Default for ProtectConfig {
             framing: true,
             aligned: Framing::DEFAULT.aligned,
             focus: None,
+            mix: None,
             no_face: NoFace::Copy,
             weights: BTreeMap::new(),
         }
@@ -206,6 +212,13 @@ pub struct Params {
     /// generator pulls alike. f in (0, 1]: the loss is weighed against the disruption threshold
     /// (`protect::focused_loss`), so effort goes where it can still bring a face past it.
     pub focus: f64,
+    /// Joint mode: each step draws one transform per attacked condition, and row k of every
+    /// generator's batch (face n under condition k) goes through the k-th; `false`, or iterative
+    /// mode: one transform per step for every row, as the paper did. Drawing per condition costs no
+    /// generator pass, and the sign step then follows the gradient over several transforms at once
+    /// instead of overfitting the last one drawn. Unconditional generators (one row per face) see the
+    /// first transform only.
+    pub mix: bool,
 }
 
 impl Params {
@@ -229,6 +242,7 @@ impl Params {
             feather: 0.1,
             framing: Framing::DEFAULT,
             focus: 1.0,
+            mix: true,
         }
     }
 }
@@ -257,6 +271,9 @@ impl ProtectConfig {
         p.feather = self.feather;
         if let Some(f) = self.focus {
             p.focus = f;
+        }
+        if let Some(m) = self.mix {
+            p.mix = m;
         }
         p.framing.aligned = self.aligned;
         if !self.framing {
@@ -373,6 +390,8 @@ mod tests {
         assert!(err.contains("focus must be between 0 and 1, got 1.5"), "{err}");
         assert_eq!(parse("focus = 0").unwrap().params(None).focus, 0.0);
         assert_eq!(parse("").unwrap().params(None).focus, 1.0);
+        assert!(parse("").unwrap().params(None).mix);
+        assert!(!parse("mix = false").unwrap().params(None).mix);
     }
 
     #[test]
