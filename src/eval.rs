@@ -165,6 +165,8 @@ pub struct Report {
     pub split: String,
     /// Degrees each photo was turned before protection (`Options::tilt`).
     pub tilt: f64,
+    /// The variants run, in table order (`Options::baselines`).
+    pub variants: Vec<Variant>,
     pub rows: Vec<Row>,
     pub quality: BTreeMap<Variant, Quality>,
     pub seconds: f64,
@@ -180,6 +182,20 @@ pub struct Options {
     /// Degrees to turn each photo before protecting it, as a tilted head would be: the attacker
     /// turns it back (aligns it) before taking the aligned crop. 0 leaves photos as they are.
     pub tilt: f64,
+    /// Also run the baselines (±ε noise, single condition, no spread); `false` runs Veil's attack
+    /// only, in about a third of the time.
+    pub baselines: bool,
+}
+
+impl Options {
+    /// The variants this run compares.
+    pub fn variants(&self) -> Vec<Variant> {
+        if self.baselines {
+            Variant::ALL.to_vec()
+        } else {
+            vec![Variant::Veil]
+        }
+    }
 }
 
 /// One image of the evaluation set with its attributes (column name → present).
@@ -307,7 +323,7 @@ pub fn run(
     let params = pipeline.params(opts.preset);
     let no_spread = Params { spread: vec![spread::Transform::Identity], ..params.clone() };
     let tmp = tempfile::tempdir().map_err(EvalError::Temp)?;
-    let mut rng = Rng::new(opts.seed);
+    let variants = opts.variants();
     let mut rows: BTreeMap<(String, String, usize), Row> = BTreeMap::new();
     let mut quality_by: BTreeMap<Variant, Quality> = BTreeMap::new();
     let mut no_face = 0;
@@ -350,7 +366,11 @@ pub fn run(
                 outputs,
             });
         }
-        for variant in Variant::ALL {
+        for &variant in &variants {
+            // Its own draws per image and variant, so a variant's figures do not depend on which
+            // others ran.
+            let stream = (done * Variant::ALL.len() + variant as usize) as u64;
+            let mut rng = Rng::new(opts.seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut prot = photo.clone();
             match variant {
                 Variant::Veil => {
@@ -434,6 +454,7 @@ pub fn run(
         preset: pipeline.preset(opts.preset),
         split: opts.split.clone(),
         tilt: opts.tilt,
+        variants,
         rows: rows.into_values().collect(),
         quality: quality_by,
         seconds: started.elapsed().as_secs_f64(),
@@ -500,7 +521,7 @@ impl Report {
                 writeln!(s, "Each photo turned by {}° before protection and back before judging.", self.tilt);
         }
         let _ = write!(s, "{:<12} {:<8} {:<17} {:<14}", "generator", "role", "condition", "defense");
-        for v in Variant::ALL {
+        for v in &self.variants {
             let _ = write!(s, " {:>16}", v.name());
         }
         s.push('\n');
@@ -517,8 +538,8 @@ impl Report {
                 row.condition,
                 row.defense.name()
             );
-            for v in Variant::ALL {
-                let c = row.cells.get(&v).copied().unwrap_or_default();
+            for v in &self.variants {
+                let c = row.cells.get(v).copied().unwrap_or_default();
                 let _ = write!(s, " {:>7.1}% {:>7.4}", c.percent(), c.mean_mse());
             }
             s.push('\n');

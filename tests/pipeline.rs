@@ -90,7 +90,7 @@ fn protect_writes_protected_copies_with_metadata_and_reports_quality() {
 }
 
 #[test]
-fn eval_reports_every_generator_condition_and_defense_with_baselines() {
+fn eval_reports_every_generator_condition_and_defense_with_baselines_or_without() {
     let Some(data) = data() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let cfg = fixture_config(tmp.path());
@@ -136,6 +136,38 @@ fn eval_reports_every_generator_condition_and_defense_with_baselines() {
     assert!(mean("veil") > 2.0 * mean("noise"), "veil {} noise {}", mean("veil"), mean("noise"));
     let q = &r["quality"]["veil"];
     assert!(q["psnr"].as_f64().unwrap() > 30.0 && q["ssim"].as_f64().unwrap() > 0.8, "{q}");
+
+    // Without the baselines: Veil's column only, the same figures (each variant draws its own).
+    let o = veil(
+        tmp.path(),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "eval",
+            "--json",
+            "--no-baselines",
+            "--preset",
+            "fast",
+            "--limit",
+            "2",
+            "--data",
+            data.join("celeba").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let alone: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let alone_rows = alone["rows"].as_array().unwrap();
+    assert_eq!(alone_rows.len(), rows.len());
+    for (a, b) in alone_rows.iter().zip(rows) {
+        let cells = a["variants"].as_object().unwrap();
+        assert_eq!(cells.keys().collect::<Vec<_>>(), ["veil"], "{a}");
+        let (x, y) = (
+            a["variants"]["veil"]["mean_mse"].as_f64().unwrap(),
+            b["variants"]["veil"]["mean_mse"].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() <= 1e-6 * y.max(1e-6), "{a} alone, {b} with baselines");
+    }
+    assert!(alone["quality"].get("noise").is_none(), "{}", alone["quality"]);
 }
 
 #[test]

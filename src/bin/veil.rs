@@ -81,6 +81,10 @@ enum Command {
         /// turns it upright again before cropping.
         #[arg(long, value_name = "DEGREES", default_value_t = 0.0, allow_negative_numbers = true)]
         tilt: f64,
+        /// Run Veil's attack only, without the baselines (±ε noise, single condition, no spread):
+        /// about a third of the time.
+        #[arg(long)]
+        no_baselines: bool,
         #[arg(long)]
         json: bool,
     },
@@ -282,7 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (config, _) = effective_config(cli.config.as_deref())?;
             protect(&config, &paths, out_dir, preset, json, &mut out)
         }
-        Command::Eval { data, split, limit, preset, seed, tilt, json } => {
+        Command::Eval { data, split, limit, preset, seed, tilt, no_baselines, json } => {
             if !tilt.is_finite() || tilt.abs() > 90.0 {
                 anyhow::bail!("--tilt must be between -90 and 90 degrees, got {tilt}");
             }
@@ -291,7 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bar = progress(limit.unwrap_or(0) as u64);
             let report = eval::run(
                 &pipeline,
-                &eval::Options { data, split, limit, preset, seed, tilt },
+                &eval::Options { data, split, limit, preset, seed, tilt, baselines: !no_baselines },
                 |done, total| {
                     bar.set_length(total as u64);
                     bar.set_position(done as u64);
