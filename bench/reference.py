@@ -11,7 +11,8 @@ members), a framing per face and step (a crop 0.85-1.25
 times the face's side, its center moved by up to 0.1 of it, inside the region; the clean outputs of
 that framing, under the step's transform, computed in the step), L-inf PGD (ε 0.05, step 0.01, 10 steps for `balanced`) from a
 random start, joint over each generator's attacked conditions in one batched pass (each condition's
-rows through its own transform drawn per step, as `protect.mix`; --no-mix: one per step), losses weighed as
+rows through its own transform drawn per step, as `protect.mix`; --no-mix: one per step), a fine and a
+coarse part of the perturbation (`protect.coarse`, --coarse), losses weighed as
 `protect.focus` (--focus) says, feathered mask, 8-bit quantization. It reports the
 median seconds per attack after warm-up as JSON, for one face and for --batch faces attacked together
 (as `veil bench` does), for bench/compare.sh to set against `veil bench`.
@@ -172,11 +173,12 @@ def focused(out, target, f):
     return torch.sigmoid(f * torch.log(rows.clamp_min(1e-12) / THRESHOLD)).mean() / f
 
 
-def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING, focus=1.0, mix=True):
+def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING, focus=1.0, mix=True, coarse=2):
     """x: [N,3,h,w] in [-1,1] (N faces of one size); each generator sees every face under every
     condition in one pass, rows face-major. `framing` None: every step sees the whole region. `focus`
     0: each loss normalized by its value at the start; above 0, weighed against the threshold. `mix`:
-    each attacked condition's rows through their own transform drawn per step."""
+    each attacked condition's rows through their own transform drawn per step. `coarse` f > 1: the
+    perturbation is a fine part plus a coarse one at 1/f resolution upsampled, as Veil's protect.coarse."""
     n, h, w = x.shape[0], x.shape[2], x.shape[3]
 
     def inputs(img, ts, s, k, wins):
@@ -193,7 +195,18 @@ def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING, focus=1
 
     whole = [(0, 0, h, w)] * n
     targets = clean(whole)
-    delta = torch.empty_like(x).uniform_(-eps, eps)
+    if coarse > 1:
+        # The fine part starts at 0, the coarse part at random in the ε-ball.
+        delta = torch.zeros_like(x)
+        low = torch.empty(n, 3, -(-h // coarse), -(-w // coarse), device=x.device).uniform_(-eps, eps)
+    else:
+        delta, low = torch.empty_like(x).uniform_(-eps, eps), None
+
+    def combined(delta, low):
+        if low is None:
+            return delta
+        return (delta + F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)).clamp(-eps, eps)
+
     norms = [None] * len(gens)
     # One transform per attacked condition and step with `mix` (as Veil's protect.mix), else one.
     draws = max(c.shape[0] for _, _, _, c in gens) if mix else 1
@@ -204,7 +217,8 @@ def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING, focus=1
         plain = framing is None and all(t[0] == "identity" for t in ts)
         step_targets = targets if plain else clean(wins, ts)
         delta.requires_grad_(True)
-        x_adv = (x + delta * mask).clamp(-1, 1)
+        parts = [delta] if low is None else [delta, low.requires_grad_(True)]
+        x_adv = (x + combined(delta, low) * mask).clamp(-1, 1)
         total = 0
         for i, (_, g, s, c) in enumerate(gens):
             out = g(inputs(x_adv, ts, s, c.shape[0], wins), c.repeat(n, 1))
@@ -215,11 +229,12 @@ def attack(gens, x, mask, eps, step, iters, transforms, framing=FRAMING, focus=1
             if norms[i] is None:
                 norms[i] = max(loss.item(), 1e-8)
             total = total + loss / norms[i]
-        (grad,) = torch.autograd.grad(total, delta)
+        grads = torch.autograd.grad(total, parts)
         with torch.no_grad():
-            delta = (delta + step * grad.sign()).clamp(-eps, eps)
+            stepped = [(p + step * g.sign()).clamp(-eps, eps) for p, g in zip(parts, grads)]
+            delta, low = stepped[0], (stepped[1] if low is not None else None)
     with torch.no_grad():
-        x_adv = (x + delta * mask).clamp(-1, 1)
+        x_adv = (x + combined(delta, low) * mask).clamp(-1, 1)
         levels = math.floor(eps * 127.5 + 1e-9)
         d = ((x_adv - x) * 127.5).round().clamp(-levels, levels)
         return ((x + 1) * 127.5 + d).clamp(0, 255).round().byte()
@@ -238,6 +253,7 @@ def main():
     p.add_argument("--batch", type=int, default=8, help="also time this many faces attacked together (1: skip)")
     p.add_argument("--no-framing", action="store_true", help="as Veil's protect.framing = false")
     p.add_argument("--no-mix", action="store_true", help="as Veil's protect.mix = false: one transform per step")
+    p.add_argument("--coarse", type=int, default=2, help="as Veil's protect.coarse (1: one part)")
     p.add_argument("--focus", type=float, default=1.0, help="as Veil's protect.focus (0: normalized by the loss at the start)")
     args = p.parse_args()
     if args.threads:
@@ -262,7 +278,7 @@ def main():
         times = []
         for i in range(args.warmup + args.runs):
             t0 = time.perf_counter()
-            attack(gens, xs, masks, 0.05, step, iters, transforms, None if args.no_framing else FRAMING, args.focus, not args.no_mix)
+            attack(gens, xs, masks, 0.05, step, iters, transforms, None if args.no_framing else FRAMING, args.focus, not args.no_mix, args.coarse)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             if i >= args.warmup:

@@ -291,6 +291,37 @@ fn each_condition_row_goes_through_its_own_transform() {
 }
 
 #[test]
+fn a_coarse_part_leaves_more_of_the_perturbation_past_a_blur() {
+    let ens = ensemble();
+    let blur = Transform::Gaussian { sigma: 1.5 };
+    // Energy of the perturbation on the face (δ in [-1,1] units): all of it, and what the blur leaves.
+    let energy = |img: &Tensor, prot: &Tensor| {
+        let d = unit_face(prot) - unit_face(img);
+        (
+            d.square().sum(Kind::Float).double_value(&[]),
+            blur.apply(&d).square().sum(Kind::Float).double_value(&[]),
+        )
+    };
+    // The tiny fixtures see the face at a few dozen pixels, so even the one-part perturbation is
+    // smooth (about 3/4 of it passes the blur); the coarse part still adds to that on every face.
+    let imgs = faces(6);
+    if imgs.is_empty() {
+        return;
+    }
+    let (mut two, mut one) = ((0.0, 0.0), (0.0, 0.0));
+    for (i, img) in imgs.iter().enumerate() {
+        let p = Params::preset(Preset::Balanced);
+        let (a, b) = energy(img, &protect(&ens, img, &Params { coarse: 2, ..p.clone() }, i as u64));
+        let (c, d) = energy(img, &protect(&ens, img, &Params { coarse: 1, ..p }, i as u64));
+        two = (two.0 + a, two.1 + b);
+        one = (one.0 + c, one.1 + d);
+    }
+    let (two, one) = (two.1 / two.0.max(1e-12), one.1 / one.0.max(1e-12));
+    println!("share of the perturbation's energy past blur k11 σ1.5: coarse 2 {two:.3}, one part {one:.3}");
+    assert!(two > 1.05 * one, "coarse 2 keeps {two:.3}, one part {one:.3}");
+}
+
+#[test]
 fn channels_last_inputs_give_the_same_outputs() {
     let mut ens = ensemble();
     let x = Tensor::rand([1, 3, 40, 40], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;

@@ -375,8 +375,37 @@ fn attack_batch_targets(
     // Random start in the ε-ball: at x_adv = x the loss gradient is exactly zero. Drawn on the
     // device by torch's generator, seeded from `rng` so a seed still reproduces a run.
     tch::manual_seed((rng.next_u64() >> 1) as i64);
+    // With `params.coarse` f > 1 the perturbation is a fine part at the face's resolution plus a
+    // coarse part at 1/f of it, upsampled bilinearly: δ = clamp(δ_fine + up(δ_coarse), ±ε). Each part
+    // takes its own sign step within ±ε. The coarse part starts at random (the fine one at 0, which
+    // is enough to leave the zero gradient), and its smooth patterns survive blurs and resizes.
+    let coarse_factor = i64::from(params.coarse.max(1));
+    let start = |size: &[i64]| Tensor::rand(size, (Kind::Float, dev)) * (2.0 * eps) - eps;
     let mut deltas: Vec<Tensor> =
-        xs.iter().map(|x| Tensor::rand(x.size(), (Kind::Float, dev)) * (2.0 * eps) - eps).collect();
+        xs.iter().map(|x| if coarse_factor > 1 { x.zeros_like() } else { start(&x.size()) }).collect();
+    let mut coarse: Vec<Tensor> = if coarse_factor > 1 {
+        xs.iter()
+            .map(|x| {
+                let (h, w) = (x.size()[2], x.size()[3]);
+                start(&[
+                    1,
+                    3,
+                    (h + coarse_factor - 1) / coarse_factor,
+                    (w + coarse_factor - 1) / coarse_factor,
+                ])
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // δ in [-ε,ε] of face n, [1,3,h,w], from its fine part and (if any) its coarse part.
+    let combined = |n: usize, fine: &Tensor, coarse: Option<&Tensor>| match coarse {
+        Some(c) => {
+            let (h, w) = (xs[n].size()[2], xs[n].size()[3]);
+            (fine + c.upsample_bilinear2d([h, w], false, None, None)).clamp(-eps, eps)
+        }
+        None => fine.shallow_clone(),
+    };
     let spread = &params.spread;
     let framing = params.framing;
     let mut norms: Vec<Option<f64>> = vec![None; ensemble.generators.len()];
@@ -420,12 +449,14 @@ fn attack_batch_targets(
         };
         let framed_clean: Vec<Tensor> = xs.iter().zip(&windows).map(|(x, w)| cut(x, w)).collect();
         let ds: Vec<Tensor> = deltas.iter().map(|d| d.detach().set_requires_grad(true)).collect();
+        let cs: Vec<Tensor> = coarse.iter().map(|c| c.detach().set_requires_grad(true)).collect();
         let x_adv: Vec<Tensor> = xs
             .iter()
+            .enumerate()
             .zip(&ds)
             .zip(masks)
             .zip(&windows)
-            .map(|(((x, d), m), w)| cut(&(x + d * m).clamp(-1.0, 1.0), w))
+            .map(|((((n, x), d), m), w)| cut(&(x + combined(n, d, cs.get(n)) * m).clamp(-1.0, 1.0), w))
             .collect();
         let per_step = !framing.is_none() || ts.iter().any(|t| *t != Transform::Identity);
         let mut total: Option<Tensor> = None;
@@ -475,12 +506,21 @@ fn attack_batch_targets(
         }
         let Some(total) = total else { break };
         total.backward();
-        deltas = tch::no_grad(|| {
-            ds.iter().map(|d| (d.detach() + d.grad().sign() * params.step).clamp(-eps, eps)).collect()
-        });
+        let stepped = |parts: &[Tensor]| -> Vec<Tensor> {
+            tch::no_grad(|| {
+                parts.iter().map(|d| (d.detach() + d.grad().sign() * params.step).clamp(-eps, eps)).collect()
+            })
+        };
+        deltas = stepped(&ds);
+        coarse = stepped(&cs);
     }
     let advs = tch::no_grad(|| {
-        xs.iter().zip(&deltas).zip(masks).map(|((x, d), m)| (x + d * m).clamp(-1.0, 1.0)).collect()
+        xs.iter()
+            .enumerate()
+            .zip(&deltas)
+            .zip(masks)
+            .map(|(((n, x), d), m)| (x + combined(n, d, coarse.get(n)) * m).clamp(-1.0, 1.0))
+            .collect()
     });
     Ok((advs, targets))
 }

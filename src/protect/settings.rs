@@ -44,6 +44,10 @@ pub struct ProtectConfig {
     /// preset's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mix: Option<bool>,
+    /// A coarse part of the perturbation at 1/`coarse` of the face's resolution (see
+    /// [`Params::coarse`]); 1 turns it off; unset, the preset's.
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "coarse")]
+    pub coarse: Option<u32>,
     pub no_face: NoFace,
     /// Loss weight per generator name (default 1.0).
     #[serde(deserialize_with = "weights")]
@@ -65,6 +69,7 @@ impl Default for ProtectConfig {
             aligned: Framing::DEFAULT.aligned,
             focus: None,
             mix: None,
+            coarse: None,
             no_face: NoFace::Copy,
             weights: BTreeMap::new(),
         }
@@ -219,6 +224,11 @@ pub struct Params {
     /// instead of overfitting the last one drawn. Unconditional generators (one row per face) see the
     /// first transform only.
     pub mix: bool,
+    /// f > 1: the perturbation is a fine part at the face's resolution plus a coarse part at 1/f of
+    /// it, upsampled bilinearly, their sum clamped to ±ε; each part takes its own sign step. The
+    /// coarse part's smooth patterns survive blur and downscaling, which a fine sign pattern does
+    /// not. 1: one part, as the paper.
+    pub coarse: u32,
 }
 
 impl Params {
@@ -243,6 +253,7 @@ impl Params {
             framing: Framing::DEFAULT,
             focus: 1.0,
             mix: true,
+            coarse: 2,
         }
     }
 }
@@ -274,6 +285,9 @@ impl ProtectConfig {
         }
         if let Some(m) = self.mix {
             p.mix = m;
+        }
+        if let Some(c) = self.coarse {
+            p.coarse = c;
         }
         p.framing.aligned = self.aligned;
         if !self.framing {
@@ -310,6 +324,15 @@ fn closed<'de, D: Deserializer<'de>>(d: D, lo: f64, hi: f64, what: &str) -> Resu
 
 fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     closed(d, 0.0, 1.0, "aligned")
+}
+
+fn coarse<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let v = u32::deserialize(d)?;
+    if (1..=16).contains(&v) {
+        Ok(Some(v))
+    } else {
+        Err(serde::de::Error::custom(format!("coarse must be between 1 (off) and 16, got {v}")))
+    }
 }
 
 fn focus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -392,6 +415,10 @@ mod tests {
         assert_eq!(parse("").unwrap().params(None).focus, 1.0);
         assert!(parse("").unwrap().params(None).mix);
         assert!(!parse("mix = false").unwrap().params(None).mix);
+        assert_eq!(parse("").unwrap().params(None).coarse, 2);
+        assert_eq!(parse("coarse = 1").unwrap().params(None).coarse, 1);
+        let err = parse("coarse = 0").unwrap_err();
+        assert!(err.contains("coarse must be between 1 (off) and 16, got 0"), "{err}");
     }
 
     #[test]
