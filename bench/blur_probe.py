@@ -1,0 +1,143 @@
+"""The eager-PyTorch probe behind bench/results/eval-mix-coarse-cpu-2026-11-26.md, sections 1 and 2.
+
+    python bench/blur_probe.py VARIANT[,VARIANT...]      (from the repository root, with .venv)
+
+Attacks CelebA val faces (../shared/data/celeba, read in place) with zoo v0's StarGAN (models/) and
+reports, per defense (none, Gaussian blur k11 σ1.5, the JPEG q75 approximation, 0.5x resize), the %
+of face x paper-condition pairs with MSE >= 0.05 and the mean MSE. A quick way to try attack ideas
+before building them into Veil; not a substitute for `veil eval`. Variants: `one` (one transform per
+step for all conditions, as before `protect.mix`), `rows` (one per condition, `mix`), `rowsfam`,
+`blurw`, `lowpass`, `blur`, `none` (other spreads). Environment: N images (12), T threads (2),
+HI=1 attack the 178 px face (else 128 px), FR=1 frame the face each step from the whole photo (AL
+the share on the attacker's crop with a 3 % jitter, the rest 0.85-1.25x moved by 0.1), FRROW=1 a
+framing per condition, ENS=1 add the other ensemble generators, LF=f a coarse part at 1/f (as
+`protect.coarse`), STEP, IT.
+"""
+import sys, csv, random, math, time, os
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "..", "shared", "data", "celeba")
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import torch, torch.nn.functional as F
+from PIL import Image
+import numpy as np
+import reference as R
+
+torch.set_num_threads(int(os.environ.get("T", "2")))
+N = int(os.environ.get("N", "12"))
+variants = sys.argv[1].split(",")
+allg = R.load(os.path.join(ROOT, "models"), "cpu")
+gens = [g for g in allg if g[0] == "stargan"]
+_, G, S, C = gens[0]
+others = [g for g in allg if g[0] != "stargan"] if os.environ.get("ENS") else []
+rows = [r for r in csv.DictReader(open(os.path.join(DATA, "attributes.csv"))) if r["split"] == "val"][:N]
+def conds(r):
+    a = {k: float(r[k] == "1") for k in ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]}
+    base = [a[k] for k in ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]]
+    out = []
+    for h in range(3):
+        c = list(base); c[0:3] = [0, 0, 0]; c[h] = 1; out.append(c)
+    c = list(base); c[3] = 1 - c[3]; out.append(c)
+    c = list(base); c[4] = 1 - c[4]; out.append(c)
+    return torch.tensor(out)
+def load(r):
+    im = np.asarray(Image.open(os.path.join(DATA, "val", r["file"])).convert("RGB"), dtype=np.float32)
+    x = torch.from_numpy(im).permute(2, 0, 1)[None] / 127.5 - 1
+    if not os.environ.get("FR"):
+        x = x[:, :, 20:198, :]
+    return x if os.environ.get("HI") else F.interpolate(x, size=(S, S), mode="bilinear", antialias=True)
+def frame(x):
+    if not os.environ.get("FR") or x.shape[2] == 178: return x
+    if random.random() < float(os.environ.get("AL", "0")):
+        lo, hi, sh = 0.97, 1.03, 0.03
+    else:
+        lo, hi, sh = 0.85, 1.25, 0.1
+    sc = random.uniform(lo, hi); side = min(round(178 * sc), 178)
+    cy = 109 + random.uniform(-sh, sh) * 178; cx = 89 + random.uniform(-sh, sh) * 178
+    y0 = min(max(round(cy - side / 2), 0), 218 - side); x0 = min(max(round(cx - side / 2), 0), 178 - side)
+    return x[:, :, y0:y0 + side, x0:x0 + side]
+def crop(x):
+    return x[:, :, 20:198, :] if x.shape[2] == 218 else x
+def rs(x):
+    return F.interpolate(x, size=(S, S), mode="bilinear", antialias=True) if x.shape[-1] != S else x
+spreadT = R.spread(["identity", "gaussian", "box", "resize", "jpeg"], False)
+DEF = {"none": ("identity", None), "blur": ("gaussian", 1.5), "jpeg": ("jpeg", 75), "resize": ("resize", 0.5)}
+
+def attack(x, variant, eps=0.05, step=float(os.environ.get('STEP', '0.01')), iters=int(os.environ.get('IT', '10'))):
+    K = C.shape[0]
+    xs = x.expand(K, -1, -1, -1)
+    LF = int(os.environ.get("LF", "0"))
+    H, W = x.shape[2], x.shape[3]
+    dlo = torch.empty(1, 3, max(1, H // LF), max(1, W // LF)).uniform_(-eps, eps) if LF else None
+    delta = torch.empty_like(x).uniform_(-eps, eps)
+    if LF: delta = delta * 0
+    def total(delta, dlo):
+        if dlo is None: return delta
+        return (delta + F.interpolate(dlo, size=(H, W), mode="bilinear")).clamp(-eps, eps)
+    for it in range(iters):
+        if variant == "one":
+            ts = [R.draw(spreadT)] * K
+        elif variant == "rows":
+            ts = [R.draw(spreadT) for _ in range(K)]
+        elif variant == "rowsfam":  # each row a different family, cycled
+            fams = sorted({t[0] for t in spreadT}); off = it
+            ts = [random.choice([t for t in spreadT if t[0] == fams[(k + off) % len(fams)]]) for k in range(K)]
+        elif variant == "blurw":  # families weighted: gaussian x2, box x2
+            fams = ["identity", "gaussian", "gaussian", "box", "box", "resize", "jpeg"]
+            ts = [random.choice([t for t in spreadT if t[0] == random.choice(fams)]) for _ in range(K)]
+        elif variant == "lowpass":
+            ts = [random.choice([t for t in spreadT if t[0] in ("gaussian", "box")]) for _ in range(K)]
+        elif variant == "blur":
+            ts = [("gaussian", random.choice([1.0,1.5,2.0,2.5,3.0]))] * K
+        elif variant == "none":
+            ts = [("identity", None)] * K
+        delta.requires_grad_(True)
+        if dlo is not None: dlo.requires_grad_(True)
+        xa = (x + total(delta, dlo)).clamp(-1, 1)
+        if os.environ.get("FRROW"):
+            fas, fcs = [], []
+            for _ in range(K):
+                st = random.getstate(); fas.append(frame(xa)); random.setstate(st); fcs.append(frame(x))
+        else:
+            st = random.getstate(); fa = frame(xa); random.setstate(st); fc = frame(x)
+            fas, fcs = [fa] * K, [fc] * K
+        fa, fc = fas[0], fcs[0]
+        ins = torch.cat([R.apply(t, rs(f)) for t, f in zip(ts, fas)]); cl = torch.cat([R.apply(t, rs(f)) for t, f in zip(ts, fcs)])
+        out = G(ins, C)
+        with torch.no_grad(): tgt = G(cl, C)
+        loss = R.focused(out, tgt, 1.0)
+        for _, g2, _, c2 in others:
+            k2 = c2.shape[0]
+            i2 = torch.stack([R.apply(ts[j % K], rs(fa))[0] for j in range(k2)])
+            t2 = torch.stack([R.apply(ts[j % K], rs(fc))[0] for j in range(k2)])
+            o2 = g2(i2, c2)
+            with torch.no_grad(): tt2 = g2(t2, c2)
+            loss = loss + R.focused(o2, tt2, 1.0)
+        if dlo is None:
+            (g,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad(): delta = (delta + step * g.sign()).clamp(-eps, eps)
+        else:
+            g, gl = torch.autograd.grad(loss, [delta, dlo])
+            with torch.no_grad():
+                delta = (delta + step * g.sign()).clamp(-eps, eps); dlo = (dlo + step * gl.sign()).clamp(-eps, eps)
+    with torch.no_grad():
+        d = ((x + total(delta, dlo)).clamp(-1, 1) - x) * 127.5
+        return x + d.round().clamp(-6, 6) / 127.5
+
+res = {v: {d: [] for d in DEF} for v in variants}
+t0 = time.time()
+for r in rows:
+    x = load(r); c = conds(r)
+    for v in variants:
+        random.seed(1); torch.manual_seed(1)
+        xa = attack(x, v)
+        with torch.no_grad():
+            for dn, t in DEF.items():
+                a = G(R.apply(t, rs(crop(xa))).expand(5, -1, -1, -1), c); b = G(R.apply(t, rs(crop(x))).expand(5, -1, -1, -1), c)
+                res[v][dn].append((a - b).square().flatten(1).mean(1))
+print(f"{time.time()-t0:.0f}s", file=sys.stderr)
+for v in variants:
+    line = [v]
+    for dn in DEF:
+        m = torch.stack(res[v][dn])
+        line.append(f"{dn}: {100*(m>=0.05).float().mean():.0f}% mse {m.mean():.4f}")
+    print(" | ".join(line))
