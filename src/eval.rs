@@ -288,8 +288,8 @@ fn aligned_crop(img: &image::RgbImage, device: Device) -> Tensor {
 /// bilinearly, its corners filled by reflection: a tilted head for `Options::tilt`.
 pub fn turned(img: &image::RgbImage, degrees: f64) -> image::RgbImage {
     let (w, h) = img.dimensions();
-    let x = pipeline::to_tensor(img).to_kind(Kind::Float).unsqueeze(0); // [1,3,H,W] in [0,255]
-                                                                        // The whole photo as the square an aligner would turn upright by -degrees.
+    // [1,3,H,W] in [0,255]; the whole photo as the square an aligner would turn upright by -degrees.
+    let x = pipeline::to_tensor(img).to_kind(Kind::Float).unsqueeze(0);
     let whole = protect::Region { x: 0, y: 0, w: i64::from(w), h: i64::from(h) };
     let y = protect::cut(&x, &protect::Aligned { square: whole, angle: -degrees });
     pipeline::from_tensor(&y.round().clamp(0.0, 255.0).to_kind(Kind::Uint8).squeeze_dim(0), w, h)

@@ -94,23 +94,17 @@ fn eval_reports_every_generator_condition_and_defense_with_baselines_or_without(
     let Some(data) = data() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let cfg = fixture_config(tmp.path());
-    let o = veil(
-        tmp.path(),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "eval",
-            "--json",
-            "--preset",
-            "fast",
-            "--limit",
-            "2",
-            "--data",
-            data.join("celeba").to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let celeba = data.join("celeba");
+    // `veil eval --json` on 2 faces with the fast preset, and `extra` arguments.
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["--config", cfg.to_str().unwrap(), "eval", "--json", "--preset", "fast"];
+        args.extend(["--limit", "2", "--data", celeba.to_str().unwrap()]);
+        args.extend(extra);
+        let o = veil(tmp.path(), &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let r = eval(&[]);
     assert_eq!(r["images"], 2);
     let rows = r["rows"].as_array().unwrap();
     // 4 conditional generators × 5 conditions + 2 unconditional × 1, each under 4 defenses.
@@ -138,24 +132,7 @@ fn eval_reports_every_generator_condition_and_defense_with_baselines_or_without(
     assert!(q["psnr"].as_f64().unwrap() > 30.0 && q["ssim"].as_f64().unwrap() > 0.8, "{q}");
 
     // Without the baselines: Veil's column only, the same figures (each variant draws its own).
-    let o = veil(
-        tmp.path(),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "eval",
-            "--json",
-            "--no-baselines",
-            "--preset",
-            "fast",
-            "--limit",
-            "2",
-            "--data",
-            data.join("celeba").to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let alone: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let alone = eval(&["--no-baselines"]);
     let alone_rows = alone["rows"].as_array().unwrap();
     assert_eq!(alone_rows.len(), rows.len());
     for (a, b) in alone_rows.iter().zip(rows) {

@@ -85,8 +85,7 @@ impl Generator {
         let resized = match shared.resized.iter().find(|(size, _)| *size == s) {
             Some((_, x)) => x.shallow_clone(),
             None => {
-                let r: Vec<Tensor> = xs.iter().map(|x| super::spread::resize(x, s, s)).collect();
-                let x = Tensor::cat(&r, 0);
+                let x = self.resized(xs, Transform::Identity);
                 shared.resized.push((s, x.shallow_clone()));
                 x
             }

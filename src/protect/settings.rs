@@ -313,8 +313,12 @@ fn bounded<'de, D: Deserializer<'de>>(d: D, lo: f64, hi: f64, what: &str) -> Res
 }
 
 /// A number in `[lo, hi]`, or an error naming `what` and the range.
-fn closed<'de, D: Deserializer<'de>>(d: D, lo: f64, hi: f64, what: &str) -> Result<f64, D::Error> {
-    let v = f64::deserialize(d)?;
+fn closed<'de, D, T>(d: D, lo: T, hi: T, what: &str) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + PartialOrd + Copy + fmt::Display,
+{
+    let v = T::deserialize(d)?;
     if (lo..=hi).contains(&v) {
         Ok(v)
     } else {
@@ -327,12 +331,7 @@ fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 
 fn coarse<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    let v = u32::deserialize(d)?;
-    if (1..=16).contains(&v) {
-        Ok(Some(v))
-    } else {
-        Err(serde::de::Error::custom(format!("coarse must be between 1 (off) and 16, got {v}")))
-    }
+    closed(d, 1, 16, "coarse").map(Some)
 }
 
 fn focus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -348,12 +347,7 @@ fn step<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
 }
 
 fn iterations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    let v = u32::deserialize(d)?;
-    if (1..=1000).contains(&v) {
-        Ok(Some(v))
-    } else {
-        Err(serde::de::Error::custom(format!("iterations must be between 1 and 1000, got {v}")))
-    }
+    closed(d, 1, 1000, "iterations").map(Some)
 }
 
 fn feather<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -418,7 +412,7 @@ mod tests {
         assert_eq!(parse("").unwrap().params(None).coarse, 2);
         assert_eq!(parse("coarse = 1").unwrap().params(None).coarse, 1);
         let err = parse("coarse = 0").unwrap_err();
-        assert!(err.contains("coarse must be between 1 (off) and 16, got 0"), "{err}");
+        assert!(err.contains("coarse must be between 1 and 16, got 0"), "{err}");
     }
 
     #[test]
