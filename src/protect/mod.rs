@@ -335,10 +335,11 @@ fn clean_outputs(ensemble: &Ensemble, faces: &[Tensor]) -> Result<Vec<Tensor>, P
 /// (MSE in [-1,1] space).
 pub const THRESHOLD: f64 = 0.05;
 
-/// The loss of one generator with `focus` f in (0, 1]: the mean over rows (face and condition) of
+/// The loss of one generator with `focus` f in (0, 4]: the mean over rows (face and condition) of
 /// `σ(f·ln(m/τ))/f`, with `m` the row's MSE and τ [`THRESHOLD`]. Its gradient is `σ'(f·ln(m/τ))·∇m/m`:
-/// well below the threshold about `(m/τ)^f·∇m/m`, so f = 1 pulls in proportion to the MSE itself and a
-/// smaller f moves toward the relative `∇m/m`, where every generator pulls alike; past the threshold it
+/// well below the threshold about `(m/τ)^f·∇m/m`, so f = 1 pulls in proportion to the MSE itself, a
+/// smaller f moves toward the relative `∇m/m`, where every generator pulls alike, and a larger f leans
+/// on the rows nearest the threshold (a weak condition under a mild transform); past the threshold it
 /// fades. A generator or condition the attack cannot move near the threshold thus takes little of the
 /// sign step, and one already disrupted with margin hands it to the others. `out`, `target`: `[R,3,S,S]`.
 fn focused_loss(out: &Tensor, target: &Tensor, focus: f64) -> Tensor {

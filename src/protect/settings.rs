@@ -214,8 +214,9 @@ pub struct Params {
     pub feather: f64,
     pub framing: Framing,
     /// 0: each generator's loss is its MSE normalized by its value at the random start, so every
-    /// generator pulls alike. f in (0, 1]: the loss is weighed against the disruption threshold
-    /// (`protect::focused_loss`), so effort goes where it can still bring a face past it.
+    /// generator pulls alike. f in (0, 4]: the loss is weighed against the disruption threshold
+    /// (`protect::focused_loss`), so effort goes where it can still bring a face past it; a larger f
+    /// leans more on the rows nearest the threshold.
     pub focus: f64,
     /// Joint mode: each step draws one transform per attacked condition, and row k of every
     /// generator's batch (face n under condition k) goes through the k-th; `false`, or iterative
@@ -335,7 +336,7 @@ fn coarse<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
 }
 
 fn focus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    closed(d, 0.0, 1.0, "focus").map(Some)
+    closed(d, 0.0, 4.0, "focus").map(Some)
 }
 
 fn epsilon<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -403,8 +404,9 @@ mod tests {
         let err = parse("feather = -0.1").unwrap_err();
         assert!(err.contains("feather must be between 0 and 0.5, got -0.1"), "{err}");
         assert!(parse("aligned = nan").is_err());
-        let err = parse("focus = 1.5").unwrap_err();
-        assert!(err.contains("focus must be between 0 and 1, got 1.5"), "{err}");
+        let err = parse("focus = 4.5").unwrap_err();
+        assert!(err.contains("focus must be between 0 and 4, got 4.5"), "{err}");
+        assert_eq!(parse("focus = 2").unwrap().params(None).focus, 2.0);
         assert_eq!(parse("focus = 0").unwrap().params(None).focus, 0.0);
         assert_eq!(parse("").unwrap().params(None).focus, 1.0);
         assert!(parse("").unwrap().params(None).mix);
