@@ -11,7 +11,11 @@ step for all conditions, as before `protect.mix`), `rows` (one per condition, `m
 HI=1 attack the 178 px face (else 128 px), FR=1 frame the face each step from the whole photo (AL
 the share on the attacker's crop with a 3 % jitter, the rest 0.85-1.25x moved by 0.1), FRROW=1 a
 framing per condition, ENS=1 add the other ensemble generators, LF=f a coarse part at 1/f (as
-`protect.coarse`), STEP, IT.
+`protect.coarse`), STEP, IT, MU=μ momentum on the L1-normalised gradient (MI-FGSM), TI=k
+smooth the fine part's gradient with a Gaussian of k px (σ k/4) before its sign (TI-FGSM), LF2=f a
+second coarse part at 1/f, TAU the focused loss's threshold (0.05),
+FOC its focus (1), RN=1 give each
+condition row's gradient (at StarGAN's input) the same norm, CS=i,j attack only those rows of the manifest's conditions.
 """
 import sys, csv, random, math, time, os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +66,19 @@ def rs(x):
 spreadT = R.spread(["identity", "gaussian", "box", "resize", "jpeg"], False)
 DEF = {"none": ("identity", None), "blur": ("gaussian", 1.5), "jpeg": ("jpeg", 75), "resize": ("resize", 0.5)}
 
+MU = float(os.environ.get("MU", "0"))
+FOC = float(os.environ.get("FOC", "1"))
+RN = int(os.environ.get("RN", "0"))
+if os.environ.get("CS"):  # attack only these rows of the manifest's conditions
+    C = C[[int(i) for i in os.environ["CS"].split(",")]]
+R.THRESHOLD = float(os.environ.get("TAU", R.THRESHOLD))
+TI = int(os.environ.get("TI", "0"))
+def tismooth(g):
+    r = torch.arange(TI, dtype=torch.float32) - (TI - 1) / 2
+    k = torch.exp(-r.square() / (2 * (TI / 4) ** 2)); k = k / k.sum()
+    g = F.conv2d(F.pad(g, (TI // 2, (TI - 1) // 2, 0, 0), mode="replicate"), k.view(1, 1, 1, TI).expand(3, 1, 1, TI), groups=3)
+    return F.conv2d(F.pad(g, (0, 0, TI // 2, (TI - 1) // 2), mode="replicate"), k.view(1, 1, TI, 1).expand(3, 1, TI, 1), groups=3)
+
 def attack(x, variant, eps=0.05, step=float(os.environ.get('STEP', '0.01')), iters=int(os.environ.get('IT', '10'))):
     K = C.shape[0]
     xs = x.expand(K, -1, -1, -1)
@@ -70,9 +87,14 @@ def attack(x, variant, eps=0.05, step=float(os.environ.get('STEP', '0.01')), ite
     dlo = torch.empty(1, 3, max(1, H // LF), max(1, W // LF)).uniform_(-eps, eps) if LF else None
     delta = torch.empty_like(x).uniform_(-eps, eps)
     if LF: delta = delta * 0
+    LF2 = int(os.environ.get("LF2", "0"))
+    dlo2 = torch.empty(1, 3, max(1, H // LF2), max(1, W // LF2)).uniform_(-eps, eps) if LF2 else None
+    mom = [0.0, 0.0, 0.0]
     def total(delta, dlo):
-        if dlo is None: return delta
-        return (delta + F.interpolate(dlo, size=(H, W), mode="bilinear")).clamp(-eps, eps)
+        out = delta
+        if dlo is not None: out = out + F.interpolate(dlo, size=(H, W), mode="bilinear")
+        if dlo2 is not None: out = out + F.interpolate(dlo2, size=(H, W), mode="bilinear")
+        return out.clamp(-eps, eps)
     for it in range(iters):
         if variant == "one":
             ts = [R.draw(spreadT)] * K
@@ -92,6 +114,7 @@ def attack(x, variant, eps=0.05, step=float(os.environ.get('STEP', '0.01')), ite
             ts = [("identity", None)] * K
         delta.requires_grad_(True)
         if dlo is not None: dlo.requires_grad_(True)
+        if dlo2 is not None: dlo2.requires_grad_(True)
         xa = (x + total(delta, dlo)).clamp(-1, 1)
         if os.environ.get("FRROW"):
             fas, fcs = [], []
@@ -104,7 +127,12 @@ def attack(x, variant, eps=0.05, step=float(os.environ.get('STEP', '0.01')), ite
         ins = torch.cat([R.apply(t, rs(f)) for t, f in zip(ts, fas)]); cl = torch.cat([R.apply(t, rs(f)) for t, f in zip(ts, fcs)])
         out = G(ins, C)
         with torch.no_grad(): tgt = G(cl, C)
-        loss = R.focused(out, tgt, 1.0)
+        loss = R.focused(out, tgt, FOC)
+        if RN:  # each condition row's gradient at the generator's input scaled to one norm
+            (gi,) = torch.autograd.grad(loss, ins, retain_graph=True)
+            gn = gi / gi.flatten(1).norm(dim=1).clamp_min(1e-20).view(-1, 1, 1, 1)
+            gn = gn * (gi.norm() / gn.norm().clamp_min(1e-20))
+            loss = (ins * gn.detach()).sum()
         for _, g2, _, c2 in others:
             k2 = c2.shape[0]
             i2 = torch.stack([R.apply(ts[j % K], rs(fa))[0] for j in range(k2)])
@@ -112,13 +140,16 @@ def attack(x, variant, eps=0.05, step=float(os.environ.get('STEP', '0.01')), ite
             o2 = g2(i2, c2)
             with torch.no_grad(): tt2 = g2(t2, c2)
             loss = loss + R.focused(o2, tt2, 1.0)
-        if dlo is None:
-            (g,) = torch.autograd.grad(loss, delta)
-            with torch.no_grad(): delta = (delta + step * g.sign()).clamp(-eps, eps)
-        else:
-            g, gl = torch.autograd.grad(loss, [delta, dlo])
-            with torch.no_grad():
-                delta = (delta + step * g.sign()).clamp(-eps, eps); dlo = (dlo + step * gl.sign()).clamp(-eps, eps)
+        parts = [delta] + ([dlo] if dlo is not None else []) + ([dlo2] if dlo2 is not None else [])
+        gs = list(torch.autograd.grad(loss, parts))
+        with torch.no_grad():
+            if TI: gs[0] = tismooth(gs[0])
+            if MU:
+                for j in range(len(gs)):
+                    mom[j] = MU * mom[j] + gs[j] / gs[j].abs().mean().clamp_min(1e-20); gs[j] = mom[j]
+            delta = (delta + step * gs[0].sign()).clamp(-eps, eps)
+            if dlo is not None: dlo = (dlo + step * gs[1].sign()).clamp(-eps, eps)
+            if dlo2 is not None: dlo2 = (dlo2 + step * gs[-1].sign()).clamp(-eps, eps)
     with torch.no_grad():
         d = ((x + total(delta, dlo)).clamp(-1, 1) - x) * 127.5
         return x + d.round().clamp(-6, 6) / 127.5
@@ -141,3 +172,5 @@ for v in variants:
         m = torch.stack(res[v][dn])
         line.append(f"{dn}: {100*(m>=0.05).float().mean():.0f}% mse {m.mean():.4f}")
     print(" | ".join(line))
+    print("   per condition (black/blond/brown/male/young): " + " | ".join(
+        dn + " " + "/".join(f"{100*v:.0f}" for v in (torch.stack(res[v][dn]) >= 0.05).float().mean(0)) for dn in DEF))
