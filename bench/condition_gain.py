@@ -1,0 +1,45 @@
+"""How strongly zoo v0's StarGAN responds to changes of its input, per paper condition.
+
+    python bench/condition_gain.py          (from the repository root, with .venv; N images, 20)
+
+On the first N CelebA `val` faces (../shared/data/celeba, read in place; the attacker's 178 px crop
+at 128 px), prints per condition (set black / blond / brown hair, flip Male, flip Young) the mean MSE
+between G(x', c) and G(x, c) for x' = x blurred (Gaussian k11 σ1.5), x + random ±0.05 per pixel, and
+x + a random ±0.05 pattern at 1/8 resolution upsampled, and the share of output values past ±0.95.
+A condition with a lower response needs a larger perturbation to pass the 0.05 threshold.
+"""
+import sys, os, csv, torch, torch.nn.functional as F, numpy as np
+from PIL import Image
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench")); import reference as R
+torch.set_num_threads(1); torch.manual_seed(0)
+G = [g for g in R.load(os.path.join(ROOT, "models"), "cpu") if g[0] == "stargan"][0][1]
+DATA = os.path.join(ROOT, "..", "shared", "data", "celeba")
+rows = [r for r in csv.DictReader(open(f"{DATA}/attributes.csv")) if r["split"] == "val"][:int(os.environ.get("N", "20"))]
+K = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]
+def conds(r):
+    b = [float(r[k] == "1") for k in K]; out = []
+    for h in range(3):
+        c = list(b); c[0:3] = [0, 0, 0]; c[h] = 1; out.append(c)
+    c = list(b); c[3] = 1 - c[3]; out.append(c); c = list(b); c[4] = 1 - c[4]; out.append(c)
+    return torch.tensor(out)
+def gauss(x, s):
+    r = torch.arange(11.) - 5; k = torch.exp(-r**2 / (2 * s * s)); k = k / k.sum()
+    x = F.conv2d(F.pad(x, (5, 5, 0, 0), mode="reflect"), k.view(1, 1, 1, 11).expand(3, 1, 1, 11), groups=3)
+    return F.conv2d(F.pad(x, (0, 0, 5, 5), mode="reflect"), k.view(1, 1, 11, 1).expand(3, 1, 11, 1), groups=3)
+acc = {k: [] for k in ["blur_in", "noise_hi", "noise_lo8", "sat"]}
+with torch.no_grad():
+    for r in rows:
+        im = np.asarray(Image.open(f"{DATA}/val/{r['file']}").convert("RGB"), dtype=np.float32)
+        x = torch.from_numpy(im).permute(2, 0, 1)[None][:, :, 20:198] / 127.5 - 1
+        x = F.interpolate(x, size=(128, 128), mode="bilinear", antialias=True)
+        c = conds(r); xs = x.expand(5, -1, -1, -1); y = G(xs, c)
+        m = lambda a, b: (a - b).square().flatten(1).mean(1)
+        acc["blur_in"].append(m(G(gauss(xs, 1.5), c), y))
+        acc["noise_hi"].append(m(G((xs + 0.05 * torch.randn(1, 3, 128, 128).sign()).clamp(-1, 1), c), y))
+        lo = F.interpolate(torch.randn(1, 3, 16, 16), size=(128, 128), mode="bilinear").sign() * 0.05
+        acc["noise_lo8"].append(m(G((xs + lo).clamp(-1, 1), c), y))
+        acc["sat"].append((y.abs() > 0.95).float().flatten(1).mean(1))
+for k, v in acc.items():
+    v = torch.stack(v).mean(0)
+    print(f"{k:10s} " + " / ".join(f"{x:.4f}" for x in v) + "   (black/blond/brown/male/young)")
