@@ -678,6 +678,9 @@ mod tests {
         // ... a small focus relatively (the MSE's gradient over the MSE, 2/a: half as hard) ...
         let g = focused_pull(&[0.01, 0.02], 0.01);
         assert!((g[1] / g[0] - 0.5).abs() < 0.01, "{g:?}");
+        // ... a focus of 2 leans on the row nearer the threshold (as a³: eight times as hard) ...
+        let g = focused_pull(&[0.01, 0.02], 2.0);
+        assert!((g[1] / g[0] - 8.0).abs() < 0.1, "{g:?}");
         // ... and a row at MSE 1, 20 times the threshold, pulls far less than one right at it.
         let g = focused_pull(&[THRESHOLD.sqrt() as f32, 1.0], 1.0);
         assert!(g[1] < g[0] / 20.0 && g[1] > 0.0, "{g:?}");
