@@ -11,11 +11,11 @@ step for all conditions, as before `protect.mix`), `rows` (one per condition, `m
 HI=1 attack the 178 px face (else 128 px), FR=1 frame the face each step from the whole photo (AL
 the share on the attacker's crop with a 3 % jitter, the rest 0.85-1.25x moved by 0.1), FRROW=1 a
 framing per condition, ENS=1 add the other ensemble generators, LF=f a coarse part at 1/f (as
-`protect.coarse`), STEP, IT, MU=μ momentum on the L1-normalised gradient (MI-FGSM), TI=k
-smooth the fine part's gradient with a Gaussian of k px (σ k/4) before its sign (TI-FGSM), LF2=f a
-second coarse part at 1/f, TAU the focused loss's threshold (0.05),
-FOC its focus (1), RN=1 give each
-condition row's gradient (at StarGAN's input) the same norm, CS=i,j attack only those rows of the manifest's conditions.
+`protect.coarse`), STEP, IT, MU=μ momentum on the L1-normalised gradient (MI-FGSM), TI=k smooth
+the fine part's gradient with a Gaussian of k px (k odd, σ k/4: reference.gaussian) before its sign
+(TI-FGSM), LF2=f a second coarse part at 1/f, TAU the focused loss's threshold (0.05), FOC its focus
+(1), RN=1 give each condition row's gradient (at StarGAN's input) the same norm, CS=i,j attack only
+those rows of the manifest's conditions.
 """
 import sys, csv, random, math, time, os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +25,8 @@ import torch, torch.nn.functional as F
 from PIL import Image
 import numpy as np
 import reference as R
+sys.path.insert(0, os.path.join(ROOT, "models", "train"))
+import data as D
 
 torch.set_num_threads(int(os.environ.get("T", "2")))
 N = int(os.environ.get("N", "12"))
@@ -34,15 +36,8 @@ gens = [g for g in allg if g[0] == "stargan"]
 _, G, S, C = gens[0]
 others = [g for g in allg if g[0] != "stargan"] if os.environ.get("ENS") else []
 rows = [r for r in csv.DictReader(open(os.path.join(DATA, "attributes.csv"))) if r["split"] == "val"][:N]
-def conds(r):
-    a = {k: float(r[k] == "1") for k in ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]}
-    base = [a[k] for k in ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]]
-    out = []
-    for h in range(3):
-        c = list(base); c[0:3] = [0, 0, 0]; c[h] = 1; out.append(c)
-    c = list(base); c[3] = 1 - c[3]; out.append(c)
-    c = list(base); c[4] = 1 - c[4]; out.append(c)
-    return torch.tensor(out)
+def conds(r):  # the paper's five conditions for this face, [5,5]
+    return torch.cat([t for _, t in D.paper_targets(torch.tensor([[float(r[a] == "1") for a in D.STARGAN_ATTRS]]))])
 def load(r):
     im = np.asarray(Image.open(os.path.join(DATA, "val", r["file"])).convert("RGB"), dtype=np.float32)
     x = torch.from_numpy(im).permute(2, 0, 1)[None] / 127.5 - 1
@@ -73,12 +68,6 @@ if os.environ.get("CS"):  # attack only these rows of the manifest's conditions
     C = C[[int(i) for i in os.environ["CS"].split(",")]]
 R.THRESHOLD = float(os.environ.get("TAU", R.THRESHOLD))
 TI = int(os.environ.get("TI", "0"))
-def tismooth(g):
-    r = torch.arange(TI, dtype=torch.float32) - (TI - 1) / 2
-    k = torch.exp(-r.square() / (2 * (TI / 4) ** 2)); k = k / k.sum()
-    g = F.conv2d(F.pad(g, (TI // 2, (TI - 1) // 2, 0, 0), mode="replicate"), k.view(1, 1, 1, TI).expand(3, 1, 1, TI), groups=3)
-    return F.conv2d(F.pad(g, (0, 0, TI // 2, (TI - 1) // 2), mode="replicate"), k.view(1, 1, TI, 1).expand(3, 1, TI, 1), groups=3)
-
 def attack(x, variant, eps=0.05, step=float(os.environ.get('STEP', '0.01')), iters=int(os.environ.get('IT', '10'))):
     K = C.shape[0]
     xs = x.expand(K, -1, -1, -1)
@@ -143,7 +132,7 @@ def attack(x, variant, eps=0.05, step=float(os.environ.get('STEP', '0.01')), ite
         parts = [delta] + ([dlo] if dlo is not None else []) + ([dlo2] if dlo2 is not None else [])
         gs = list(torch.autograd.grad(loss, parts))
         with torch.no_grad():
-            if TI: gs[0] = tismooth(gs[0])
+            if TI: gs[0] = R.gaussian(gs[0], TI / 4, TI)
             if MU:
                 for j in range(len(gs)):
                     mom[j] = MU * mom[j] + gs[j] / gs[j].abs().mean().clamp_min(1e-20); gs[j] = mom[j]

@@ -12,21 +12,13 @@ import sys, os, csv, torch, torch.nn.functional as F, numpy as np
 from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench")); import reference as R
+sys.path.insert(0, os.path.join(ROOT, "models", "train")); import data as D
 torch.set_num_threads(1); torch.manual_seed(0)
 G = [g for g in R.load(os.path.join(ROOT, "models"), "cpu") if g[0] == "stargan"][0][1]
 DATA = os.path.join(ROOT, "..", "shared", "data", "celeba")
 rows = [r for r in csv.DictReader(open(f"{DATA}/attributes.csv")) if r["split"] == "val"][:int(os.environ.get("N", "20"))]
-K = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]
-def conds(r):
-    b = [float(r[k] == "1") for k in K]; out = []
-    for h in range(3):
-        c = list(b); c[0:3] = [0, 0, 0]; c[h] = 1; out.append(c)
-    c = list(b); c[3] = 1 - c[3]; out.append(c); c = list(b); c[4] = 1 - c[4]; out.append(c)
-    return torch.tensor(out)
-def gauss(x, s):
-    r = torch.arange(11.) - 5; k = torch.exp(-r**2 / (2 * s * s)); k = k / k.sum()
-    x = F.conv2d(F.pad(x, (5, 5, 0, 0), mode="reflect"), k.view(1, 1, 1, 11).expand(3, 1, 1, 11), groups=3)
-    return F.conv2d(F.pad(x, (0, 0, 5, 5), mode="reflect"), k.view(1, 1, 11, 1).expand(3, 1, 11, 1), groups=3)
+def conds(r):  # the paper's five conditions for this face, [5,5]
+    return torch.cat([t for _, t in D.paper_targets(torch.tensor([[float(r[a] == "1") for a in D.STARGAN_ATTRS]]))])
 acc = {k: [] for k in ["blur_in", "noise_hi", "noise_lo8", "sat"]}
 with torch.no_grad():
     for r in rows:
@@ -35,7 +27,7 @@ with torch.no_grad():
         x = F.interpolate(x, size=(128, 128), mode="bilinear", antialias=True)
         c = conds(r); xs = x.expand(5, -1, -1, -1); y = G(xs, c)
         m = lambda a, b: (a - b).square().flatten(1).mean(1)
-        acc["blur_in"].append(m(G(gauss(xs, 1.5), c), y))
+        acc["blur_in"].append(m(G(R.gaussian(xs, 1.5), c), y))
         acc["noise_hi"].append(m(G((xs + 0.05 * torch.randn(1, 3, 128, 128).sign()).clamp(-1, 1), c), y))
         lo = F.interpolate(torch.randn(1, 3, 16, 16), size=(128, 128), mode="bilinear").sign() * 0.05
         acc["noise_lo8"].append(m(G((xs + lo).clamp(-1, 1), c), y))
