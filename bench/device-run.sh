@@ -1,19 +1,28 @@
 #!/bin/bash
-# The GPU session script: train the zoo (phase 1 in parallel, then stargan_adv), `veil doctor`, `veil eval`
-# on 200 val images in 4 chunks, `bench/compare.sh` (Veil against eager PyTorch) and fp16, in one device
-# call, writing at most 8 files to $OUT (log.txt, zoo_a.tar, zoo_b.tar, eval1-4.json, eval16.json).
+# The GPU session script, in two parts, each one device call (`PART`):
+#   PART=train (default): `bench/compare.sh` (Veil against eager PyTorch, fp32, with the pipeline's stage
+#     times in the log) and Veil with channels-last + bf16, on the zoo already committed (speed does not
+#     depend on the weights); then the zoo is trained in the time left before END (phase 1 in parallel,
+#     then stargan_adv). Writes log.txt, zoo_a.tar and zoo_b.tar to $OUT; the zoo stays in /tmp/zoo.
+#   PART=eval: `veil doctor`, then `veil eval` on chunks of the val images with /tmp/zoo (left by a train
+#     call on the same, still warm machine) until END, and one chunk in fp16 if time is left. Writes
+#     log.txt, eval1-4.json and eval16.json.
 #
-# Prepare here, in the git-ignored `.device/` (carry it: run's carry = [".device"]):
-#   .venv/bin/python models/train/pack.py --data ../shared/data/celeba --out .device/celeba128.tar.gz
+# Prepare here, in the git-ignored `.device/`:
+#   .venv/bin/python models/train/pack.py --data ../shared/data/celeba --out .device/celeba128.tar.gz --limit 10000
 #   mkdir -p .device/bin && strip -o .device/bin/veil target/release/veil
-#   .device/data/celeba/{attributes.csv,val/} with the first 200 val rows and their JPEGs,
-#   .device/data/portraits/src/{female,male}/ and .device/data/exif-samples/jpg/mobile/jolla.jpg (for bench),
+#   .device/data/celeba/{attributes.csv,val/} with the first 200 val rows and their JPEGs (eval part only),
+#   .device/data/portraits/src/{female,male}/ and .device/data/exif-samples/jpg/mobile/jolla.jpg (bench),
 #   cp -a models/mtcnn .device/models/
-# There:   bash bench/device-run.sh   (MIN: minutes of phase 1, ADV_MIN: of stargan_adv after it; STOP:
-#          seconds after which no further eval chunk starts. Leave room in the 600 s call limit.
-#          INIT_DIR: where training goes on from, default models/ (the committed zoo); INIT_DIR= starts
-#          afresh.)
-# Here, a dry run on the CPU with the tiny fixtures: OUT=/tmp/out DRY=1 CHUNK=2 RUNS=1 bash bench/device-run.sh
+# What travels must stay under 64 MiB with the repository (~25 MB, the committed zoo): carry
+#   train: [".device/celeba128.tar.gz", ".device/bin", ".device/models", ".device/data/portraits", ".device/data/exif-samples"]
+#   eval:  [".device/bin", ".device/models", ".device/data"]
+# There:   PART=train END=560 bash bench/device-run.sh   (call timeout_s 590)
+#          END: seconds after the start by which the part must be done; training gets what the bench
+#          leaves, ADV_S seconds of it for stargan_adv. INIT_DIR: where training goes on from, default
+#          models/ (the committed zoo); INIT_DIR= starts afresh.
+# Here, a dry run on the CPU with the tiny fixtures:
+#   OUT=/tmp/out DRY=1 PART=train bash bench/device-run.sh; OUT=/tmp/out2 DRY=1 PART=eval CHUNK=2 bash bench/device-run.sh
 # Then: bench/merge_eval.py $OUT/eval[1-4].json, and untar the zoo into models/.
 set -u
 OUT=${OUT:?}
@@ -28,59 +37,78 @@ else
   PY=.venv/bin/python
 fi
 V=$PWD/.device/bin/veil
-MIN=${MIN:-4}; CHUNK=${CHUNK:-50}; LIMIT16=${LIMIT16:-50}; RUNS=${RUNS:-5}; STOP=${STOP:-470}
+PART=${PART:-train}; END=${END:-560}; CHUNK=${CHUNK:-50}; RUNS=${RUNS:-5}; ADV_S=${ADV_S:-75}
 # compare.sh's limit: on the GPU it takes well under a minute; a DRY run on 2 CPU cores needs minutes.
 CMP_T=${CMP_T:-$([ -n "${DRY:-}" ] && echo 400 || echo 150)}
-log "start; $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"
-Z=/tmp/zoo; rm -rf $Z; mkdir -p $Z
-if [ -z "${DRY:-}" ]; then
-  log "train ${MIN} min per model, in parallel"
-  bash models/train/gpu.sh .device/celeba128.tar.gz $Z "$MIN" cuda "${ADV_MIN:-$MIN}" "${INIT_DIR-models}" >>"$L" 2>&1; log "gpu.sh rc $?"
-else
-  cp target/fixtures/models/*.pt target/fixtures/models/*.json target/fixtures/models/manifest.toml $Z/
+Z=/tmp/zoo
+toml() { printf '[models]\ndir = "%s"\n%s' "$1" "${2:-}" >"$3"; }
+log "start $PART; $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"
+
+if [ "$PART" = train ]; then
+  Z0=/tmp/zoo0; rm -rf $Z0; mkdir -p $Z0
+  if [ -z "${DRY:-}" ]; then cp models/*.pt models/*.json models/manifest.toml $Z0/
+  else cp target/fixtures/models/*.pt target/fixtures/models/*.json target/fixtures/models/manifest.toml $Z0/; fi
+  cp -a .device/models/mtcnn $Z0/
+  toml $Z0 "" /tmp/veil0.toml
+  toml $Z0 $'[engine]\nchannels_last = true\nprecision = "bf16"\n' /tmp/veilclbf.toml
+  [ -n "${SKIPBENCH:-}" ] || {
+    log "bench fp32 vs reference (zoo at hand)"
+    rm -f /tmp/veil.json /tmp/reference.json
+    VEIL_LOG=info,veil::pipeline=debug BENCH_OUT=/tmp timeout $CMP_T bash bench/compare.sh $V /tmp/veil0.toml .device/data $PY 8 >>"$L" 2>&1
+    log "compare rc $?"
+    for f in /tmp/veil.json /tmp/reference.json; do echo "BENCHJSON $(cat $f 2>/dev/null)" >>"$L"; done
+    log "bench channels-last bf16"
+    echo "BENCHJSONCLBF $(timeout 60 $V --config /tmp/veilclbf.toml bench --json --batch 8 --runs $RUNS --no-four-faces --data .device/data 2>>"$L")" >>"$L"
+    log "benchclbf rc $?"
+  }
+  rm -rf $Z; mkdir -p $Z
+  if [ -z "${DRY:-}" ]; then
+    # What is left before END, less ~20 s to pack, ~80 s of loading and exporting, ADV_S for stargan_adv.
+    left=$(( END - $(el) - 20 ))
+    p1=$(( left - 80 - ADV_S ))
+    if [ $p1 -lt 60 ]; then
+      log "only ${left}s left: no training"
+    else
+      m1=$($PY -c "print(round($p1/60, 2))"); m2=$($PY -c "print(round($ADV_S/60, 2))")
+      log "train: phase 1 ${m1} min per model in parallel, stargan_adv ${m2} min"
+      timeout $left bash models/train/gpu.sh .device/celeba128.tar.gz $Z "$m1" cuda "$m2" "${INIT_DIR-models}" >>"$L" 2>&1
+      log "gpu.sh rc $?"
+    fi
+  else
+    cp target/fixtures/models/*.pt target/fixtures/models/*.json target/fixtures/models/manifest.toml $Z/
+  fi
+  for m in stargan ganimation attgan cyclegan faceswap stargan_adv classifier; do
+    $PY -c "import json;d=json.load(open('$Z/$m.json'));print('$m', d['parameters'], 'params', d['iterations'], 'iters', d['seconds'], 's', d['bytes'], 'bytes', d.get('adversarial_from_iter',''))" >>"$L" 2>&1
+  done
+  (cd $Z && tar cf $OUT/zoo_a.tar $(ls manifest.toml *.json *.log 2>/dev/null) $(ls stargan.pt ganimation.pt attgan.pt cyclegan.pt 2>/dev/null)) 2>>"$L"
+  (cd $Z && tar cf $OUT/zoo_b.tar $(ls faceswap.pt stargan_adv.pt classifier.pt 2>/dev/null)) 2>>"$L"
+  ls -la $OUT >>"$L"
 fi
-for m in stargan ganimation attgan cyclegan faceswap stargan_adv classifier; do
-  $PY -c "import json;d=json.load(open('$Z/$m.json'));print('$m', d['parameters'], 'params', d['iterations'], 'iters', d['seconds'], 's', d['bytes'], 'bytes', d.get('adversarial_from_iter',''))" >>"$L" 2>&1
-done
-(cd $Z && tar cf $OUT/zoo_a.tar manifest.toml *.json $(ls *.log 2>/dev/null) stargan.pt ganimation.pt attgan.pt cyclegan.pt) 2>>"$L"
-(cd $Z && tar cf $OUT/zoo_b.tar faceswap.pt stargan_adv.pt classifier.pt) 2>>"$L"
-ls -la $OUT >>"$L"
-cp -a .device/models/mtcnn $Z/
-printf '[models]\ndir = "%s"\n' $Z >/tmp/veil.toml
-printf '[models]\ndir = "%s"\n[engine]\nprecision = "fp16"\n' $Z >/tmp/veil16.toml
-printf '[models]\ndir = "%s"\n[engine]\nchannels_last = true\n' $Z >/tmp/veilcl.toml
-printf '[models]\ndir = "%s"\n[engine]\nchannels_last = true\nprecision = "bf16"\n' $Z >/tmp/veilclbf.toml
-log "doctor"; $V --config /tmp/veil.toml doctor >>"$L" 2>&1
-# Four chunks of the 200 val images, so a slow eval still leaves whole chunks behind.
-src=$PWD/.device/data/celeba
-for i in 1 2 3 4; do
-  d=/tmp/evalset$i; rm -rf $d; mkdir -p $d/val; head -1 $src/attributes.csv >$d/attributes.csv
-  tail -n +2 $src/attributes.csv | sed -n "$(( (i-1)*CHUNK + 1 )),$(( i*CHUNK ))p" >>$d/attributes.csv
-  tail -n +2 $d/attributes.csv | cut -d, -f2 | while read f; do cp $src/val/$f $d/val/$f; done
-done
-evalchunk() {
-  log "eval fp32 chunk $1"
-  timeout 150 $V --config /tmp/veil.toml eval --data /tmp/evalset$1 --split val --json >$OUT/eval$1.json 2>>"$L"; log "eval chunk $1 rc $?"
-}
-evalchunk 1
-[ -n "${SKIPBENCH:-}" ] || {
-log "bench fp32 vs reference"
-rm -f /tmp/veil.json /tmp/reference.json
-BENCH_OUT=/tmp timeout $CMP_T bash bench/compare.sh $V /tmp/veil.toml .device/data $PY 8 >>"$L" 2>&1; log "compare rc $?"
-for f in /tmp/veil.json /tmp/reference.json; do echo "BENCHJSON $(cat $f)" >>"$L"; done
-}
-for i in 2 3 4; do
-  [ $(el) -lt $STOP ] && evalchunk $i
-done
-[ -n "${SKIPBENCH:-}" ] || {
-log "bench fp16"
-echo "BENCHJSON16 $(timeout 60 $V --config /tmp/veil16.toml bench --json --batch 8 --runs $RUNS --data .device/data 2>>"$L")" >>"$L"; log "bench16 rc $?"
-log "bench channels-last, fp32 and bf16"
-echo "BENCHJSONCL $(timeout 60 $V --config /tmp/veilcl.toml bench --json --batch 8 --runs $RUNS --no-four-faces --data .device/data 2>>"$L")" >>"$L"; log "benchcl rc $?"
-echo "BENCHJSONCLBF $(timeout 60 $V --config /tmp/veilclbf.toml bench --json --batch 8 --runs $RUNS --no-four-faces --data .device/data 2>>"$L")" >>"$L"; log "benchclbf rc $?"
-}
-if [ $(el) -lt $(( STOP + 20 )) ]; then
-  log "eval fp16 chunk 1"
-  timeout 60 $V --config /tmp/veil16.toml eval --data /tmp/evalset1 --split val --json >$OUT/eval16.json 2>>"$L"; log "eval16 rc $?"
+
+if [ "$PART" = eval ]; then
+  [ -f $Z/manifest.toml ] || { log "no zoo in $Z (the train part ran on another machine?)"; exit 1; }
+  cp -a .device/models/mtcnn $Z/
+  toml $Z "" /tmp/veil.toml
+  toml $Z $'[engine]\nprecision = "fp16"\n' /tmp/veil16.toml
+  log "doctor"; $V --config /tmp/veil.toml doctor >>"$L" 2>&1
+  src=$PWD/.device/data/celeba
+  for i in 1 2 3 4; do
+    d=/tmp/evalset$i; rm -rf $d; mkdir -p $d/val; head -1 $src/attributes.csv >$d/attributes.csv
+    tail -n +2 $src/attributes.csv | sed -n "$(( (i-1)*CHUNK + 1 )),$(( i*CHUNK ))p" >>$d/attributes.csv
+    tail -n +2 $d/attributes.csv | cut -d, -f2 | while read f; do cp $src/val/$f $d/val/$f; done
+  done
+  # A chunk starts only with time for it left (the first one's time, once known, else 90 s).
+  per=90
+  for i in 1 2 3 4; do
+    [ $(( $(el) + per )) -lt $END ] || break
+    log "eval fp32 chunk $i"; t=$(el)
+    timeout $(( END - $(el) )) $V --config /tmp/veil.toml eval --data /tmp/evalset$i --split val --json >$OUT/eval$i.json 2>>"$L"
+    log "eval chunk $i rc $?"; per=$(( $(el) - t + 5 ))
+  done
+  if [ $(( $(el) + per )) -lt $END ]; then
+    log "eval fp16 chunk 1"
+    timeout $(( END - $(el) )) $V --config /tmp/veil16.toml eval --data /tmp/evalset1 --split val --json >$OUT/eval16.json 2>>"$L"
+    log "eval16 rc $?"
+  fi
 fi
 log "done"
