@@ -537,10 +537,10 @@ fn bench_round_trip_12mp() {
     let src_dir = tempfile::tempdir().unwrap();
     let src = src_dir.path().join("12mp.jpg");
     std::fs::write(&src, &data).unwrap();
-    for (label, file) in [("12 MP (4000×3000) JPEG", src.as_path()), ("phone JPEG as shot", phone.as_path())]
-    {
+    let cases = [("12 MP (4000×3000) JPEG", src.as_path()), ("phone JPEG as shot", phone.as_path())];
+    for ((label, file), parallel) in cases.iter().flat_map(|c| [(*c, true), (*c, false)]) {
         let out = tempfile::tempdir().unwrap();
-        let settings = Settings::default();
+        let settings = Settings { jpeg_parallel: parallel, ..Settings::default() };
         let mut times = Vec::new();
         let mut last = None;
         for _ in 0..5 {
@@ -553,7 +553,7 @@ fn bench_round_trip_12mp() {
         times.sort_by(f64::total_cmp);
         let (w, (pw, ph)) = last.unwrap();
         println!(
-            "{label} {pw}×{ph} round trip (read + write, q95 4:4:4): median {:.3} s (min {:.3}, max {:.3}); {} -> {} bytes",
+            "{label} {pw}×{ph} round trip (read + write, q95 4:4:4, jpeg_parallel {parallel}): median {:.3} s (min {:.3}, max {:.3}); {} -> {} bytes",
             times[2], times[0], times[4], w.input_bytes, w.bytes
         );
     }

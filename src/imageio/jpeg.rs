@@ -221,6 +221,66 @@ pub fn splice(encoded: &[u8], carried: &[(u8, Vec<u8>)]) -> Result<Vec<u8>, Stri
     Ok(out)
 }
 
+/// Joins baseline JPEGs encoded from horizontal strips of one image, top to bottom, into one JPEG of
+/// `height` rows whose scan has a restart marker between strips. Every strip must come from the same
+/// encoder settings (identical quantization and Huffman tables, so no per-strip optimized tables)
+/// and, but the last, hold exactly `mcus_per_strip` MCUs (whole MCU rows). A restart marker resets
+/// the decoder's DC predictors, as each strip's encoder started from zero, so the joined file
+/// decodes to the strips' pixels. This is what lets a 12 MP photo be encoded on every core.
+pub fn join_strips(strips: &[Vec<u8>], height: u16, mcus_per_strip: u16) -> Result<Vec<u8>, String> {
+    const DQT: u8 = 0xDB;
+    const DHT: u8 = 0xC4;
+    const DRI: u8 = 0xDD;
+    let first = strips.first().ok_or("no strips to join")?;
+    let layouts: Vec<Layout> = strips.iter().map(|s| parse(s)).collect::<Result<_, _>>()?;
+    let tables = |data: &[u8], l: &Layout| -> Vec<u8> {
+        l.segments
+            .iter()
+            .filter(|s| s.marker == DQT || s.marker == DHT)
+            .flat_map(|s| data[s.marker_pos..s.payload.end].iter().copied())
+            .collect()
+    };
+    let first_tables = tables(first, &layouts[0]);
+    let mut scans = Vec::with_capacity(strips.len());
+    for (k, (data, l)) in strips.iter().zip(&layouts).enumerate() {
+        let mut sos = l.segments.iter().filter(|s| s.marker == SOS);
+        let (Some(scan), None) = (sos.next(), sos.next()) else {
+            return Err(format!("strip {k} is not a single-scan baseline JPEG"));
+        };
+        if l.segments.iter().any(|s| s.marker == DRI) {
+            return Err(format!("strip {k} already has restart markers"));
+        }
+        if tables(data, l) != first_tables {
+            return Err(format!("strip {k} was encoded with other tables than strip 0"));
+        }
+        if l.trailer < scan.payload.end + 2 || data[l.trailer - 2..l.trailer] != [0xFF, EOI] {
+            return Err(format!("strip {k} does not end its scan with an end-of-image marker"));
+        }
+        scans.push(scan.payload.end..l.trailer - 2);
+    }
+    let l0 = &layouts[0];
+    let sos0 = l0.segments.iter().find(|s| s.marker == SOS).ok_or("strip 0 has no scan")?;
+    let mut out = Vec::with_capacity(strips.iter().map(Vec::len).sum::<usize>() + 2 * strips.len() + 8);
+    out.extend_from_slice(&first[..sos0.marker_pos]);
+    // The frame header gets the whole image's height (payload: precision, height, width, ...).
+    let sof = l0.segments.iter().find(|s| is_sof(s.marker)).ok_or("strip 0 has no frame header")?;
+    if sof.marker != 0xC0 && sof.marker != 0xC1 {
+        return Err("strip 0 is not a baseline JPEG".into());
+    }
+    out[sof.payload.start + 1..sof.payload.start + 3].copy_from_slice(&height.to_be_bytes());
+    put_segment(&mut out, DRI, &mcus_per_strip.to_be_bytes());
+    out.extend_from_slice(&first[sos0.marker_pos..sos0.payload.end]);
+    for (k, (data, scan)) in strips.iter().zip(&scans).enumerate() {
+        if k > 0 {
+            // RST0..RST7, in turn.
+            out.extend_from_slice(&[0xFF, 0xD0 + ((k - 1) % 8) as u8]);
+        }
+        out.extend_from_slice(&data[scan.clone()]);
+    }
+    out.extend_from_slice(&[0xFF, EOI]);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,8 +55,8 @@ fn exif_blob_with(orientation: u16, thumb: &[u8]) -> Vec<u8> {
 
 /// A JPEG whose stored pixels are `stored`, with EXIF (orientation), XMP, ICC, IPTC and a comment.
 fn camera_jpeg(stored: &RgbImage, orientation: u16) -> Vec<u8> {
-    let thumb = encode_jpeg(&image::imageops::thumbnail(stored, 16, 12), 80, Chroma::Half).unwrap();
-    let enc = encode_jpeg(stored, 92, Chroma::Half).unwrap();
+    let thumb = encode_jpeg(&image::imageops::thumbnail(stored, 16, 12), 80, Chroma::Half, false).unwrap();
+    let enc = encode_jpeg(stored, 92, Chroma::Half, false).unwrap();
     let carried = vec![
         (jpeg::APP1, [jpeg::EXIF_ID, &exif_blob_with(orientation, &thumb)].concat()),
         (jpeg::APP1, [jpeg::XMP_ID, b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>"].concat()),
@@ -306,7 +306,7 @@ fn png_16_bit_alpha_round_trip_keeps_chunks_and_untouched_pixels() {
     let img = DynamicImage::ImageRgba16(ImageBuffer::from_fn(w, h, |x, y| {
         Rgba([(x * 1637) as u16, (y * 2111) as u16, 40_000 + x as u16, (x * y * 50) as u16])
     }));
-    let thumb = encode_jpeg(&gradient(8, 6), 80, Chroma::Half).unwrap();
+    let thumb = encode_jpeg(&gradient(8, 6), 80, Chroma::Half, false).unwrap();
     let extra = [
         (b"iCCP", png::iccp_data(&[5; 400])),
         (b"eXIf", exif_blob_with(1, &thumb)),
@@ -348,7 +348,7 @@ fn webp_round_trip_keeps_exif_icc_xmp() {
     let img = DynamicImage::ImageRgb8(gradient(30, 20));
     let mut enc = Vec::new();
     img.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut enc)).unwrap();
-    let exif = exif_blob_with(8, &encode_jpeg(&gradient(8, 6), 80, Chroma::Half).unwrap());
+    let exif = exif_blob_with(8, &encode_jpeg(&gradient(8, 6), 80, Chroma::Half, false).unwrap());
     let carried = vec![(*b"ICCP", vec![9; 300]), (*b"EXIF", exif.clone()), (*b"XMP ", b"<x/>".to_vec())];
     let data = webp::splice(&enc, &carried, 30, 20, false).unwrap();
     let d = tempfile::tempdir().unwrap();
@@ -516,7 +516,7 @@ fn keep_no_gps_removes_the_xmp_coordinates_in_every_container() {
     let no_gps = Settings { metadata: MetadataPolicy::KeepNoGps, ..Settings::default() };
     // JPEG: the XMP segment is edited, an extended-XMP part that mentions GPS is dropped, and with
     // `keep` both stay as they were.
-    let enc = encode_jpeg(&gradient(32, 24), 90, Chroma::Half).unwrap();
+    let enc = encode_jpeg(&gradient(32, 24), 90, Chroma::Half, false).unwrap();
     let ext = [jpeg::XMP_EXT_ID, &[b'0'; 32], &[0, 0, 0, 12, 0, 0, 0, 0], b"exif:GPSDest"].concat();
     let carried = vec![(jpeg::APP1, [jpeg::XMP_ID, GPS_XMP].concat()), (jpeg::APP1, ext.clone())];
     let src = d.path().join("gps.jpg");
@@ -568,4 +568,44 @@ fn keep_no_gps_removes_the_xmp_coordinates_in_every_container() {
         let back = read(&w.path, &Settings::default()).unwrap();
         assert_eq!(back.meta.xmp.as_deref(), Some(GPS_XMP), "{format} keep");
     }
+}
+
+/// A textured picture (noise on a gradient), so every strip's entropy-coded data differs.
+fn textured(w: u32, h: u32) -> RgbImage {
+    let mut state = 12345u32;
+    ImageBuffer::from_fn(w, h, |x, y| {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let n = (state >> 24) as u8 / 4;
+        Rgb([(x * 200 / w) as u8 + n, (y * 200 / h) as u8 + n, ((x ^ y) % 200) as u8 + n])
+    })
+}
+
+#[test]
+fn jpeg_strips_decode_to_the_pixels_of_one_piece() {
+    // Sides that are not whole MCUs; 9 strips of 3 MCU rows at 4:4:4, so restart markers wrap past RST7.
+    let img = textured(203, 213);
+    for (chroma, threads) in [(Chroma::Full, 9), (Chroma::Half, 4), (Chroma::Full, 2)] {
+        // The same encoder settings in one piece: the standard tables, as the strips use.
+        let whole = encode_jpeg_piece(img.as_raw(), 203, 213, 90, chroma, false).unwrap();
+        let joined = encode_jpeg_strips(&img, 90, chroma, threads).unwrap();
+        assert_ne!(whole, joined, "{chroma:?}: the strips were not split");
+        let layout = jpeg::parse(&joined).unwrap();
+        assert!(layout.segments.iter().any(|s| s.marker == 0xDD), "{chroma:?}: no restart interval");
+        let a = image::load_from_memory(&whole).unwrap().to_rgb8();
+        let b = image::load_from_memory(&joined).unwrap().to_rgb8();
+        assert_eq!(b.dimensions(), (203, 213));
+        assert!(a == b, "{chroma:?} with {threads} strips decodes to other pixels than one piece");
+    }
+}
+
+#[test]
+fn jpeg_strips_from_other_settings_are_refused() {
+    let img = textured(64, 64);
+    let piece = |y: u32, quality: u8| {
+        let rows = image::imageops::crop_imm(&img, 0, y, 64, 32).to_image();
+        encode_jpeg_piece(rows.as_raw(), 64, 32, quality, Chroma::Full, false).unwrap()
+    };
+    let err = jpeg::join_strips(&[piece(0, 90), piece(32, 60)], 64, 32).unwrap_err();
+    assert!(err.contains("strip 1 was encoded with other tables"), "{err}");
+    assert!(jpeg::join_strips(&[], 64, 32).unwrap_err().contains("no strips"));
 }
