@@ -800,8 +800,8 @@ const STRIPS_FROM_PIXELS: u64 = 1 << 20;
 /// Encodes RGB pixels as a baseline JPEG. In one piece with optimized Huffman tables, or, with
 /// `parallel` and from [`STRIPS_FROM_PIXELS`] up, cut into horizontal strips of whole MCU rows, one
 /// per core, encoded at once with the standard tables (which every strip must share) and joined with
-/// restart markers ([`jpeg::join_strips`]). A 12 MP photo took 0.28 s in one piece and 0.12 s in two
-/// strips on a 2-core CPU, and 0.34 s in one piece on the 16-core H200 host
+/// restart markers ([`jpeg::join_strips`]). Encoding and writing a 12 MP photo took 0.28 s in one
+/// piece and 0.12 s in two strips on a 2-core CPU, and 0.34 s in one piece on the 16-core H200 host
 /// (bench/results/jpeg-encode-cpu-2026-11-27.md).
 fn encode_jpeg(img: &RgbImage, quality: u8, chroma: Chroma, parallel: bool) -> Result<Vec<u8>, String> {
     let (w, h) = img.dimensions();
@@ -833,7 +833,9 @@ fn encode_jpeg_piece(
     Ok(out)
 }
 
-/// [`encode_jpeg`] with at most `threads` strips.
+/// [`encode_jpeg`] on `threads` threads: in one piece with optimized tables when that is 1 or the
+/// image has too few MCU rows to split, else in strips with the standard tables, `threads` at a time
+/// (a very wide photo needs more strips than threads: a restart interval holds at most 65535 MCUs).
 fn encode_jpeg_strips(
     img: &RgbImage,
     quality: u8,
@@ -856,26 +858,31 @@ fn encode_jpeg_strips(
     // A restart interval counts at most 65535 MCUs.
     let max_rows = (u32::from(u16::MAX) / mcu_cols.max(1)).max(1);
     let per_strip = mcu_rows.div_ceil(threads.max(1) as u32).clamp(1, max_rows);
-    if threads <= 1 || per_strip >= mcu_rows || mcu_cols > u32::from(u16::MAX) {
+    if threads <= 1 || per_strip >= mcu_rows {
         return one(img.as_raw(), h16, true);
     }
     let row_bytes = w as usize * 3;
     let strip_px = (per_strip * mcu) as usize;
-    let strips: Vec<Result<Vec<u8>, String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = img
-            .as_raw()
-            .chunks(strip_px * row_bytes)
-            .map(|raw| {
-                let rows = (raw.len() / row_bytes) as u16;
-                scope.spawn(move || one(raw, rows, false))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a JPEG encoder thread panicked".into())))
-            .collect()
-    });
-    let strips = strips.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let pieces: Vec<&[u8]> = img.as_raw().chunks(strip_px * row_bytes).collect();
+    let mut strips = Vec::with_capacity(pieces.len());
+    for batch in pieces.chunks(threads) {
+        let encoded: Vec<Result<Vec<u8>, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|&raw| {
+                    let rows = (raw.len() / row_bytes) as u16;
+                    scope.spawn(move || one(raw, rows, false))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("a JPEG encoder thread panicked".into())))
+                .collect()
+        });
+        for e in encoded {
+            strips.push(e?);
+        }
+    }
     // per_strip <= 65535 / mcu_cols, so the product fits.
     jpeg::join_strips(&strips, h16, (per_strip * mcu_cols) as u16)
 }

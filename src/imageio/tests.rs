@@ -599,6 +599,23 @@ fn jpeg_strips_decode_to_the_pixels_of_one_piece() {
 }
 
 #[test]
+fn a_photo_too_wide_for_one_restart_interval_per_thread_is_cut_into_more_strips() {
+    // 65535 px wide: 8192 MCUs a row, so an interval holds at most 7 MCU rows; 120 rows (15 MCU
+    // rows) on 2 threads need 3 strips.
+    let img = gradient(65535, 120);
+    let joined = encode_jpeg_strips(&img, 90, Chroma::Full, 2).unwrap();
+    let layout = jpeg::parse(&joined).unwrap();
+    let restarts = joined.windows(2).filter(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1])).count();
+    assert_eq!(restarts, 2, "3 strips, 2 restart markers");
+    let dri = layout.segments.iter().find(|s| s.marker == 0xDD).unwrap();
+    assert_eq!(joined[dri.payload.clone()], 57344u16.to_be_bytes(), "7 MCU rows of 8192");
+    let whole = encode_jpeg_piece(img.as_raw(), 65535, 120, 90, Chroma::Full, false).unwrap();
+    let a = image::load_from_memory(&whole).unwrap().to_rgb8();
+    let b = image::load_from_memory(&joined).unwrap().to_rgb8();
+    assert!(a == b, "3 strips decode to other pixels than one piece");
+}
+
+#[test]
 fn jpeg_strips_from_other_settings_are_refused() {
     let img = textured(64, 64);
     let piece = |y: u32, quality: u8| {
