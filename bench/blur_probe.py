@@ -17,13 +17,11 @@ the fine part's gradient with a Gaussian of k px (k odd, σ k/4: reference.gauss
 (1), RN=1 give each condition row's gradient (at StarGAN's input) the same norm, CS=i,j attack only
 those rows of the manifest's conditions.
 """
-import sys, csv, random, math, time, os
+import sys, random, math, time, os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data", "celeba")
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import torch, torch.nn.functional as F
-from PIL import Image
-import numpy as np
 import reference as R
 sys.path.insert(0, os.path.join(ROOT, "models", "train"))
 import data as D
@@ -35,12 +33,10 @@ allg = R.load(os.path.join(ROOT, "models"), "cpu")
 gens = [g for g in allg if g[0] == "stargan"]
 _, G, S, C = gens[0]
 others = [g for g in allg if g[0] != "stargan"] if os.environ.get("ENS") else []
-rows = [r for r in csv.DictReader(open(os.path.join(DATA, "attributes.csv"))) if r["split"] == "val"][:N]
-def conds(r):  # the paper's five conditions for this face, [5,5]
-    return torch.cat([t for _, t in D.paper_targets(torch.tensor([[float(r[a] == "1") for a in D.STARGAN_ATTRS]]))])
+rows = D.first_rows(DATA, "val", N)
+conds = D.row_targets  # the paper's five conditions for this face, [5,5]
 def load(r):
-    im = np.asarray(Image.open(os.path.join(DATA, "val", r["file"])).convert("RGB"), dtype=np.float32)
-    x = torch.from_numpy(im).permute(2, 0, 1)[None] / 127.5 - 1
+    x = D.photo(DATA, r)
     if not os.environ.get("FR"):
         x = x[:, :, 20:198, :]
     return x if os.environ.get("HI") else F.interpolate(x, size=(S, S), mode="bilinear", antialias=True)

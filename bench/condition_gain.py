@@ -8,24 +8,20 @@ between G(x', c) and G(x, c) for x' = x blurred (Gaussian k11 σ1.5), x + random
 x + a random ±0.05 pattern at 1/8 resolution upsampled, and the share of output values past ±0.95.
 A condition with a lower response needs a larger perturbation to pass the 0.05 threshold.
 """
-import sys, os, csv, torch, torch.nn.functional as F, numpy as np
-from PIL import Image
+import sys, os, torch, torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench")); import reference as R
 sys.path.insert(0, os.path.join(ROOT, "models", "train")); import data as D
 torch.set_num_threads(1); torch.manual_seed(0)
 G = [g for g in R.load(os.path.join(ROOT, "models"), "cpu") if g[0] == "stargan"][0][1]
 DATA = os.path.join(ROOT, "..", "shared", "data", "celeba")
-rows = [r for r in csv.DictReader(open(f"{DATA}/attributes.csv")) if r["split"] == "val"][:int(os.environ.get("N", "20"))]
-def conds(r):  # the paper's five conditions for this face, [5,5]
-    return torch.cat([t for _, t in D.paper_targets(torch.tensor([[float(r[a] == "1") for a in D.STARGAN_ATTRS]]))])
+rows = D.first_rows(DATA, "val", int(os.environ.get("N", "20")))
 acc = {k: [] for k in ["blur_in", "noise_hi", "noise_lo8", "sat"]}
 with torch.no_grad():
     for r in rows:
-        im = np.asarray(Image.open(f"{DATA}/val/{r['file']}").convert("RGB"), dtype=np.float32)
-        x = torch.from_numpy(im).permute(2, 0, 1)[None][:, :, 20:198] / 127.5 - 1
+        x = D.photo(DATA, r)[:, :, 20:198]
         x = F.interpolate(x, size=(128, 128), mode="bilinear", antialias=True)
-        c = conds(r); xs = x.expand(5, -1, -1, -1); y = G(xs, c)
+        c = D.row_targets(r); xs = x.expand(5, -1, -1, -1); y = G(xs, c)
         m = lambda a, b: (a - b).square().flatten(1).mean(1)
         acc["blur_in"].append(m(G(R.gaussian(xs, 1.5), c), y))
         acc["noise_hi"].append(m(G((xs + 0.05 * torch.randn(1, 3, 128, 128).sign()).clamp(-1, 1), c), y))

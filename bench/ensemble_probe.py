@@ -12,7 +12,6 @@ BLUR=1: every other step goes through a Gaussian blur σ 1.5 (against the clean 
 output), as a spread does; SHARP=a,b: except for those generators. Q95=1: the adversarial faces are rounded to 8 bits and saved as JPEG q95
 4:4:4 before they are judged, as Veil writes them.
 """
-import csv
 import io
 import os
 import sys
@@ -28,13 +27,8 @@ gens = {g[0]: g for g in R.load(ROOT+"/models", "cpu")}
 N=int(os.environ.get("N","8")); IT=int(os.environ.get("IT","10")); EPS=0.05; MODE=os.environ.get("MODE","sum")
 BLUR=os.environ.get("BLUR")
 DATA=ROOT+"/../shared/data/celeba"
-rows=[r for r in csv.DictReader(open(DATA+"/attributes.csv")) if r["split"]=="val"][:N]
-xs=[]; cs=[]
-for r in rows:
-    im=np.asarray(Image.open(DATA+"/val/"+r["file"]).convert("RGB"),dtype=np.float32)
-    x=torch.from_numpy(im).permute(2,0,1)[None]/127.5-1; xs.append(x[:,:,20:198,:])
-    cs.append(torch.cat([t for _,t in D.paper_targets(torch.tensor([[float(r[a]=="1") for a in D.STARGAN_ATTRS]]))]))
-x=torch.cat(xs); cp=torch.cat(cs)
+rows=D.first_rows(DATA, "val", N)
+x=torch.cat([D.photo(DATA, r)[:,:,20:198,:] for r in rows]); cp=torch.cat([D.row_targets(r) for r in rows])
 rs=lambda t: F.interpolate(t,size=(128,128),mode="bilinear",antialias=True)
 names=sys.argv[1].split(",")
 def rowsof(name, xin, conds):  # conds: "paper" or "manifest"

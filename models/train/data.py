@@ -137,6 +137,25 @@ def paper_targets(labels: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+def first_rows(root: str, split: str, n: int) -> list[dict]:
+    """The first `n` rows of `split` in ROOT/attributes.csv, in file order (for the probes in bench/)."""
+    _, rows = read_attributes(root)
+    return [r for r in rows if r["split"] == split][:n]
+
+
+def photo(root: str, row: dict) -> torch.Tensor:
+    """A row's aligned photo as it is stored (178x218 for CelebA): [1,3,H,W] in [-1,1]."""
+    with Image.open(os.path.join(root, row["split"], row["file"])) as im:
+        a = np.asarray(im.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(a).permute(2, 0, 1)[None] / 127.5 - 1
+
+
+def row_targets(row: dict) -> torch.Tensor:
+    """The paper's five conditions for one row's true attributes: [5,5] (see `paper_targets`)."""
+    labels = torch.tensor([[float(row[a] == "1") for a in STARGAN_ATTRS]])
+    return torch.cat([t for _, t in paper_targets(labels)])
+
+
 def random_targets(labels: torch.Tensor) -> torch.Tensor:
     """Random target labels for training: a random hair colour (one-hot) and random Male/Young."""
     b, dev = labels.shape[0], labels.device
