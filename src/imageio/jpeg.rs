@@ -241,7 +241,8 @@ pub fn join_strips(strips: &[Vec<u8>], height: u16, mcus_per_strip: u16) -> Resu
             .collect()
     };
     let first_tables = tables(first, &layouts[0]);
-    let mut scans = Vec::with_capacity(strips.len());
+    // Each strip's scan header and the range of its entropy-coded data.
+    let mut scans: Vec<(&Segment, Range<usize>)> = Vec::with_capacity(strips.len());
     for (k, (data, l)) in strips.iter().zip(&layouts).enumerate() {
         let mut sos = l.segments.iter().filter(|s| s.marker == SOS);
         let (Some(scan), None) = (sos.next(), sos.next()) else {
@@ -256,10 +257,10 @@ pub fn join_strips(strips: &[Vec<u8>], height: u16, mcus_per_strip: u16) -> Resu
         if l.trailer < scan.payload.end + 2 || data[l.trailer - 2..l.trailer] != [0xFF, EOI] {
             return Err(format!("strip {k} does not end its scan with an end-of-image marker"));
         }
-        scans.push(scan.payload.end..l.trailer - 2);
+        scans.push((scan, scan.payload.end..l.trailer - 2));
     }
     let l0 = &layouts[0];
-    let sos0 = l0.segments.iter().find(|s| s.marker == SOS).ok_or("strip 0 has no scan")?;
+    let sos0 = scans[0].0;
     let mut out = Vec::with_capacity(strips.iter().map(Vec::len).sum::<usize>() + 2 * strips.len() + 8);
     out.extend_from_slice(&first[..sos0.marker_pos]);
     // The frame header gets the whole image's height (payload: precision, height, width, ...).
@@ -270,7 +271,7 @@ pub fn join_strips(strips: &[Vec<u8>], height: u16, mcus_per_strip: u16) -> Resu
     out[sof.payload.start + 1..sof.payload.start + 3].copy_from_slice(&height.to_be_bytes());
     put_segment(&mut out, DRI, &mcus_per_strip.to_be_bytes());
     out.extend_from_slice(&first[sos0.marker_pos..sos0.payload.end]);
-    for (k, (data, scan)) in strips.iter().zip(&scans).enumerate() {
+    for (k, (data, (_, scan))) in strips.iter().zip(&scans).enumerate() {
         if k > 0 {
             // RST0..RST7, in turn.
             out.extend_from_slice(&[0xFF, 0xD0 + ((k - 1) % 8) as u8]);
