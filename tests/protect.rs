@@ -139,6 +139,34 @@ fn a_turned_aligned_crop_is_perturbed_into_its_corners_and_the_bound_holds() {
 }
 
 #[test]
+fn attacking_only_the_area_the_attack_reads_gives_the_same_pixels() {
+    let ens = ensemble();
+    let imgs = faces(2);
+    if imgs.len() < 2 {
+        return;
+    }
+    // Two faces on a wider canvas, one with a turned aligned crop that reaches past the left edge,
+    // framed with jitter, so contexts are clipped by the image and by nothing else.
+    let canvas = Tensor::cat(&[&imgs[0], &imgs[1], &imgs[0]], 2);
+    let turned = Aligned { square: Region { x: -10, y: 60, w: 120, h: 120 }, angle: 20.0 };
+    let targets = [
+        Target { face: Region { x: 10, y: 70, w: 100, h: 100 }, aligned: vec![turned] },
+        Target::face(Region { x: 200, y: 40, w: 120, h: 120 }),
+    ];
+    let p = Params { framing: Framing { aligned: 1.0, ..Framing::DEFAULT }, ..Params::preset(Preset::Fast) };
+    let (whole, _) = protect::protect_pixels(&ens, &canvas, &targets, &p, &mut Rng::new(9)).unwrap();
+    let (area, merged) = protect::reach(&targets, &p, 534, 218).unwrap();
+    assert!(area.w < 534, "the area read is {area:?}, not the whole canvas");
+    let moved: Vec<Target> = merged.iter().map(|t| t.within(area.x, area.y)).collect();
+    let crop = canvas.narrow(1, area.y, area.h).narrow(2, area.x, area.w).contiguous();
+    let (part, _) = protect::protect_pixels(&ens, &crop, &moved, &p, &mut Rng::new(9)).unwrap();
+    let pasted = canvas.copy();
+    pasted.narrow(1, area.y, area.h).narrow(2, area.x, area.w).copy_(&part);
+    assert!(whole.ne_tensor(&canvas).any().int64_value(&[]) == 1, "nothing was protected");
+    assert_eq!(pasted.ne_tensor(&whole).sum(Kind::Int64).int64_value(&[]), 0);
+}
+
+#[test]
 fn faces_attacked_together_each_stay_in_bound_and_are_each_disrupted() {
     let ens = ensemble();
     let imgs = faces(3);

@@ -511,26 +511,52 @@ fn finish(config: &Config, device: Device, p: Prepared, job: &FileJob) -> Result
 type Losses = Vec<(String, f64)>;
 
 /// Attacks the face regions of several photos together against `ensemble`
-/// ([`protect::protect_many`]). Returns, per photo in order, its protected pixels and the final loss
-/// per generator averaged over its regions.
+/// ([`protect::protect_many`]). Only the part of each photo the attack reads ([`protect::reach`])
+/// becomes a tensor, not the whole photo: on a 12 MP photo that saves most of a tenth of a second
+/// of copying. Returns, per photo in order, its protected pixels and the final loss per generator
+/// averaged over its regions.
 fn attack_photos(
     ensemble: &Ensemble,
     photos: &[(&RgbImage, &[Target])],
     params: &Params,
     rng: &mut Rng,
 ) -> Result<Vec<(RgbImage, Losses)>, ProtectError> {
-    let tensors: Vec<Tensor> = photos.iter().map(|(pixels, _)| to_tensor(pixels)).collect();
-    let images: Vec<(&Tensor, &[Target])> =
-        tensors.iter().zip(photos).map(|(t, (_, regions))| (t, *regions)).collect();
+    let started = Instant::now();
+    // Per photo: the area read, as `[3,h,w]` uint8, and the merged targets moved into it.
+    let mut areas: Vec<(Region, Tensor, Vec<Target>)> = Vec::with_capacity(photos.len());
+    for (pixels, targets) in photos {
+        let (w, h) = pixels.dimensions();
+        let (area, merged) = protect::reach(targets, params, i64::from(w), i64::from(h))
+            .unwrap_or((Region { x: 0, y: 0, w: 0, h: 0 }, Vec::new()));
+        let crop =
+            image::imageops::crop_imm(*pixels, area.x as u32, area.y as u32, area.w as u32, area.h as u32);
+        let moved = merged.iter().map(|t| t.within(area.x, area.y)).collect();
+        areas.push((area, to_tensor(&crop.to_image()), moved));
+    }
+    let images: Vec<(&Tensor, &[Target])> = areas.iter().map(|(_, t, m)| (t, m.as_slice())).collect();
+    let to_tensors = started.elapsed().as_secs_f64();
     let out = protect::protect_many(ensemble, &images, params, rng)?;
-    Ok(out
+    let attacked = started.elapsed().as_secs_f64();
+    let photos: Vec<(RgbImage, Losses)> = out
         .into_iter()
         .zip(photos)
-        .map(|((protected, reports), (pixels, _))| {
-            let (w, h) = pixels.dimensions();
-            (from_tensor(&protected, w, h), mean_losses(reports.iter().map(|r| r.losses.as_slice())))
+        .zip(&areas)
+        .map(|(((protected, reports), (pixels, _)), (area, _, _))| {
+            let mut whole = (*pixels).clone();
+            if area.w > 0 && area.h > 0 {
+                let crop = from_tensor(&protected, area.w as u32, area.h as u32);
+                image::imageops::replace(&mut whole, &crop, area.x, area.y);
+            }
+            (whole, mean_losses(reports.iter().map(|r| r.losses.as_slice())))
         })
-        .collect())
+        .collect();
+    tracing::debug!(
+        "attack of {} photo(s): {:.3} s, pixels to tensors {to_tensors:.3} s and back {:.3} s",
+        photos.len(),
+        attacked - to_tensors,
+        started.elapsed().as_secs_f64() - attacked
+    );
+    Ok(photos)
 }
 
 /// Seconds one face would take with `balanced` on this engine, from one timed attack step on a

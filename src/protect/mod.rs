@@ -154,6 +154,41 @@ impl Target {
         let all = self.aligned.iter().fold(self.face, |acc, a| acc.union(&a.bounds()));
         all.clip(width, height).unwrap_or(self.face)
     }
+
+    /// Where an attack of this target with `params` reads pixels of a `width`×`height` image: its
+    /// face grown by the farthest framing, its extent, and its aligned crops grown by theirs.
+    fn context(&self, params: &Params, width: i64, height: i64) -> Region {
+        let (reach, aligned_reach) = (params.framing.reach(), params.framing.aligned_reach());
+        self.aligned
+            .iter()
+            .map(|a| a.bounds().grown(aligned_reach, width, height))
+            .fold(self.face.grown(reach, width, height).union(&self.extent(width, height)), |acc, a| {
+                acc.union(&a)
+            })
+    }
+
+    /// The same target in a crop whose top left corner is at `(x, y)` of the image.
+    pub fn within(&self, x: i64, y: i64) -> Target {
+        let shift = |r: &Region| Region { x: r.x - x, y: r.y - y, ..*r };
+        Target {
+            face: shift(&self.face),
+            aligned: self
+                .aligned
+                .iter()
+                .map(|a| Aligned { square: shift(&a.square), angle: a.angle })
+                .collect(),
+        }
+    }
+}
+
+/// The part of a `width`×`height` image an attack of `targets` with `params` reads (`None` when no
+/// target is inside the image), with the targets merged as [`protect_many`] merges them. Attacking
+/// just that crop, with the merged targets moved into it ([`Target::within`]), gives the same pixels
+/// as attacking the whole image, so a caller need not turn a whole photo into a tensor.
+pub fn reach(targets: &[Target], params: &Params, width: i64, height: i64) -> Option<(Region, Vec<Target>)> {
+    let merged = merge_targets(targets, width, height);
+    let area = merged.iter().map(|t| t.context(params, width, height)).reduce(|a, b| a.union(&b))?;
+    Some((area, merged))
 }
 
 /// Clips targets to the image and merges those whose extents overlap (repeatedly, so chains merge
@@ -562,7 +597,6 @@ pub fn protect_many(
         work.extend(merge_targets(regions, size[2], size[1]).into_iter().map(|t| (i, t)));
     }
     let levels = max_levels(params.epsilon) as f64;
-    let (reach, aligned_reach) = (params.framing.reach(), params.framing.aligned_reach());
     for chunk in work.chunks(MAX_BATCH) {
         // Each target with the context its framings may reach.
         let size_of = |i: usize| (images[i].0.size()[2], images[i].0.size()[1]);
@@ -570,10 +604,7 @@ pub fn protect_many(
             .iter()
             .map(|(i, t)| {
                 let (w, h) = size_of(*i);
-                t.aligned
-                    .iter()
-                    .map(|a| a.bounds().grown(aligned_reach, w, h))
-                    .fold(t.face.grown(reach, w, h).union(&t.extent(w, h)), |acc, a| acc.union(&a))
+                t.context(params, w, h)
             })
             .collect();
         let within = |r: &Region, c: &Region| Region { x: r.x - c.x, y: r.y - c.y, w: r.w, h: r.h };
