@@ -6,7 +6,12 @@
 #     then stargan_adv). Writes log.txt, zoo_a.tar and zoo_b.tar to $OUT; the zoo stays in /tmp/zoo.
 #   PART=eval: `veil doctor`, then `veil eval` on chunks of the val images with /tmp/zoo (left by a train
 #     call on the same, still warm machine) until END, and one chunk in fp16 if time is left. Writes
-#     log.txt, eval1-4.json and eval16.json.
+#     log.txt, eval1-4.json and eval16.json. BENCH=1 runs the train part's bench first (on the new zoo).
+#   Training goes on from the committed zoo (INIT_DIR, default models/). MODELS, BATCH, STATE go to
+#     gpu.sh: MODELS="stargan attgan" trains only those, for the whole time (the rest is kept as it is);
+#     STATE=.device/state keeps each model's whole training state, critics included, so the next session
+#     goes on from it: the states come back as $OUT/<model>.state.pt (~9 MB each) to put in
+#     .device/state/ here. ADV_S=0 skips stargan_adv.
 #
 # Prepare here, in the git-ignored `.device/`:
 #   .venv/bin/python models/train/pack.py --data ../shared/data/celeba --out .device/celeba128.tar.gz --limit 10000
@@ -14,8 +19,11 @@
 #   .device/data/celeba/{attributes.csv,val/} with the first 200 val rows and their JPEGs (eval part only),
 #   .device/data/portraits/src/{female,male}/ and .device/data/exif-samples/jpg/mobile/jolla.jpg (bench),
 #   cp -a models/mtcnn .device/models/
-# What travels must stay under 64 MiB with the repository (~25 MB, the committed zoo): carry
+# What travels must stay under 64 MiB (67.1 MB) with the repository (25.3 MB, the committed zoo): carry
 #   train: [".device/celeba128.tar.gz", ".device/bin", ".device/models", ".device/data/portraits", ".device/data/exif-samples"]
+#          (64.7 MB with the 10,000-face tar). With training states, drop the bench (SKIPBENCH=1, and
+#          carry only the tar and .device/state, then BENCH=1 in the eval part) and make the tar fit:
+#          25.3 MB + tar + ~9 MB per state; --limit 8000 gives a ~22 MB tar (room for two states).
 #   eval:  [".device/bin", ".device/models", ".device/data"]
 # There:   PART=train END=560 bash bench/device-run.sh   (call timeout_s 590)
 #          END: seconds after the start by which the part must be done; training gets what the bench
@@ -71,8 +79,11 @@ if [ "$PART" = train ]; then
     else
       m1=$($PY -c "print(round($p1/60, 2))"); m2=$($PY -c "print(round($ADV_S/60, 2))")
       log "train: phase 1 ${m1} min per model in parallel, stargan_adv ${m2} min"
-      timeout $left bash models/train/gpu.sh .device/celeba128.tar.gz $Z "$m1" cuda "$m2" "${INIT_DIR-models}" >>"$L" 2>&1
+      [ -n "${STATE:-}" ] && mkdir -p "$STATE"
+      MODELS=${MODELS:-} BATCH=${BATCH:-32} STATE=${STATE:-} \
+        timeout $left bash models/train/gpu.sh .device/celeba128.tar.gz $Z "$m1" cuda "$m2" "${INIT_DIR-models}" >>"$L" 2>&1
       log "gpu.sh rc $?"
+      for f in ${STATE:-/nonexistent}/*.state.pt; do [ -f "$f" ] && cp "$f" $OUT/; done
     fi
   else
     cp target/fixtures/models/*.pt target/fixtures/models/*.json target/fixtures/models/manifest.toml $Z/
@@ -83,6 +94,16 @@ if [ "$PART" = train ]; then
   (cd $Z && tar cf $OUT/zoo_a.tar $(ls manifest.toml *.json *.log 2>/dev/null) $(ls stargan.pt ganimation.pt attgan.pt cyclegan.pt 2>/dev/null)) 2>>"$L"
   (cd $Z && tar cf $OUT/zoo_b.tar $(ls faceswap.pt stargan_adv.pt classifier.pt 2>/dev/null)) 2>>"$L"
   ls -la $OUT >>"$L"
+fi
+
+if [ "$PART" = eval ] && [ -n "${BENCH:-}" ] && [ -f $Z/manifest.toml ]; then
+  cp -a .device/models/mtcnn $Z/
+  toml $Z "" /tmp/veilz.toml
+  log "bench fp32 vs reference (the new zoo)"
+  rm -f /tmp/veil.json /tmp/reference.json
+  VEIL_LOG=info,veil::pipeline=debug BENCH_OUT=/tmp timeout $CMP_T bash bench/compare.sh $V /tmp/veilz.toml .device/data $PY 8 >>"$L" 2>&1
+  log "compare rc $?"
+  for f in /tmp/veil.json /tmp/reference.json; do echo "BENCHJSON $(cat $f 2>/dev/null)" >>"$L"; done
 fi
 
 if [ "$PART" = eval ]; then

@@ -13,6 +13,14 @@
 # instead of starting afresh (a fresh critic trains alone for its first 200 iterations), so GPU sessions
 # add up; stargan_adv still starts from phase 1's new StarGAN.
 #
+# Environment:
+#   MODELS  the phase 1 models (default: all six; e.g. "stargan attgan" to give two models the whole
+#           card). With INIT_DIR, the models not trained are copied from it, so OUT_DIR holds a whole zoo.
+#   STATE   a folder of training states (train.py --state): each model goes on from DIR/<model>.state.pt,
+#           critics included, when it is there, and leaves its new state there. About 9 MB per GAN.
+#   BATCH   batch size (default 32).
+#   ADV_MINUTES 0 skips phase 2.
+#
 # Here (once):  .venv/bin/python models/train/pack.py --data ../shared/data/celeba --out .device/celeba128.tar.gz
 # There:        bash models/train/gpu.sh .device/celeba128.tar.gz /tmp/zoo 6 cuda 3 models
 #               (`.device/` is git-ignored; name it in the device call's `carry`.)
@@ -27,10 +35,13 @@ minutes=${3:-4}
 device=${4:-cuda}
 adv_minutes=${5:-$minutes}
 init_dir=${6:-}
+# ADV_MINUTES of 0 (or 0.0) skips phase 2.
+no_adv=$(awk -v m="$adv_minutes" 'BEGIN { print (m + 0 == 0) ? 1 : 0 }')
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-common=(--device "$device" --data "$data" --out "$out" --batch 32 --width 32 --threads 2)
+common=(--device "$device" --data "$data" --out "$out" --batch "${BATCH:-32}" --width 32 --threads 2)
+[ -n "${STATE:-}" ] && common+=(--state "$STATE")
 init=()
 [ -n "$init_dir" ] && init=(--init-dir "$init_dir")
 # The classifier is the judge of every edit-success figure: going on from a zoo, keep its judge, so that
@@ -40,6 +51,24 @@ if [ -n "$init_dir" ] && [ -f "$init_dir/classifier.pt" ] && [ -f "$init_dir/cla
   cp "$init_dir/classifier.pt" "$init_dir/classifier.json" "$out/"
   models=(stargan ganimation attgan cyclegan faceswap)
   echo "gpu.sh: classifier kept from $init_dir"
+fi
+if [ -n "${MODELS:-}" ]; then
+  read -r -a models <<<"$MODELS"
+  for m in "${models[@]}"; do
+    case " stargan ganimation attgan cyclegan faceswap classifier " in
+      *" $m "*) ;;
+      *) echo "gpu.sh: MODELS: unknown phase 1 model $m" >&2; exit 2 ;;
+    esac
+  done
+  if [ -n "$init_dir" ]; then
+    # The rest of the zoo comes as it is, so OUT_DIR is a whole zoo to evaluate and commit.
+    for m in stargan ganimation attgan cyclegan faceswap stargan_adv classifier; do
+      case " ${models[*]} " in *" $m "*) continue ;; esac
+      [ "$m" = stargan_adv ] && [ "$no_adv" = 0 ] && continue
+      [ -f "$out/$m.pt" ] && continue
+      [ -f "$init_dir/$m.pt" ] && cp "$init_dir/$m.pt" "$init_dir/$m.json" "$out/" && echo "gpu.sh: $m kept from $init_dir"
+    done
+  fi
 fi
 pids=()
 for m in "${models[@]}"; do
@@ -52,7 +81,9 @@ for m in "${models[@]}"; do
 done
 failed=0
 for p in "${pids[@]}"; do wait "$p" || failed=$((failed + 1)); done
-if [ -f "$out/stargan.pt" ]; then
+if [ "$no_adv" = 1 ]; then
+  echo "gpu.sh: phase 2 (stargan_adv) skipped"
+elif [ -f "$out/stargan.pt" ]; then
   PYTHONUNBUFFERED=1 python3 "$here/train.py" stargan_adv "${common[@]}" --minutes "$adv_minutes" \
     --init "$out/stargan.pt" --adv-warmup 0 >"$out/stargan_adv.log" 2>&1 || failed=$((failed + 1))
 else

@@ -80,6 +80,7 @@ def settings(args) -> dict:
         "d_warmup": args.d_warmup,
         "attention_weight": args.attention_weight,
         "attention_cap": args.attention_cap,
+        "state": args.state,
     }
     return s
 
@@ -117,10 +118,54 @@ def changes_nothing(g: nn.Module, x: torch.Tensor, c: torch.Tensor) -> bool:
 
 def critic_warmup(s: dict) -> int:
     """Critic-only iterations before the generator trains: a generator started from trained weights
-    should not be pushed around by a critic that has not learned anything yet."""
+    should not be pushed around by a critic that has not learned anything yet (a critic resumed with
+    it from --state has)."""
     if s.get("d_warmup") is not None:
         return s["d_warmup"]
-    return 200 if s.get("started_from") else 0
+    return 200 if s.get("started_from") and not s.get("resumed") else 0
+
+
+def state_path(model: str, s: dict) -> str | None:
+    return os.path.join(s["state"], f"{model}.state.pt") if s.get("state") else None
+
+
+def resume(model: str, s: dict, parts: dict[str, nn.Module]) -> bool:
+    """Loads every network of `model`'s training (generator, critics, CycleGAN's second translator)
+    from --state DIR/<model>.state.pt when it exists, so a GPU session goes on where the last one
+    stopped, critics included. Returns whether it did; records the iterations done before."""
+    path = state_path(model, s)
+    if not path or not os.path.exists(path):
+        return False
+    saved = torch.load(path, map_location="cpu")
+    if set(saved.get("nets", {})) != set(parts):
+        raise SystemExit(f"error: {path} holds {sorted(saved.get('nets', {}))}, {model} trains {sorted(parts)}")
+    for name, net in parts.items():
+        try:
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in saved["nets"][name].items()})
+        except RuntimeError as e:
+            raise SystemExit(f"error: {path}: {name} does not fit this architecture (width or size differ?): {e}")
+    s["resumed"] = path
+    s["iterations_before"] = int(saved.get("iterations", 0))
+    print(f"resumed {model} from {path} ({s['iterations_before']} iterations before)", flush=True)
+    return True
+
+
+def save_state(model: str, s: dict, parts: dict[str, nn.Module]) -> None:
+    """Writes `parts` (fp16) and the iterations done so far to --state DIR/<model>.state.pt. Adam's
+    moments are not kept: fp16 would flush its second moments to zero, and fp32 doubles the size."""
+    path = state_path(model, s)
+    if not path or not parts:
+        return
+    os.makedirs(s["state"], exist_ok=True)
+    half = {
+        name: {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in net.state_dict().items()}
+        for name, net in parts.items()
+    }
+    total = s.get("iterations_before", 0) + s["iters_done"]
+    tmp = path + ".tmp"
+    torch.save({"model": model, "iterations": total, "size": s["size"], "width": s["width"], "nets": half}, tmp)
+    os.replace(tmp, path)
+    print(f"[{model}] training state: {path} ({os.path.getsize(path)} bytes, {total} iterations in all)", flush=True)
 
 
 def gradient_penalty(critic, real, fake):
@@ -147,9 +192,10 @@ def pgd(g_frozen: nn.Module, x: torch.Tensor, c: torch.Tensor, eps=0.05, step=0.
     return x_adv.detach()
 
 
-def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
+def train_conditional(model: str, train: D.Split, s: dict, log) -> tuple[nn.Module, dict[str, nn.Module]]:
     """StarGAN, GANimation-style, AttGAN-style and adversarially trained StarGAN: WGAN-GP critic with an
-    attribute head, classification and reconstruction losses."""
+    attribute head, classification and reconstruction losses. Returns the generator and the networks
+    whose state --state keeps."""
     c_dim = len(D.STARGAN_ATTRS)
 
     def new_generator() -> nn.Module:
@@ -159,7 +205,9 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
 
     g = new_generator()
     d = nets.Discriminator(s["size"], c_dim, s["width"], depth=5 if s["size"] >= 64 else 3)
-    if s.get("started_from"):
+    if resume(model, s, {"g": g, "d": d}):
+        pass
+    elif s.get("started_from"):
         # Start from an exported generator of the same architecture (e.g. stargan.pt for stargan_adv).
         load_exported(g, s["started_from"])
         x, c = train.batch(torch.arange(min(len(train), 16)))
@@ -243,20 +291,22 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> nn.Module:
         if it % max(1, s["iters"] // 20) == 0 or it == s["iters"]:
             extra = {"attention_mean": attention_mean} if attention_mean is not None else {}
             log(it, loss_d=loss_d.item(), loss_g=loss_g.item() if it > g_from and it >= s["n_critic"] else float("nan"), **extra)
-    return g
+    return g, {"g": g, "d": d}
 
 
-def train_cyclegan(train: D.Split, s: dict, log) -> nn.Module:
+def train_cyclegan(train: D.Split, s: dict, log) -> tuple[nn.Module, dict[str, nn.Module]]:
     """CycleGAN between not-Young (A) and Young (B), LSGAN critics, cycle and identity losses.
     Returns the A->B translator (makes a face look younger)."""
     young = train.labels[:, D.STARGAN_ATTRS.index("Young")] > 0.5
     idx_a, idx_b = torch.nonzero(~young).flatten(), torch.nonzero(young).flatten()
     g_ab, g_ba = (nets.CycleTranslator(s["width"], s["blocks"]) for _ in range(2))
-    if s.get("started_from"):
+    d_a, d_b = (nets.Discriminator(s["size"], 0, s["width"], depth=3) for _ in range(2))
+    parts = {"g_ab": g_ab, "g_ba": g_ba, "d_a": d_a, "d_b": d_b}
+    if not resume("cyclegan", s, parts) and s.get("started_from"):
         # The export holds the A->B translator only; B->A starts afresh.
         load_exported(g_ab, s["started_from"])
     g_from = critic_warmup(s)
-    d_a, d_b = (nets.Discriminator(s["size"], 0, s["width"], depth=3).to(DEVICE) for _ in range(2))
+    d_a, d_b = d_a.to(DEVICE), d_b.to(DEVICE)
     g_ab, g_ba = g_ab.to(DEVICE), g_ba.to(DEVICE)
     opt_g = torch.optim.Adam(list(g_ab.parameters()) + list(g_ba.parameters()), s["lr"], betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(list(d_a.parameters()) + list(d_b.parameters()), s["lr"], betas=(0.5, 0.999))
@@ -287,12 +337,12 @@ def train_cyclegan(train: D.Split, s: dict, log) -> nn.Module:
         opt_d.step()
         if it % max(1, s["iters"] // 20) == 0 or it == s["iters"]:
             log(it, loss_d=loss_d.item(), loss_g=loss_g.item())
-    return nets.Unconditional(g_ab)
+    return nets.Unconditional(g_ab), parts
 
 
-def train_faceswap(train: D.Split, s: dict, log) -> nn.Module:
+def train_faceswap(train: D.Split, s: dict, log) -> tuple[nn.Module, dict[str, nn.Module]]:
     ae = nets.FaceSwapAE(s["size"], s["width"], code=64 if s["size"] < 64 else 512)
-    if s.get("started_from"):
+    if not resume("faceswap", s, {"ae": ae}) and s.get("started_from"):
         load_exported(ae, s["started_from"])
     ae = ae.to(DEVICE)
     opt = torch.optim.Adam(ae.parameters(), s["lr"] * 2.5, betas=(0.5, 0.999))
@@ -310,7 +360,7 @@ def train_faceswap(train: D.Split, s: dict, log) -> nn.Module:
         opt.step()
         if it % max(1, s["iters"] // 20) == 0 or it == s["iters"]:
             log(it, l1=loss.item())
-    return nets.Unconditional(ae)
+    return nets.Unconditional(ae), {"ae": ae}
 
 
 def train_classifier(train: D.Split, s: dict, log) -> nn.Module:
@@ -371,15 +421,17 @@ def train_one(model: str, train: D.Split, s: dict, out: str) -> dict:
         shown = " ".join(f"{k}={v:.4f}" for k, v in values.items())
         print(f"[{model}] {it}/{s['iters']} {shown} ({time.time() - started:.0f}s)", flush=True)
 
+    parts: dict[str, nn.Module] = {}
     if model == "classifier":
         net = train_classifier(train, s, log)
     elif model == "cyclegan":
-        net = train_cyclegan(train, s, log)
+        net, parts = train_cyclegan(train, s, log)
     elif model == "faceswap":
-        net = train_faceswap(train, s, log)
+        net, parts = train_faceswap(train, s, log)
     else:
-        net = train_conditional(model, train, s, log)
+        net, parts = train_conditional(model, train, s, log)
     seconds = time.time() - started
+    save_state(model, s, parts)
     path = os.path.join(out, f"{model}.pt")
     if model == "classifier":
         export(net, path, s["size"], 0, takes_condition=False)
@@ -398,8 +450,9 @@ def train_one(model: str, train: D.Split, s: dict, out: str) -> dict:
         "threads": torch.get_num_threads(),
         "bytes": os.path.getsize(path),
         **({"adversarial_from_iter": s.get("adversarial_from_iter")} if model == "stargan_adv" else {}),
-        **({"init": s["started_from"]} if s["started_from"] else {}),
+        **({"init": s["started_from"]} if s["started_from"] and not s.get("resumed") else {}),
         **({"critic_warmup_iters": critic_warmup(s)} if s["started_from"] and model != "faceswap" else {}),
+        **({"resumed": s["resumed"], "iterations_in_all": s["iterations_before"] + s["iters_done"]} if s.get("resumed") else {}),
         "history": history,
     }
     with open(os.path.join(out, f"{model}.json"), "w") as f:
@@ -449,6 +502,8 @@ def main() -> None:
     p.add_argument("--attention-cap", type=float,
                    help="ganimation: penalize (weight 10) a mean attention above this, so the mask cannot "
                    "settle on keeping the whole input")
+    p.add_argument("--state", help="keep each model's whole training state (generator, critics; fp16) in "
+                   "DIR/<model>.state.pt and go on from it when it is there, ahead of --init / --init-dir")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
