@@ -1,0 +1,80 @@
+"""Whether a generator's disruption survives a small change of the attacker's crop:
+bench/results/framing-fragility-cpu-2026-11-27.md.
+
+    python bench/framing_probe.py attgan      (from the repository root, with .venv)
+
+Eager PGD (ε 0.05, IT steps of 0.01, random start, plain MSE against the clean output) on the first
+N CelebA val photos (../shared/data/celeba, read in place), against one committed generator and the
+manifest's attacked conditions. Each step the face is cut from the 178×218 photo and resized
+(antialiased bilinear) to 128 px: at the standard aligned crop (rows 20..198) or, with JIT=j, at a
+crop whose side and position are drawn up to j of the side away from it, as Veil's aligned framings
+are. The adversarial photos are rounded to 8 bits, then judged on the paper's five conditions under
+crops that differ from the standard one by a few pixels: mean MSE and the share of face × condition
+pairs past 0.05.
+"""
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT + "/bench")
+sys.path.insert(0, ROOT + "/models/train")
+import data as D  # noqa: E402
+import reference as R  # noqa: E402
+
+torch.set_num_threads(2)
+torch.manual_seed(0)
+N = int(os.environ.get("N", "8"))
+IT = int(os.environ.get("IT", "10"))
+JIT = float(os.environ.get("JIT", "0"))
+EPS = 0.05
+name = sys.argv[1]
+_, G, _, conds = {g[0]: g for g in R.load(ROOT + "/models", "cpu")}[name]
+K = conds.shape[0]
+DATA = ROOT + "/../shared/data/celeba"
+rows = D.first_rows(DATA, "val", N)
+x = torch.cat([D.photo(DATA, r) for r in rows])  # [N,3,218,178] in [-1,1]
+paper = torch.cat([D.row_targets(r) for r in rows])  # [N*5,5]: the paper's conditions per face
+
+# The attacker's crops judged: (top, left, side) in the 178×218 photo.
+VIEWS = {
+    "standard crop": (20, 0, 178),
+    "2 px lower": (22, 0, 178),
+    "5 px lower": (25, 0, 178),
+    "side 172 (−3.4 %)": (23, 3, 172),
+    "side 166 (−6.7 %)": (26, 6, 166),
+}
+
+
+def view(img, top, left, side):
+    """`[N,3,side,side]` cut at (top, left), resized to the generator's `[N,3,128,128]`."""
+    return F.interpolate(img[:, :, top : top + side, left : left + side], size=(128, 128), mode="bilinear", antialias=True)
+
+
+def drawn_crop():
+    if JIT == 0:
+        return VIEWS["standard crop"]
+    u = lambda: 2 * torch.rand(()).item() - 1  # noqa: E731
+    side = min(178, int(round(178 * (1 + JIT * u()))))
+    top = 20 + (178 - side) // 2 + int(round(JIT * 178 * u()))
+    return max(0, min(218 - side, top)), (178 - side) // 2, side
+
+
+c_rows = conds.repeat(N, 1)
+d = (torch.rand_like(x) * 2 - 1) * EPS
+for _ in range(IT):
+    d.requires_grad_(True)
+    crop = drawn_crop()
+    with torch.no_grad():
+        target = G(view(x, *crop).repeat_interleave(K, 0), c_rows)
+    loss = ((G(view((x + d).clamp(-1, 1), *crop).repeat_interleave(K, 0), c_rows) - target) ** 2).mean()
+    (g,) = torch.autograd.grad(loss, d)
+    d = (d.detach() + 0.01 * g.sign()).clamp(-EPS, EPS)
+adv = ((x + d).clamp(-1, 1) * 127.5).round() / 127.5
+for label, crop in VIEWS.items():
+    a, c = view(adv, *crop).repeat_interleave(5, 0), view(x, *crop).repeat_interleave(5, 0)
+    with torch.no_grad():
+        m = ((G(a, paper) - G(c, paper)) ** 2).flatten(1).mean(1)
+    print(f"{name} IT={IT} JIT={JIT} | {label} | {m.mean().item():.4f} | {100 * (m >= 0.05).float().mean().item():.0f} %")
