@@ -607,22 +607,17 @@ pub fn protect_many(
                 t.context(params, w, h)
             })
             .collect();
-        let within = |r: &Region, c: &Region| Region { x: r.x - c.x, y: r.y - c.y, w: r.w, h: r.h };
         // Where the face, its aligned crops and its extent lie in the context.
-        let faces: Vec<Region> = chunk.iter().zip(&contexts).map(|((_, t), c)| within(&t.face, c)).collect();
-        let aligned: Vec<Vec<Aligned>> = chunk
-            .iter()
-            .zip(&contexts)
-            .map(|((_, t), c)| {
-                t.aligned.iter().map(|a| Aligned { square: within(&a.square, c), angle: a.angle }).collect()
-            })
-            .collect();
+        let moved: Vec<Target> = chunk.iter().zip(&contexts).map(|((_, t), c)| t.within(c.x, c.y)).collect();
+        let faces: Vec<Region> = moved.iter().map(|t| t.face).collect();
+        let aligned: Vec<Vec<Aligned>> = moved.into_iter().map(|t| t.aligned).collect();
         let extents: Vec<Region> = chunk
             .iter()
             .zip(&contexts)
             .map(|((i, t), c)| {
                 let (w, h) = size_of(*i);
-                within(&t.extent(w, h), c)
+                let e = t.extent(w, h);
+                Region { x: e.x - c.x, y: e.y - c.y, ..e }
             })
             .collect();
         let crops: Vec<Tensor> = chunk
