@@ -18,6 +18,7 @@
 #           card). With INIT_DIR, the models not trained are copied from it, so OUT_DIR holds a whole zoo.
 #   STATE   a folder of training states (train.py --state): each model goes on from DIR/<model>.state.pt,
 #           critics included, when it is there, and leaves its new state there. About 9 MB per GAN.
+#           stargan_adv too: with its own state it goes on from that instead of phase 1's StarGAN.
 #   BATCH   batch size (default 32).
 #   ADV_MINUTES 0 skips phase 2.
 #

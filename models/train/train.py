@@ -205,9 +205,8 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> tuple[nn.Modu
 
     g = new_generator()
     d = nets.Discriminator(s["size"], c_dim, s["width"], depth=5 if s["size"] >= 64 else 3)
-    if resume(model, s, {"g": g, "d": d}):
-        pass
-    elif s.get("started_from"):
+    resumed = resume(model, s, {"g": g, "d": d})
+    if not resumed and s.get("started_from"):
         # Start from an exported generator of the same architecture (e.g. stargan.pt for stargan_adv).
         load_exported(g, s["started_from"])
         x, c = train.batch(torch.arange(min(len(train), 16)))
