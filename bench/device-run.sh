@@ -7,6 +7,8 @@
 #   PART=eval: `veil doctor`, then `veil eval` on chunks of the val images with /tmp/zoo (left by a train
 #     call on the same, still warm machine) until END, and one chunk in fp16 if time is left. Writes
 #     log.txt, eval1-4.json and eval16.json. BENCH=1 runs the train part's bench first (on the new zoo).
+#   NOCLBF=1 skips the channels-last bf16 bench of the train part, NOFUSE=1 its bench with
+#   engine.fuse_clean = false.
 #   Training goes on from the committed zoo (INIT_DIR, default models/). MODELS, BATCH, STATE go to
 #     gpu.sh: MODELS="stargan attgan" trains only those, for the whole time (the rest is kept as it is);
 #     STATE=.device/state keeps each model's whole training state, critics included, so the next session
@@ -21,7 +23,7 @@
 #   cp -a models/mtcnn .device/models/
 # What travels must stay under 64 MiB (67.1 MB) with the repository (25.3 MB, the committed zoo): carry
 #   train: [".device/celeba128.tar.gz", ".device/bin", ".device/models", ".device/data/portraits", ".device/data/exif-samples"]
-#          (64.7 MB with the 10,000-face tar). With training states, drop the bench (SKIPBENCH=1, and
+#          (66.2 MB with the 10,000-face tar and 13.4 MB of binary, mtcnn and data on 2026-11-27). With training states, drop the bench (SKIPBENCH=1, and
 #          carry only the tar and .device/state, then BENCH=1 in the eval part) and make the tar fit:
 #          25.3 MB + tar + ~9 MB per state; --limit 8000 gives a ~22 MB tar (room for two states).
 #   eval:  [".device/bin", ".device/models", ".device/data"]
@@ -59,15 +61,24 @@ if [ "$PART" = train ]; then
   cp -a .device/models/mtcnn $Z0/
   toml $Z0 "" /tmp/veil0.toml
   toml $Z0 $'[engine]\nchannels_last = true\nprecision = "bf16"\n' /tmp/veilclbf.toml
+  toml $Z0 $'[engine]\nfuse_clean = false\n' /tmp/veilnofuse.toml
   [ -n "${SKIPBENCH:-}" ] || {
     log "bench fp32 vs reference (zoo at hand)"
     rm -f /tmp/veil.json /tmp/reference.json
     VEIL_LOG=info,veil::pipeline=debug BENCH_OUT=/tmp timeout $CMP_T bash bench/compare.sh $V /tmp/veil0.toml .device/data $PY 8 >>"$L" 2>&1
     log "compare rc $?"
     for f in /tmp/veil.json /tmp/reference.json; do echo "BENCHJSON $(cat $f 2>/dev/null)" >>"$L"; done
-    log "bench channels-last bf16"
-    echo "BENCHJSONCLBF $(timeout 60 $V --config /tmp/veilclbf.toml bench --json --batch 8 --runs $RUNS --no-four-faces --data .device/data 2>>"$L")" >>"$L"
-    log "benchclbf rc $?"
+    # engine.fuse_clean is on with CUDA (compare.sh's run above); the same bench with it off.
+    [ -n "${NOFUSE:-}" ] || {
+      log "bench fuse_clean off"
+      echo "BENCHJSONNOFUSE $(timeout 60 $V --config /tmp/veilnofuse.toml bench --json --batch 8 --runs $RUNS --no-four-faces --data .device/data 2>>"$L")" >>"$L"
+      log "benchnofuse rc $?"
+    }
+    [ -n "${NOCLBF:-}" ] || {
+      log "bench channels-last bf16"
+      echo "BENCHJSONCLBF $(timeout 60 $V --config /tmp/veilclbf.toml bench --json --batch 8 --runs $RUNS --no-four-faces --data .device/data 2>>"$L")" >>"$L"
+      log "benchclbf rc $?"
+    }
   }
   rm -rf $Z; mkdir -p $Z
   if [ -z "${DRY:-}" ]; then
