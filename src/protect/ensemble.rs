@@ -155,6 +155,9 @@ pub struct Inputs {
 pub struct Ensemble {
     pub generators: Vec<Generator>,
     pub device: Device,
+    /// Each attack step runs the clean outputs in the perturbed face's generator pass
+    /// (`engine.fuse_clean`).
+    pub fuse_clean: bool,
 }
 
 impl Ensemble {
@@ -201,15 +204,16 @@ impl Ensemble {
         if generators.is_empty() {
             return Err(ProtectError::EmptyEnsemble(dir.join(crate::models::MANIFEST).display().to_string()));
         }
-        Ok(Ensemble { generators, device })
+        Ok(Ensemble { generators, device, fuse_clean: device.is_cuda() })
     }
 
-    /// Applies `[engine]`: the number format (on CUDA only; the CPU stays fp32) and the input
-    /// layout. Returns the number format in effect.
+    /// Applies `[engine]`: the number format (on CUDA only; the CPU stays fp32), the input
+    /// layout and whether clean outputs share the attack's pass. Returns the number format in effect.
     pub fn configure(&mut self, engine: &crate::config::EngineConfig) -> Kind {
         for g in &mut self.generators {
             g.channels_last = engine.channels_last;
         }
+        self.fuse_clean = engine.fuse_clean.unwrap_or(self.device.is_cuda());
         self.set_precision(engine.precision)
     }
 

@@ -507,24 +507,39 @@ fn attack_batch_targets(
             // Output and clean target, both [R,3,S,S]: R = N*K rows (joint) or N (iterative).
             let (out, target) = match params.mode {
                 Mode::Joint => {
-                    let out = g.forward_rows(&g.rows_shared(&mut inputs, &x_adv, &ts))?;
-                    let target = if per_step {
+                    let rows = g.rows_shared(&mut inputs, &x_adv, &ts);
+                    if !per_step {
+                        (g.forward_rows(&rows)?, targets[i].shallow_clone())
+                    } else if ensemble.fuse_clean {
+                        // One pass over [2R,3,S,S]: the perturbed rows, then the clean ones (each
+                        // block face-major, so row r keeps condition r mod K). The backward then
+                        // runs through the clean rows too, where nothing flows.
                         let clean = g.rows_shared(&mut clean_inputs, &framed_clean, &ts);
-                        tch::no_grad(|| g.forward_rows(&clean))?
+                        let r = rows.size()[0];
+                        let both = g.forward_rows(&Tensor::cat(&[rows, clean], 0))?;
+                        (both.narrow(0, 0, r), both.narrow(0, r, r).detach())
                     } else {
-                        targets[i].shallow_clone()
-                    };
-                    (out, target)
+                        let clean = g.rows_shared(&mut clean_inputs, &framed_clean, &ts);
+                        (g.forward_rows(&rows)?, tch::no_grad(|| g.forward_rows(&clean))?)
+                    }
                 }
                 Mode::Iterative => {
-                    let out = g.forward_one_resized(&g.resized_shared(&mut inputs, &x_adv, ts[0]), k)?;
-                    let target = if per_step {
+                    let faces = g.resized_shared(&mut inputs, &x_adv, ts[0]);
+                    if !per_step {
+                        (g.forward_one_resized(&faces, k)?, g.target_one(&targets[i], k))
+                    } else if ensemble.fuse_clean {
+                        // As in joint mode: [2N,3,S,S], perturbed faces then clean ones.
                         let clean = g.resized_shared(&mut clean_inputs, &framed_clean, ts[0]);
-                        tch::no_grad(|| g.forward_one_resized(&clean, k))?
+                        let n = faces.size()[0];
+                        let both = g.forward_one_resized(&Tensor::cat(&[faces, clean], 0), k)?;
+                        (both.narrow(0, 0, n), both.narrow(0, n, n).detach())
                     } else {
-                        g.target_one(&targets[i], k)
-                    };
-                    (out, target)
+                        let clean = g.resized_shared(&mut clean_inputs, &framed_clean, ts[0]);
+                        (
+                            g.forward_one_resized(&faces, k)?,
+                            tch::no_grad(|| g.forward_one_resized(&clean, k))?,
+                        )
+                    }
                 }
             };
             let term = if params.focus > 0.0 {
