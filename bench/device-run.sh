@@ -8,19 +8,16 @@
 #     call on the same, still warm machine) until END, and one chunk in fp16 if time is left. Writes
 #     log.txt, eval1-4.json and eval16.json. BENCH=1 runs the train part's bench first (on the new zoo).
 #   NOCLBF=1 skips the channels-last bf16 bench of the train part, NOFUSE=1 its bench with
-#   engine.fuse_clean = false.
+#   engine.fuse_clean = true.
 #   Training goes on from the committed zoo (INIT_DIR, default models/). MODELS, BATCH, STATE go to
 #     gpu.sh: MODELS="stargan attgan" trains only those, for the whole time (the rest is kept as it is);
 #     STATE=.device/state keeps each model's whole training state, critics included, so the next session
 #     goes on from it: the states come back as $OUT/<model>.state.pt (~9 MB each) to put in
 #     .device/state/ here. ADV_S=0 skips stargan_adv.
 #
-# Prepare here, in the git-ignored `.device/`:
-#   .venv/bin/python models/train/pack.py --data ../shared/data/celeba --out .device/celeba128.tar.gz --limit 10000
-#   mkdir -p .device/bin && strip -o .device/bin/veil target/release/veil
-#   .device/data/celeba/{attributes.csv,val/} with the first 200 val rows and their JPEGs (eval part only),
-#   .device/data/portraits/src/{female,male}/ and .device/data/exif-samples/jpg/mobile/jolla.jpg (bench),
-#   cp -a models/mtcnn .device/models/
+# Prepare here, in the git-ignored `.device/` (a new checkout has none): `bash bench/device-prep.sh
+#   [LIMIT]` packs the train faces, strips the binary and copies mtcnn, 200 val faces and the bench's
+#   photos there.
 # What travels must stay under 64 MiB (67.1 MB) with the repository (25.3 MB, the committed zoo): carry
 #   train: [".device/celeba128.tar.gz", ".device/bin", ".device/models", ".device/data/portraits", ".device/data/exif-samples"]
 #          (66.2 MB with the 10,000-face tar and 13.4 MB of binary, mtcnn and data on 2026-11-27). With training states, drop the bench (SKIPBENCH=1, and
@@ -61,18 +58,18 @@ if [ "$PART" = train ]; then
   cp -a .device/models/mtcnn $Z0/
   toml $Z0 "" /tmp/veil0.toml
   toml $Z0 $'[engine]\nchannels_last = true\nprecision = "bf16"\n' /tmp/veilclbf.toml
-  toml $Z0 $'[engine]\nfuse_clean = false\n' /tmp/veilnofuse.toml
+  toml $Z0 $'[engine]\nfuse_clean = true\n' /tmp/veilfuse.toml
   [ -n "${SKIPBENCH:-}" ] || {
     log "bench fp32 vs reference (zoo at hand)"
     rm -f /tmp/veil.json /tmp/reference.json
     VEIL_LOG=info,veil::pipeline=debug BENCH_OUT=/tmp timeout $CMP_T bash bench/compare.sh $V /tmp/veil0.toml .device/data $PY 8 >>"$L" 2>&1
     log "compare rc $?"
     for f in /tmp/veil.json /tmp/reference.json; do echo "BENCHJSON $(cat $f 2>/dev/null)" >>"$L"; done
-    # engine.fuse_clean is on with CUDA (compare.sh's run above); the same bench with it off.
+    # The same bench with engine.fuse_clean on (off in compare.sh's run above).
     [ -n "${NOFUSE:-}" ] || {
-      log "bench fuse_clean off"
-      echo "BENCHJSONNOFUSE $(timeout 60 $V --config /tmp/veilnofuse.toml bench --json --batch 8 --runs $RUNS --no-four-faces --data .device/data 2>>"$L")" >>"$L"
-      log "benchnofuse rc $?"
+      log "bench fuse_clean on"
+      echo "BENCHJSONFUSE $(timeout 60 $V --config /tmp/veilfuse.toml bench --json --batch 8 --runs $RUNS --no-four-faces --data .device/data 2>>"$L")" >>"$L"
+      log "benchfuse rc $?"
     }
     [ -n "${NOCLBF:-}" ] || {
       log "bench channels-last bf16"

@@ -105,10 +105,9 @@ pub struct EngineConfig {
     /// Run each step's clean outputs (the targets the loss pushes away from) in the same generator
     /// pass as the perturbed face, one pass of twice the rows instead of two: fewer kernel launches,
     /// which is what a small generator on a GPU waits on, for a backward through twice the rows,
-    /// which a CPU pays for in full. `None`: on with CUDA, off on the CPU. The same computation
-    /// either way, though a batch of another size may round differently.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fuse_clean: Option<bool>,
+    /// which a CPU pays for in full (1.35× slower here). Off until a GPU bench shows it gains there.
+    /// The same computation either way, though a batch of another size may round differently.
+    pub fuse_clean: bool,
 }
 
 /// `engine.precision`: the generators' number format on CUDA.
@@ -352,7 +351,7 @@ impl Default for EngineConfig {
             precision: Precision::Fp32,
             channels_last: false,
             photo_batch: None,
-            fuse_clean: None,
+            fuse_clean: false,
         }
     }
 }

@@ -204,7 +204,7 @@ impl Ensemble {
         if generators.is_empty() {
             return Err(ProtectError::EmptyEnsemble(dir.join(crate::models::MANIFEST).display().to_string()));
         }
-        Ok(Ensemble { generators, device, fuse_clean: device.is_cuda() })
+        Ok(Ensemble { generators, device, fuse_clean: false })
     }
 
     /// Applies `[engine]`: the number format (on CUDA only; the CPU stays fp32), the input
@@ -213,7 +213,7 @@ impl Ensemble {
         for g in &mut self.generators {
             g.channels_last = engine.channels_last;
         }
-        self.fuse_clean = engine.fuse_clean.unwrap_or(self.device.is_cuda());
+        self.fuse_clean = engine.fuse_clean;
         self.set_precision(engine.precision)
     }
 
