@@ -108,6 +108,10 @@ pub struct EngineConfig {
     /// which a CPU pays for in full (1.35× slower here). Off until a GPU bench shows it gains there.
     /// The same computation either way, though a batch of another size may round differently.
     pub fuse_clean: bool,
+    /// Run each attack step's generators on threads of their own, one each (forward and backward as
+    /// far as their inputs), so that their kernel launches, which small generators on a GPU wait on,
+    /// are issued side by side. Off until a GPU bench shows it gains; a CPU has no launches to hide.
+    pub parallel_generators: bool,
 }
 
 /// `engine.precision`: the generators' number format on CUDA.
@@ -352,6 +356,7 @@ impl Default for EngineConfig {
             channels_last: false,
             photo_batch: None,
             fuse_clean: false,
+            parallel_generators: false,
         }
     }
 }

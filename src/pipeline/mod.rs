@@ -563,7 +563,9 @@ fn attack_photos(
 /// 256×256 face (after a warm-up step); about a second on a laptop CPU.
 fn estimate_balanced_seconds_per_face(ensemble: &Ensemble) -> f64 {
     let dev = ensemble.device;
-    let x = Tensor::rand([1, 3, 256, 256], (tch::Kind::Float, dev)) * 2.0 - 1.0;
+    let x = crate::protect::with_torch_seed(0, || Tensor::rand([1, 3, 256, 256], (tch::Kind::Float, dev)))
+        * 2.0
+        - 1.0;
     let mask = Tensor::ones([1, 1, 256, 256], (tch::Kind::Float, dev));
     let balanced = Params::preset(Preset::Balanced);
     let one_step = Params { iterations: 1, ..balanced.clone() };

@@ -32,26 +32,21 @@ impl Generator {
         self.conditions.size()[0] as usize
     }
 
+    /// What a thread needs to run this generator ([`Runner`]).
+    pub fn runner(&self) -> Runner<'_> {
+        Runner {
+            name: &self.name,
+            module: &self.module,
+            conditions: self.conditions.shallow_clone(),
+            kind: self.kind,
+            channels_last: self.channels_last,
+        }
+    }
+
     /// Runs the module on `x: [N,3,S,S]` with conditions `c: [N,C]`; a model that answers with the
     /// wrong shape is an error, not a panic.
     pub fn run(&self, x: &Tensor, c: &Tensor) -> Result<Tensor, ProtectError> {
-        let mut input = x.to_kind(self.kind);
-        if self.channels_last {
-            // Still [N,3,S,S], with NHWC strides: convolutions take their channels-last kernels.
-            input = input.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-        }
-        let y = self
-            .module
-            .forward_ts(&[input, c.to_kind(self.kind)])
-            .map_err(|e| ProtectError::Model { name: self.name.clone(), message: e.to_string() })?
-            .to_kind(Kind::Float);
-        if y.size() != x.size() {
-            return Err(ProtectError::Model {
-                name: self.name.clone(),
-                message: format!("returned {:?} for an input of {:?}", y.size(), x.size()),
-            });
-        }
-        Ok(y)
+        self.runner().run(x, c)
     }
 
     /// Faces `xs[n]: [1,3,h_n,w_n] in [-1,1]`, each resized to the input size, through `t`:
@@ -113,8 +108,7 @@ impl Generator {
     /// `G(x_r, c_(r mod K))` for rows made by [`Generator::rows_shared`] (`[N*K,3,S,S]`):
     /// `[N*K,3,S,S]`.
     pub fn forward_rows(&self, x: &Tensor) -> Result<Tensor, ProtectError> {
-        let n = x.size()[0] / self.condition_count() as i64;
-        self.run(x, &self.conditions.repeat([n, 1]))
+        self.runner().forward_rows(x)
     }
 
     /// `G(resize(x), c)` for every face and attacked condition: `[N*K,3,S,S]`, face-major.
@@ -137,8 +131,58 @@ impl Generator {
 
     /// `G(x, c_k)` for faces already resized (`x: [N,3,S,S]`): `[N,3,S,S]`.
     pub fn forward_one_resized(&self, x: &Tensor, k: usize) -> Result<Tensor, ProtectError> {
+        self.runner().forward_one_resized(x, k)
+    }
+}
+
+/// A generator's module (shared: `CModule` is `Sync`) with its own handle on the attacked
+/// conditions: what an attack step runs on another thread (`engine.parallel_generators`). `Send`,
+/// where `&Generator` is not, since a `Tensor` is not `Sync`.
+pub struct Runner<'a> {
+    name: &'a str,
+    module: &'a CModule,
+    /// `[K,C]` on the device.
+    conditions: Tensor,
+    kind: Kind,
+    channels_last: bool,
+}
+
+impl Runner<'_> {
+    /// [`Generator::run`].
+    pub fn run(&self, x: &Tensor, c: &Tensor) -> Result<Tensor, ProtectError> {
+        let mut input = x.to_kind(self.kind);
+        if self.channels_last {
+            // Still [N,3,S,S], with NHWC strides: convolutions take their channels-last kernels.
+            input = input.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        }
+        let y = self
+            .module
+            .forward_ts(&[input, c.to_kind(self.kind)])
+            .map_err(|e| ProtectError::Model { name: self.name.to_string(), message: e.to_string() })?
+            .to_kind(Kind::Float);
+        if y.size() != x.size() {
+            return Err(ProtectError::Model {
+                name: self.name.to_string(),
+                message: format!("returned {:?} for an input of {:?}", y.size(), x.size()),
+            });
+        }
+        Ok(y)
+    }
+
+    /// [`Generator::forward_rows`].
+    pub fn forward_rows(&self, x: &Tensor) -> Result<Tensor, ProtectError> {
+        let n = x.size()[0] / self.conditions.size()[0];
+        self.run(x, &self.conditions.repeat([n, 1]))
+    }
+
+    /// [`Generator::forward_one_resized`].
+    pub fn forward_one_resized(&self, x: &Tensor, k: usize) -> Result<Tensor, ProtectError> {
         let c = self.conditions.narrow(0, k as i64, 1).expand([x.size()[0], -1], false);
         self.run(x, &c)
+    }
+
+    pub fn name(&self) -> &str {
+        self.name
     }
 }
 
@@ -158,6 +202,9 @@ pub struct Ensemble {
     /// Each attack step runs the clean outputs in the perturbed face's generator pass
     /// (`engine.fuse_clean`).
     pub fuse_clean: bool,
+    /// Each attack step runs every generator's forward and backward on its own thread
+    /// (`engine.parallel_generators`).
+    pub parallel_generators: bool,
 }
 
 impl Ensemble {
@@ -204,7 +251,7 @@ impl Ensemble {
         if generators.is_empty() {
             return Err(ProtectError::EmptyEnsemble(dir.join(crate::models::MANIFEST).display().to_string()));
         }
-        Ok(Ensemble { generators, device, fuse_clean: false })
+        Ok(Ensemble { generators, device, fuse_clean: false, parallel_generators: false })
     }
 
     /// Applies `[engine]`: the number format (on CUDA only; the CPU stays fp32), the input
@@ -214,6 +261,7 @@ impl Ensemble {
             g.channels_last = engine.channels_last;
         }
         self.fuse_clean = engine.fuse_clean;
+        self.parallel_generators = engine.parallel_generators;
         self.set_precision(engine.precision)
     }
 

@@ -38,6 +38,8 @@ pub enum ProtectError {
     EmptyEnsemble(String),
     #[error("image tensor must be [3,H,W] uint8, got {0:?}")]
     BadImage(Vec<i64>),
+    #[error("an attack thread stopped without an answer (it panicked)")]
+    Thread,
 }
 
 /// A rectangle of the image in full-resolution pixels.
@@ -284,6 +286,18 @@ pub fn max_levels(epsilon: f64) -> i64 {
     (epsilon * 127.5 + 1e-9).floor() as i64
 }
 
+/// Torch has one random generator per process (per device). Seeding it and drawing from it happen
+/// under this lock, so attacks that run at once (tests, a daemon beside a `veil` in one process)
+/// each draw what their own seed gives.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `draw` with torch's generator seeded with `seed`, and no other draw in between.
+pub fn with_torch_seed<T>(seed: i64, draw: impl FnOnce() -> T) -> T {
+    let _guard = TORCH_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed);
+    draw()
+}
+
 /// How many face regions one attack batches (per generator, `faces × conditions` inputs per pass).
 pub const MAX_BATCH: usize = 8;
 
@@ -382,6 +396,63 @@ fn focused_loss(out: &Tensor, target: &Tensor, focus: f64) -> Tensor {
     ((rows.clamp_min(1e-12) / THRESHOLD).log() * focus).sigmoid().mean(Kind::Float) / focus
 }
 
+/// What a generator's output is pushed away from in a step.
+enum Away {
+    /// The outputs of this clean input (same layout as the perturbed one), made in the step.
+    Clean(Tensor),
+    /// Clean outputs made before the loop (no framing, no transform).
+    Fixed(Tensor),
+}
+
+/// One generator's share of an attack step, made on the attack's thread and, with
+/// `engine.parallel_generators`, run on its own.
+struct Term<'a> {
+    runner: ensemble::Runner<'a>,
+    /// Iterative mode: the one condition attacked this step.
+    one: Option<usize>,
+    /// The perturbed input: rows `[N*K,3,S,S]` (joint) or faces `[N,3,S,S]` (iterative).
+    adv: Tensor,
+    away: Away,
+    fuse: bool,
+    focus: f64,
+    weight: f64,
+    /// With `focus` 0: the loss at the first step, which normalizes the later ones.
+    norm: Option<f64>,
+}
+
+impl Term<'_> {
+    /// `G(x, c)` of the rows (joint) or of the faces under the step's condition (iterative).
+    fn forward(&self, x: &Tensor) -> Result<Tensor, ProtectError> {
+        match self.one {
+            Some(k) => self.runner.forward_one_resized(x, k),
+            None => self.runner.forward_rows(x),
+        }
+    }
+
+    /// The generator's weighted loss, away from the clean outputs: `G(adv)` against the fixed
+    /// target, or against `G(clean)` made in this step (in the same pass with `fuse`: perturbed rows
+    /// first, then clean ones, each block keeping its row order, so row r keeps its condition).
+    fn loss(&mut self) -> Result<Tensor, ProtectError> {
+        let (out, target) = match &self.away {
+            Away::Clean(clean) if self.fuse => {
+                let r = self.adv.size()[0];
+                let both = self.forward(&Tensor::cat(&[&self.adv, clean], 0))?;
+                (both.narrow(0, 0, r), both.narrow(0, r, r).detach())
+            }
+            Away::Clean(clean) => (self.forward(&self.adv)?, tch::no_grad(|| self.forward(clean))?),
+            Away::Fixed(fixed) => (self.forward(&self.adv)?, fixed.shallow_clone()),
+        };
+        Ok(if self.focus > 0.0 {
+            focused_loss(&out, &target, self.focus) * self.weight
+        } else {
+            // Normalized by the loss at the random start so no generator dominates.
+            let loss = out.mse_loss(&target, tch::Reduction::Mean);
+            let norm = *self.norm.get_or_insert_with(|| loss.double_value(&[]).max(1e-8));
+            loss * (self.weight / norm)
+        })
+    }
+}
+
 /// [`attack_batch`] on faces with context: `faces[n]` is where Veil's crop of the face lies in
 /// `xs[n]`, which may extend past it so that framings (`params.framing`) can also zoom out, and
 /// `aligned[n]` where its aligned crops lie (possibly none); the perturbation stays where `masks[n]`
@@ -410,30 +481,33 @@ fn attack_batch_targets(
     let targets = clean_outputs(ensemble, &own)?;
     // Random start in the ε-ball: at x_adv = x the loss gradient is exactly zero. Drawn on the
     // device by torch's generator, seeded from `rng` so a seed still reproduces a run.
-    tch::manual_seed((rng.next_u64() >> 1) as i64);
+    let seed = (rng.next_u64() >> 1) as i64;
     // With `params.coarse` f > 1 the perturbation is a fine part at the face's resolution plus a
     // coarse part at 1/f of it, upsampled bilinearly: δ = clamp(δ_fine + up(δ_coarse), ±ε). Each part
     // takes its own sign step within ±ε. The coarse part starts at random (the fine one at 0, which
     // is enough to leave the zero gradient), and its smooth patterns survive blurs and resizes.
     let coarse_factor = i64::from(params.coarse.max(1));
     let start = |size: &[i64]| Tensor::rand(size, (Kind::Float, dev)) * (2.0 * eps) - eps;
-    let mut deltas: Vec<Tensor> =
-        xs.iter().map(|x| if coarse_factor > 1 { x.zeros_like() } else { start(&x.size()) }).collect();
-    let mut coarse: Vec<Tensor> = if coarse_factor > 1 {
-        xs.iter()
-            .map(|x| {
-                let (h, w) = (x.size()[2], x.size()[3]);
-                start(&[
-                    1,
-                    3,
-                    (h + coarse_factor - 1) / coarse_factor,
-                    (w + coarse_factor - 1) / coarse_factor,
-                ])
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let (mut deltas, mut coarse) = with_torch_seed(seed, || {
+        let deltas: Vec<Tensor> =
+            xs.iter().map(|x| if coarse_factor > 1 { x.zeros_like() } else { start(&x.size()) }).collect();
+        let coarse: Vec<Tensor> = if coarse_factor > 1 {
+            xs.iter()
+                .map(|x| {
+                    let (h, w) = (x.size()[2], x.size()[3]);
+                    start(&[
+                        1,
+                        3,
+                        (h + coarse_factor - 1) / coarse_factor,
+                        (w + coarse_factor - 1) / coarse_factor,
+                    ])
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (deltas, coarse)
+    });
     // δ in [-ε,ε] of face n, [1,3,h,w], from its fine part and (if any) its coarse part.
     let combined = |n: usize, fine: &Tensor, coarse: Option<&Tensor>| match coarse {
         Some(c) => {
@@ -495,68 +569,104 @@ fn attack_batch_targets(
             .map(|((((n, x), d), m), w)| cut(&(x + combined(n, d, cs.get(n)) * m).clamp(-1.0, 1.0), w))
             .collect();
         let per_step = !framing.is_none() || ts.iter().any(|t| *t != Transform::Identity);
-        let mut total: Option<Tensor> = None;
-        // Generators of one input size share the resizes and the transforms (and their backward).
+        // Each generator's perturbed input (connected to δ), its clean input when the targets are
+        // made in this step, else its fixed target: R = N*K rows (joint) or N faces (iterative) at
+        // its input size. Generators of one input size share the resizes and the transforms (and
+        // their backward).
         let mut inputs = ensemble::Inputs::default();
         let mut clean_inputs = ensemble::Inputs::default();
+        let mut work = Vec::with_capacity(ensemble.generators.len());
         for (i, g) in ensemble.generators.iter().enumerate() {
-            // Away from what the generator makes of the same framing and transform of the clean face:
-            // computed once when neither applies, else in this step (only the condition it attacks,
-            // in iterative mode).
+            // Iterative mode attacks one condition per step (only that one's clean output is made).
             let k = step as usize % g.condition_count();
-            // Output and clean target, both [R,3,S,S]: R = N*K rows (joint) or N (iterative).
-            let (out, target) = match params.mode {
+            let (adv, away) = match params.mode {
                 Mode::Joint => {
-                    let rows = g.rows_shared(&mut inputs, &x_adv, &ts);
-                    if !per_step {
-                        (g.forward_rows(&rows)?, targets[i].shallow_clone())
-                    } else if ensemble.fuse_clean {
-                        // One pass over [2R,3,S,S]: the perturbed rows, then the clean ones (each
-                        // block face-major, so row r keeps condition r mod K). The backward then
-                        // runs through the clean rows too, where nothing flows.
-                        let clean = g.rows_shared(&mut clean_inputs, &framed_clean, &ts);
-                        let r = rows.size()[0];
-                        let both = g.forward_rows(&Tensor::cat(&[rows, clean], 0))?;
-                        (both.narrow(0, 0, r), both.narrow(0, r, r).detach())
+                    let adv = g.rows_shared(&mut inputs, &x_adv, &ts);
+                    if per_step {
+                        (adv, Away::Clean(g.rows_shared(&mut clean_inputs, &framed_clean, &ts)))
                     } else {
-                        let clean = g.rows_shared(&mut clean_inputs, &framed_clean, &ts);
-                        (g.forward_rows(&rows)?, tch::no_grad(|| g.forward_rows(&clean))?)
+                        (adv, Away::Fixed(targets[i].shallow_clone()))
                     }
                 }
                 Mode::Iterative => {
-                    let faces = g.resized_shared(&mut inputs, &x_adv, ts[0]);
-                    if !per_step {
-                        (g.forward_one_resized(&faces, k)?, g.target_one(&targets[i], k))
-                    } else if ensemble.fuse_clean {
-                        // As in joint mode: [2N,3,S,S], perturbed faces then clean ones.
-                        let clean = g.resized_shared(&mut clean_inputs, &framed_clean, ts[0]);
-                        let n = faces.size()[0];
-                        let both = g.forward_one_resized(&Tensor::cat(&[faces, clean], 0), k)?;
-                        (both.narrow(0, 0, n), both.narrow(0, n, n).detach())
+                    let adv = g.resized_shared(&mut inputs, &x_adv, ts[0]);
+                    if per_step {
+                        (adv, Away::Clean(g.resized_shared(&mut clean_inputs, &framed_clean, ts[0])))
                     } else {
-                        let clean = g.resized_shared(&mut clean_inputs, &framed_clean, ts[0]);
-                        (
-                            g.forward_one_resized(&faces, k)?,
-                            tch::no_grad(|| g.forward_one_resized(&clean, k))?,
-                        )
+                        (adv, Away::Fixed(g.target_one(&targets[i], k)))
                     }
                 }
             };
-            let term = if params.focus > 0.0 {
-                focused_loss(&out, &target, params.focus) * g.weight
-            } else {
-                // Normalized by the loss at the random start so no generator dominates.
-                let loss = out.mse_loss(&target, tch::Reduction::Mean);
-                let norm = *norms[i].get_or_insert_with(|| loss.double_value(&[]).max(1e-8));
-                loss * (g.weight / norm)
-            };
-            total = Some(match total {
-                Some(acc) => acc + term,
-                None => term,
+            work.push(Term {
+                runner: g.runner(),
+                one: (params.mode == Mode::Iterative).then_some(k),
+                away,
+                fuse: ensemble.fuse_clean,
+                focus: params.focus,
+                weight: g.weight,
+                norm: norms[i],
+                adv,
             });
         }
-        let Some(total) = total else { break };
-        total.backward();
+        if work.is_empty() {
+            break;
+        }
+        if ensemble.parallel_generators && work.len() > 1 {
+            // Each generator's forward and backward on its own thread, as far as its input (a leaf
+            // there); then one backward from all the inputs at once, with their gradients, to δ.
+            let advs: Vec<Tensor> = work.iter().map(|t| t.adv.shallow_clone()).collect();
+            let results: Vec<Result<(Tensor, Option<f64>), ProtectError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = work
+                    .into_iter()
+                    .map(|mut t| {
+                        scope.spawn(move || {
+                            let leaf = t.adv.detach().set_requires_grad(true);
+                            t.adv = leaf.shallow_clone();
+                            let term = t.loss()?;
+                            let grad = Tensor::f_run_backward(&[term], &[leaf], false, false)
+                                .map_err(|e| ProtectError::Model {
+                                    name: t.runner.name().to_string(),
+                                    message: e.to_string(),
+                                })?
+                                .pop()
+                                .ok_or_else(|| ProtectError::Model {
+                                    name: t.runner.name().to_string(),
+                                    message: "no gradient for its input".into(),
+                                })?;
+                            Ok((grad, t.norm))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(ProtectError::Thread))).collect()
+            });
+            let mut surrogate: Option<Tensor> = None;
+            for (i, (adv, r)) in advs.iter().zip(results).enumerate() {
+                let (grad, norm) = r?;
+                norms[i] = norm;
+                // d/dδ of Σ (input · its gradient) is the gradient the whole loss sends back.
+                let part = (adv * grad).sum(Kind::Float);
+                surrogate = Some(match surrogate {
+                    Some(acc) => acc + part,
+                    None => part,
+                });
+            }
+            if let Some(s) = surrogate {
+                s.backward();
+            }
+        } else {
+            let mut total: Option<Tensor> = None;
+            for (i, mut t) in work.into_iter().enumerate() {
+                let term = t.loss()?;
+                norms[i] = t.norm;
+                total = Some(match total {
+                    Some(acc) => acc + term,
+                    None => term,
+                });
+            }
+            if let Some(total) = total {
+                total.backward();
+            }
+        }
         let stepped = |parts: &[Tensor]| -> Vec<Tensor> {
             tch::no_grad(|| {
                 parts.iter().map(|d| (d.detach() + d.grad().sign() * params.step).clamp(-eps, eps)).collect()

@@ -258,8 +258,8 @@ mod tests {
     use tch::Device;
 
     fn image() -> Tensor {
-        tch::manual_seed(1);
-        Tensor::rand([2, 3, 36, 36], (Kind::Float, Device::Cpu)) * 2.0 - 1.0
+        crate::protect::with_torch_seed(1, || Tensor::rand([2, 3, 36, 36], (Kind::Float, Device::Cpu))) * 2.0
+            - 1.0
     }
 
     #[test]
