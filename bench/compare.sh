@@ -35,5 +35,7 @@ if veil.get("attack_batch") and ref.get("attack_batch"):
     vb, rb = veil["attack_batch"], ref["attack_batch"]
     print(f"attack, {vb['faces']} faces at once: veil {vb['timing']['median_s']:.3f} s ({vb['faces_per_second']:.2f} faces/s), "
           f"eager PyTorch {rb['timing']['median_s']:.3f} s ({rb['faces_per_second']:.2f} faces/s), ratio {rb['timing']['median_s'] / vb['timing']['median_s']:.2f}x")
+if veil.get("protect_one_face"):
+    print(f"protect_pixels on that face in its photo (context, attack, quantization, report): {veil['protect_one_face']['median_s']:.3f} s")
 print(f"12 MP photo end to end: 1 face {veil['photo_12mp_one_face']['median_s']:.3f} s, 4 faces {veil['photo_12mp_four_faces']['median_s']:.3f} s")
 PY

@@ -2,8 +2,10 @@
 //!
 //! Builds 12 MP test photos (4000×3000) from a camera photo with one and with four portraits pasted
 //! in, then measures, after warm-up runs, the median of: the attack on one face region alone (faces
-//! per second), and the whole path for each photo (decode, detect, protect, encode and write; the
-//! quality check that follows, a second decode with PSNR and SSIM, is reported apart). With
+//! per second) and on `batch` such faces at once, the library's protection of that face in its
+//! photo (`protect_pixels`: context, attack, quantization, report), and the whole path for each
+//! photo (decode, detect, protect, encode and write; the quality check that follows, a second
+//! decode with PSNR and SSIM, is reported apart). With
 //! `photos` > 1 it also times that many one-face photos handed to the pipeline's stream together,
 //! as the daemon does (their faces attacked in groups of the engine's photo batch, reading and
 //! writing overlapped with the engine's work): wall-clock seconds per photo, quality check included. Peak
