@@ -81,12 +81,14 @@ def qtable(base, q):
 
 
 def dct_matrix():
-    m = torch.zeros(8, 8)
-    for k in range(8):
-        a = math.sqrt(1 / 8) if k == 0 else math.sqrt(2 / 8)
-        for n in range(8):
-            m[k, n] = a * math.cos(math.pi * (2 * n + 1) * k / 16)
-    return m
+    """The orthonormal 8x8 DCT-II matrix, made in one go (64 element writes from Python cost more than
+    the transform itself). Like the blur kernels and the JPEG tables, it is made on the CPU at each call
+    and copied to the device, as straightforward eager code does; Veil keeps them on the device."""
+    k = torch.arange(8, dtype=torch.float64).view(8, 1)
+    n = torch.arange(8, dtype=torch.float64).view(1, 8)
+    a = torch.full((8, 1), math.sqrt(2 / 8), dtype=torch.float64)
+    a[0] = math.sqrt(1 / 8)
+    return (a * torch.cos(math.pi * (2 * n + 1) * k / 16)).float()
 
 
 def jpeg_approx(x, q):

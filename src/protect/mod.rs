@@ -360,7 +360,8 @@ pub fn cut(x: &Tensor, w: &Aligned) -> Tensor {
         2.0 * cy / height - 1.0,
     ])
     .to_kind(Kind::Float)
-    .to_device(x.device())
+    // Without waiting for the GPU's queue to drain: this runs at every step that frames a turned crop.
+    .to_device_(x.device(), Kind::Float, true, false)
     .view([1, 2, 3]);
     let grid = Tensor::affine_grid_generator(&theta, [1, 3, r.h, r.w], false);
     // Bilinear (0), reflection past the edge (2).

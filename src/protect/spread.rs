@@ -6,10 +6,14 @@
 //! The same code serves as the *defenses* in `veil eval` and the tests (Gaussian blur k11 σ1.5 is the
 //! paper's defense).
 
-use std::fmt;
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Mutex, OnceLock},
+};
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// One transform, with its parameter.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -137,28 +141,74 @@ impl Transform {
     }
 }
 
-fn depthwise(x: &Tensor, kernel: &Tensor) -> Tensor {
-    // kernel [k,k] -> [3,1,k,k], applied per channel with reflection padding (no dark border).
-    let k = kernel.size()[0];
-    let w = kernel.to_kind(x.kind()).to_device(x.device()).view([1, 1, k, k]).repeat([3, 1, 1, 1]);
-    let p = k / 2;
+/// The transforms' constant tensors, by what they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Constant {
+    /// A Gaussian blur's depthwise weight `[3,1,k,k]` (σ's bits).
+    Gaussian {
+        k: i64,
+        sigma: u64,
+    },
+    /// A box blur's depthwise weight `[3,1,k,k]`.
+    Box {
+        k: i64,
+    },
+    /// JPEG's RGB → YCbCr matrix `[3,3]`, its inverse, the offset `[1,3,1,1]` centring Y on 0, the DCT
+    /// matrix `[8,8]`, and the quantization tables `[1,3,1,1,8,8]` for a quality.
+    RgbToYcc,
+    YccToRgb,
+    YccOffset,
+    Dct,
+    Quant {
+        quality: u8,
+    },
+}
+
+/// Constant tensors on `device` in `kind`, made by `make` (on the CPU, in fp32) the first time each is
+/// asked for, then kept for the life of the process. A copy from host memory to a GPU waits for the
+/// GPU's queue to drain, so made inside the attack's loop they would stop the host from running ahead
+/// of the GPU at every transform.
+fn constant(what: Constant, device: Device, kind: Kind, make: impl FnOnce() -> Tensor) -> Tensor {
+    type Cache = Mutex<HashMap<(Constant, Device, Kind), Tensor>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let mut cache =
+        CACHE.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    cache
+        .entry((what, device, kind))
+        .or_insert_with(|| make().to_kind(kind).to_device(device))
+        .shallow_clone()
+}
+
+/// `x` through the depthwise weight `w: [3,1,k,k]`, with reflection padding (no dark border).
+fn depthwise(x: &Tensor, w: &Tensor) -> Tensor {
+    let p = w.size()[2] / 2;
     let padded = x.reflection_pad2d([p, p, p, p]);
-    padded.conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 3)
+    padded.conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 3)
+}
+
+/// A `[k,k]` kernel as a depthwise weight `[3,1,k,k]`.
+fn per_channel(kernel: Tensor) -> Tensor {
+    let k = kernel.size()[0];
+    kernel.view([1, 1, k, k]).repeat([3, 1, 1, 1])
 }
 
 pub fn gaussian_blur(x: &Tensor, k: i64, sigma: f64) -> Tensor {
-    let r = (k / 2) as f64;
-    let g: Vec<f32> =
-        (0..k).map(|i| (-((i as f64 - r).powi(2)) / (2.0 * sigma * sigma)).exp() as f32).collect();
-    let g = Tensor::from_slice(&g);
-    let g = &g / g.sum(Kind::Float);
-    let kernel = g.unsqueeze(1).matmul(&g.unsqueeze(0));
-    depthwise(x, &kernel)
+    let w = constant(Constant::Gaussian { k, sigma: sigma.to_bits() }, x.device(), x.kind(), || {
+        let r = (k / 2) as f64;
+        let g: Vec<f32> =
+            (0..k).map(|i| (-((i as f64 - r).powi(2)) / (2.0 * sigma * sigma)).exp() as f32).collect();
+        let g = Tensor::from_slice(&g);
+        let g = &g / g.sum(Kind::Float);
+        per_channel(g.unsqueeze(1).matmul(&g.unsqueeze(0)))
+    });
+    depthwise(x, &w)
 }
 
 pub fn box_blur(x: &Tensor, k: i64) -> Tensor {
-    let kernel = Tensor::ones([k, k], (Kind::Float, tch::Device::Cpu)) / (k * k) as f64;
-    depthwise(x, &kernel)
+    let w = constant(Constant::Box { k }, x.device(), x.kind(), || {
+        per_channel(Tensor::ones([k, k], (Kind::Float, Device::Cpu)) / (k * k) as f64)
+    });
+    depthwise(x, &w)
 }
 
 /// Antialiased resize of `[N,3,H,W]` to `h`×`w` (differentiable).
@@ -215,28 +265,33 @@ fn dct_matrix() -> Tensor {
 /// `round(x) + (x − round(x))³`, dequantize, inverse DCT, back to RGB. No chroma subsampling (Veil writes
 /// 4:4:4). `x: [N,3,H,W] in [-1,1]`; H and W are padded to multiples of 8 by replication and cropped back.
 pub fn jpeg_approx(x: &Tensor, quality: u8) -> Tensor {
-    let (dev, size) = (x.device(), x.size());
+    let (dev, kind, size) = (x.device(), x.kind(), x.size());
     let (n, h, w) = (size[0], size[2], size[3]);
     let (ph, pw) = ((8 - h % 8) % 8, (8 - w % 8) % 8);
     let x255 = (x + 1.0) * 127.5;
     let x255 = if ph + pw > 0 { x255.replication_pad2d([0, pw, 0, ph]) } else { x255 };
     let (hh, ww) = (h + ph, w + pw);
     // RGB -> YCbCr (JFIF), centred on 0.
-    let rgb2ycc = Tensor::from_slice(&[
-        0.299f32, 0.587, 0.114, -0.168_736, -0.331_264, 0.5, 0.5, -0.418_688, -0.081_312,
-    ])
-    .view([3, 3])
-    .to_device(dev);
+    let rgb2ycc = constant(Constant::RgbToYcc, dev, kind, || {
+        Tensor::from_slice(&[
+            0.299f32, 0.587, 0.114, -0.168_736, -0.331_264, 0.5, 0.5, -0.418_688, -0.081_312,
+        ])
+        .view([3, 3])
+    });
     let ycc = x255.permute([0, 2, 3, 1]).matmul(&rgb2ycc.tr()).permute([0, 3, 1, 2]);
-    let offset = Tensor::from_slice(&[-128f32, 0.0, 0.0]).view([1, 3, 1, 1]).to_device(dev);
+    let offset = constant(Constant::YccOffset, dev, kind, || {
+        Tensor::from_slice(&[-128f32, 0.0, 0.0]).view([1, 3, 1, 1])
+    });
     let ycc = ycc + &offset;
     // [N,3,H,W] -> blocks [N,3,H/8,W/8,8,8]
     let blocks = ycc.view([n, 3, hh / 8, 8, ww / 8, 8]).permute([0, 1, 2, 4, 3, 5]);
-    let d = dct_matrix().to_device(dev);
+    let d = constant(Constant::Dct, dev, kind, dct_matrix);
     let coef = d.matmul(&blocks).matmul(&d.tr());
-    let ql = Tensor::from_slice(&quant_table(&Q_LUMA, quality)).view([8, 8]);
-    let qc = Tensor::from_slice(&quant_table(&Q_CHROMA, quality)).view([8, 8]);
-    let q = Tensor::stack(&[&ql, &qc, &qc], 0).view([1, 3, 1, 1, 8, 8]).to_device(dev);
+    let q = constant(Constant::Quant { quality }, dev, kind, || {
+        let ql = Tensor::from_slice(&quant_table(&Q_LUMA, quality)).view([8, 8]);
+        let qc = Tensor::from_slice(&quant_table(&Q_CHROMA, quality)).view([8, 8]);
+        Tensor::stack(&[&ql, &qc, &qc], 0).view([1, 3, 1, 1, 8, 8])
+    });
     let scaled = &coef / &q;
     let rounded = scaled.round().detach();
     let diff = &scaled - &rounded;
@@ -244,9 +299,9 @@ pub fn jpeg_approx(x: &Tensor, quality: u8) -> Tensor {
     let coef = approx * &q;
     let blocks = d.tr().matmul(&coef).matmul(&d);
     let ycc = blocks.permute([0, 1, 2, 4, 3, 5]).reshape([n, 3, hh, ww]) - offset;
-    let ycc2rgb = Tensor::from_slice(&[1.0f32, 0.0, 1.402, 1.0, -0.344_136, -0.714_136, 1.0, 1.772, 0.0])
-        .view([3, 3])
-        .to_device(dev);
+    let ycc2rgb = constant(Constant::YccToRgb, dev, kind, || {
+        Tensor::from_slice(&[1.0f32, 0.0, 1.402, 1.0, -0.344_136, -0.714_136, 1.0, 1.772, 0.0]).view([3, 3])
+    });
     let rgb = ycc.permute([0, 2, 3, 1]).matmul(&ycc2rgb.tr()).permute([0, 3, 1, 2]);
     let rgb = rgb.narrow(2, 0, h).narrow(3, 0, w);
     (rgb / 127.5 - 1.0).clamp(-1.0, 1.0)
@@ -287,6 +342,22 @@ mod tests {
                 "{t}"
             );
         }
+    }
+
+    #[test]
+    fn constants_are_made_once_per_device_and_number_format() {
+        let mut made = 0;
+        let mut get = |kind: Kind| {
+            constant(Constant::Box { k: 97 }, Device::Cpu, kind, || {
+                made += 1;
+                per_channel(Tensor::ones([97, 97], (Kind::Float, Device::Cpu)))
+            })
+        };
+        let (a, b, half) = (get(Kind::Float), get(Kind::Float), get(Kind::Half));
+        assert_eq!(made, 2, "one per number format");
+        assert_eq!(a.data_ptr(), b.data_ptr(), "the second ask gets the same tensor");
+        assert_eq!((a.kind(), half.kind()), (Kind::Float, Kind::Half));
+        assert_eq!(a.size(), [3, 1, 97, 97]);
     }
 
     #[test]
