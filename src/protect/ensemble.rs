@@ -254,8 +254,9 @@ impl Ensemble {
         Ok(Ensemble { generators, device, fuse_clean: false, parallel_generators: false })
     }
 
-    /// Applies `[engine]`: the number format (on CUDA only; the CPU stays fp32), the input
-    /// layout and whether clean outputs share the attack's pass. Returns the number format in effect.
+    /// Applies `[engine]`: the number format (on CUDA only; the CPU stays fp32), the input layout,
+    /// and how an attack step runs its generators (`fuse_clean`, `parallel_generators`). Returns the
+    /// number format in effect.
     pub fn configure(&mut self, engine: &crate::config::EngineConfig) -> Kind {
         for g in &mut self.generators {
             g.channels_last = engine.channels_last;

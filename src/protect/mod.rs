@@ -359,8 +359,8 @@ pub fn cut(x: &Tensor, w: &Aligned) -> Tensor {
         cos * sh / height,
         2.0 * cy / height - 1.0,
     ])
-    .to_kind(Kind::Float)
-    // Without waiting for the GPU's queue to drain: this runs at every step that frames a turned crop.
+    // In fp32, without waiting for the GPU's queue to drain: this runs at every step that frames a
+    // turned crop.
     .to_device_(x.device(), Kind::Float, true, false)
     .view([1, 2, 3]);
     let grid = Tensor::affine_grid_generator(&theta, [1, 3, r.h, r.w], false);
@@ -640,31 +640,23 @@ fn attack_batch_targets(
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(ProtectError::Thread))).collect()
             });
-            let mut surrogate: Option<Tensor> = None;
+            let mut parts = Vec::with_capacity(advs.len());
             for (i, (adv, r)) in advs.iter().zip(results).enumerate() {
                 let (grad, norm) = r?;
                 norms[i] = norm;
                 // d/dδ of Σ (input · its gradient) is the gradient the whole loss sends back.
-                let part = (adv * grad).sum(Kind::Float);
-                surrogate = Some(match surrogate {
-                    Some(acc) => acc + part,
-                    None => part,
-                });
+                parts.push((adv * grad).sum(Kind::Float));
             }
-            if let Some(s) = surrogate {
-                s.backward();
+            if let Some(surrogate) = parts.into_iter().reduce(|acc, part| acc + part) {
+                surrogate.backward();
             }
         } else {
-            let mut total: Option<Tensor> = None;
+            let mut terms = Vec::with_capacity(work.len());
             for (i, mut t) in work.into_iter().enumerate() {
-                let term = t.loss()?;
+                terms.push(t.loss()?);
                 norms[i] = t.norm;
-                total = Some(match total {
-                    Some(acc) => acc + term,
-                    None => term,
-                });
             }
-            if let Some(total) = total {
+            if let Some(total) = terms.into_iter().reduce(|acc, term| acc + term) {
                 total.backward();
             }
         }

@@ -145,23 +145,19 @@ impl Transform {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Constant {
     /// A Gaussian blur's depthwise weight `[3,1,k,k]` (σ's bits).
-    Gaussian {
-        k: i64,
-        sigma: u64,
-    },
+    Gaussian { k: i64, sigma: u64 },
     /// A box blur's depthwise weight `[3,1,k,k]`.
-    Box {
-        k: i64,
-    },
-    /// JPEG's RGB → YCbCr matrix `[3,3]`, its inverse, the offset `[1,3,1,1]` centring Y on 0, the DCT
-    /// matrix `[8,8]`, and the quantization tables `[1,3,1,1,8,8]` for a quality.
+    Box { k: i64 },
+    /// JPEG's RGB → YCbCr matrix `[3,3]`.
     RgbToYcc,
+    /// Its inverse `[3,3]`.
     YccToRgb,
+    /// The offset `[1,3,1,1]` that centres Y on 0.
     YccOffset,
+    /// The orthonormal DCT matrix `[8,8]`.
     Dct,
-    Quant {
-        quality: u8,
-    },
+    /// The quantization tables `[1,3,1,1,8,8]` (luma, chroma, chroma) for a quality.
+    Quant { quality: u8 },
 }
 
 /// Constant tensors on `device` in `kind`, made by `make` (on the CPU, in fp32) the first time each is
