@@ -11,6 +11,14 @@ crop whose side and position are drawn up to j of the side away from it, as Veil
 are. The adversarial photos are rounded to 8 bits, then judged on the paper's five conditions under
 crops that differ from the standard one by a few pixels: mean MSE and the share of face × condition
 pairs past 0.05.
+
+Variants of the step (section 4 of the results file), all off by default:
+- LOSS=mse (default) | gray (pull the output to mid-grey) | neg (pull it toward the negated clean
+  output) | mask (GANimation: MSE plus LAM × lowering its attention mask, so the colour regression
+  shows) | feat (AttGAN: MSE plus LAM × its encoder features' relative change). `mask` and `feat`
+  load the exported weights into `models/train/nets.py`'s classes to reach those internals.
+- TI=k: the gradient smoothed by a Gaussian of radius k px before its sign (TI-FGSM).
+- MU=m: momentum m on the L1-normalized gradient (MI-FGSM).
 """
 import os
 import sys
@@ -22,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT + "/bench")
 sys.path.insert(0, ROOT + "/models/train")
 import data as D  # noqa: E402
+import nets  # noqa: E402
 import reference as R  # noqa: E402
 
 torch.set_num_threads(2)
@@ -29,9 +38,18 @@ torch.manual_seed(0)
 N = int(os.environ.get("N", "8"))
 IT = int(os.environ.get("IT", "10"))
 JIT = float(os.environ.get("JIT", "0"))
+LOSS = os.environ.get("LOSS", "mse")
+LAM = float(os.environ.get("LAM", "1"))
+TI = int(os.environ.get("TI", "0"))
+MU = float(os.environ.get("MU", "0"))
 EPS = 0.05
 name = sys.argv[1]
 _, G, _, conds = {g[0]: g for g in R.load(ROOT + "/models", "cpu")}[name]
+if LOSS in ("mask", "feat"):
+    # The same weights in the eager class, for its internals (exports name them `g.<layer>`).
+    E = nets.ResNetTranslator(5, 32, 4, attention=True) if LOSS == "mask" else nets.AttGAN(5, 32)
+    E.load_state_dict({k[2:]: v.float() for k, v in G.state_dict().items()})
+    E.eval().requires_grad_(False)
 K = conds.shape[0]
 DATA = ROOT + "/../shared/data/celeba"
 rows = D.first_rows(DATA, "val", N)
@@ -62,19 +80,60 @@ def drawn_crop():
     return max(0, min(218 - side, top)), (178 - side) // 2, side
 
 
+def encoder(xin):
+    """AttGAN's encoder features, `[N,w·2^i,S/2^(i+1),S/2^(i+1)]` for i = 0..3."""
+    out, h = [], xin
+    for layer in E.enc:
+        h = layer(h)
+        out.append(h)
+    return out
+
+
+def loss_of(xc, xa):
+    """The step's objective for clean and perturbed crops `[N·K,3,128,128]` in [-1,1]."""
+    with torch.no_grad():
+        target = G(xc, c_rows)
+    out = G(xa, c_rows)
+    if LOSS == "gray":
+        return -(out**2).mean()
+    if LOSS == "neg":
+        return -((out + target) ** 2).mean()
+    mse = ((out - target) ** 2).mean()
+    if LOSS == "mask":
+        h = E.body(torch.cat([xa, nets.tile(c_rows, 128, 128)], 1))
+        return mse - LAM * torch.sigmoid(E.mask(h)).mean()
+    if LOSS == "feat":
+        with torch.no_grad():
+            fc = encoder(xc)
+        return mse + LAM * sum(((a - b) ** 2).mean() / (b**2).mean() for a, b in zip(encoder(xa), fc))
+    return mse
+
+
+def smoothed(g):
+    """`g` `[N,3,H,W]` blurred by a separable Gaussian of radius TI (σ TI/2)."""
+    k = torch.exp(-(torch.arange(-TI, TI + 1.0) ** 2) / (2 * (TI / 2) ** 2))
+    k = (k / k.sum()).repeat(3, 1, 1, 1)
+    g = F.conv2d(g, k.view(3, 1, 1, -1), padding=(0, TI), groups=3)
+    return F.conv2d(g, k.view(3, 1, -1, 1), padding=(TI, 0), groups=3)
+
+
 c_rows = conds.repeat(N, 1)
 d = (torch.rand_like(x) * 2 - 1) * EPS
+mom = torch.zeros_like(x)
 for _ in range(IT):
     d.requires_grad_(True)
     crop = drawn_crop()
-    with torch.no_grad():
-        target = G(view(x, *crop).repeat_interleave(K, 0), c_rows)
-    loss = ((G(view((x + d).clamp(-1, 1), *crop).repeat_interleave(K, 0), c_rows) - target) ** 2).mean()
+    loss = loss_of(view(x, *crop).repeat_interleave(K, 0), view((x + d).clamp(-1, 1), *crop).repeat_interleave(K, 0))
     (g,) = torch.autograd.grad(loss, d)
+    if TI > 0:
+        g = smoothed(g)
+    if MU > 0:
+        mom = MU * mom + g / g.abs().mean(dim=(1, 2, 3), keepdim=True)
+        g = mom
     d = (d.detach() + 0.01 * g.sign()).clamp(-EPS, EPS)
 adv = ((x + d).clamp(-1, 1) * 127.5).round() / 127.5
 for label, crop in VIEWS.items():
     a, c = view(adv, *crop).repeat_interleave(5, 0), view(x, *crop).repeat_interleave(5, 0)
     with torch.no_grad():
         m = ((G(a, paper) - G(c, paper)) ** 2).flatten(1).mean(1)
-    print(f"{name} IT={IT} JIT={JIT} | {label} | {m.mean().item():.4f} | {100 * (m >= 0.05).float().mean().item():.0f} %")
+    print(f"{name} IT={IT} JIT={JIT} LOSS={LOSS} LAM={LAM} TI={TI} MU={MU} | {label} | {m.mean().item():.4f} | {100 * (m >= 0.05).float().mean().item():.0f} %")
