@@ -9,7 +9,7 @@
 #     log.txt, eval1-4.json and eval16.json. BENCH=1 runs the train part's bench first (on the new zoo).
 #   NOCLBF=1 skips the channels-last bf16 bench of the train part, NOFUSE=1 its benches with
 #   engine.fuse_clean, engine.parallel_generators and both on (BENCHJSON_fuse, _par, _parfuse).
-#   Training goes on from the committed zoo (INIT_DIR, default models/). MODELS, BATCH, STATE go to
+#   Training goes on from the committed zoo (INIT_DIR, default models/). MODELS, BATCH, STATE, LR_DECAY go to
 #     gpu.sh: MODELS="stargan attgan" trains only those, for the whole time (the rest is kept as it is);
 #     STATE=.device/state keeps each model's whole training state, critics included, so the next session
 #     goes on from it: the states come back as $OUT/<model>.state.pt (~9 MB each) to put in
@@ -91,7 +91,7 @@ if [ "$PART" = train ]; then
       m1=$($PY -c "print(round($p1/60, 2))"); m2=$($PY -c "print(round($ADV_S/60, 2))")
       log "train: phase 1 ${m1} min per model in parallel, stargan_adv ${m2} min"
       [ -n "${STATE:-}" ] && mkdir -p "$STATE"
-      MODELS=${MODELS:-} BATCH=${BATCH:-32} STATE=${STATE:-} \
+      MODELS=${MODELS:-} BATCH=${BATCH:-32} STATE=${STATE:-} LR_DECAY=${LR_DECAY:-} \
         timeout $left bash models/train/gpu.sh .device/celeba128.tar.gz $Z "$m1" cuda "$m2" "${INIT_DIR-models}" >>"$L" 2>&1
       log "gpu.sh rc $?"
       for f in ${STATE:-/nonexistent}/*.state.pt; do [ -f "$f" ] && cp "$f" $OUT/; done

@@ -20,6 +20,8 @@
 #           critics included, when it is there, and leaves its new state there. About 9 MB per GAN.
 #           stargan_adv too: with its own state it goes on from that instead of phase 1's StarGAN.
 #   BATCH   batch size (default 32).
+#   LR_DECAY train.py --lr-decay: the last fraction of each model's time over which its learning rate
+#           falls to a tenth (default 0: constant).
 #   ADV_MINUTES 0 skips phase 2.
 #
 # Here (once):  .venv/bin/python models/train/pack.py --data ../shared/data/celeba --out .device/celeba128.tar.gz
@@ -43,6 +45,7 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 common=(--device "$device" --data "$data" --out "$out" --batch "${BATCH:-32}" --width 32 --threads 2)
 [ -n "${STATE:-}" ] && common+=(--state "$STATE")
+[ -n "${LR_DECAY:-}" ] && common+=(--lr-decay "$LR_DECAY")
 init=()
 [ -n "$init_dir" ] && init=(--init-dir "$init_dir")
 # The classifier is the judge of every edit-success figure: going on from a zoo, keep its judge, so that
