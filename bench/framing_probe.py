@@ -45,6 +45,11 @@ MU = float(os.environ.get("MU", "0"))
 EPS = 0.05
 name = sys.argv[1]
 _, G, _, conds = {g[0]: g for g in R.load(ROOT + "/models", "cpu")}[name]
+if LOSS not in ("mse", "gray", "neg", "mask", "feat"):
+    sys.exit(f"framing_probe: LOSS={LOSS}: expected mse, gray, neg, mask or feat")
+OWNER = {"mask": "ganimation", "feat": "attgan"}  # the model whose internals the loss reaches
+if LOSS in OWNER and name != OWNER[LOSS]:
+    sys.exit(f"framing_probe: LOSS={LOSS} needs {OWNER[LOSS]}'s internals, not {name}'s")
 if LOSS in ("mask", "feat"):
     # The same weights in the eager class, for its internals (exports name them `g.<layer>`).
     E = nets.ResNetTranslator(5, 32, 4, attention=True) if LOSS == "mask" else nets.AttGAN(5, 32)

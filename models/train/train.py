@@ -553,8 +553,8 @@ def main() -> None:
                    help="iterations over which the learning rate ramps up from 0 (default: 500 when going on "
                    "from --state or an exported generator, else 0)")
     p.add_argument("--lr-decay", type=float, default=0.0,
-                   help="the last fraction of the run (of --minutes, else of --iters) over which the learning rate "
-                   "falls linearly to a tenth (default 0: constant)")
+                   help="generators: the last fraction of the run (of --minutes, else of --iters) over which the "
+                   "learning rate falls linearly to a tenth (default 0: constant)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
