@@ -17,7 +17,8 @@ Variants of the step (section 4 of the results file), all off by default:
   output) | mask (GANimation: MSE plus LAM × lowering its attention mask, so the colour regression
   shows) | feat (AttGAN: MSE plus LAM × its encoder features' relative change). `mask` and `feat`
   load the exported weights into `models/train/nets.py`'s classes to reach those internals.
-- TI=k: the gradient smoothed by a Gaussian of radius k px before its sign (TI-FGSM).
+- TI=k: the gradient smoothed by a Gaussian of radius k px (σ k/2, `reference.gaussian`) before its
+  sign (TI-FGSM).
 - MU=m: momentum m on the L1-normalized gradient (MI-FGSM).
 """
 import os
@@ -85,15 +86,6 @@ def drawn_crop():
     return max(0, min(218 - side, top)), (178 - side) // 2, side
 
 
-def encoder(xin):
-    """AttGAN's encoder features, `[N,w·2^i,S/2^(i+1),S/2^(i+1)]` for i = 0..3."""
-    out, h = [], xin
-    for layer in E.enc:
-        h = layer(h)
-        out.append(h)
-    return out
-
-
 def loss_of(xc, xa):
     """The step's objective for clean and perturbed crops `[N·K,3,128,128]` in [-1,1]."""
     with torch.no_grad():
@@ -105,21 +97,12 @@ def loss_of(xc, xa):
         return -((out + target) ** 2).mean()
     mse = ((out - target) ** 2).mean()
     if LOSS == "mask":
-        h = E.body(torch.cat([xa, nets.tile(c_rows, 128, 128)], 1))
-        return mse - LAM * torch.sigmoid(E.mask(h)).mean()
+        return mse - LAM * E.attention_mask(xa, c_rows).mean()
     if LOSS == "feat":
         with torch.no_grad():
-            fc = encoder(xc)
-        return mse + LAM * sum(((a - b) ** 2).mean() / (b**2).mean() for a, b in zip(encoder(xa), fc))
+            fc = E.encode(xc)
+        return mse + LAM * sum(((a - b) ** 2).mean() / (b**2).mean() for a, b in zip(E.encode(xa), fc))
     return mse
-
-
-def smoothed(g):
-    """`g` `[N,3,H,W]` blurred by a separable Gaussian of radius TI (σ TI/2)."""
-    k = torch.exp(-(torch.arange(-TI, TI + 1.0) ** 2) / (2 * (TI / 2) ** 2))
-    k = (k / k.sum()).repeat(3, 1, 1, 1)
-    g = F.conv2d(g, k.view(3, 1, 1, -1), padding=(0, TI), groups=3)
-    return F.conv2d(g, k.view(3, 1, -1, 1), padding=(TI, 0), groups=3)
 
 
 c_rows = conds.repeat(N, 1)
@@ -131,7 +114,7 @@ for _ in range(IT):
     loss = loss_of(view(x, *crop).repeat_interleave(K, 0), view((x + d).clamp(-1, 1), *crop).repeat_interleave(K, 0))
     (g,) = torch.autograd.grad(loss, d)
     if TI > 0:
-        g = smoothed(g)
+        g = R.gaussian(g, TI / 2, 2 * TI + 1)  # radius TI, σ TI/2, reflected edges
     if MU > 0:
         mom = MU * mom + g / g.abs().mean(dim=(1, 2, 3), keepdim=True)
         g = mom

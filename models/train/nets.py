@@ -93,13 +93,19 @@ class AttGAN(nn.Module):
             self.dec.append(nn.Sequential(nn.ConvTranspose2d(i, o, 4, 2, 1, bias=False), norm(o), nn.ReLU(True)))
         self.out = nn.Conv2d(w // 2, 3, 3, 1, 1)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        c = c[:, : self.c_dim]
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's features of `x: [N,3,S,S]`, `[N,w·2^i,S/2^(i+1),S/2^(i+1)]` for i = 0..3."""
         feats = []
         h = x
         for layer in self.enc:
             h = layer(h)
             feats.append(h)
+        return feats
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        c = c[:, : self.c_dim]
+        feats = self.encode(x)
+        h = feats[-1]
         h = self.dec[0](torch.cat([h, tile(c, h.shape[2], h.shape[3])], 1))
         h = self.dec[1](torch.cat([h, feats[2], tile(c, h.shape[2], h.shape[3])], 1))
         h = self.dec[2](torch.cat([h, feats[1]], 1))
