@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use tch::{Device, Kind, Tensor};
 use veil::{
+    config::FuseClean,
     models::Role,
     protect::{self, spread::Transform, Aligned, Ensemble, Framing, Params, Preset, Region, Rng, Target},
 };
@@ -379,7 +380,7 @@ fn as_strong_with(change: impl Fn(&mut Ensemble), what: &str) {
     let mut base = ensemble();
     let mut changed = ensemble();
     change(&mut changed);
-    base.fuse_clean = false;
+    base.fuse_clean = FuseClean::Off;
     base.parallel_generators = false;
     for (img, preset) in faces(2).iter().zip([Preset::Fast, Preset::Cpu]) {
         // Framing and a spread: each step computes its clean outputs.
@@ -405,7 +406,7 @@ fn as_strong_with(change: impl Fn(&mut Ensemble), what: &str) {
 #[test]
 fn clean_outputs_in_the_attacks_pass_give_as_strong_a_protection() {
     // On this CPU: the same bytes in joint mode, 4 % differ in iterative mode.
-    as_strong_with(|e| e.fuse_clean = true, "fuse_clean");
+    as_strong_with(|e| e.fuse_clean = FuseClean::On, "fuse_clean");
 }
 
 #[test]
@@ -414,7 +415,7 @@ fn generators_on_threads_of_their_own_give_as_strong_a_protection() {
     as_strong_with(
         |e| {
             e.parallel_generators = true;
-            e.fuse_clean = true;
+            e.fuse_clean = FuseClean::On;
         },
         "both",
     );

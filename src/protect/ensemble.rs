@@ -199,9 +199,9 @@ pub struct Inputs {
 pub struct Ensemble {
     pub generators: Vec<Generator>,
     pub device: Device,
-    /// Each attack step runs the clean outputs in the perturbed face's generator pass
-    /// (`engine.fuse_clean`).
-    pub fuse_clean: bool,
+    /// When an attack step runs the clean outputs in the perturbed face's generator pass
+    /// (`engine.fuse_clean`, see [`Ensemble::fuses`]).
+    pub fuse_clean: crate::config::FuseClean,
     /// Each attack step runs every generator's forward and backward on its own thread
     /// (`engine.parallel_generators`).
     pub parallel_generators: bool,
@@ -251,19 +251,37 @@ impl Ensemble {
         if generators.is_empty() {
             return Err(ProtectError::EmptyEnsemble(dir.join(crate::models::MANIFEST).display().to_string()));
         }
-        Ok(Ensemble { generators, device, fuse_clean: false, parallel_generators: false })
+        Ok(Ensemble {
+            generators,
+            device,
+            fuse_clean: crate::config::FuseClean::Off,
+            parallel_generators: false,
+        })
     }
 
     /// Applies `[engine]`: the number format (on CUDA only; the CPU stays fp32), the input layout,
-    /// and how an attack step runs its generators (`fuse_clean`, `parallel_generators`). Returns the
-    /// number format in effect.
+    /// and how an attack step runs its generators (`fuse_clean`, `parallel_generators`, which only
+    /// the CPU takes: an attack with it did not finish on an H200, so CUDA runs the generators in
+    /// turn and logs a warning). Returns the number format in effect.
     pub fn configure(&mut self, engine: &crate::config::EngineConfig) -> Kind {
         for g in &mut self.generators {
             g.channels_last = engine.channels_last;
         }
         self.fuse_clean = engine.fuse_clean;
-        self.parallel_generators = engine.parallel_generators;
+        self.parallel_generators = engine.parallel_generators && !self.device.is_cuda();
+        if engine.parallel_generators && self.device.is_cuda() {
+            tracing::warn!(
+                "engine.parallel_generators is ignored on CUDA (an attack with it did not finish on an \
+                 H200): the generators run in turn"
+            );
+        }
         self.set_precision(engine.precision)
+    }
+
+    /// Whether an attack pass over `faces` faces runs each step's clean outputs in the perturbed
+    /// rows' pass (`engine.fuse_clean` on this ensemble's device).
+    pub fn fuses(&self, faces: usize) -> bool {
+        self.fuse_clean.fuses(faces, self.device)
     }
 
     /// Runs the generators in `precision` when the ensemble is on CUDA (the CPU stays fp32). Returns

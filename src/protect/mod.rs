@@ -602,7 +602,7 @@ fn attack_batch_targets(
                 runner: g.runner(),
                 one: (params.mode == Mode::Iterative).then_some(k),
                 away,
-                fuse: ensemble.fuse_clean,
+                fuse: ensemble.fuses(xs.len()),
                 focus: params.focus,
                 weight: g.weight,
                 norm: norms[i],
