@@ -20,6 +20,9 @@ Variants of the step (section 4 of the results file), all off by default:
 - TI=k: the gradient smoothed by a Gaussian of radius k px (σ k/2, `reference.gaussian`) before its
   sign (TI-FGSM).
 - MU=m: momentum m on the L1-normalized gradient (MI-FGSM).
+- COARSE=f: Veil's two-part perturbation (`protect.coarse`): a fine part at full resolution (from 0)
+  plus a coarse part at 1/f of it (random start), upsampled bilinearly, their sum clamped to ±ε; each
+  part takes its own sign step.
 """
 import os
 import sys
@@ -43,6 +46,7 @@ LOSS = os.environ.get("LOSS", "mse")
 LAM = float(os.environ.get("LAM", "1"))
 TI = int(os.environ.get("TI", "0"))
 MU = float(os.environ.get("MU", "0"))
+COARSE = int(os.environ.get("COARSE", "0"))
 EPS = 0.05
 name = sys.argv[1]
 _, G, _, conds = {g[0]: g for g in R.load(ROOT + "/models", "cpu")}[name]
@@ -106,22 +110,47 @@ def loss_of(xc, xa):
 
 
 c_rows = conds.repeat(N, 1)
-d = (torch.rand_like(x) * 2 - 1) * EPS
+H, W = x.shape[2], x.shape[3]
+
+
+def smooth(g):
+    return R.gaussian(g, TI / 2, 2 * TI + 1) if TI > 0 else g  # radius TI, σ TI/2, reflected edges
+
+
+def delta(fine, coarse):
+    """δ `[N,3,218,178]` in [-ε,ε] from its parts."""
+    if coarse is None:
+        return fine
+    return (fine + F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)).clamp(-EPS, EPS)
+
+
+if COARSE > 1:
+    d = torch.zeros_like(x)
+    dc = (torch.rand(N, 3, -(-H // COARSE), -(-W // COARSE)) * 2 - 1) * EPS
+else:
+    d, dc = (torch.rand_like(x) * 2 - 1) * EPS, None
 mom = torch.zeros_like(x)
 for _ in range(IT):
     d.requires_grad_(True)
+    if dc is not None:
+        dc.requires_grad_(True)
     crop = drawn_crop()
-    loss = loss_of(view(x, *crop).repeat_interleave(K, 0), view((x + d).clamp(-1, 1), *crop).repeat_interleave(K, 0))
-    (g,) = torch.autograd.grad(loss, d)
-    if TI > 0:
-        g = R.gaussian(g, TI / 2, 2 * TI + 1)  # radius TI, σ TI/2, reflected edges
+    xa = (x + delta(d, dc)).clamp(-1, 1)
+    loss = loss_of(view(x, *crop).repeat_interleave(K, 0), view(xa, *crop).repeat_interleave(K, 0))
+    if dc is None:
+        (g,) = torch.autograd.grad(loss, d)
+    else:
+        g, gc = torch.autograd.grad(loss, [d, dc])
+        dc = (dc.detach() + 0.01 * gc.sign()).clamp(-EPS, EPS)
+    g = smooth(g)
     if MU > 0:
         mom = MU * mom + g / g.abs().mean(dim=(1, 2, 3), keepdim=True)
         g = mom
     d = (d.detach() + 0.01 * g.sign()).clamp(-EPS, EPS)
+d = delta(d, dc)
 adv = ((x + d).clamp(-1, 1) * 127.5).round() / 127.5
 for label, crop in VIEWS.items():
     a, c = view(adv, *crop).repeat_interleave(5, 0), view(x, *crop).repeat_interleave(5, 0)
     with torch.no_grad():
         m = ((G(a, paper) - G(c, paper)) ** 2).flatten(1).mean(1)
-    print(f"{name} IT={IT} JIT={JIT} LOSS={LOSS} LAM={LAM} TI={TI} MU={MU} | {label} | {m.mean().item():.4f} | {100 * (m >= 0.05).float().mean().item():.0f} %")
+    print(f"{name} IT={IT} JIT={JIT} LOSS={LOSS} LAM={LAM} TI={TI} MU={MU} COARSE={COARSE} | {label} | {m.mean().item():.4f} | {100 * (m >= 0.05).float().mean().item():.0f} %")
