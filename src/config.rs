@@ -151,20 +151,23 @@ impl Serialize for FuseClean {
 
 impl<'de> Deserialize<'de> for FuseClean {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bool(bool),
-            Word(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = FuseClean;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"auto\", true or false")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<FuseClean, E> {
+                Ok(if v { FuseClean::On } else { FuseClean::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FuseClean, E> {
+                match v {
+                    "auto" => Ok(FuseClean::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Bool(true) => Ok(FuseClean::On),
-            Raw::Bool(false) => Ok(FuseClean::Off),
-            Raw::Word(w) if w == "auto" => Ok(FuseClean::Auto),
-            Raw::Word(w) => Err(serde::de::Error::custom(format!(
-                "engine.fuse_clean: expected \"auto\", true or false, got {w:?}"
-            ))),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -657,7 +660,12 @@ mod tests {
             assert_eq!(parse(&c.to_toml()).unwrap().engine.fuse_clean, want);
         }
         let msg = parse("[engine]\nfuse_clean = \"yes\"\n").unwrap_err().to_string();
-        assert!(msg.contains("line 2") && msg.contains("\"yes\""), "{msg}");
+        assert!(
+            msg.contains("line 2") && msg.contains("\"yes\"") && msg.contains("\"auto\", true or false"),
+            "{msg}"
+        );
+        let msg = parse("[engine]\nfuse_clean = 3\n").unwrap_err().to_string();
+        assert!(msg.contains("line 2") && msg.contains("integer") && msg.contains("true or false"), "{msg}");
         let cuda = tch::Device::Cuda(0);
         assert!(FuseClean::Auto.fuses(1, cuda));
         assert!(!FuseClean::Auto.fuses(2, cuda));
