@@ -121,22 +121,11 @@ pub struct EngineConfig {
 /// `engine.fuse_clean`: `"auto"`, `true` or `false` (see [`EngineConfig::fuse_clean`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FuseClean {
-    /// Fused on CUDA when a pass attacks one face.
+    /// Fused on CUDA when a pass attacks one face (`Ensemble::fuses`).
     #[default]
     Auto,
     On,
     Off,
-}
-
-impl FuseClean {
-    /// Whether an attack pass over `faces` faces on `device` runs the clean outputs in its own pass.
-    pub fn fuses(self, faces: usize, device: tch::Device) -> bool {
-        match self {
-            FuseClean::On => true,
-            FuseClean::Off => false,
-            FuseClean::Auto => device.is_cuda() && faces == 1,
-        }
-    }
 }
 
 impl Serialize for FuseClean {
@@ -650,7 +639,7 @@ mod tests {
     }
 
     #[test]
-    fn fuse_clean_takes_auto_or_a_bool_and_auto_fuses_one_face_on_cuda() {
+    fn fuse_clean_takes_auto_or_a_bool() {
         for (text, want) in
             [("\"auto\"", FuseClean::Auto), ("true", FuseClean::On), ("false", FuseClean::Off)]
         {
@@ -666,12 +655,6 @@ mod tests {
         );
         let msg = parse("[engine]\nfuse_clean = 3\n").unwrap_err().to_string();
         assert!(msg.contains("line 2") && msg.contains("integer") && msg.contains("true or false"), "{msg}");
-        let cuda = tch::Device::Cuda(0);
-        assert!(FuseClean::Auto.fuses(1, cuda));
-        assert!(!FuseClean::Auto.fuses(2, cuda));
-        assert!(!FuseClean::Auto.fuses(1, tch::Device::Cpu));
-        assert!(FuseClean::On.fuses(8, tch::Device::Cpu));
-        assert!(!FuseClean::Off.fuses(1, cuda));
     }
 
     #[test]
