@@ -87,6 +87,11 @@ impl Region {
         Region { x: (cx - w as f64 / 2.0).round() as i64, y: (cy - h as f64 / 2.0).round() as i64, w, h }
     }
 
+    /// Grown by `px` pixels on every side.
+    fn grown_by(&self, px: i64) -> Region {
+        Region { x: self.x - px, y: self.y - px, w: self.w + 2 * px, h: self.h + 2 * px }
+    }
+
     /// Clipped to an image of `width`×`height`; `None` when nothing is left.
     pub fn clip(&self, width: i64, height: i64) -> Option<Region> {
         let (x, y) = (self.x.max(0), self.y.max(0));
@@ -337,6 +342,16 @@ fn crop(x: &Tensor, r: &Region) -> Tensor {
     x.narrow(2, r.y, r.h).narrow(3, r.x, r.w)
 }
 
+/// The part of a `width`×`height` context that [`cut`] reads for window `w`: the square itself when
+/// upright, the turned square's bounds and a pixel for the bilinear neighbours when turned, clipped to
+/// the context (where it is clipped, `cut` reflects at the context's own edge, so cutting from the
+/// part gives what cutting from the whole context gives).
+fn read_by(w: &Aligned, width: i64, height: i64) -> Region {
+    let whole = Region { x: 0, y: 0, w: width, h: height };
+    let reach = if w.angle == 0.0 { w.square } else { w.bounds().grown_by(1) };
+    reach.clip(width, height).unwrap_or(whole)
+}
+
 /// What an aligner cuts from `x: [1,3,H,W]`: `w.square` turned upright, `[1,3,h,w]` of the square's
 /// size; an upright square is a plain crop, a turned one is sampled bilinearly (differentiably), with
 /// `x` reflected past its edge. Also turns whole photos for `veil eval --tilt`.
@@ -561,13 +576,30 @@ fn attack_batch_targets(
         let framed_clean: Vec<Tensor> = xs.iter().zip(&windows).map(|(x, w)| cut(x, w)).collect();
         let ds: Vec<Tensor> = deltas.iter().map(|d| d.detach().set_requires_grad(true)).collect();
         let cs: Vec<Tensor> = coarse.iter().map(|c| c.detach().set_requires_grad(true)).collect();
+        // The perturbed framings, made from the part of the context each one reads only (on a CPU the
+        // per-pixel work of a step, forward and backward, is a large share of it).
         let x_adv: Vec<Tensor> = xs
             .iter()
-            .enumerate()
             .zip(&ds)
             .zip(masks)
             .zip(&windows)
-            .map(|((((n, x), d), m), w)| cut(&(x + combined(n, d, cs.get(n)) * m).clamp(-1.0, 1.0), w))
+            .enumerate()
+            .map(|(n, (((x, d), m), w))| {
+                let (h, wd) = (x.size()[2], x.size()[3]);
+                let part = read_by(w, wd, h);
+                let fine = crop(d, &part);
+                let delta = match cs.get(n) {
+                    // The coarse part upsampled whole (one kernel each way), then cut to the part.
+                    Some(c) => (fine + crop(&c.upsample_bilinear2d([h, wd], false, None, None), &part))
+                        .clamp(-eps, eps),
+                    None => fine,
+                };
+                let moved = Region { x: w.square.x - part.x, y: w.square.y - part.y, ..w.square };
+                cut(
+                    &(crop(x, &part) + delta * crop(m, &part)).clamp(-1.0, 1.0),
+                    &Aligned { square: moved, ..*w },
+                )
+            })
             .collect();
         let per_step = !framing.is_none() || ts.iter().any(|t| *t != Transform::Identity);
         // Each generator's perturbed input (connected to δ), its clean input when the targets are
@@ -887,6 +919,25 @@ mod tests {
         let x = x.set_requires_grad(true);
         cut(&x, &Aligned { square, angle: 30.0 }).sum(Kind::Float).backward();
         assert!(x.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn a_cut_from_the_part_it_reads_is_the_cut_from_the_whole_context() {
+        let x = with_torch_seed(5, || Tensor::rand([1, 3, 60, 50], (Kind::Float, Device::Cpu)));
+        for w in [
+            Aligned::upright(Region { x: 4, y: 6, w: 30, h: 30 }),
+            Aligned { square: Region { x: 10, y: 12, w: 30, h: 30 }, angle: 12.0 },
+            // Turned past the context's top left corner: reflected at the context's own edge.
+            Aligned { square: Region { x: -6, y: -4, w: 40, h: 40 }, angle: -20.0 },
+        ] {
+            let part = read_by(&w, 50, 60);
+            let moved = Aligned {
+                square: Region { x: w.square.x - part.x, y: w.square.y - part.y, ..w.square },
+                ..w
+            };
+            let diff = (cut(&crop(&x, &part), &moved) - cut(&x, &w)).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{w:?} from {part:?}: {diff}");
+        }
     }
 
     #[test]
