@@ -227,11 +227,16 @@ pub fn splice(encoded: &[u8], carried: &[(u8, Vec<u8>)]) -> Result<Vec<u8>, Stri
 /// and, but the last, hold exactly `mcus_per_strip` MCUs (whole MCU rows). A restart marker resets
 /// the decoder's DC predictors, as each strip's encoder started from zero, so the joined file
 /// decodes to the strips' pixels. This is what lets a 12 MP photo be encoded on every core.
-pub fn join_strips(strips: &[Vec<u8>], height: u16, mcus_per_strip: u16) -> Result<Vec<u8>, String> {
+pub fn join_strips<S: AsRef<[u8]>>(
+    strips: &[S],
+    height: u16,
+    mcus_per_strip: u16,
+) -> Result<Vec<u8>, String> {
     const DQT: u8 = 0xDB;
     const DHT: u8 = 0xC4;
     const DRI: u8 = 0xDD;
-    let first = strips.first().ok_or("no strips to join")?;
+    let strips: Vec<&[u8]> = strips.iter().map(AsRef::as_ref).collect();
+    let first = *strips.first().ok_or("no strips to join")?;
     let layouts: Vec<Layout> = strips.iter().map(|s| parse(s)).collect::<Result<_, _>>()?;
     let tables = |data: &[u8], l: &Layout| -> Vec<u8> {
         l.segments
@@ -261,7 +266,7 @@ pub fn join_strips(strips: &[Vec<u8>], height: u16, mcus_per_strip: u16) -> Resu
     }
     let l0 = &layouts[0];
     let sos0 = scans[0].0;
-    let mut out = Vec::with_capacity(strips.iter().map(Vec::len).sum::<usize>() + 2 * strips.len() + 8);
+    let mut out = Vec::with_capacity(strips.iter().map(|s| s.len()).sum::<usize>() + 2 * strips.len() + 8);
     out.extend_from_slice(&first[..sos0.marker_pos]);
     // The frame header gets the whole image's height (payload: precision, height, width, ...).
     let sof = l0.segments.iter().find(|s| is_sof(s.marker)).ok_or("strip 0 has no frame header")?;

@@ -622,6 +622,19 @@ pub fn write(
     format: Option<Format>,
     settings: &Settings,
 ) -> Result<Written, ImageError> {
+    write_with(photo, out_dir, file_name, format, settings, None)
+}
+
+/// [`write`], taking the JPEG strips [`preencode`] made before the pixels changed (only where they
+/// match this image and these settings; the pixels of those strips must be the same).
+pub fn write_with(
+    photo: &Photo,
+    out_dir: &Path,
+    file_name: &str,
+    format: Option<Format>,
+    settings: &Settings,
+    pre: Option<&Preencoded>,
+) -> Result<Written, ImageError> {
     let format = format.unwrap_or(photo.format);
     let plain =
         Path::new(file_name).file_name().is_some_and(|n| n == file_name) && !file_name.starts_with('.');
@@ -644,7 +657,7 @@ pub fn write(
     let strip = settings.metadata == MetadataPolicy::Strip;
     let orientation = if strip { 1 } else { photo.orientation };
     let stored = stored_image(photo, format, orientation);
-    let bytes = encode(photo, &stored, format, settings).map_err(|message| ImageError::Encode {
+    let bytes = encode(photo, &stored, format, settings, pre).map_err(|message| ImageError::Encode {
         path: target.clone(),
         format,
         message,
@@ -675,11 +688,58 @@ fn inverse(o: u8) -> u8 {
     }
 }
 
+/// The image to encode, in stored orientation: the photo's own pixels when nothing changes them
+/// (upright RGB8 without alpha or 16-bit values to bring back: no copy of a 12 MP photo), else a new
+/// image.
+enum Stored<'a> {
+    Pixels(&'a RgbImage),
+    Image(DynamicImage),
+}
+
+impl Stored<'_> {
+    fn dimensions(&self) -> (u32, u32) {
+        match self {
+            Stored::Pixels(p) => p.dimensions(),
+            Stored::Image(i) => (i.width(), i.height()),
+        }
+    }
+
+    /// A `w`×`h` RGB thumbnail (the `image` crate's area-averaging thumbnail, as for a `DynamicImage`).
+    fn thumbnail(&self, w: u32, h: u32) -> RgbImage {
+        match self {
+            Stored::Pixels(p) => image::imageops::thumbnail(*p, w, h),
+            Stored::Image(i) => i.thumbnail_exact(w, h).into_rgb8(),
+        }
+    }
+
+    /// As 8-bit RGB (alpha dropped, 16-bit values rounded), borrowed when it is that already.
+    fn rgb8(&self) -> std::borrow::Cow<'_, RgbImage> {
+        match self {
+            Stored::Pixels(p) => std::borrow::Cow::Borrowed(*p),
+            Stored::Image(DynamicImage::ImageRgb8(i)) => std::borrow::Cow::Borrowed(i),
+            Stored::Image(other) => std::borrow::Cow::Owned(other.to_rgb8()),
+        }
+    }
+
+    /// As an `image` crate image, for the encoders that take one (a copy of borrowed pixels).
+    fn image(&self) -> std::borrow::Cow<'_, DynamicImage> {
+        match self {
+            Stored::Pixels(p) => std::borrow::Cow::Owned(DynamicImage::ImageRgb8((*p).clone())),
+            Stored::Image(i) => std::borrow::Cow::Borrowed(i),
+        }
+    }
+}
+
 /// The image to encode, in stored orientation: the new pixels, with the original's alpha and, where
 /// a pixel was left as it was, its 16-bit value (formats that hold them).
-fn stored_image(photo: &Photo, format: Format, orientation: u8) -> DynamicImage {
+fn stored_image(photo: &Photo, format: Format, orientation: u8) -> Stored<'_> {
     let keep_alpha = photo.alpha.is_some() && format != Format::Jpeg;
     let keep_deep = photo.deep.is_some() && matches!(format, Format::Png | Format::Tiff);
+    let turn = image::metadata::Orientation::from_exif(inverse(orientation))
+        .filter(|o| *o != image::metadata::Orientation::NoTransforms);
+    if !keep_alpha && !keep_deep && turn.is_none() {
+        return Stored::Pixels(&photo.pixels);
+    }
     let mut img = if keep_deep {
         let deep = photo.deep.as_ref().map(|d| merge_deep(&photo.pixels, d));
         let rgb = deep.unwrap_or_else(|| DynamicImage::ImageRgb8(photo.pixels.clone()).into_rgb16());
@@ -704,10 +764,10 @@ fn stored_image(photo: &Photo, format: Format, orientation: u8) -> DynamicImage 
     } else {
         DynamicImage::ImageRgb8(photo.pixels.clone())
     };
-    if let Some(o) = image::metadata::Orientation::from_exif(inverse(orientation)) {
+    if let Some(o) = turn {
         img.apply_orientation(o);
     }
-    img
+    Stored::Image(img)
 }
 
 /// 16-bit output: a pixel the protection left unchanged keeps its original 16-bit value.
@@ -721,7 +781,7 @@ fn merge_deep(new: &RgbImage, deep: &ImageBuffer<Rgb<u16>, Vec<u16>>) -> ImageBu
 }
 
 /// The EXIF structure to write: GPS removed when asked, thumbnail regenerated from `stored`.
-fn prepare_exif(blob: &[u8], s: &Settings, stored: &DynamicImage, max_len: usize) -> Option<Vec<u8>> {
+fn prepare_exif(blob: &[u8], s: &Settings, stored: &Stored<'_>, max_len: usize) -> Option<Vec<u8>> {
     if s.metadata == MetadataPolicy::Strip {
         return None;
     }
@@ -736,9 +796,11 @@ fn prepare_exif(blob: &[u8], s: &Settings, stored: &DynamicImage, max_len: usize
         }
         (_, Some(th)) => {
             let old = &blob[th.offset..th.offset + th.len];
-            let (tw, th_h) =
-                jpeg::dimensions(old).unwrap_or_else(|| fit(stored.width(), stored.height(), 160));
-            let small = stored.thumbnail_exact(tw.max(1), th_h.max(1)).into_rgb8();
+            let (tw, th_h) = jpeg::dimensions(old).unwrap_or_else(|| {
+                let (w, h) = stored.dimensions();
+                fit(w, h, 160)
+            });
+            let small = stored.thumbnail(tw.max(1), th_h.max(1));
             let replaced = [90u8, 75, 60, 40].iter().any(|&q| {
                 encode_jpeg(&small, q, Chroma::Half, false)
                     .is_ok_and(|j| tiffmeta::replace_thumbnail(&mut blob, &th, &j, max_len))
@@ -750,7 +812,7 @@ fn prepare_exif(blob: &[u8], s: &Settings, stored: &DynamicImage, max_len: usize
         }
         (true, None) => match tiffmeta::raw_thumbnail(&blob) {
             Some(raw) => {
-                let small = stored.thumbnail_exact(raw.width, raw.height).into_rgb8();
+                let small = stored.thumbnail(raw.width, raw.height);
                 let len = small.as_raw().len();
                 blob[raw.offset..raw.offset + len].copy_from_slice(small.as_raw());
             }
@@ -770,10 +832,10 @@ fn prepare_exif(blob: &[u8], s: &Settings, stored: &DynamicImage, max_len: usize
 
 /// The APP13 block with its Photoshop thumbnails regenerated from `stored` (at a lower quality
 /// when needed to fit the segment), or dropped where they cannot fit.
-fn photoshop_thumbnails(block: &[u8], stored: &DynamicImage) -> Vec<u8> {
+fn photoshop_thumbnails(block: &[u8], stored: &Stored<'_>) -> Vec<u8> {
     for q in [90u8, 75, 60, 40] {
         let rebuilt = irb::replace_thumbnails(block, &mut |w, h, bgr| {
-            let mut small = stored.thumbnail_exact(w, h).into_rgb8();
+            let mut small = stored.thumbnail(w, h);
             if bgr {
                 small.pixels_mut().for_each(|p| p.0.swap(0, 2));
             }
@@ -804,13 +866,76 @@ const STRIPS_FROM_PIXELS: u64 = 1 << 20;
 /// piece and 0.12 s in two strips on a 2-core CPU, and 0.34 s in one piece on the 16-core H200 host
 /// (bench/results/jpeg-encode-cpu-2026-11-27.md).
 fn encode_jpeg(img: &RgbImage, quality: u8, chroma: Chroma, parallel: bool) -> Result<Vec<u8>, String> {
-    let (w, h) = img.dimensions();
-    let threads = if parallel && u64::from(w) * u64::from(h) >= STRIPS_FROM_PIXELS {
+    encode_jpeg_reusing(img, quality, chroma, parallel, None)
+}
+
+/// Threads a `w`×`h` JPEG is encoded on: every core from [`STRIPS_FROM_PIXELS`] up with `parallel`,
+/// else one.
+fn jpeg_threads(w: u32, h: u32, parallel: bool) -> usize {
+    if parallel && u64::from(w) * u64::from(h) >= STRIPS_FROM_PIXELS {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {
         1
-    };
-    encode_jpeg_strips(img, quality, chroma, threads)
+    }
+}
+
+/// Strips a JPEG encoded on several threads is cut into, at least: thin enough that a face crosses
+/// few of them, so that [`preencode`] can encode the others before the protection is done.
+const MIN_STRIPS: usize = 32;
+
+/// How a JPEG encoded in strips is cut: `per_strip` MCU rows a strip (the last may have fewer),
+/// MCUs of `mcu` pixels square, `mcu_cols` of them a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StripPlan {
+    per_strip: u32,
+    mcu: u32,
+    mcu_cols: u32,
+}
+
+impl StripPlan {
+    /// About `strips` strips of a `w`×`h` image (more for a very wide one: a restart interval counts at
+    /// most 65535 MCUs); `None` when that leaves one piece.
+    fn new(w: u32, h: u32, chroma: Chroma, strips: usize) -> Option<StripPlan> {
+        // MCU: 8x8 pixels at 4:4:4, 16x16 at 4:2:0.
+        let mcu = match chroma {
+            Chroma::Full => 8,
+            Chroma::Half => 16,
+        };
+        let (mcu_cols, mcu_rows) = (w.div_ceil(mcu), h.div_ceil(mcu));
+        let max_rows = (u32::from(u16::MAX) / mcu_cols.max(1)).max(1);
+        let per_strip = mcu_rows.div_ceil(strips.max(1) as u32).clamp(1, max_rows);
+        (strips > 1 && per_strip < mcu_rows).then_some(StripPlan { per_strip, mcu, mcu_cols })
+    }
+
+    /// Pixel rows of a strip.
+    fn rows(&self) -> u32 {
+        self.per_strip * self.mcu
+    }
+}
+
+/// The plan [`encode_jpeg`] cuts a `w`×`h` JPEG by (`None`: one piece, optimized tables), and the
+/// threads it encodes on.
+fn jpeg_plan(w: u32, h: u32, chroma: Chroma, parallel: bool) -> (Option<StripPlan>, usize) {
+    let threads = jpeg_threads(w, h, parallel);
+    let plan = if threads > 1 { StripPlan::new(w, h, chroma, threads.max(MIN_STRIPS)) } else { None };
+    (plan, threads)
+}
+
+/// [`encode_jpeg`], taking the strips `pre` encoded ahead where it was made for this image's size
+/// and settings.
+fn encode_jpeg_reusing(
+    img: &RgbImage,
+    quality: u8,
+    chroma: Chroma,
+    parallel: bool,
+    pre: Option<&Preencoded>,
+) -> Result<Vec<u8>, String> {
+    let (w, h) = img.dimensions();
+    let (plan, threads) = jpeg_plan(w, h, chroma, parallel);
+    let done = pre
+        .filter(|p| p.size == (w, h) && p.quality == quality && p.chroma == chroma && Some(p.plan) == plan)
+        .map_or(&[][..], |p| p.strips.as_slice());
+    encode_jpeg_strips(img, quality, chroma, threads, plan, done)
 }
 
 /// RGB rows (`raw`, `width` pixels wide) as one baseline JPEG, with optimized or standard Huffman tables.
@@ -833,45 +958,63 @@ fn encode_jpeg_piece(
     Ok(out)
 }
 
-/// [`encode_jpeg`] on `threads` threads: in one piece with optimized tables when that is 1 or the
-/// image has too few MCU rows to split, else in strips with the standard tables, `threads` at a time
-/// (a very wide photo needs more strips than threads: a restart interval holds at most 65535 MCUs).
+/// [`encode_jpeg`] on `threads` threads: in one piece with optimized tables without a `plan`, else in
+/// the plan's strips with the standard tables, `threads` at a time, each strip that `done` holds
+/// (by index) taken from it instead of encoded.
 fn encode_jpeg_strips(
     img: &RgbImage,
     quality: u8,
     chroma: Chroma,
     threads: usize,
+    plan: Option<StripPlan>,
+    done: &[Option<Vec<u8>>],
 ) -> Result<Vec<u8>, String> {
     let (w, h) = img.dimensions();
     let (w16, h16) = (
         u16::try_from(w).map_err(|_| format!("{w} pixels is too wide for JPEG (at most 65535)"))?,
         u16::try_from(h).map_err(|_| format!("{h} pixels is too tall for JPEG (at most 65535)"))?,
     );
-    let one =
-        |raw: &[u8], rows: u16, optimize: bool| encode_jpeg_piece(raw, w16, rows, quality, chroma, optimize);
-    // MCU: 8x8 pixels at 4:4:4, 16x16 at 4:2:0.
-    let mcu = match chroma {
-        Chroma::Full => 8,
-        Chroma::Half => 16,
+    let Some(plan) = plan else {
+        return encode_jpeg_piece(img.as_raw(), w16, h16, quality, chroma, true);
     };
-    let (mcu_cols, mcu_rows) = (w.div_ceil(mcu), h.div_ceil(mcu));
-    // A restart interval counts at most 65535 MCUs.
-    let max_rows = (u32::from(u16::MAX) / mcu_cols.max(1)).max(1);
-    let per_strip = mcu_rows.div_ceil(threads.max(1) as u32).clamp(1, max_rows);
-    if threads <= 1 || per_strip >= mcu_rows {
-        return one(img.as_raw(), h16, true);
-    }
+    let todo = |k: usize| done.get(k).is_none_or(Option::is_none);
+    let mut fresh = encode_strips(img, quality, chroma, threads, plan, todo)?;
+    let strips: Vec<&[u8]> = fresh
+        .iter_mut()
+        .enumerate()
+        .map(|(k, f)| match (f.as_deref(), done.get(k).and_then(Option::as_deref)) {
+            (Some(new), _) => Ok(new),
+            (None, Some(old)) => Ok(old),
+            (None, None) => Err(format!("strip {k} was neither encoded nor given")),
+        })
+        .collect::<Result<_, String>>()?;
+    // per_strip <= 65535 / mcu_cols, so the product fits.
+    jpeg::join_strips(&strips, h16, (plan.per_strip * plan.mcu_cols) as u16)
+}
+
+/// The strips of `img` cut by `plan` for which `want(index)` holds, encoded `threads` at a time with
+/// the standard tables; `None` for the others.
+fn encode_strips(
+    img: &RgbImage,
+    quality: u8,
+    chroma: Chroma,
+    threads: usize,
+    plan: StripPlan,
+    want: impl Fn(usize) -> bool,
+) -> Result<Vec<Option<Vec<u8>>>, String> {
+    let w = img.width();
+    let w16 = u16::try_from(w).map_err(|_| format!("{w} pixels is too wide for JPEG (at most 65535)"))?;
     let row_bytes = w as usize * 3;
-    let strip_px = (per_strip * mcu) as usize;
-    let pieces: Vec<&[u8]> = img.as_raw().chunks(strip_px * row_bytes).collect();
-    let mut strips = Vec::with_capacity(pieces.len());
-    for batch in pieces.chunks(threads) {
+    let pieces: Vec<(usize, &[u8])> =
+        img.as_raw().chunks(plan.rows() as usize * row_bytes).enumerate().filter(|(k, _)| want(*k)).collect();
+    let mut out: Vec<Option<Vec<u8>>> = vec![None; img.height().div_ceil(plan.rows()) as usize];
+    for batch in pieces.chunks(threads.max(1)) {
         let encoded: Vec<Result<Vec<u8>, String>> = std::thread::scope(|scope| {
             let handles: Vec<_> = batch
                 .iter()
-                .map(|&raw| {
+                .map(|&(_, raw)| {
                     let rows = (raw.len() / row_bytes) as u16;
-                    scope.spawn(move || one(raw, rows, false))
+                    scope.spawn(move || encode_jpeg_piece(raw, w16, rows, quality, chroma, false))
                 })
                 .collect();
             handles
@@ -879,15 +1022,70 @@ fn encode_jpeg_strips(
                 .map(|h| h.join().unwrap_or_else(|_| Err("a JPEG encoder thread panicked".into())))
                 .collect()
         });
-        for e in encoded {
-            strips.push(e?);
+        for (&(k, _), e) in batch.iter().zip(encoded) {
+            out[k] = Some(e?);
         }
     }
-    // per_strip <= 65535 / mcu_cols, so the product fits.
-    jpeg::join_strips(&strips, h16, (per_strip * mcu_cols) as u16)
+    Ok(out)
 }
 
-fn encode(photo: &Photo, stored: &DynamicImage, format: Format, s: &Settings) -> Result<Vec<u8>, String> {
+/// Strips of a photo's JPEG copy encoded ahead of time, from pixels the protection will not change
+/// ([`preencode`]); [`write_with`] takes them instead of encoding those strips again.
+pub struct Preencoded {
+    size: (u32, u32),
+    quality: u8,
+    chroma: Chroma,
+    plan: StripPlan,
+    /// By strip index; `None` where the strip is still to be encoded.
+    strips: Vec<Option<Vec<u8>>>,
+}
+
+impl Preencoded {
+    /// How many strips are done, of how many.
+    pub fn done(&self) -> (usize, usize) {
+        (self.strips.iter().filter(|s| s.is_some()).count(), self.strips.len())
+    }
+}
+
+/// Encodes, on `threads` threads, the strips of `photo`'s JPEG copy (in `format`, default the
+/// source's, with `settings`) that no rectangle of `changing` (upright `(x, y, w, h)`, where the
+/// pixels may still change) crosses, so that writing the protected photo later encodes only the
+/// rest. `None` where nothing can be done ahead: the copy is not a JPEG, is encoded in one piece
+/// (small, or `jpeg_parallel` off), or is stored turned (EXIF orientation other than 1), or every
+/// strip is crossed.
+pub fn preencode(
+    photo: &Photo,
+    changing: &[(i64, i64, i64, i64)],
+    format: Option<Format>,
+    settings: &Settings,
+    threads: usize,
+) -> Option<Preencoded> {
+    let format = format.unwrap_or(photo.format);
+    if format != Format::Jpeg || photo.pixels.dimensions() != photo.size {
+        return None;
+    }
+    let orientation = if settings.metadata == MetadataPolicy::Strip { 1 } else { photo.orientation };
+    let Stored::Pixels(img) = stored_image(photo, format, orientation) else { return None };
+    let (w, h) = img.dimensions();
+    let (quality, chroma) = (settings.jpeg_quality.get(), settings.jpeg_chroma);
+    let (plan, _) = jpeg_plan(w, h, chroma, settings.jpeg_parallel);
+    let plan = plan?;
+    let rows = i64::from(plan.rows());
+    let clear = |k: usize| {
+        let (top, bottom) = (k as i64 * rows, (k as i64 + 1) * rows);
+        !changing.iter().any(|&(_, y, _, rh)| y < bottom && top < y + rh)
+    };
+    let strips = encode_strips(img, quality, chroma, threads, plan, clear).ok()?;
+    strips.iter().any(Option::is_some).then_some(Preencoded { size: (w, h), quality, chroma, plan, strips })
+}
+
+fn encode(
+    photo: &Photo,
+    stored: &Stored<'_>,
+    format: Format,
+    s: &Settings,
+    pre: Option<&Preencoded>,
+) -> Result<Vec<u8>, String> {
     let strip = s.metadata == MetadataPolicy::Strip;
     let same = format == photo.format;
     let scrubbed;
@@ -899,11 +1097,13 @@ fn encode(photo: &Photo, stored: &DynamicImage, format: Format, s: &Settings) ->
     };
     match format {
         Format::Jpeg => {
-            let rgb = match stored {
-                DynamicImage::ImageRgb8(i) => std::borrow::Cow::Borrowed(i),
-                other => std::borrow::Cow::Owned(other.to_rgb8()),
-            };
-            let encoded = encode_jpeg(&rgb, s.jpeg_quality.get(), s.jpeg_chroma, s.jpeg_parallel)?;
+            let encoded = encode_jpeg_reusing(
+                &stored.rgb8(),
+                s.jpeg_quality.get(),
+                s.jpeg_chroma,
+                s.jpeg_parallel,
+                pre,
+            )?;
             let exif = meta.exif.as_deref().and_then(|b| prepare_exif(b, s, stored, jpeg::MAX_PAYLOAD - 6));
             let exif_payload = exif.map(|e| [jpeg::EXIF_ID, &e].concat());
             let mut carried: Vec<(u8, Vec<u8>)> = Vec::new();
@@ -953,7 +1153,7 @@ fn encode(photo: &Photo, stored: &DynamicImage, format: Format, s: &Settings) ->
                 image::codecs::png::CompressionType::Default,
                 image::codecs::png::FilterType::Adaptive,
             );
-            stored.write_with_encoder(enc).map_err(|e| e.to_string())?;
+            stored.image().write_with_encoder(enc).map_err(|e| e.to_string())?;
             let exif = meta.exif.as_deref().and_then(|b| prepare_exif(b, s, stored, 16 << 20));
             let mut carried = Vec::new();
             match (&meta.native, same) {
@@ -984,10 +1184,9 @@ fn encode(photo: &Photo, stored: &DynamicImage, format: Format, s: &Settings) ->
             png::splice(&encoded, &carried)
         }
         Format::Webp => {
-            let img8 = if stored.color().has_alpha() {
-                DynamicImage::ImageRgba8(stored.to_rgba8())
-            } else {
-                DynamicImage::ImageRgb8(stored.to_rgb8())
+            let img8 = match stored {
+                Stored::Image(i) if i.color().has_alpha() => DynamicImage::ImageRgba8(i.to_rgba8()),
+                other => DynamicImage::ImageRgb8(other.rgb8().into_owned()),
             };
             let mut encoded = Vec::new();
             img8.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut encoded))
@@ -1058,7 +1257,7 @@ fn encode(photo: &Photo, stored: &DynamicImage, format: Format, s: &Settings) ->
             } else if s.metadata == MetadataPolicy::KeepNoGps {
                 entries.retain(|e| e.tag != tiffmeta::GPS_IFD);
             }
-            encode_tiff(stored, le, entries)
+            encode_tiff(&stored.image(), le, entries)
         }
     }
 }

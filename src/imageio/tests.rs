@@ -587,7 +587,8 @@ fn jpeg_strips_decode_to_the_pixels_of_one_piece() {
     for (chroma, threads) in [(Chroma::Full, 9), (Chroma::Half, 4), (Chroma::Full, 2)] {
         // The same encoder settings in one piece: the standard tables, as the strips use.
         let whole = encode_jpeg_piece(img.as_raw(), 203, 213, 90, chroma, false).unwrap();
-        let joined = encode_jpeg_strips(&img, 90, chroma, threads).unwrap();
+        let plan = StripPlan::new(203, 213, chroma, threads);
+        let joined = encode_jpeg_strips(&img, 90, chroma, threads, plan, &[]).unwrap();
         assert_ne!(whole, joined, "{chroma:?}: the strips were not split");
         let layout = jpeg::parse(&joined).unwrap();
         assert!(layout.segments.iter().any(|s| s.marker == 0xDD), "{chroma:?}: no restart interval");
@@ -603,7 +604,8 @@ fn a_photo_too_wide_for_one_restart_interval_per_thread_is_cut_into_more_strips(
     // 65535 px wide: 8192 MCUs a row, so an interval holds at most 7 MCU rows; 120 rows (15 MCU
     // rows) on 2 threads need 3 strips.
     let img = gradient(65535, 120);
-    let joined = encode_jpeg_strips(&img, 90, Chroma::Full, 2).unwrap();
+    let plan = StripPlan::new(65535, 120, Chroma::Full, 2);
+    let joined = encode_jpeg_strips(&img, 90, Chroma::Full, 2, plan, &[]).unwrap();
     let layout = jpeg::parse(&joined).unwrap();
     let restarts = joined.windows(2).filter(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1])).count();
     assert_eq!(restarts, 2, "3 strips, 2 restart markers");
@@ -624,5 +626,55 @@ fn jpeg_strips_from_other_settings_are_refused() {
     };
     let err = jpeg::join_strips(&[piece(0, 90), piece(32, 60)], 64, 32).unwrap_err();
     assert!(err.contains("strip 1 was encoded with other tables"), "{err}");
-    assert!(jpeg::join_strips(&[], 64, 32).unwrap_err().contains("no strips"));
+    assert!(jpeg::join_strips::<Vec<u8>>(&[], 64, 32).unwrap_err().contains("no strips"));
+}
+
+#[test]
+fn strips_encoded_ahead_are_taken_where_the_pixels_stayed_and_only_for_the_same_settings() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.jpg");
+    // 1.3 MP: encoded in strips (32 px high at the default 4:4:4 on a machine with 2+ cores).
+    std::fs::write(&src, encode_jpeg(&textured(1280, 1024), 90, Chroma::Half, false).unwrap()).unwrap();
+    let s = Settings::default();
+    let mut photo = read(&src, &s).unwrap();
+    let before = photo.clone();
+    // A face from row 300 to 499: the strips across it are left for later.
+    let pre = preencode(&photo, &[(400, 300, 200, 200)], None, &s, 2);
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        assert!(pre.is_none(), "one core encodes in one piece: nothing to do ahead");
+        return;
+    }
+    let pre = pre.expect("a large JPEG in strips");
+    let (done, of) = pre.done();
+    assert_eq!(of, 32);
+    assert!(done > 20 && done < of, "{done} of {of}");
+    // The protection changes pixels inside the rectangle only.
+    for y in 300..500 {
+        for x in 400..600 {
+            let p = photo.pixels.get_pixel_mut(x, y);
+            p[0] = 255 - p[0];
+        }
+    }
+    let bytes = |w: Written| std::fs::read(w.path).unwrap();
+    let out = |name: &str| {
+        let dir = d.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    };
+    let plain = bytes(write(&photo, &out("plain"), "big.jpg", None, &s).unwrap());
+    let ahead = bytes(write_with(&photo, &out("ahead"), "big.jpg", None, &s, Some(&pre)).unwrap());
+    assert!(plain == ahead, "strips encoded ahead give other bytes");
+    // They are really taken: strips made from the pixels before the change, all of them, show.
+    let stale = preencode(&before, &[], None, &s, 2).unwrap();
+    assert_eq!(stale.done(), (32, 32));
+    let wrong = bytes(write_with(&photo, &out("stale"), "big.jpg", None, &s, Some(&stale)).unwrap());
+    assert!(wrong != plain);
+    // With other settings they are not.
+    let q60 = Settings { jpeg_quality: JpegQuality(60), ..Settings::default() };
+    let plain60 = bytes(write(&photo, &out("q60"), "big.jpg", None, &q60).unwrap());
+    let ahead60 = bytes(write_with(&photo, &out("q60-ahead"), "big.jpg", None, &q60, Some(&stale)).unwrap());
+    assert!(plain60 == ahead60, "strips of quality 95 were taken at quality 60");
+    // Nothing is done ahead for a copy written turned or as PNG.
+    assert!(preencode(&Photo { orientation: 6, ..before.clone() }, &[], None, &s, 2).is_none());
+    assert!(preencode(&before, &[], Some(Format::Png), &s, 2).is_none());
 }
