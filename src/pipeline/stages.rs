@@ -276,7 +276,8 @@ impl Pipeline {
         let mut members = std::mem::take(&mut group.members);
         let Some(params) = members.first().map(|p| p.params.clone()) else { return };
         let started = Instant::now();
-        match self.attack_group(&mut members, &params, rng) {
+        let jobs: Vec<&FileJob> = tags.iter().map(|(_, job)| job).collect();
+        match self.attack_group(&mut members, &jobs, &params, rng) {
             Ok(()) => {
                 let share = started.elapsed().as_secs_f64() / members.len() as f64;
                 for ((tag, job), mut p) in tags.into_iter().zip(members) {
