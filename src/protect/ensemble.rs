@@ -267,7 +267,12 @@ impl Ensemble {
         }
         self.fuse_clean = engine.fuse_clean;
         self.parallel_generators = engine.parallel_generators && !self.device.is_cuda();
-        if engine.parallel_generators && self.device.is_cuda() {
+        // Said once per process: `veil eval` configures a second ensemble for its baselines.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if engine.parallel_generators
+            && self.device.is_cuda()
+            && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             tracing::warn!(
                 "engine.parallel_generators is ignored on CUDA (an attack with it did not finish on an \
                  H200): the generators run in turn"
