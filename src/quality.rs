@@ -10,13 +10,9 @@ use tch::{Device, Kind, Tensor};
 
 /// `[1,1,h,w]` luma in [0,255] of the rectangle `(x, y, w, h)` of an RGB image, on `device`.
 fn luma(img: &RgbImage, (x, y, w, h): (i64, i64, i64, i64), device: Device) -> Tensor {
-    let (iw, ih) = img.dimensions();
-    let t = Tensor::from_slice(img.as_raw())
-        .view([i64::from(ih), i64::from(iw), 3])
-        .narrow(0, y, h)
-        .narrow(1, x, w)
-        .to_device(device)
-        .to_kind(Kind::Float);
+    // Only the rectangle's bytes are copied, not the whole photo's.
+    let cut = image::imageops::crop_imm(img, x as u32, y as u32, w as u32, h as u32).to_image();
+    let t = Tensor::from_slice(cut.as_raw()).view([h, w, 3]).to_device(device).to_kind(Kind::Float);
     let weights = Tensor::from_slice(&[0.299f32, 0.587, 0.114]).to_device(device);
     t.matmul(&weights).view([1, 1, h, w])
 }
@@ -86,15 +82,24 @@ fn ssim_rect(a: &RgbImage, b: &RgbImage, rect: (i64, i64, i64, i64), device: Dev
     let g = Tensor::from_slice(&g).to_device(device);
     let g = &g / g.sum(Kind::Float);
     // Separable Gaussian window, valid convolution.
-    let blur = |t: &Tensor| {
-        let t = t.conv2d(&g.view([1, 1, 1, 11]), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
-        t.conv2d(&g.view([1, 1, 11, 1]), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
-    };
+    // The five local means (x, y, x², y², xy) as the channels of one separable, grouped convolution.
+    let stack = Tensor::cat(&[&x, &y, &(&x * &x), &(&y * &y), &(&x * &y)], 1);
+    let row = g.view([1, 1, 1, 11]).expand([5, 1, 1, 11], false).contiguous();
+    let col = g.view([1, 1, 11, 1]).expand([5, 1, 11, 1], false).contiguous();
+    let means = stack.conv2d(&row, None::<Tensor>, [1, 1], [0, 0], [1, 1], 5).conv2d(
+        &col,
+        None::<Tensor>,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        5,
+    );
+    let m = |k: i64| means.narrow(1, k, 1);
     let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
-    let (mx, my) = (blur(&x), blur(&y));
-    let sxx = blur(&(&x * &x)) - &mx * &mx;
-    let syy = blur(&(&y * &y)) - &my * &my;
-    let sxy = blur(&(&x * &y)) - &mx * &my;
+    let (mx, my) = (m(0), m(1));
+    let sxx = m(2) - &mx * &mx;
+    let syy = m(3) - &my * &my;
+    let sxy = m(4) - &mx * &my;
     let num = (&mx * &my * 2.0 + c1) * (sxy * 2.0 + c2);
     let den = (&mx * &mx + &my * &my + c1) * (sxx + syy + c2);
     Some((num / den).mean(Kind::Double).to_device(Device::Cpu).double_value(&[]))
@@ -160,5 +165,48 @@ mod tests {
         assert!(ssim(&a, &b).unwrap() < 0.9);
         assert_eq!(ssim(&pattern(8, 8, 0), &pattern(8, 8, 0)), None);
         assert_eq!(psnr(&pattern(8, 8, 0), &pattern(9, 8, 0)), None);
+    }
+
+    #[test]
+    fn ssim_is_the_mean_over_every_whole_11_px_gaussian_window() {
+        // Direct sums over each window (σ 1.5, no padding), in f64, against the convolutions.
+        let (w, h) = (23u32, 19u32);
+        let a = pattern(w, h, 0);
+        let mut b = a.clone();
+        for (i, p) in b.pixels_mut().enumerate() {
+            p.0[(i % 3) as usize] = p.0[(i % 3) as usize].wrapping_add((i * 37 % 23) as u8);
+        }
+        let luma = |img: &RgbImage, x: u32, y: u32| {
+            let p = img.get_pixel(x, y).0;
+            0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2])
+        };
+        let g: Vec<f64> = (0..11).map(|i| (-((i as f64 - 5.0).powi(2)) / 4.5).exp()).collect();
+        let norm: f64 = g.iter().sum::<f64>().powi(2);
+        let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
+        let mut total = 0.0;
+        let (nx, ny) = (w - 10, h - 10);
+        for y0 in 0..ny {
+            for x0 in 0..nx {
+                let [mut mx, mut my, mut xx, mut yy, mut xy] = [0.0; 5];
+                for j in 0..11 {
+                    for i in 0..11 {
+                        let k = g[i as usize] * g[j as usize] / norm;
+                        let (p, q) = (luma(&a, x0 + i, y0 + j), luma(&b, x0 + i, y0 + j));
+                        mx += k * p;
+                        my += k * q;
+                        xx += k * p * p;
+                        yy += k * q * q;
+                        xy += k * p * q;
+                    }
+                }
+                let (sxx, syy, sxy) = (xx - mx * mx, yy - my * my, xy - mx * my);
+                total +=
+                    (2.0 * mx * my + c1) * (2.0 * sxy + c2) / ((mx * mx + my * my + c1) * (sxx + syy + c2));
+            }
+        }
+        let want = total / f64::from(nx * ny);
+        let got = ssim(&a, &b).unwrap();
+        assert!((got - want).abs() < 1e-4, "{got} against {want}");
+        assert!(want < 0.99, "the images differ: {want}");
     }
 }
