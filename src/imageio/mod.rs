@@ -1050,9 +1050,9 @@ impl Preencoded {
 /// Encodes, on `threads` threads, the strips of `photo`'s JPEG copy (in `format`, default the
 /// source's, with `settings`) that no rectangle of `changing` (upright `(x, y, w, h)`, where the
 /// pixels may still change) crosses, so that writing the protected photo later encodes only the
-/// rest. `None` where nothing can be done ahead: the copy is not a JPEG, is encoded in one piece
-/// (small, or `jpeg_parallel` off), or is stored turned (EXIF orientation other than 1), or every
-/// strip is crossed.
+/// rest. A photo stored turned (EXIF orientation other than 1) is turned here as the write turns it,
+/// and the rectangles with it. `None` where nothing can be done ahead: the copy is not a JPEG, is
+/// encoded in one piece (small, or `jpeg_parallel` off), or every strip is crossed.
 pub fn preencode(
     photo: &Photo,
     changing: &[(i64, i64, i64, i64)],
@@ -1065,15 +1065,34 @@ pub fn preencode(
         return None;
     }
     let orientation = if settings.metadata == MetadataPolicy::Strip { 1 } else { photo.orientation };
-    let Stored::Pixels(img) = stored_image(photo, format, orientation) else { return None };
+    let stored = stored_image(photo, format, orientation);
+    let img = match &stored {
+        Stored::Pixels(p) => *p,
+        Stored::Image(DynamicImage::ImageRgb8(i)) => i,
+        Stored::Image(_) => return None,
+    };
     let (w, h) = img.dimensions();
+    let (uw, uh) = (i64::from(photo.size.0), i64::from(photo.size.1));
+    // Each rectangle's rows in the stored image: the turn that `stored_image` applies (the inverse of
+    // the orientation) moves an upright pixel (x, y) to a row y, H−1−y, x or W−1−x.
+    let turn = image::metadata::Orientation::from_exif(inverse(orientation));
+    let stored_rows = |&(x, y, rw, rh): &(i64, i64, i64, i64)| -> (i64, i64) {
+        use image::metadata::Orientation::*;
+        match turn {
+            Some(Rotate180 | FlipVertical) => (uh - y - rh, rh),
+            Some(Rotate90 | Rotate90FlipH) => (x, rw),
+            Some(Rotate270 | Rotate270FlipH) => (uw - x - rw, rw),
+            Some(NoTransforms | FlipHorizontal) | None => (y, rh),
+        }
+    };
+    let changing: Vec<(i64, i64)> = changing.iter().map(stored_rows).collect();
     let (quality, chroma) = (settings.jpeg_quality.get(), settings.jpeg_chroma);
     let (plan, _) = jpeg_plan(w, h, chroma, settings.jpeg_parallel);
     let plan = plan?;
     let rows = i64::from(plan.rows());
     let clear = |k: usize| {
         let (top, bottom) = (k as i64 * rows, (k as i64 + 1) * rows);
-        !changing.iter().any(|&(_, y, _, rh)| y < bottom && top < y + rh)
+        !changing.iter().any(|&(y, rh)| y < bottom && top < y + rh)
     };
     let strips = encode_strips(img, quality, chroma, threads, plan, clear).ok()?;
     strips.iter().any(Option::is_some).then_some(Preencoded { size: (w, h), quality, chroma, plan, strips })

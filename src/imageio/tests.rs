@@ -674,7 +674,50 @@ fn strips_encoded_ahead_are_taken_where_the_pixels_stayed_and_only_for_the_same_
     let plain60 = bytes(write(&photo, &out("q60"), "big.jpg", None, &q60).unwrap());
     let ahead60 = bytes(write_with(&photo, &out("q60-ahead"), "big.jpg", None, &q60, Some(&stale)).unwrap());
     assert!(plain60 == ahead60, "strips of quality 95 were taken at quality 60");
-    // Nothing is done ahead for a copy written turned or as PNG.
-    assert!(preencode(&Photo { orientation: 6, ..before.clone() }, &[], None, &s, 2).is_none());
+    // Nothing is done ahead for a PNG copy.
     assert!(preencode(&before, &[], Some(Format::Png), &s, 2).is_none());
+}
+
+#[test]
+fn strips_encoded_ahead_of_a_photo_stored_turned_follow_the_turn() {
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.jpg");
+    std::fs::write(&src, encode_jpeg(&textured(1280, 1024), 90, Chroma::Half, false).unwrap()).unwrap();
+    let s = Settings::default();
+    let read_back = read(&src, &s).unwrap();
+    // A face near a corner, so that every turn puts it somewhere else in the stored image.
+    let (x, y, w, h) = (100u32, 150u32, 180u32, 140u32);
+    for orientation in 1..=8u8 {
+        // The upright pixels of a photo stored with this orientation (as `read` would make them).
+        let mut upright = DynamicImage::ImageRgb8(read_back.pixels.clone());
+        if let Some(o) = image::metadata::Orientation::from_exif(orientation) {
+            upright.apply_orientation(o);
+        }
+        let pixels = upright.into_rgb8();
+        let mut photo = Photo { size: pixels.dimensions(), pixels, orientation, ..read_back.clone() };
+        let pre = preencode(&photo, &[(i64::from(x), i64::from(y), i64::from(w), i64::from(h))], None, &s, 2)
+            .unwrap_or_else(|| panic!("orientation {orientation}: nothing done ahead"));
+        assert!(pre.done().0 < pre.done().1, "orientation {orientation}: no strip left for later");
+        for py in y..y + h {
+            for px in x..x + w {
+                let p = photo.pixels.get_pixel_mut(px, py);
+                p[1] = 255 - p[1];
+            }
+        }
+        let dir = |name: String| {
+            let dir = d.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            dir
+        };
+        let plain = write(&photo, &dir(format!("{orientation}")), "big.jpg", None, &s).unwrap();
+        let ahead =
+            write_with(&photo, &dir(format!("{orientation}a")), "big.jpg", None, &s, Some(&pre)).unwrap();
+        assert!(
+            std::fs::read(plain.path).unwrap() == std::fs::read(ahead.path).unwrap(),
+            "orientation {orientation}: strips encoded ahead give other bytes"
+        );
+    }
 }
