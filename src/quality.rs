@@ -174,7 +174,7 @@ mod tests {
         let a = pattern(w, h, 0);
         let mut b = a.clone();
         for (i, p) in b.pixels_mut().enumerate() {
-            p.0[(i % 3) as usize] = p.0[(i % 3) as usize].wrapping_add((i * 37 % 23) as u8);
+            p.0[i % 3] = p.0[i % 3].wrapping_add((i * 37 % 23) as u8);
         }
         let luma = |img: &RgbImage, x: u32, y: u32| {
             let p = img.get_pixel(x, y).0;
