@@ -723,6 +723,21 @@ mod tests {
     }
 
     #[test]
+    fn a_patch_goes_in_and_what_it_covered_comes_back_out() {
+        let img = RgbImage::from_fn(9, 8, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut photo = img.clone();
+        let patch = Patch { x: 3, y: 2, pixels: RgbImage::from_pixel(4, 5, image::Rgb([200, 201, 202])) };
+        let before = patch.apply(&mut photo);
+        assert_eq!((before.x, before.y, before.pixels.dimensions()), (3, 2, (4, 5)));
+        assert_eq!(photo.get_pixel(3, 2).0, [200, 201, 202]);
+        assert_eq!(photo.get_pixel(6, 6).0, [200, 201, 202]);
+        assert_eq!(photo.get_pixel(7, 6).0, [7, 6, 7], "outside the patch");
+        assert_eq!(photo.get_pixel(3, 7).0, [3, 7, 7], "outside the patch");
+        before.apply(&mut photo);
+        assert_eq!(photo, img);
+    }
+
+    #[test]
     fn losses_average_over_regions() {
         let a = vec![("g".to_string(), 1.0), ("h".to_string(), 4.0)];
         let b = vec![("g".to_string(), 3.0), ("h".to_string(), 0.0)];
