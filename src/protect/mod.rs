@@ -87,6 +87,11 @@ impl Region {
         Region { x: (cx - w as f64 / 2.0).round() as i64, y: (cy - h as f64 / 2.0).round() as i64, w, h }
     }
 
+    /// The same region in a crop whose top left corner is at `(x, y)`.
+    fn within(&self, x: i64, y: i64) -> Region {
+        Region { x: self.x - x, y: self.y - y, ..*self }
+    }
+
     /// Grown by `px` pixels on every side.
     fn grown_by(&self, px: i64) -> Region {
         Region { x: self.x - px, y: self.y - px, w: self.w + 2 * px, h: self.h + 2 * px }
@@ -176,13 +181,12 @@ impl Target {
 
     /// The same target in a crop whose top left corner is at `(x, y)` of the image.
     pub fn within(&self, x: i64, y: i64) -> Target {
-        let shift = |r: &Region| Region { x: r.x - x, y: r.y - y, ..*r };
         Target {
-            face: shift(&self.face),
+            face: self.face.within(x, y),
             aligned: self
                 .aligned
                 .iter()
-                .map(|a| Aligned { square: shift(&a.square), angle: a.angle })
+                .map(|a| Aligned { square: a.square.within(x, y), angle: a.angle })
                 .collect(),
         }
     }
@@ -524,14 +528,18 @@ fn attack_batch_targets(
         };
         (deltas, coarse)
     });
-    // δ in [-ε,ε] of face n, [1,3,h,w], from its fine part and (if any) its coarse part.
-    let combined = |n: usize, fine: &Tensor, coarse: Option<&Tensor>| match coarse {
+    // δ in [-ε,ε] of face n over `part` of its context, [1,3,h',w'], from its fine part (whole) and
+    // (if any) its coarse part, which is upsampled whole (one kernel each way) and cut to the part.
+    let combined = |n: usize, fine: &Tensor, coarse: Option<&Tensor>, part: &Region| match coarse {
         Some(c) => {
             let (h, w) = (xs[n].size()[2], xs[n].size()[3]);
-            (fine + c.upsample_bilinear2d([h, w], false, None, None)).clamp(-eps, eps)
+            (crop(fine, part) + crop(&c.upsample_bilinear2d([h, w], false, None, None), part))
+                .clamp(-eps, eps)
         }
-        None => fine.shallow_clone(),
+        None => crop(fine, part),
     };
+    // The whole context of face n.
+    let whole = |n: usize| Region { x: 0, y: 0, w: xs[n].size()[3], h: xs[n].size()[2] };
     let spread = &params.spread;
     let framing = params.framing;
     let mut norms: Vec<Option<f64>> = vec![None; ensemble.generators.len()];
@@ -585,19 +593,11 @@ fn attack_batch_targets(
             .zip(&windows)
             .enumerate()
             .map(|(n, (((x, d), m), w))| {
-                let (h, wd) = (x.size()[2], x.size()[3]);
-                let part = read_by(w, wd, h);
-                let fine = crop(d, &part);
-                let delta = match cs.get(n) {
-                    // The coarse part upsampled whole (one kernel each way), then cut to the part.
-                    Some(c) => (fine + crop(&c.upsample_bilinear2d([h, wd], false, None, None), &part))
-                        .clamp(-eps, eps),
-                    None => fine,
-                };
-                let moved = Region { x: w.square.x - part.x, y: w.square.y - part.y, ..w.square };
+                let part = read_by(w, x.size()[3], x.size()[2]);
+                let delta = combined(n, d, cs.get(n), &part);
                 cut(
                     &(crop(x, &part) + delta * crop(m, &part)).clamp(-1.0, 1.0),
-                    &Aligned { square: moved, ..*w },
+                    &Aligned { square: w.square.within(part.x, part.y), ..*w },
                 )
             })
             .collect();
@@ -705,7 +705,7 @@ fn attack_batch_targets(
             .enumerate()
             .zip(&deltas)
             .zip(masks)
-            .map(|(((n, x), d), m)| (x + combined(n, d, coarse.get(n)) * m).clamp(-1.0, 1.0))
+            .map(|(((n, x), d), m)| (x + combined(n, d, coarse.get(n), &whole(n)) * m).clamp(-1.0, 1.0))
             .collect()
     });
     Ok((advs, targets))
@@ -767,7 +767,7 @@ pub fn protect_many(
             .map(|((i, t), c)| {
                 let (w, h) = size_of(*i);
                 let e = t.extent(w, h);
-                Region { x: e.x - c.x, y: e.y - c.y, ..e }
+                e.within(c.x, c.y)
             })
             .collect();
         let crops: Vec<Tensor> = chunk
@@ -931,10 +931,7 @@ mod tests {
             Aligned { square: Region { x: -6, y: -4, w: 40, h: 40 }, angle: -20.0 },
         ] {
             let part = read_by(&w, 50, 60);
-            let moved = Aligned {
-                square: Region { x: w.square.x - part.x, y: w.square.y - part.y, ..w.square },
-                ..w
-            };
+            let moved = Aligned { square: w.square.within(part.x, part.y), ..w };
             let diff = (cut(&crop(&x, &part), &moved) - cut(&x, &w)).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "{w:?} from {part:?}: {diff}");
         }
