@@ -654,9 +654,7 @@ pub fn write_with(
             want_h: want.1,
         });
     }
-    let strip = settings.metadata == MetadataPolicy::Strip;
-    let orientation = if strip { 1 } else { photo.orientation };
-    let stored = stored_image(photo, format, orientation);
+    let stored = stored_image(photo, format, stored_orientation(photo, settings));
     let bytes = encode(photo, &stored, format, settings, pre).map_err(|message| ImageError::Encode {
         path: target.clone(),
         format,
@@ -676,6 +674,16 @@ fn output_name(file_name: &str, format: Format) -> String {
             let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or(file_name);
             format!("{stem}.{}", format.extension())
         }
+    }
+}
+
+/// The EXIF orientation the copy of `photo` is stored in: the source's, or 1 when the metadata
+/// (orientation included) is stripped.
+fn stored_orientation(photo: &Photo, settings: &Settings) -> u8 {
+    if settings.metadata == MetadataPolicy::Strip {
+        1
+    } else {
+        photo.orientation
     }
 }
 
@@ -978,9 +986,9 @@ fn encode_jpeg_strips(
         return encode_jpeg_piece(img.as_raw(), w16, h16, quality, chroma, true);
     };
     let todo = |k: usize| done.get(k).is_none_or(Option::is_none);
-    let mut fresh = encode_strips(img, quality, chroma, threads, plan, todo)?;
+    let fresh = encode_strips(img, quality, chroma, threads, plan, todo)?;
     let strips: Vec<&[u8]> = fresh
-        .iter_mut()
+        .iter()
         .enumerate()
         .map(|(k, f)| match (f.as_deref(), done.get(k).and_then(Option::as_deref)) {
             (Some(new), _) => Ok(new),
@@ -1064,7 +1072,7 @@ pub fn preencode(
     if format != Format::Jpeg || photo.pixels.dimensions() != photo.size {
         return None;
     }
-    let orientation = if settings.metadata == MetadataPolicy::Strip { 1 } else { photo.orientation };
+    let orientation = stored_orientation(photo, settings);
     let stored = stored_image(photo, format, orientation);
     let img = match &stored {
         Stored::Pixels(p) => *p,
