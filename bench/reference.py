@@ -51,8 +51,9 @@ def spread(families, wide):
             out += [("box", k) for k in ([5, 7, 9] + ([11] if wide else []))]
         elif f == "resize":
             out += [("resize", r) for r in (([0.4] if wide else []) + [0.5, 0.6, 0.7, 0.8, 0.9])]
-        elif f == "jpeg":
-            out += [("jpeg", q) for q in ([50, 60, 70, 80, 90, 95] if wide else [60, 70, 80, 90, 95])]
+        elif f in ("jpeg", "jpeg420"):
+            qs = [50, 60, 70, 80, 90, 95] if wide else [60, 70, 80, 90, 95]
+            out += [(f, (q, f == "jpeg420")) for q in qs]
     return out
 
 
@@ -91,21 +92,37 @@ def dct_matrix():
     return (a * torch.cos(math.pi * (2 * n + 1) * k / 16)).float()
 
 
-def jpeg_approx(x, q):
+def quantized(p, qt):
+    """8x8 DCT of planes p [N,C,H,W], quantized by qt [1,C,1,1,8,8] with the cubic surrogate, and back."""
+    n, c, h, w = p.shape
+    blocks = p.reshape(n, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5)
+    d = dct_matrix().to(p)
+    s = (d @ blocks @ d.T) / qt
+    r = s.round().detach()
+    coef = (r + (s - r) ** 3) * qt
+    return (d.T @ coef @ d).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
+
+
+def jpeg_approx(x, p):
+    """As Veil's spread::jpeg_approx; p = (quality, subsampled): with subsampled (4:2:0) the chroma
+    planes are averaged over 2x2, quantized at half size and enlarged bilinearly. A bare quality (as the
+    probes under bench/ pass) is 4:4:4."""
+    q, sub = p if isinstance(p, tuple) else (p, False)
     n, _, h, w = x.shape
-    ph, pw = (8 - h % 8) % 8, (8 - w % 8) % 8
+    unit = 16 if sub else 8
+    ph, pw = (unit - h % unit) % unit, (unit - w % unit) % unit
     x255 = F.pad((x + 1) * 127.5, [0, pw, 0, ph], mode="replicate")
     hh, ww = h + ph, w + pw
     m = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]).to(x)
     ycc = torch.einsum("nchw,dc->ndhw", x255, m) + torch.tensor([-128.0, 0, 0]).to(x).view(1, 3, 1, 1)
-    blocks = ycc.view(n, 3, hh // 8, 8, ww // 8, 8).permute(0, 1, 2, 4, 3, 5)
-    d = dct_matrix().to(x)
-    coef = d @ blocks @ d.T
     qt = torch.stack([qtable(Q_LUMA, q), qtable(Q_CHROMA, q), qtable(Q_CHROMA, q)]).view(1, 3, 1, 1, 8, 8).to(x)
-    s = coef / qt
-    r = s.round().detach()
-    coef = (r + (s - r) ** 3) * qt
-    ycc = (d.T @ coef @ d).permute(0, 1, 2, 4, 3, 5).reshape(n, 3, hh, ww) - torch.tensor([-128.0, 0, 0]).to(x).view(1, 3, 1, 1)
+    if sub:
+        luma = quantized(ycc[:, :1], qt[:, :1])
+        chroma = quantized(F.avg_pool2d(ycc[:, 1:], 2), qt[:, 1:])
+        ycc = torch.cat([luma, F.interpolate(chroma, size=(hh, ww), mode="bilinear")], 1)
+    else:
+        ycc = quantized(ycc, qt)
+    ycc = ycc - torch.tensor([-128.0, 0, 0]).to(x).view(1, 3, 1, 1)
     mi = torch.tensor([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]]).to(x)
     rgb = torch.einsum("nchw,dc->ndhw", ycc, mi)[:, :, :h, :w]
     return (rgb / 127.5 - 1).clamp(-1, 1)

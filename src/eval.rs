@@ -42,6 +42,8 @@ pub enum EvalError {
     Image(#[from] imageio::ImageError),
     #[error("cannot create a temporary folder: {0}")]
     Temp(std::io::Error),
+    #[error("the JPEG defense failed: {message}")]
+    Defense { message: String },
     #[error("generator {name}: {message}")]
     Generator { name: String, message: String },
 }
@@ -52,43 +54,73 @@ pub enum Defense {
     None,
     /// The paper's: Gaussian blur, kernel 11, σ 1.5.
     Blur,
-    /// A real JPEG round trip at quality 75 (4:2:0, as common tools write), at the generator's size.
+    /// A real JPEG round trip at quality 75 with chroma at half resolution (4:2:0), as messaging apps,
+    /// Pillow and libjpeg write by default, at the generator's size.
     Jpeg75,
+    /// The same with full-resolution chroma (4:4:4), which keeps more of a perturbation's colour.
+    Jpeg75Full,
     /// Downscale by half and back up.
     Resize50,
 }
 
 impl Defense {
-    pub const ALL: [Defense; 4] = [Defense::None, Defense::Blur, Defense::Jpeg75, Defense::Resize50];
+    pub const ALL: [Defense; 5] =
+        [Defense::None, Defense::Blur, Defense::Jpeg75, Defense::Jpeg75Full, Defense::Resize50];
 
     pub fn name(self) -> &'static str {
         match self {
             Defense::None => "none",
             Defense::Blur => "blur k11 σ1.5",
-            Defense::Jpeg75 => "jpeg q75",
+            Defense::Jpeg75 => "jpeg q75 4:2:0",
+            Defense::Jpeg75Full => "jpeg q75 4:4:4",
             Defense::Resize50 => "resize 0.5×",
         }
     }
 
     /// `x: [1,3,S,S] in [-1,1]` as the generator would see it.
-    fn apply(self, x: &Tensor) -> Tensor {
-        match self {
+    fn apply(self, x: &Tensor) -> Result<Tensor, EvalError> {
+        Ok(match self {
             Defense::None => x.shallow_clone(),
             Defense::Blur => spread::Transform::Gaussian { sigma: 1.5 }.apply(x),
             Defense::Resize50 => spread::Transform::Resize { factor: 0.5 }.apply(x),
-            Defense::Jpeg75 => real_jpeg(x, 75).unwrap_or_else(|| spread::jpeg_approx(x, 75)),
-        }
+            Defense::Jpeg75 => real_jpeg(x, 75, true)?,
+            Defense::Jpeg75Full => real_jpeg(x, 75, false)?,
+        })
     }
 }
 
-fn real_jpeg(x: &Tensor, quality: u8) -> Option<Tensor> {
+/// `x: [1,3,S,S] in [-1,1]` through a real JPEG encoder (`jpeg-encoder`, libjpeg's tables scaled to
+/// `quality`, as Veil writes) and decoder (`image`'s, which enlarges subsampled chroma smoothly, as
+/// libjpeg does). `subsampled`: chroma at half resolution (4:2:0), averaged over each 2×2 block as
+/// libjpeg does (`jpeg-encoder` alone would keep one pixel of each block); else 4:4:4.
+pub(crate) fn real_jpeg(x: &Tensor, quality: u8, subsampled: bool) -> Result<Tensor, EvalError> {
+    let failed = |message: String| EvalError::Defense { message };
+    let (x, sampling) = if subsampled {
+        (spread::chroma_averaged(x), jpeg_encoder::SamplingFactor::R_4_2_0)
+    } else {
+        (x.shallow_clone(), jpeg_encoder::SamplingFactor::R_4_4_4)
+    };
     let size = x.size();
-    let (h, w) = (u32::try_from(size[2]).ok()?, u32::try_from(size[3]).ok()?);
-    let img = pipeline::from_tensor(&((x.squeeze_dim(0) + 1.0) * 127.5).round().clamp(0.0, 255.0), w, h);
-    let mut bytes = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality).encode_image(&img).ok()?;
-    let back = image::load_from_memory(&bytes).ok()?.to_rgb8();
-    Some(pipeline::to_tensor(&back).unsqueeze(0).to_kind(Kind::Float).to_device(x.device()) / 127.5 - 1.0)
+    let (h, w) = (size[2], size[3]);
+    let (h16, w16) = (u16::try_from(h), u16::try_from(w));
+    let (Ok(h16), Ok(w16)) = (h16, w16) else {
+        return Err(failed(format!("a {w}x{h} face is too large for JPEG")));
+    };
+    // [1,3,S,S] in [-1,1] -> [S,S,3] bytes.
+    let bytes = ((x.squeeze_dim(0) + 1.0) * 127.5)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .permute([1, 2, 0])
+        .contiguous()
+        .to_device(Device::Cpu);
+    let hwc = Vec::<u8>::try_from(bytes.flatten(0, -1)).map_err(|e| failed(e.to_string()))?;
+    let mut encoded = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut encoded, quality);
+    encoder.set_sampling_factor(sampling);
+    encoder.encode(&hwc, w16, h16, jpeg_encoder::ColorType::Rgb).map_err(|e| failed(e.to_string()))?;
+    let back = image::load_from_memory(&encoded).map_err(|e| failed(e.to_string()))?.to_rgb8();
+    Ok(pipeline::to_tensor(&back).unsqueeze(0).to_kind(Kind::Float).to_device(x.device()) / 127.5 - 1.0)
 }
 
 /// The attack variants compared in one run.
@@ -357,9 +389,7 @@ pub fn run(
             let named = paper_conditions(&attributes_of(&g.name), &sample.attributes);
             let rows: Vec<f32> = named.iter().flat_map(|(_, c)| c.iter().copied()).collect();
             let conditions = Tensor::from_slice(&rows).view([named.len() as i64, -1]).to_device(device);
-            let outputs = tch::no_grad(|| judge_inputs(g, &clean, &conditions))
-                .and_then(|(x, c)| tch::no_grad(|| g.run(&x, &c)))
-                .map_err(|e| EvalError::Generator { name: g.name.clone(), message: e.to_string() })?;
+            let outputs = judge(g, &clean, &conditions)?;
             clean_outputs.push(Judged {
                 names: named.into_iter().map(|(n, _)| n).collect(),
                 conditions,
@@ -417,9 +447,7 @@ pub fn run(
                 q.ssim_sum += s;
             }
             for (gi, (g, judged)) in generators.iter().zip(&clean_outputs).enumerate() {
-                let yp = tch::no_grad(|| judge_inputs(g, &protected, &judged.conditions))
-                    .and_then(|(x, c)| tch::no_grad(|| g.run(&x, &c)))
-                    .map_err(|e| EvalError::Generator { name: g.name.clone(), message: e.to_string() })?;
+                let yp = judge(g, &protected, &judged.conditions)?;
                 // [D*Cn] per-row MSE, one read-back per generator and variant.
                 let per = tch::no_grad(|| {
                     (yp - &judged.outputs).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Float)
@@ -475,15 +503,23 @@ fn judge_inputs(
     g: &protect::Generator,
     x: &Tensor,
     conditions: &Tensor,
-) -> Result<(Tensor, Tensor), protect::ProtectError> {
+) -> Result<(Tensor, Tensor), EvalError> {
     let s = g.input_size;
     let cn = conditions.size()[0];
     let x = spread::resize(x, s, s);
-    let defended: Vec<Tensor> = Defense::ALL.iter().map(|d| d.apply(&x)).collect();
+    let defended = Defense::ALL.iter().map(|d| d.apply(&x)).collect::<Result<Vec<Tensor>, EvalError>>()?;
     let d = defended.len() as i64;
     let inputs =
         Tensor::cat(&defended, 0).unsqueeze(1).expand([d, cn, 3, s, s], false).reshape([d * cn, 3, s, s]);
     Ok((inputs, conditions.repeat([d, 1])))
+}
+
+/// `g`'s outputs `[D*Cn,3,S,S]` for the face `x` under every defense and condition (see [`judge_inputs`]).
+fn judge(g: &protect::Generator, x: &Tensor, conditions: &Tensor) -> Result<Tensor, EvalError> {
+    tch::no_grad(|| {
+        let (x, c) = judge_inputs(g, x, conditions)?;
+        g.run(&x, &c).map_err(|e| EvalError::Generator { name: g.name.clone(), message: e.to_string() })
+    })
 }
 
 fn unit_to_u8(x: &Tensor) -> Tensor {

@@ -107,8 +107,11 @@ fn eval_reports_every_generator_condition_and_defense_with_baselines_or_without(
     let r = eval(&[]);
     assert_eq!(r["images"], 2);
     let rows = r["rows"].as_array().unwrap();
-    // 4 conditional generators × 5 conditions + 2 unconditional × 1, each under 4 defenses.
-    assert_eq!(rows.len(), (4 * 5 + 2) * 4, "{r}");
+    // 4 conditional generators × 5 conditions + 2 unconditional × 1, each under 5 defenses.
+    assert_eq!(rows.len(), (4 * 5 + 2) * 5, "{r}");
+    for d in ["none", "blur k11 σ1.5", "jpeg q75 4:2:0", "jpeg q75 4:4:4", "resize 0.5×"] {
+        assert!(rows.iter().any(|row| row["defense"] == d), "{d} missing");
+    }
     for g in ["stargan", "ganimation", "attgan", "faceswap", "cyclegan", "stargan_adv"] {
         assert!(rows.iter().any(|row| row["generator"] == g), "{g} missing");
     }

@@ -424,4 +424,18 @@ mod tests {
         assert_eq!((p.iterations, p.mode), (3, Mode::Iterative));
         assert!(Params::preset(Preset::Strong).spread.len() > Params::preset(Preset::Balanced).spread.len());
     }
+
+    #[test]
+    fn the_spread_may_name_jpeg_with_chroma_at_half_resolution() {
+        let parse = |text: &str| toml::from_str::<ProtectConfig>(text).map_err(|e| e.to_string());
+        let p = parse(r#"spread = ["identity", "jpeg420"]"#).unwrap().params(None);
+        assert_eq!(p.spread.len(), 6);
+        assert!(p.spread.contains(&Transform::Jpeg { quality: 70, subsampled: true }));
+        // The presets' JPEG keeps full-resolution chroma, as before.
+        assert!(Params::preset(Preset::Balanced)
+            .spread
+            .iter()
+            .all(|t| !matches!(t, Transform::Jpeg { subsampled: true, .. })));
+        assert!(parse(r#"spread = ["jpeg422"]"#).is_err());
+    }
 }

@@ -32,9 +32,11 @@ pub enum Transform {
         factor: f64,
     },
     /// A differentiable approximation of JPEG at `quality`: 8×8 DCT of YCbCr, quantization by the
-    /// standard tables scaled to the quality, with a cubic rounding surrogate.
+    /// standard tables scaled to the quality, with a cubic rounding surrogate. `subsampled`: chroma at
+    /// half resolution (4:2:0), as messaging apps, Pillow and libjpeg write by default; else 4:4:4.
     Jpeg {
         quality: u8,
+        subsampled: bool,
     },
 }
 
@@ -45,7 +47,9 @@ impl fmt::Display for Transform {
             Transform::Gaussian { sigma } => write!(f, "gaussian σ{sigma}"),
             Transform::Box { k } => write!(f, "box {k}"),
             Transform::Resize { factor } => write!(f, "resize ×{factor}"),
-            Transform::Jpeg { quality } => write!(f, "jpeg q{quality}"),
+            Transform::Jpeg { quality, subsampled } => {
+                write!(f, "jpeg q{quality} {}", if *subsampled { "4:2:0" } else { "4:4:4" })
+            }
         }
     }
 }
@@ -59,6 +63,8 @@ pub enum Family {
     Box,
     Resize,
     Jpeg,
+    /// JPEG with chroma at half resolution (4:2:0), as messaging apps, Pillow and libjpeg write.
+    Jpeg420,
 }
 
 /// How wide a spread is: `Paper` is the paper's blurs plus modest resize and JPEG; `Wide` (the strong
@@ -90,9 +96,10 @@ pub fn spread(families: &[Family], width: Width) -> Vec<Transform> {
                     if wide { &[0.4, 0.5, 0.6, 0.7, 0.8, 0.9] } else { &[0.5, 0.6, 0.7, 0.8, 0.9] };
                 out.extend(fs.iter().map(|&factor| Transform::Resize { factor }));
             }
-            Family::Jpeg => {
+            Family::Jpeg | Family::Jpeg420 => {
                 let qs: &[u8] = if wide { &[50, 60, 70, 80, 90, 95] } else { &[60, 70, 80, 90, 95] };
-                out.extend(qs.iter().map(|&quality| Transform::Jpeg { quality }));
+                let subsampled = *family == Family::Jpeg420;
+                out.extend(qs.iter().map(|&quality| Transform::Jpeg { quality, subsampled }));
             }
         }
     }
@@ -125,7 +132,8 @@ impl Transform {
             Transform::Gaussian { .. } => Family::Gaussian,
             Transform::Box { .. } => Family::Box,
             Transform::Resize { .. } => Family::Resize,
-            Transform::Jpeg { .. } => Family::Jpeg,
+            Transform::Jpeg { subsampled: false, .. } => Family::Jpeg,
+            Transform::Jpeg { subsampled: true, .. } => Family::Jpeg420,
         }
     }
 
@@ -136,7 +144,7 @@ impl Transform {
             Transform::Gaussian { sigma } => gaussian_blur(x, 11, sigma),
             Transform::Box { k } => box_blur(x, k),
             Transform::Resize { factor } => down_up(x, factor),
-            Transform::Jpeg { quality } => jpeg_approx(x, quality),
+            Transform::Jpeg { quality, subsampled } => jpeg_approx(x, quality, subsampled),
         }
     }
 }
@@ -258,49 +266,99 @@ fn dct_matrix() -> Tensor {
 }
 
 /// Differentiable JPEG approximation (Shin & Song 2017): YCbCr, 8×8 DCT, quantize with
-/// `round(x) + (x − round(x))³`, dequantize, inverse DCT, back to RGB. No chroma subsampling (Veil writes
-/// 4:4:4). `x: [N,3,H,W] in [-1,1]`; H and W are padded to multiples of 8 by replication and cropped back.
-pub fn jpeg_approx(x: &Tensor, quality: u8) -> Tensor {
+/// `round(x) + (x − round(x))³`, dequantize, inverse DCT, back to RGB. With `subsampled` (4:2:0) the two
+/// chroma planes are averaged over 2×2 pixels before their DCT and enlarged again after it with
+/// libjpeg's smooth ("fancy") upsampling, which is bilinear at half-pixel centres.
+/// `x: [N,3,H,W] in [-1,1]`; H and W are padded to whole blocks (8, or 16 with subsampling) by
+/// replication and cropped back.
+pub fn jpeg_approx(x: &Tensor, quality: u8, subsampled: bool) -> Tensor {
     let (dev, kind, size) = (x.device(), x.kind(), x.size());
-    let (n, h, w) = (size[0], size[2], size[3]);
-    let (ph, pw) = ((8 - h % 8) % 8, (8 - w % 8) % 8);
+    let (h, w) = (size[2], size[3]);
+    let unit = if subsampled { 16 } else { 8 };
+    let (ph, pw) = ((unit - h % unit) % unit, (unit - w % unit) % unit);
     let x255 = (x + 1.0) * 127.5;
     let x255 = if ph + pw > 0 { x255.replication_pad2d([0, pw, 0, ph]) } else { x255 };
     let (hh, ww) = (h + ph, w + pw);
-    // RGB -> YCbCr (JFIF), centred on 0.
+    let ycc = to_ycc(&x255);
+    let q = constant(Constant::Quant { quality }, dev, kind, || {
+        let ql = Tensor::from_slice(&quant_table(&Q_LUMA, quality)).view([8, 8]);
+        let qc = Tensor::from_slice(&quant_table(&Q_CHROMA, quality)).view([8, 8]);
+        Tensor::stack(&[&ql, &qc, &qc], 0).view([1, 3, 1, 1, 8, 8])
+    });
+    let ycc = if subsampled {
+        let luma = quantized(&ycc.narrow(1, 0, 1), &q.narrow(1, 0, 1));
+        // [N,2,H/2,W/2]: each chroma sample the mean of its 2×2 pixels.
+        let chroma = ycc.narrow(1, 1, 2).avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
+        let chroma = quantized(&chroma, &q.narrow(1, 1, 2)).upsample_bilinear2d([hh, ww], false, None, None);
+        Tensor::cat(&[luma, chroma], 1)
+    } else {
+        quantized(&ycc, &q)
+    };
+    let rgb = to_rgb(&ycc).narrow(2, 0, h).narrow(3, 0, w);
+    (rgb / 127.5 - 1.0).clamp(-1.0, 1.0)
+}
+
+/// JFIF's YCbCr of `x255: [N,3,H,W]` (RGB in 0..255), each plane centred on 0 (Y − 128, Cb, Cr).
+fn to_ycc(x255: &Tensor) -> Tensor {
+    let (dev, kind) = (x255.device(), x255.kind());
     let rgb2ycc = constant(Constant::RgbToYcc, dev, kind, || {
         Tensor::from_slice(&[
             0.299f32, 0.587, 0.114, -0.168_736, -0.331_264, 0.5, 0.5, -0.418_688, -0.081_312,
         ])
         .view([3, 3])
     });
-    let ycc = x255.permute([0, 2, 3, 1]).matmul(&rgb2ycc.tr()).permute([0, 3, 1, 2]);
-    let offset = constant(Constant::YccOffset, dev, kind, || {
-        Tensor::from_slice(&[-128f32, 0.0, 0.0]).view([1, 3, 1, 1])
-    });
-    let ycc = ycc + &offset;
-    // [N,3,H,W] -> blocks [N,3,H/8,W/8,8,8]
-    let blocks = ycc.view([n, 3, hh / 8, 8, ww / 8, 8]).permute([0, 1, 2, 4, 3, 5]);
-    let d = constant(Constant::Dct, dev, kind, dct_matrix);
-    let coef = d.matmul(&blocks).matmul(&d.tr());
-    let q = constant(Constant::Quant { quality }, dev, kind, || {
-        let ql = Tensor::from_slice(&quant_table(&Q_LUMA, quality)).view([8, 8]);
-        let qc = Tensor::from_slice(&quant_table(&Q_CHROMA, quality)).view([8, 8]);
-        Tensor::stack(&[&ql, &qc, &qc], 0).view([1, 3, 1, 1, 8, 8])
-    });
-    let scaled = &coef / &q;
-    let rounded = scaled.round().detach();
-    let diff = &scaled - &rounded;
-    let approx = &rounded + &diff * &diff * &diff;
-    let coef = approx * &q;
-    let blocks = d.tr().matmul(&coef).matmul(&d);
-    let ycc = blocks.permute([0, 1, 2, 4, 3, 5]).reshape([n, 3, hh, ww]) - offset;
+    x255.permute([0, 2, 3, 1]).matmul(&rgb2ycc.tr()).permute([0, 3, 1, 2]) + ycc_offset(dev, kind)
+}
+
+/// The inverse of [`to_ycc`]: RGB in 0..255 (not clamped).
+fn to_rgb(ycc: &Tensor) -> Tensor {
+    let (dev, kind) = (ycc.device(), ycc.kind());
     let ycc2rgb = constant(Constant::YccToRgb, dev, kind, || {
         Tensor::from_slice(&[1.0f32, 0.0, 1.402, 1.0, -0.344_136, -0.714_136, 1.0, 1.772, 0.0]).view([3, 3])
     });
-    let rgb = ycc.permute([0, 2, 3, 1]).matmul(&ycc2rgb.tr()).permute([0, 3, 1, 2]);
-    let rgb = rgb.narrow(2, 0, h).narrow(3, 0, w);
+    (ycc - ycc_offset(dev, kind)).permute([0, 2, 3, 1]).matmul(&ycc2rgb.tr()).permute([0, 3, 1, 2])
+}
+
+/// `[1,3,1,1]`: what centres Y on 0.
+fn ycc_offset(dev: Device, kind: Kind) -> Tensor {
+    constant(Constant::YccOffset, dev, kind, || Tensor::from_slice(&[-128f32, 0.0, 0.0]).view([1, 3, 1, 1]))
+}
+
+/// `x: [N,3,H,W] in [-1,1]` with its chroma (Cb, Cr) replaced by the mean of each 2×2 block (from the
+/// top left corner; a last odd row or column is its own block's half), luma kept. What libjpeg's 4:2:0
+/// encoder keeps of the colour; an encoder that keeps one pixel of each block instead (`jpeg-encoder`)
+/// keeps the same once its input went through this.
+pub fn chroma_averaged(x: &Tensor) -> Tensor {
+    let size = x.size();
+    let (h, w) = (size[2], size[3]);
+    let ycc = to_ycc(&((x + 1.0) * 127.5));
+    let chroma = ycc
+        .narrow(1, 1, 2)
+        .replication_pad2d([0, w % 2, 0, h % 2])
+        .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
+        .upsample_nearest2d([h + h % 2, w + w % 2], None, None)
+        .narrow(2, 0, h)
+        .narrow(3, 0, w);
+    let rgb = to_rgb(&Tensor::cat(&[ycc.narrow(1, 0, 1), chroma], 1));
     (rgb / 127.5 - 1.0).clamp(-1.0, 1.0)
+}
+
+/// JPEG's lossy core on planes `p: [N,C,H,W]` (H and W whole blocks of 8, values centred on 0): 8×8
+/// DCT, quantization by `q: [1,C,1,1,8,8]` with the cubic rounding surrogate, dequantization, inverse
+/// DCT.
+fn quantized(p: &Tensor, q: &Tensor) -> Tensor {
+    let size = p.size();
+    let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
+    // [N,C,H,W] -> blocks [N,C,H/8,W/8,8,8]
+    let blocks = p.reshape([n, c, h / 8, 8, w / 8, 8]).permute([0, 1, 2, 4, 3, 5]);
+    let d = constant(Constant::Dct, p.device(), p.kind(), dct_matrix);
+    let coef = d.matmul(&blocks).matmul(&d.tr());
+    let scaled = &coef / q;
+    let rounded = scaled.round().detach();
+    let diff = &scaled - &rounded;
+    let approx = &rounded + &diff * &diff * &diff;
+    let blocks = d.tr().matmul(&(approx * q)).matmul(&d);
+    blocks.permute([0, 1, 2, 4, 3, 5]).reshape([n, c, h, w])
 }
 
 #[cfg(test)]
@@ -322,13 +380,26 @@ mod tests {
         let share = identity as f64 / n as f64;
         assert!((share - 1.0 / 3.0).abs() < 0.02, "identity drawn {share} of the time");
         assert_eq!(draw(&[], &mut rng), Transform::Identity);
+        // The two JPEG families are families of their own: half the draws each.
+        let jpegs = super::spread(&[Family::Jpeg, Family::Jpeg420], Width::Paper);
+        assert_eq!(jpegs.len(), 10);
+        let subsampled = (0..n)
+            .filter(|_| matches!(draw(&jpegs, &mut rng), Transform::Jpeg { subsampled: true, .. }))
+            .count();
+        let share = subsampled as f64 / n as f64;
+        assert!((share - 0.5).abs() < 0.02, "4:2:0 drawn {share} of the time");
+        assert!(super::spread(&[Family::Jpeg420], Width::Paper).iter().all(|t| matches!(
+            t,
+            Transform::Jpeg { subsampled: true, .. }
+        ) && t.family()
+            == Family::Jpeg420));
     }
 
     #[test]
     fn transforms_keep_shape_and_range() {
         let x = image();
         for t in spread(
-            &[Family::Identity, Family::Gaussian, Family::Box, Family::Resize, Family::Jpeg],
+            &[Family::Identity, Family::Gaussian, Family::Box, Family::Resize, Family::Jpeg, Family::Jpeg420],
             Width::Wide,
         ) {
             let y = t.apply(&x);
@@ -370,44 +441,88 @@ mod tests {
         assert!(var(&gaussian_blur(&x, 11, 1.5)) < 0.3 * var(&x));
     }
 
-    /// Real JPEG (jpeg-encoder, 4:4:4, as Veil writes) of `x: [1,3,H,W] in [-1,1]`, decoded back.
-    fn real_jpeg(x: &Tensor, quality: u8) -> Tensor {
-        let size = x.size();
-        let (h, w) = (size[2], size[3]);
-        let u8s = ((x.squeeze_dim(0) + 1.0) * 127.5).round().clamp(0.0, 255.0).to_kind(Kind::Uint8);
-        let hwc: Vec<u8> = Vec::try_from(u8s.permute([1, 2, 0]).contiguous().flatten(0, -1)).unwrap();
-        let mut out = Vec::new();
-        let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
-        enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_4_4);
-        enc.encode(&hwc, w as u16, h as u16, jpeg_encoder::ColorType::Rgb).unwrap();
-        let img = image::load_from_memory(&out).unwrap().to_rgb8();
-        let t = Tensor::from_slice(img.as_raw()).view([h, w, 3]).permute([2, 0, 1]).unsqueeze(0);
-        t.to_kind(Kind::Float) / 127.5 - 1.0
+    fn real_jpeg(x: &Tensor, quality: u8, subsampled: bool) -> Tensor {
+        crate::eval::real_jpeg(x, quality, subsampled).unwrap()
+    }
+
+    /// Photo-like content: smooth, with some texture, and colour that varies on its own.
+    fn photo_like() -> Tensor {
+        gaussian_blur(&image().narrow(0, 0, 1), 11, 1.0)
+    }
+
+    fn mean_abs(t: Tensor) -> f64 {
+        t.abs().mean(Kind::Float).double_value(&[])
     }
 
     #[test]
     fn jpeg_approximation_follows_a_real_jpeg() {
-        // Photo-like content: smooth, with some texture. The approximation must predict what a real
-        // encoder does much better than "JPEG changes nothing" does.
-        let x = gaussian_blur(&image().narrow(0, 0, 1), 11, 1.0);
-        let mean = |t: Tensor| t.abs().mean(Kind::Float).double_value(&[]);
+        // The approximation must predict what a real encoder does much better than "JPEG changes
+        // nothing" does.
+        let x = photo_like();
         for q in [60u8, 75, 95] {
-            let real = real_jpeg(&x, q);
-            let approx_err = mean(jpeg_approx(&x, q) - &real);
-            let identity_err = mean(&x - &real);
+            let real = real_jpeg(&x, q, false);
+            let approx_err = mean_abs(jpeg_approx(&x, q, false) - &real);
+            let identity_err = mean_abs(&x - &real);
             println!("q{q}: approx {approx_err:.5}, identity {identity_err:.5}");
             assert!(approx_err < 0.6 * identity_err, "q{q}: approx {approx_err} vs identity {identity_err}");
         }
-        let err = |q| mean(jpeg_approx(&x, q) - &x);
+        let err = |q| mean_abs(jpeg_approx(&x, q, false) - &x);
         assert!(err(30) > err(95));
     }
 
     #[test]
+    fn subsampled_jpeg_approximation_follows_a_real_4_2_0_jpeg() {
+        // 34 px: the padding to whole 16 px blocks is cut off again.
+        let x = photo_like().narrow(2, 0, 34).narrow(3, 1, 34);
+        for q in [60u8, 75, 95] {
+            let real = real_jpeg(&x, q, true);
+            let approx = jpeg_approx(&x, q, true);
+            assert_eq!(approx.size(), x.size());
+            let (err, full_err, identity_err) = (
+                mean_abs(&approx - &real),
+                mean_abs(jpeg_approx(&x, q, false) - &real),
+                mean_abs(&x - &real),
+            );
+            println!("q{q}: 4:2:0 approx {err:.5}, 4:4:4 approx {full_err:.5}, identity {identity_err:.5}");
+            assert!(err < 0.6 * identity_err, "q{q}: approx {err} vs identity {identity_err}");
+            assert!(err < 0.8 * full_err, "q{q}: 4:2:0 approx {err} vs 4:4:4 approx {full_err}");
+        }
+        // Grey stays grey: subsampling only touches colour.
+        let grey = photo_like().narrow(1, 0, 1).repeat([1, 3, 1, 1]);
+        let d = mean_abs(jpeg_approx(&grey, 95, true) - jpeg_approx(&grey, 95, false));
+        assert!(d < 1e-4, "{d}");
+        assert!(mean_abs(chroma_averaged(&grey) - &grey) < 1e-4);
+    }
+
+    #[test]
+    fn chroma_averaging_keeps_luma_and_the_mean_colour_of_each_block() {
+        // 5×3: an odd last row and column. Photo-like values stay clear of ±1, so nothing is clamped.
+        let x = photo_like().narrow(2, 0, 3).narrow(3, 0, 5);
+        let y = chroma_averaged(&x);
+        assert_eq!(y.size(), x.size());
+        assert!(y.abs().max().double_value(&[]) < 0.99);
+        let ycc = |t: &Tensor| to_ycc(&((t + 1.0) * 127.5));
+        let (a, b) = (ycc(&x), ycc(&y));
+        assert!(mean_abs(a.narrow(1, 0, 1) - b.narrow(1, 0, 1)) < 1e-3, "luma kept");
+        assert!(mean_abs(a.narrow(1, 1, 2) - b.narrow(1, 1, 2)) > 0.1, "chroma changed");
+        // Each 2×2 block's chroma is the mean of x's there, in all its pixels (the last column's
+        // blocks are 2×1, the last row's 1×2 and 1×1).
+        for (r, c, bh, bw) in [(0, 0, 2, 2), (0, 4, 2, 1), (2, 2, 1, 2), (2, 4, 1, 1)] {
+            let block = |t: &Tensor| t.narrow(1, 1, 2).narrow(2, r, bh).narrow(3, c, bw);
+            let mean = block(&a).mean_dim(&[2i64, 3][..], true, Kind::Float);
+            let off = (block(&b) - mean).abs().max().double_value(&[]);
+            assert!(off < 1e-3, "block at {r},{c}: {off}");
+        }
+    }
+
+    #[test]
     fn jpeg_approximation_passes_gradients() {
-        let x = image().set_requires_grad(true);
-        jpeg_approx(&x, 75).sum(Kind::Float).backward();
-        let g = x.grad();
-        assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        for subsampled in [false, true] {
+            let x = image().set_requires_grad(true);
+            jpeg_approx(&x, 75, subsampled).sum(Kind::Float).backward();
+            let g = x.grad();
+            assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        }
     }
 
     #[test]
