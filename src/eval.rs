@@ -95,30 +95,19 @@ impl Defense {
 /// libjpeg does (`jpeg-encoder` alone would keep one pixel of each block); else 4:4:4.
 pub(crate) fn real_jpeg(x: &Tensor, quality: u8, subsampled: bool) -> Result<Tensor, EvalError> {
     let failed = |message: String| EvalError::Defense { message };
-    let (x, sampling) = if subsampled {
-        (spread::chroma_averaged(x), jpeg_encoder::SamplingFactor::R_4_2_0)
+    let (x, chroma) = if subsampled {
+        (spread::chroma_averaged(x), imageio::Chroma::Half)
     } else {
-        (x.shallow_clone(), jpeg_encoder::SamplingFactor::R_4_4_4)
+        (x.shallow_clone(), imageio::Chroma::Full)
     };
     let size = x.size();
     let (h, w) = (size[2], size[3]);
-    let (h16, w16) = (u16::try_from(h), u16::try_from(w));
-    let (Ok(h16), Ok(w16)) = (h16, w16) else {
+    let (Ok(h16), Ok(w16)) = (u16::try_from(h), u16::try_from(w)) else {
         return Err(failed(format!("a {w}x{h} face is too large for JPEG")));
     };
-    // [1,3,S,S] in [-1,1] -> [S,S,3] bytes.
-    let bytes = ((x.squeeze_dim(0) + 1.0) * 127.5)
-        .round()
-        .clamp(0.0, 255.0)
-        .to_kind(Kind::Uint8)
-        .permute([1, 2, 0])
-        .contiguous()
-        .to_device(Device::Cpu);
-    let hwc = Vec::<u8>::try_from(bytes.flatten(0, -1)).map_err(|e| failed(e.to_string()))?;
-    let mut encoded = Vec::new();
-    let mut encoder = jpeg_encoder::Encoder::new(&mut encoded, quality);
-    encoder.set_sampling_factor(sampling);
-    encoder.encode(&hwc, w16, h16, jpeg_encoder::ColorType::Rgb).map_err(|e| failed(e.to_string()))?;
+    let img = pipeline::from_tensor(&unit_to_u8(&x), u32::from(w16), u32::from(h16));
+    let encoded =
+        imageio::encode_jpeg_piece(img.as_raw(), w16, h16, quality, chroma, false).map_err(failed)?;
     let back = image::load_from_memory(&encoded).map_err(|e| failed(e.to_string()))?.to_rgb8();
     Ok(pipeline::to_tensor(&back).unsqueeze(0).to_kind(Kind::Float).to_device(x.device()) / 127.5 - 1.0)
 }

@@ -947,7 +947,8 @@ fn encode_jpeg_reusing(
 }
 
 /// RGB rows (`raw`, `width` pixels wide) as one baseline JPEG, with optimized or standard Huffman tables.
-fn encode_jpeg_piece(
+/// `veil eval`'s JPEG defenses use it too.
+pub(crate) fn encode_jpeg_piece(
     raw: &[u8],
     width: u16,
     rows: u16,
