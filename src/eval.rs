@@ -92,20 +92,16 @@ impl Defense {
 /// `x: [1,3,S,S] in [-1,1]` through a real JPEG encoder (`jpeg-encoder`, libjpeg's tables scaled to
 /// `quality`, as Veil writes) and decoder (`image`'s, which enlarges subsampled chroma smoothly, as
 /// libjpeg does). `subsampled`: chroma at half resolution (4:2:0), averaged over each 2×2 block as
-/// libjpeg does (`jpeg-encoder` alone would keep one pixel of each block); else 4:4:4.
+/// libjpeg does (the writer's own 4:2:0 input, `imageio::jpeg::Averaged420`); else 4:4:4.
 pub(crate) fn real_jpeg(x: &Tensor, quality: u8, subsampled: bool) -> Result<Tensor, EvalError> {
     let failed = |message: String| EvalError::Defense { message };
-    let (x, chroma) = if subsampled {
-        (spread::chroma_averaged(x), imageio::Chroma::Half)
-    } else {
-        (x.shallow_clone(), imageio::Chroma::Full)
-    };
+    let chroma = if subsampled { imageio::Chroma::Half } else { imageio::Chroma::Full };
     let size = x.size();
     let (h, w) = (size[2], size[3]);
     let (Ok(h16), Ok(w16)) = (u16::try_from(h), u16::try_from(w)) else {
         return Err(failed(format!("a {w}x{h} face is too large for JPEG")));
     };
-    let img = pipeline::from_tensor(&unit_to_u8(&x), u32::from(w16), u32::from(h16));
+    let img = pipeline::from_tensor(&unit_to_u8(x), u32::from(w16), u32::from(h16));
     let encoded =
         imageio::encode_jpeg_piece(img.as_raw(), w16, h16, quality, chroma, false).map_err(failed)?;
     let back = image::load_from_memory(&encoded).map_err(|e| failed(e.to_string()))?.to_rgb8();

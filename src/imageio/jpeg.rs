@@ -1,5 +1,6 @@
 //! JPEG container surgery: walk the markers (the whole file, so a truncated one is caught), pick
-//! the metadata segments to carry, and splice them into freshly encoded JPEG data.
+//! the metadata segments to carry, and splice them into freshly encoded JPEG data. Also the
+//! encoder's input for 4:2:0 copies ([`Averaged420`]).
 
 use std::ops::Range;
 
@@ -285,6 +286,81 @@ pub fn join_strips<S: AsRef<[u8]>>(
     }
     out.extend_from_slice(&[0xFF, EOI]);
     Ok(out)
+}
+
+/// RGB rows as `jpeg-encoder` input for a 4:2:0 JPEG, with each 2×2 block's colour averaged as
+/// libjpeg does. Given plain RGB, `jpeg-encoder` keeps the colour of each block's top-left pixel
+/// and drops the other three (its `get_block` samples with a stride of 2), so a thin coloured line
+/// can vanish or double. Here every pixel keeps its own luma and carries its block's mean Cb and Cr,
+/// so whichever pixel the encoder samples, it gets the mean. A block cut by the right or bottom edge
+/// repeats its last column or row, as libjpeg's edge expansion does; strips cut at whole MCU rows
+/// (16 pixels at 4:2:0) never split a block.
+pub struct Averaged420<'a> {
+    raw: &'a [u8],
+    width: u16,
+    rows: u16,
+    /// Mean Cb and Cr of each block, `width.div_ceil(2)` blocks a row, row-major.
+    cb: Vec<u8>,
+    cr: Vec<u8>,
+}
+
+impl<'a> Averaged420<'a> {
+    /// `raw` holds `rows` rows of `width` RGB pixels (`None` if it does not).
+    pub fn new(raw: &'a [u8], width: u16, rows: u16) -> Option<Averaged420<'a>> {
+        let (w, h) = (usize::from(width), usize::from(rows));
+        if raw.len() != w * h * 3 || w == 0 || h == 0 {
+            return None;
+        }
+        let (bw, bh) = (w.div_ceil(2), h.div_ceil(2));
+        let (mut cb, mut cr) = (vec![0u8; bw * bh], vec![0u8; bw * bh]);
+        let chroma = |x: usize, y: usize| {
+            let p = &raw[(y * w + x) * 3..(y * w + x) * 3 + 3];
+            let (_, cb, cr) = jpeg_encoder::rgb_to_ycbcr(p[0], p[1], p[2]);
+            (u32::from(cb), u32::from(cr))
+        };
+        for by in 0..bh {
+            let (y0, y1) = (2 * by, (2 * by + 1).min(h - 1));
+            for bx in 0..bw {
+                let (x0, x1) = (2 * bx, (2 * bx + 1).min(w - 1));
+                let (mut sb, mut sr) = (0, 0);
+                for (x, y) in [(x0, y0), (x1, y0), (x0, y1), (x1, y1)] {
+                    let (b, r) = chroma(x, y);
+                    sb += b;
+                    sr += r;
+                }
+                // libjpeg's h2v2_downsample rounds with a bias of 1 and 2 in turn along a row.
+                let bias = 1 + (bx as u32 & 1);
+                cb[by * bw + bx] = ((sb + bias) >> 2) as u8;
+                cr[by * bw + bx] = ((sr + bias) >> 2) as u8;
+            }
+        }
+        Some(Averaged420 { raw, width, rows, cb, cr })
+    }
+}
+
+impl jpeg_encoder::ImageBuffer for Averaged420<'_> {
+    fn get_jpeg_color_type(&self) -> jpeg_encoder::JpegColorType {
+        jpeg_encoder::JpegColorType::Ycbcr
+    }
+
+    fn width(&self) -> u16 {
+        self.width
+    }
+
+    fn height(&self) -> u16 {
+        self.rows
+    }
+
+    fn fill_buffers(&self, y: u16, buffers: &mut [Vec<u8>; 4]) {
+        let (w, y) = (usize::from(self.width), usize::from(y));
+        let blocks = (y / 2) * w.div_ceil(2);
+        for (x, p) in self.raw[y * w * 3..(y + 1) * w * 3].chunks_exact(3).enumerate() {
+            let (luma, _, _) = jpeg_encoder::rgb_to_ycbcr(p[0], p[1], p[2]);
+            buffers[0].push(luma);
+            buffers[1].push(self.cb[blocks + x / 2]);
+            buffers[2].push(self.cr[blocks + x / 2]);
+        }
+    }
 }
 
 #[cfg(test)]

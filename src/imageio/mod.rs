@@ -867,7 +867,8 @@ fn fit(w: u32, h: u32, max: u32) -> (u32, u32) {
 /// Pixels below which a JPEG is encoded in one piece: splitting pays only on large photos.
 const STRIPS_FROM_PIXELS: u64 = 1 << 20;
 
-/// Encodes RGB pixels as a baseline JPEG. In one piece with optimized Huffman tables, or, with
+/// Encodes RGB pixels as a baseline JPEG. In one piece with optimized Huffman tables (at 4:4:4; see
+/// [`encode_jpeg_piece`]), or, with
 /// `parallel` and from [`STRIPS_FROM_PIXELS`] up, cut into horizontal strips of whole MCU rows, one
 /// per core, encoded at once with the standard tables (which every strip must share) and joined with
 /// restart markers ([`jpeg::join_strips`]). Encoding and writing a 12 MP photo took 0.28 s in one
@@ -946,8 +947,14 @@ fn encode_jpeg_reusing(
     encode_jpeg_strips(img, quality, chroma, threads, plan, done)
 }
 
-/// RGB rows (`raw`, `width` pixels wide) as one baseline JPEG, with optimized or standard Huffman tables.
-/// `veil eval`'s JPEG defenses use it too.
+/// RGB rows (`raw`, `width` pixels wide) as one baseline JPEG, with optimized (`optimize`, 4:4:4 only)
+/// or standard Huffman tables; at 4:2:0 with each 2×2 block's colour averaged
+/// ([`jpeg::Averaged420`]), as libjpeg writes it. `veil eval`'s JPEG defenses use it too.
+///
+/// A 4:2:0 JPEG always gets the standard tables: `jpeg-encoder` writes optimized tables only in
+/// one scan per component (non-interleaved), and `image` 0.25's decoder (zune-jpeg 0.5.15) turns a
+/// non-interleaved 4:2:0 JPEG into garbage (zune-image issue 422) — Veil's own copies included, had
+/// it read them back. Interleaved, as libjpeg writes by default, every decoder reads it.
 pub(crate) fn encode_jpeg_piece(
     raw: &[u8],
     width: u16,
@@ -962,8 +969,16 @@ pub(crate) fn encode_jpeg_piece(
         Chroma::Full => jpeg_encoder::SamplingFactor::R_4_4_4,
         Chroma::Half => jpeg_encoder::SamplingFactor::R_4_2_0,
     });
-    enc.set_optimized_huffman_tables(optimize);
-    enc.encode(raw, width, rows, jpeg_encoder::ColorType::Rgb).map_err(|e| e.to_string())?;
+    enc.set_optimized_huffman_tables(optimize && chroma == Chroma::Full);
+    match chroma {
+        Chroma::Full => enc.encode(raw, width, rows, jpeg_encoder::ColorType::Rgb),
+        Chroma::Half => {
+            let input = jpeg::Averaged420::new(raw, width, rows)
+                .ok_or_else(|| format!("{} bytes are not {width}x{rows} RGB pixels", raw.len()))?;
+            enc.encode_image(input)
+        }
+    }
+    .map_err(|e| e.to_string())?;
     Ok(out)
 }
 

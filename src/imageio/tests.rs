@@ -177,6 +177,13 @@ fn jpeg_settings_quality_and_chroma_are_applied() {
     let half = write(&photo, d.path(), "b.jpg", None, &s).unwrap();
     assert_eq!(sampling(&half.path), 0x22);
     assert!(half.bytes < full.bytes);
+    // Both copies read back, by `image`'s decoder too, as the photo (a 4:2:0 copy in one scan
+    // per component would come back as garbage there).
+    for (copy, tolerance) in [(&full.path, 2.0), (&half.path, 4.0)] {
+        let back = image::open(copy).unwrap().to_rgb8();
+        let err = mean_abs_diff(&photo.pixels, &back);
+        assert!(err < tolerance, "{}: mean |error| {err:.2} levels", copy.display());
+    }
 }
 
 #[test]
@@ -720,4 +727,96 @@ fn strips_encoded_ahead_of_a_photo_stored_turned_follow_the_turn() {
             "orientation {orientation}: strips encoded ahead give other bytes"
         );
     }
+}
+
+/// Mean |a − b| over every channel of two same-sized images, in 8-bit levels.
+fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
+    let sum: u64 = a.as_raw().iter().zip(b.as_raw()).map(|(&p, &q)| u64::from(p.abs_diff(q))).sum();
+    sum as f64 / a.as_raw().len() as f64
+}
+
+/// Mean of each channel, in 8-bit levels.
+fn mean_colour(img: &RgbImage) -> [f64; 3] {
+    let mut sum = [0u64; 3];
+    for p in img.pixels() {
+        for c in 0..3 {
+            sum[c] += u64::from(p[c]);
+        }
+    }
+    sum.map(|s| s as f64 / (u64::from(img.width()) * u64::from(img.height())) as f64)
+}
+
+#[test]
+fn a_420_jpeg_keeps_the_mean_colour_of_fine_colour_detail() {
+    // One-pixel red and green columns: at 4:2:0 each 2×2 block holds one of each, so its colour
+    // must come out as their mean (olive) on both, as libjpeg writes it. Keeping the top-left
+    // pixel's colour instead (`jpeg-encoder` given plain RGB) turns the whole image red-tinted.
+    let (w, h) = (64u32, 48u32);
+    let img: RgbImage =
+        ImageBuffer::from_fn(w, h, |x, _| if x % 2 == 0 { Rgb([200, 40, 40]) } else { Rgb([40, 160, 40]) });
+    // Asked for optimized tables, it writes the standard ones at 4:2:0 (interleaved, which
+    // `image`'s decoder reads right; it misreads one scan per component at 4:2:0).
+    let ours = encode_jpeg_piece(img.as_raw(), w as u16, h as u16, 95, Chroma::Half, true).unwrap();
+    let scans = jpeg::parse(&ours).unwrap().segments.iter().filter(|s| s.marker == jpeg::SOS).count();
+    assert_eq!(scans, 1, "a 4:2:0 JPEG must be written in one interleaved scan");
+    let ours = image::load_from_memory(&ours).unwrap().to_rgb8();
+    let mut decimating = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut decimating, 95);
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    enc.encode(img.as_raw(), w as u16, h as u16, jpeg_encoder::ColorType::Rgb).unwrap();
+    let decimating = image::load_from_memory(&decimating).unwrap().to_rgb8();
+    let (want, got, off) = (mean_colour(&img), mean_colour(&ours), mean_colour(&decimating));
+    println!("mean colour: source {want:?}, averaged {got:?}, decimated {off:?}");
+    for c in 0..3 {
+        assert!((got[c] - want[c]).abs() < 3.0, "channel {c}: {} against {}", got[c], want[c]);
+    }
+    assert!((off[0] - want[0]).abs() > 20.0, "the decimating encoder was expected to shift red: {off:?}");
+    // On colour noise over a gradient, the mean keeps each pixel closer than one pixel of four does.
+    let mut state = 7u32;
+    let noisy: RgbImage = ImageBuffer::from_fn(w, h, |x, y| {
+        let mut n = || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (state >> 26) as u8
+        };
+        Rgb([(x * 3) as u8 + n(), (y * 4) as u8 + n(), 100 + n()])
+    });
+    let ours = encode_jpeg_piece(noisy.as_raw(), w as u16, h as u16, 95, Chroma::Half, false).unwrap();
+    let mut decimating = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut decimating, 95);
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    enc.encode(noisy.as_raw(), w as u16, h as u16, jpeg_encoder::ColorType::Rgb).unwrap();
+    let back = |b: &[u8]| image::load_from_memory(b).unwrap().to_rgb8();
+    let (e_ours, e_off) = (mean_abs_diff(&noisy, &back(&ours)), mean_abs_diff(&noisy, &back(&decimating)));
+    println!("colour noise, mean |error|: averaged {e_ours:.2}, decimated {e_off:.2} levels");
+    assert!(e_ours < 0.9 * e_off, "averaged {e_ours} against decimated {e_off}");
+}
+
+#[test]
+fn averaged_420_input_keeps_luma_and_gives_each_block_its_mean_chroma() {
+    // 5×3: an odd last column and row, whose blocks repeat the edge pixel as libjpeg pads.
+    let img = textured(5, 3);
+    let input = jpeg::Averaged420::new(img.as_raw(), 5, 3).unwrap();
+    let ycc = |x: u32, y: u32| {
+        let p = img.get_pixel(x, y);
+        jpeg_encoder::rgb_to_ycbcr(p[0], p[1], p[2])
+    };
+    for y in 0..3u32 {
+        let mut rows: [Vec<u8>; 4] = Default::default();
+        jpeg_encoder::ImageBuffer::fill_buffers(&input, y as u16, &mut rows);
+        assert_eq!(rows[0].len(), 5);
+        for x in 0..5u32 {
+            assert_eq!(rows[0][x as usize], ycc(x, y).0, "luma at {x},{y}");
+            let (x0, y0) = (x & !1, y & !1);
+            let block =
+                [(x0, y0), ((x0 + 1).min(4), y0), (x0, (y0 + 1).min(2)), ((x0 + 1).min(4), (y0 + 1).min(2))];
+            let mean = |pick: fn((u8, u8, u8)) -> u8| {
+                block.iter().map(|&(bx, by)| f64::from(pick(ycc(bx, by)))).sum::<f64>() / 4.0
+            };
+            let (cb, cr) = (f64::from(rows[1][x as usize]), f64::from(rows[2][x as usize]));
+            assert!((cb - mean(|p| p.1)).abs() <= 0.75, "Cb at {x},{y}: {cb} against {}", mean(|p| p.1));
+            assert!((cr - mean(|p| p.2)).abs() <= 0.75, "Cr at {x},{y}: {cr} against {}", mean(|p| p.2));
+        }
+    }
+    assert!(jpeg::Averaged420::new(img.as_raw(), 5, 4).is_none(), "too few bytes for 5x4 must be refused");
+    assert!(jpeg::Averaged420::new(&[], 0, 0).is_none());
 }

@@ -324,25 +324,6 @@ fn ycc_offset(dev: Device, kind: Kind) -> Tensor {
     constant(Constant::YccOffset, dev, kind, || Tensor::from_slice(&[-128f32, 0.0, 0.0]).view([1, 3, 1, 1]))
 }
 
-/// `x: [N,3,H,W] in [-1,1]` with its chroma (Cb, Cr) replaced by the mean of each 2×2 block (from the
-/// top left corner; after an odd last row or column the blocks there are 2×1, 1×2 or 1×1), luma kept. What libjpeg's 4:2:0
-/// encoder keeps of the colour; an encoder that keeps one pixel of each block instead (`jpeg-encoder`)
-/// keeps the same once its input went through this.
-pub fn chroma_averaged(x: &Tensor) -> Tensor {
-    let size = x.size();
-    let (h, w) = (size[2], size[3]);
-    let ycc = to_ycc(&((x + 1.0) * 127.5));
-    let chroma = ycc
-        .narrow(1, 1, 2)
-        .replication_pad2d([0, w % 2, 0, h % 2])
-        .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
-        .upsample_nearest2d([h + h % 2, w + w % 2], None, None)
-        .narrow(2, 0, h)
-        .narrow(3, 0, w);
-    let rgb = to_rgb(&Tensor::cat(&[ycc.narrow(1, 0, 1), chroma], 1));
-    (rgb / 127.5 - 1.0).clamp(-1.0, 1.0)
-}
-
 /// JPEG's lossy core on planes `p: [N,C,H,W]` (H and W whole blocks of 8, values centred on 0): 8×8
 /// DCT, quantization by `q: [1,C,1,1,8,8]` with the cubic rounding surrogate, dequantization, inverse
 /// DCT.
@@ -488,28 +469,6 @@ mod tests {
         let grey = photo_like().narrow(1, 0, 1).repeat([1, 3, 1, 1]);
         let d = mean_abs(jpeg_approx(&grey, 95, true) - jpeg_approx(&grey, 95, false));
         assert!(d < 1e-4, "{d}");
-        assert!(mean_abs(chroma_averaged(&grey) - &grey) < 1e-4);
-    }
-
-    #[test]
-    fn chroma_averaging_keeps_luma_and_the_mean_colour_of_each_block() {
-        // 5×3: an odd last row and column. Photo-like values stay clear of ±1, so nothing is clamped.
-        let x = photo_like().narrow(2, 0, 3).narrow(3, 0, 5);
-        let y = chroma_averaged(&x);
-        assert_eq!(y.size(), x.size());
-        assert!(y.abs().max().double_value(&[]) < 0.99);
-        let ycc = |t: &Tensor| to_ycc(&((t + 1.0) * 127.5));
-        let (a, b) = (ycc(&x), ycc(&y));
-        assert!(mean_abs(a.narrow(1, 0, 1) - b.narrow(1, 0, 1)) < 1e-3, "luma kept");
-        assert!(mean_abs(a.narrow(1, 1, 2) - b.narrow(1, 1, 2)) > 0.1, "chroma changed");
-        // Each 2×2 block's chroma is the mean of x's there, in all its pixels (the last column's
-        // blocks are 2×1, the last row's 1×2 and 1×1).
-        for (r, c, bh, bw) in [(0, 0, 2, 2), (0, 4, 2, 1), (2, 2, 1, 2), (2, 4, 1, 1)] {
-            let block = |t: &Tensor| t.narrow(1, 1, 2).narrow(2, r, bh).narrow(3, c, bw);
-            let mean = block(&a).mean_dim(&[2i64, 3][..], true, Kind::Float);
-            let off = (block(&b) - mean).abs().max().double_value(&[]);
-            assert!(off < 1e-3, "block at {r},{c}: {off}");
-        }
     }
 
     #[test]
