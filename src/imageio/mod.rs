@@ -364,9 +364,12 @@ fn decode(
         return heic::decode(path, bytes, source_id, s);
     }
     let format = sniff(path, &bytes)?;
+    // A JPEG that `image`'s decoder misreads; `jpeg-decoder` reads it.
+    let mut misread_by_image = false;
     let meta = match format {
         Format::Jpeg => {
             let layout = jpeg::parse(&bytes).map_err(corrupt)?;
+            misread_by_image = jpeg::is_non_interleaved_subsampled(&bytes, &layout);
             if let Some(f) = layout.frame {
                 if f.precision != 8 {
                     return Err(ImageError::Unsupported {
@@ -404,12 +407,21 @@ fn decode(
     let reader = || image::ImageReader::with_format(Cursor::new(&bytes[..]), format.image_format());
     let (w, h) = reader().into_dimensions().map_err(decode_err)?;
     check_pixels(path, w, h, s)?;
-    let mut r = reader();
-    let mut limits = image::Limits::default();
     // 16-bit RGBA is the widest layout the decoders produce, plus room for their own buffers.
-    limits.max_alloc = Some(s.max_pixels.saturating_mul(8).saturating_add(64 << 20));
-    r.limits(limits);
-    let mut img = r.decode().map_err(decode_err)?;
+    let max_alloc = s.max_pixels.saturating_mul(8).saturating_add(64 << 20);
+    let mut img = if misread_by_image {
+        decode_non_interleaved(&bytes, max_alloc).map_err(|message| ImageError::Decode {
+            path: path.into(),
+            format,
+            message,
+        })?
+    } else {
+        let mut r = reader();
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(max_alloc);
+        r.limits(limits);
+        r.decode().map_err(decode_err)?
+    };
 
     let orientation = meta.exif.as_deref().and_then(tiffmeta::orientation).unwrap_or(1);
     if let Some(o) = image::metadata::Orientation::from_exif(orientation) {
@@ -431,6 +443,26 @@ fn decode(
         deep,
         source_id,
     })
+}
+
+/// Decodes a JPEG with `jpeg-decoder` instead of `image`'s decoder, for the layout the latter
+/// misreads ([`jpeg::is_non_interleaved_subsampled`]); grey or colour, at most `max_alloc` bytes.
+fn decode_non_interleaved(bytes: &[u8], max_alloc: u64) -> Result<DynamicImage, String> {
+    let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    d.set_max_decoding_buffer_size(usize::try_from(max_alloc).unwrap_or(usize::MAX));
+    let pixels = d.decode().map_err(|e| e.to_string())?;
+    let info = d.info().ok_or("the JPEG decoder returned no header")?;
+    let (w, h, n) = (u32::from(info.width), u32::from(info.height), pixels.len());
+    let wrong = || format!("the JPEG decoder returned {n} bytes for {w}x{h} pixels");
+    match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8).ok_or_else(wrong)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8).ok_or_else(wrong)
+        }
+        other => Err(format!("a non-interleaved subsampled JPEG in {other:?} is not supported")),
+    }
 }
 
 /// The pixel limit, checked from the header before anything is decoded.

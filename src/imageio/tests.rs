@@ -820,3 +820,43 @@ fn averaged_420_input_keeps_luma_and_gives_each_block_its_mean_chroma() {
     assert!(jpeg::Averaged420::new(img.as_raw(), 5, 4).is_none(), "too few bytes for 5x4 must be refused");
     assert!(jpeg::Averaged420::new(&[], 0, 0).is_none());
 }
+
+/// `img` as `jpeg-encoder` alone writes it: 4:2:0, optimized tables (one scan per component) or
+/// progressive when asked.
+fn plain_jpeg_encoder_420(img: &RgbImage, optimize: bool, progressive: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, 95);
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    enc.set_optimized_huffman_tables(optimize);
+    enc.set_progressive(progressive);
+    enc.encode(img.as_raw(), img.width() as u16, img.height() as u16, jpeg_encoder::ColorType::Rgb).unwrap();
+    out
+}
+
+#[test]
+fn only_sequential_subsampled_jpegs_in_one_scan_per_component_are_flagged() {
+    let img = textured(67, 45);
+    let flagged = |b: &[u8]| jpeg::is_non_interleaved_subsampled(b, &jpeg::parse(b).unwrap());
+    assert!(flagged(&plain_jpeg_encoder_420(&img, true, false)), "non-interleaved 4:2:0");
+    assert!(!flagged(&plain_jpeg_encoder_420(&img, false, false)), "interleaved 4:2:0");
+    assert!(!flagged(&plain_jpeg_encoder_420(&img, false, true)), "progressive 4:2:0");
+    let full = encode_jpeg_piece(img.as_raw(), 67, 45, 95, Chroma::Full, true).unwrap();
+    let scans = jpeg::parse(&full).unwrap().segments.iter().filter(|s| s.marker == jpeg::SOS).count();
+    assert_eq!(scans, 3, "optimized 4:4:4 is written one scan per component");
+    assert!(!flagged(&full), "non-interleaved but not subsampled");
+}
+
+#[test]
+fn a_non_interleaved_420_jpeg_decodes_to_its_colours() {
+    // `image`'s decoder turns this layout into garbage (red and blue near 0); Veil reads it with
+    // `jpeg-decoder` instead, so a protected copy of such a photo is not a broken picture.
+    let img = textured(67, 45);
+    let bytes = plain_jpeg_encoder_420(&img, true, false);
+    let misread = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    let photo = decode_bytes(Path::new("one-scan-per-colour.jpg"), bytes, &Settings::default()).unwrap();
+    assert_eq!(photo.size, (67, 45));
+    let (ours, theirs) = (mean_abs_diff(&img, &photo.pixels), mean_abs_diff(&img, &misread));
+    println!("mean |error|: Veil {ours:.2}, image crate {theirs:.2} levels");
+    assert!(ours < 6.0, "{ours}");
+    assert!(theirs > 20.0, "the image crate now reads this layout right ({theirs}): the fallback may go");
+}
