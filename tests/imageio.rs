@@ -1,11 +1,12 @@
 //! End-to-end tests of `veil::imageio` on real camera files (`../shared/data/exif-samples`, skipped
 //! with a printed reason when absent), a full file system, and the 12 MP benchmark (ignored; run
-//! with `cargo test --release --test imageio -- --ignored --nocapture bench`).
+//! with `cargo test --release --test imageio -- --ignored --nocapture bench`; 4:4:4 and 4:2:0, each
+//! with the copy's PSNR).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use veil::imageio::{self, Format, ImageError, MetadataPolicy, Settings};
+use veil::imageio::{self, Chroma, Format, ImageError, MetadataPolicy, Settings};
 
 fn samples() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/exif-samples");
@@ -538,9 +539,13 @@ fn bench_round_trip_12mp() {
     let src = src_dir.path().join("12mp.jpg");
     std::fs::write(&src, &data).unwrap();
     let cases = [("12 MP (4000×3000) JPEG", src.as_path()), ("phone JPEG as shot", phone.as_path())];
-    for ((label, file), parallel) in cases.iter().flat_map(|c| [(*c, true), (*c, false)]) {
+    let runs = cases
+        .iter()
+        .flat_map(|c| [(*c, true), (*c, false)])
+        .flat_map(|r| [(r, Chroma::Full), (r, Chroma::Half)]);
+    for (((label, file), parallel), chroma) in runs {
         let out = tempfile::tempdir().unwrap();
-        let settings = Settings { jpeg_parallel: parallel, ..Settings::default() };
+        let settings = Settings { jpeg_parallel: parallel, jpeg_chroma: chroma, ..Settings::default() };
         let mut times = Vec::new();
         let mut last = None;
         for _ in 0..5 {
@@ -552,8 +557,19 @@ fn bench_round_trip_12mp() {
         }
         times.sort_by(f64::total_cmp);
         let (w, (pw, ph)) = last.unwrap();
+        // How close the copy decodes to the pixels it was written from (no protection here).
+        let (a, b) = (imageio::read(file, &settings).unwrap(), imageio::read(&w.path, &settings).unwrap());
+        let mse = a
+            .pixels
+            .as_raw()
+            .iter()
+            .zip(b.pixels.as_raw())
+            .map(|(&p, &q)| (f64::from(p) - f64::from(q)).powi(2))
+            .sum::<f64>()
+            / a.pixels.as_raw().len() as f64;
+        let psnr = 10.0 * (255.0f64 * 255.0 / mse).log10();
         println!(
-            "{label} {pw}×{ph} round trip (read + write, q95 4:4:4, jpeg_parallel {parallel}): median {:.3} s (min {:.3}, max {:.3}); {} -> {} bytes",
+            "{label} {pw}×{ph} round trip (read + write, q95 {chroma:?}, jpeg_parallel {parallel}): median {:.3} s (min {:.3}, max {:.3}); {} -> {} bytes, PSNR {psnr:.2} dB",
             times[2], times[0], times[4], w.input_bytes, w.bytes
         );
     }
