@@ -135,26 +135,19 @@ pub fn parse(data: &[u8]) -> Result<Layout, String> {
     }
 }
 
-/// Whether a sequential (not progressive) JPEG codes its components in scans of one component each
-/// (non-interleaved) while they are sampled at different resolutions (4:2:0, 4:2:2, ...): valid
-/// baseline JPEG, which every decoder must read, but which zune-jpeg 0.5.15 (`image`'s decoder)
-/// turns into garbage without an error (zune-image issue 422). `jpeg-encoder` writes such files when
-/// asked for optimized tables at 4:2:0, and libjpeg's `cjpeg` with a scan script.
-pub fn is_non_interleaved_subsampled(data: &[u8], layout: &Layout) -> bool {
-    let Some(frame) = layout.frame.filter(|f| !f.progressive && f.components > 1) else {
+/// Whether a sequential (not progressive) colour JPEG codes its components in scans of one
+/// component each (non-interleaved): valid baseline JPEG, which every decoder must read, and what
+/// `jpeg-encoder` writes with optimized tables (Veil's own one-piece copies) and libjpeg's `cjpeg`
+/// with a scan script. zune-jpeg 0.5.15 (`image`'s decoder) misreads it without an error: into
+/// garbage with subsampled chroma (zune-image issue 422), and with full-resolution chroma now and
+/// then the last row of 8×8 blocks of a component (issue 448; 3 of 1,600 re-encoded CelebA crops,
+/// up to 228 levels off).
+pub fn is_non_interleaved(data: &[u8], layout: &Layout) -> bool {
+    if !layout.frame.is_some_and(|f| !f.progressive && f.components > 1) {
         return false;
-    };
-    let Some(sof) = layout.segments.iter().find(|s| is_sof(s.marker)) else {
-        return false;
-    };
-    // Frame header payload: precision, height, width, count, then (id, h<<4|v, table) per component.
-    let p = &data[sof.payload.clone()];
-    let factors: Vec<u8> =
-        (0..usize::from(frame.components)).filter_map(|k| p.get(7 + 3 * k).copied()).collect();
-    let subsampled = factors.windows(2).any(|w| w[0] != w[1]);
+    }
     // Scan header payload: the number of components in the scan first.
-    let single = layout.segments.iter().any(|s| s.marker == SOS && data.get(s.payload.start) == Some(&1));
-    subsampled && single
+    layout.segments.iter().any(|s| s.marker == SOS && data.get(s.payload.start) == Some(&1))
 }
 
 /// Dimensions of a JPEG in memory (for the EXIF thumbnail).

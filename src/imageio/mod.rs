@@ -369,7 +369,7 @@ fn decode(
     let meta = match format {
         Format::Jpeg => {
             let layout = jpeg::parse(&bytes).map_err(corrupt)?;
-            misread_by_image = jpeg::is_non_interleaved_subsampled(&bytes, &layout);
+            misread_by_image = jpeg::is_non_interleaved(&bytes, &layout);
             if let Some(f) = layout.frame {
                 if f.precision != 8 {
                     return Err(ImageError::Unsupported {
@@ -446,7 +446,7 @@ fn decode(
 }
 
 /// Decodes a JPEG with `jpeg-decoder` instead of `image`'s decoder, for the layout the latter
-/// misreads ([`jpeg::is_non_interleaved_subsampled`]); grey or colour, at most `max_alloc` bytes.
+/// misreads ([`jpeg::is_non_interleaved`]); grey or colour, at most `max_alloc` bytes.
 fn decode_non_interleaved(bytes: &[u8], max_alloc: u64) -> Result<DynamicImage, String> {
     let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     d.set_max_decoding_buffer_size(usize::try_from(max_alloc).unwrap_or(usize::MAX));
@@ -461,7 +461,7 @@ fn decode_non_interleaved(bytes: &[u8], max_alloc: u64) -> Result<DynamicImage, 
         jpeg_decoder::PixelFormat::L8 => {
             image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8).ok_or_else(wrong)
         }
-        other => Err(format!("a non-interleaved subsampled JPEG in {other:?} is not supported")),
+        other => Err(format!("a non-interleaved JPEG in {other:?} is not supported")),
     }
 }
 

@@ -834,16 +834,24 @@ fn plain_jpeg_encoder_420(img: &RgbImage, optimize: bool, progressive: bool) -> 
 }
 
 #[test]
-fn only_sequential_subsampled_jpegs_in_one_scan_per_component_are_flagged() {
+fn only_sequential_colour_jpegs_in_one_scan_per_component_are_flagged() {
     let img = textured(67, 45);
-    let flagged = |b: &[u8]| jpeg::is_non_interleaved_subsampled(b, &jpeg::parse(b).unwrap());
+    let flagged = |b: &[u8]| jpeg::is_non_interleaved(b, &jpeg::parse(b).unwrap());
     assert!(flagged(&plain_jpeg_encoder_420(&img, true, false)), "non-interleaved 4:2:0");
     assert!(!flagged(&plain_jpeg_encoder_420(&img, false, false)), "interleaved 4:2:0");
     assert!(!flagged(&plain_jpeg_encoder_420(&img, false, true)), "progressive 4:2:0");
     let full = encode_jpeg_piece(img.as_raw(), 67, 45, 95, Chroma::Full, true).unwrap();
     let scans = jpeg::parse(&full).unwrap().segments.iter().filter(|s| s.marker == jpeg::SOS).count();
     assert_eq!(scans, 3, "optimized 4:4:4 is written one scan per component");
-    assert!(!flagged(&full), "non-interleaved but not subsampled");
+    assert!(flagged(&full), "non-interleaved 4:4:4");
+    let interleaved = encode_jpeg_piece(img.as_raw(), 67, 45, 95, Chroma::Full, false).unwrap();
+    assert!(!flagged(&interleaved), "interleaved 4:4:4");
+    let grey = image::DynamicImage::ImageRgb8(img).to_luma8();
+    let mut one = Vec::new();
+    jpeg_encoder::Encoder::new(&mut one, 90)
+        .encode(grey.as_raw(), 67, 45, jpeg_encoder::ColorType::Luma)
+        .unwrap();
+    assert!(!flagged(&one), "one component");
 }
 
 #[test]
