@@ -141,7 +141,7 @@ pub fn parse(data: &[u8]) -> Result<Layout, String> {
 /// with a scan script. zune-jpeg 0.5.15 (`image`'s decoder) misreads it without an error: into
 /// garbage with subsampled chroma (zune-image issue 422), and with full-resolution chroma now and
 /// then the last row of 8×8 blocks of a component (issue 448; 3 of 1,600 re-encoded CelebA crops,
-/// up to 228 levels off).
+/// up to 227 levels off what libjpeg reads).
 pub fn is_non_interleaved(data: &[u8], layout: &Layout) -> bool {
     if !layout.frame.is_some_and(|f| !f.progressive && f.components > 1) {
         return false;

@@ -984,9 +984,10 @@ fn encode_jpeg_reusing(
 /// ([`jpeg::Averaged420`]), as libjpeg writes it. `veil eval`'s JPEG defenses use it too.
 ///
 /// A 4:2:0 JPEG always gets the standard tables: `jpeg-encoder` writes optimized tables only in
-/// one scan per component (non-interleaved), and `image` 0.25's decoder (zune-jpeg 0.5.15) turns a
-/// non-interleaved 4:2:0 JPEG into garbage (zune-image issue 422) — Veil's own copies included, had
-/// it read them back. Interleaved, as libjpeg writes by default, every decoder reads it.
+/// one scan per component (non-interleaved), which `image` 0.25's decoder (zune-jpeg 0.5.15) turns
+/// into garbage at 4:2:0 (zune-image issue 422; Veil itself reads such files with `jpeg-decoder`,
+/// see [`jpeg::is_non_interleaved`], but other programs built on `image` would not). Interleaved,
+/// as libjpeg writes it by default, every decoder reads it.
 pub(crate) fn encode_jpeg_piece(
     raw: &[u8],
     width: u16,

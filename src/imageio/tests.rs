@@ -760,11 +760,7 @@ fn a_420_jpeg_keeps_the_mean_colour_of_fine_colour_detail() {
     let scans = jpeg::parse(&ours).unwrap().segments.iter().filter(|s| s.marker == jpeg::SOS).count();
     assert_eq!(scans, 1, "a 4:2:0 JPEG must be written in one interleaved scan");
     let ours = image::load_from_memory(&ours).unwrap().to_rgb8();
-    let mut decimating = Vec::new();
-    let mut enc = jpeg_encoder::Encoder::new(&mut decimating, 95);
-    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
-    enc.encode(img.as_raw(), w as u16, h as u16, jpeg_encoder::ColorType::Rgb).unwrap();
-    let decimating = image::load_from_memory(&decimating).unwrap().to_rgb8();
+    let decimating = image::load_from_memory(&plain_jpeg_encoder_420(&img, false, false)).unwrap().to_rgb8();
     let (want, got, off) = (mean_colour(&img), mean_colour(&ours), mean_colour(&decimating));
     println!("mean colour: source {want:?}, averaged {got:?}, decimated {off:?}");
     for c in 0..3 {
@@ -781,10 +777,7 @@ fn a_420_jpeg_keeps_the_mean_colour_of_fine_colour_detail() {
         Rgb([(x * 3) as u8 + n(), (y * 4) as u8 + n(), 100 + n()])
     });
     let ours = encode_jpeg_piece(noisy.as_raw(), w as u16, h as u16, 95, Chroma::Half, false).unwrap();
-    let mut decimating = Vec::new();
-    let mut enc = jpeg_encoder::Encoder::new(&mut decimating, 95);
-    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
-    enc.encode(noisy.as_raw(), w as u16, h as u16, jpeg_encoder::ColorType::Rgb).unwrap();
+    let decimating = plain_jpeg_encoder_420(&noisy, false, false);
     let back = |b: &[u8]| image::load_from_memory(b).unwrap().to_rgb8();
     let (e_ours, e_off) = (mean_abs_diff(&noisy, &back(&ours)), mean_abs_diff(&noisy, &back(&decimating)));
     println!("colour noise, mean |error|: averaged {e_ours:.2}, decimated {e_off:.2} levels");
@@ -821,8 +814,8 @@ fn averaged_420_input_keeps_luma_and_gives_each_block_its_mean_chroma() {
     assert!(jpeg::Averaged420::new(&[], 0, 0).is_none());
 }
 
-/// `img` as `jpeg-encoder` alone writes it: 4:2:0, optimized tables (one scan per component) or
-/// progressive when asked.
+/// `img` as `jpeg-encoder` alone writes it at q95 4:2:0 (each block's top-left colour), with
+/// optimized tables (then one scan per component) or progressive when asked.
 fn plain_jpeg_encoder_420(img: &RgbImage, optimize: bool, progressive: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut enc = jpeg_encoder::Encoder::new(&mut out, 95);
