@@ -595,15 +595,7 @@ fn bench_round_trip_12mp() {
         let (w, (pw, ph)) = last.unwrap();
         // How close the copy decodes to the pixels it was written from (no protection here).
         let (a, b) = (imageio::read(file, &settings).unwrap(), imageio::read(&w.path, &settings).unwrap());
-        let mse = a
-            .pixels
-            .as_raw()
-            .iter()
-            .zip(b.pixels.as_raw())
-            .map(|(&p, &q)| (f64::from(p) - f64::from(q)).powi(2))
-            .sum::<f64>()
-            / a.pixels.as_raw().len() as f64;
-        let psnr = 10.0 * (255.0f64 * 255.0 / mse).log10();
+        let psnr = veil::quality::psnr(&a.pixels, &b.pixels).unwrap();
         println!(
             "{label} {pw}×{ph} round trip (read + write, q95 {chroma:?}, jpeg_parallel {parallel}): median {:.3} s (min {:.3}, max {:.3}); {} -> {} bytes, PSNR {psnr:.2} dB",
             times[2], times[0], times[4], w.input_bytes, w.bytes
