@@ -1,6 +1,7 @@
 """Prove each model of the zoo does its job, on a split the models never trained on.
 
     python models/train/evaluate.py --models DIR --data DIR [--split val] [--limit N] [--samples DIR]
+                                    [--judge FILE]
 
 For each conditional generator in DIR/manifest.toml and each of the paper's edits (set black, blond or
 brown hair, flip Male, flip Young), the attribute classifier (DIR/classifier.pt) judges whether the
@@ -35,24 +36,54 @@ def load(path: str) -> torch.jit.ScriptModule:
 
 
 @torch.no_grad()
-def evaluate(models_dir: str, data_dir: str, split: str, limit: int, samples: str | None) -> dict:
+def evaluate(
+    models_dir: str, data_dir: str, split: str, limit: int, samples: str | None, judge: str | None = None
+) -> dict:
     with open(os.path.join(models_dir, "manifest.toml"), "rb") as f:
         manifest = tomllib.load(f)
     entries = manifest.get("model", [])
     size = entries[0]["input_size"] if entries else 128
     val = D.load_split(data_dir, split, size, limit=limit)
-    clf = load(os.path.join(models_dir, "classifier.pt"))
-    report = {"split": split, "images": len(val), "size": size}
+    judge = judge or os.path.join(models_dir, "classifier.pt")
+    clf = load(judge)
+    report = {"split": split, "images": len(val), "size": size, "judge": os.path.basename(judge)}
 
     def predict(x):
         return torch.cat([clf(x[i : i + 64]) for i in range(0, len(x), 64)]) > 0
 
     xs, ys = val.batch(torch.arange(len(val)))
-    acc = (predict(xs) == (ys > 0.5)).float().mean(0)
+    pred, y = predict(xs), ys > 0.5
+    acc = (pred == y).float().mean(0)
     report["classifier_accuracy"] = {a: round(acc[i].item(), 4) for i, a in enumerate(D.STARGAN_ATTRS)}
+    # Mean of the recall on faces with and without each attribute: accuracy alone flatters a judge that
+    # calls the rarer value (Brown_Hair, not-Young) too seldom, and the edits ask for both values.
+    balanced = [((pred[y[:, k], k]).float().mean() + (~pred[~y[:, k], k]).float().mean()) / 2 for k in range(5)]
+    report["classifier_balanced_accuracy"] = {a: round(balanced[i].item(), 4) for i, a in enumerate(D.STARGAN_ATTRS)}
 
     def run(g, x, c):
         return torch.cat([g(x[i : i + 32], c[i : i + 32]) for i in range(0, len(x), 32)]).clamp(-1, 1)
+
+    def edit_success(g) -> tuple[dict, list[torch.Tensor]]:
+        """Per paper edit, the share of `g`'s edits the judge finds the target value in; the outputs'
+        first 8 faces per edit, for the sample grid."""
+        row, shown = {}, []
+        for edit, target in D.paper_targets(ys):
+            out = run(g, xs, target)
+            k = ATTR_OF_EDIT[edit]
+            # Hair edits count only where the target differs from the image's own hair;
+            # flips always differ.
+            changed = (target[:, k] != ys[:, k]) if k in D.HAIR else torch.ones(len(xs), dtype=torch.bool)
+            hit = predict(out)[:, k] == (target[:, k] > 0.5)
+            row[edit] = round(hit[changed].float().mean().item(), 4)
+            shown.append(out[:8])
+        row["mean_edit_success"] = round(sum(row[k] for k in ATTR_OF_EDIT) / len(ATTR_OF_EDIT), 4)
+        return row, shown
+
+    # The judge's own reach, to read edit success against: `identity` is what a generator that
+    # returns its input scores (the judge's errors alone), `real` what one that produced real faces
+    # with the target attributes would score (the judge's recall of each target value on real faces,
+    # weighted as the edits' targets are).
+    report["judge_reference"] = {"identity": edit_success(lambda x, c: x)[0], "real": real_ceiling(pred, ys)}
 
     for e in entries:
         g = load(os.path.join(models_dir, e["file"]))
@@ -60,16 +91,9 @@ def evaluate(models_dir: str, data_dir: str, split: str, limit: int, samples: st
         row = {"role": e["role"]}
         grid = [xs[:8]]
         if e.get("attributes"):
-            for edit, target in D.paper_targets(ys):
-                out = run(g, xs, target)
-                k = ATTR_OF_EDIT[edit]
-                # Hair edits count only where the target differs from the image's own hair;
-                # flips always differ.
-                changed = (target[:, k] != ys[:, k]) if k in D.HAIR else torch.ones(len(xs), dtype=torch.bool)
-                hit = predict(out)[:, k] == (target[:, k] > 0.5)
-                row[edit] = round(hit[changed].float().mean().item(), 4)
-                grid.append(out[:8])
-            row["mean_edit_success"] = round(sum(row[k] for k in ATTR_OF_EDIT) / len(ATTR_OF_EDIT), 4)
+            edits, shown = edit_success(g)
+            row.update(edits)
+            grid += shown
         else:
             c = torch.zeros(len(xs), 0)
             out = run(g, xs, c)
@@ -83,6 +107,26 @@ def evaluate(models_dir: str, data_dir: str, split: str, limit: int, samples: st
         if samples:
             save_grid(torch.cat(grid), len(grid), os.path.join(samples, f"{name}.png"))
     return report
+
+
+def real_ceiling(pred: torch.Tensor, ys: torch.Tensor) -> dict:
+    """Edit success of a perfect generator as this judge would score it: per paper edit, the share of
+    real faces showing each target value that the judge calls so (`pred`, `ys`: `[N,5]` bool and
+    {0,1}), weighted by how often the edits ask for that value."""
+    y = ys > 0.5
+    out = {}
+    for edit, target in D.paper_targets(ys):
+        k = ATTR_OF_EDIT[edit]
+        t = target[:, k] > 0.5
+        changed = (target[:, k] != ys[:, k]) if k in D.HAIR else torch.ones(len(ys), dtype=torch.bool)
+        share = 0.0
+        for value in (True, False):
+            asked = (t[changed] == value).float().mean().item()
+            if asked > 0:
+                share += asked * (pred[y[:, k] == value, k] == value).float().mean().item()
+        out[edit] = round(share, 4)
+    out["mean_edit_success"] = round(sum(out[k] for k in ATTR_OF_EDIT) / len(ATTR_OF_EDIT), 4)
+    return out
 
 
 def save_grid(images: torch.Tensor, rows: int, path: str) -> None:
@@ -105,9 +149,10 @@ def main() -> None:
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--samples", help="git-ignored folder for sample grids")
+    p.add_argument("--judge", help="attribute classifier to judge with (default: DIR/classifier.pt)")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args()
-    report = evaluate(args.models, args.data, args.split, args.limit, args.samples)
+    report = evaluate(args.models, args.data, args.split, args.limit, args.samples, args.judge)
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:
