@@ -147,6 +147,9 @@ fn evaluate_py_scores_the_tiny_zoo() {
     };
     check_row(&report["judge_reference"]["identity"], "identity");
     check_row(&report["judge_reference"]["real"], "real");
+    for reference in ["identity", "real"] {
+        share(&report["judge_reference"][reference]["not_young_to_young"], reference);
+    }
     for attr in ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"] {
         share(&report["classifier_accuracy"][attr], attr);
         share(&report["classifier_balanced_accuracy"][attr], attr);

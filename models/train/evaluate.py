@@ -83,7 +83,13 @@ def evaluate(
     # returns its input scores (the judge's errors alone), `real` what one that produced real faces
     # with the target attributes would score (the judge's recall of each target value on real faces,
     # weighted as the edits' targets are).
-    report["judge_reference"] = {"identity": edit_success(lambda x, c: x)[0], "real": real_ceiling(pred, ys)}
+    # CycleGAN's one edit (not-Young -> Young) has its own: the share of not-young faces the judge calls
+    # young, and of young faces it calls young.
+    young = y[:, 4]
+    report["judge_reference"] = {
+        "identity": {**edit_success(lambda x, c: x)[0], "not_young_to_young": round(pred[~young, 4].float().mean().item(), 4)},
+        "real": {**real_ceiling(pred, ys), "not_young_to_young": round(pred[young, 4].float().mean().item(), 4)},
+    }
 
     for e in entries:
         g = load(os.path.join(models_dir, e["file"]))
