@@ -145,7 +145,10 @@ fn eval_reports_every_generator_condition_and_defense_with_baselines_or_without(
             a["variants"]["veil"]["mean_mse"].as_f64().unwrap(),
             b["variants"]["veil"]["mean_mse"].as_f64().unwrap(),
         );
-        assert!((x - y).abs() <= 1e-6 * y.max(1e-6), "{a} alone, {b} with baselines");
+        // Not bit-equal: on a loaded machine libtorch's CPU reductions may split differently, and a
+        // last-bit difference that flips one pixel's 8-bit rounding moves a JPEG row's MSE by ~1e-6
+        // (seen in CI: 0.00589978 against 0.00589979). Another seed moves the rows by 10-30 %.
+        assert!((x - y).abs() <= 1e-4 * y.max(1e-6), "{a} alone, {b} with baselines");
     }
     assert!(alone["quality"].get("noise").is_none(), "{}", alone["quality"]);
 }
