@@ -3,6 +3,8 @@
 //! without faces, and `veil faces`. Each test says why and returns when the data, the weights or the
 //! Python reference environment are missing.
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -63,16 +65,6 @@ fn portrait_dirs(data: &Path) -> Vec<PathBuf> {
 // ---------------------------------------------------------------------------------------------------
 // Agreement with facenet-pytorch.
 
-/// The project's Python: `<crate>/.venv/bin/python`, else `$VIRTUAL_ENV/bin/python`.
-fn python() -> Option<PathBuf> {
-    let local = crate_dir().join(".venv/bin/python");
-    if local.is_file() {
-        return Some(local);
-    }
-    let venv = PathBuf::from(std::env::var_os("VIRTUAL_ENV")?).join("bin/python");
-    venv.is_file().then_some(venv)
-}
-
 const WHEEL: &str = ".cache/wheels/facenet_pytorch-2.6.0-py3-none-any.whl";
 const SCRIPT: &str = include_str!("mtcnn_reference.py");
 
@@ -116,7 +108,7 @@ fn reference(
     pixels: Pixels,
     config: &FacesConfig,
 ) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let Some(python) = python() else {
+    let Some(python) = common::python() else {
         eprintln!("skipped: no Python environment (.venv or $VIRTUAL_ENV) to run the reference");
         return None;
     };

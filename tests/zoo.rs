@@ -5,6 +5,8 @@
 //! Checked on the tiny fixtures `make test` trains (`target/fixtures/models`) and on the committed
 //! zoo in `models/` when it has a manifest.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use tch::{CModule, Device, Kind, Tensor};
@@ -87,16 +89,6 @@ fn committed_zoo_loads_when_present() {
     assert!(check_zoo(&dir) >= 5);
 }
 
-/// The project's Python: `<crate>/.venv/bin/python`, else `$VIRTUAL_ENV/bin/python`.
-fn python() -> Option<PathBuf> {
-    let local = crate_dir().join(".venv/bin/python");
-    if local.is_file() {
-        return Some(local);
-    }
-    let venv = PathBuf::from(std::env::var_os("VIRTUAL_ENV")?).join("bin/python");
-    venv.is_file().then_some(venv)
-}
-
 fn share(v: &serde_json::Value, what: &str) -> f64 {
     let x = v.as_f64().unwrap_or_else(|| panic!("{what}: not a number: {v}"));
     assert!((0.0..=1.0).contains(&x), "{what}: {x} is not a share");
@@ -111,7 +103,7 @@ fn share(v: &serde_json::Value, what: &str) -> f64 {
 fn evaluate_py_scores_the_tiny_zoo() {
     let dir = crate_dir().join("target/fixtures/models");
     let data = crate_dir().join("../shared/data/celeba");
-    let (Some(python), true) = (python(), data.join("attributes.csv").is_file()) else {
+    let (Some(python), true) = (common::python(), data.join("attributes.csv").is_file()) else {
         println!("skipped: needs the project .venv and ../shared/data/celeba");
         return;
     };

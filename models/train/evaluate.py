@@ -35,6 +35,19 @@ def load(path: str) -> torch.jit.ScriptModule:
     return torch.jit.load(path, map_location="cpu").float().eval()
 
 
+def counted(target: torch.Tensor, ys: torch.Tensor, k: int) -> torch.Tensor:
+    """The faces `[N]` bool an edit of attribute `k` to `target` `[N,5]` counts on: hair edits only
+    where the target differs from the image's own hair (labels `ys` `[N,5]` in {0,1}); flips always
+    differ."""
+    return (target[:, k] != ys[:, k]) if k in D.HAIR else torch.ones(len(ys), dtype=torch.bool)
+
+
+def recall(pred: torch.Tensor, y: torch.Tensor, k: int, value: bool) -> float:
+    """The share of faces whose attribute `k` is `value` that the judge calls so (`pred`, `y`: `[N,5]`
+    bool)."""
+    return (pred[y[:, k] == value, k] == value).float().mean().item()
+
+
 @torch.no_grad()
 def evaluate(
     models_dir: str, data_dir: str, split: str, limit: int, samples: str | None, judge: str | None = None
@@ -57,8 +70,8 @@ def evaluate(
     report["classifier_accuracy"] = {a: round(acc[i].item(), 4) for i, a in enumerate(D.STARGAN_ATTRS)}
     # Mean of the recall on faces with and without each attribute: accuracy alone flatters a judge that
     # calls the rarer value (Brown_Hair, not-Young) too seldom, and the edits ask for both values.
-    balanced = [((pred[y[:, k], k]).float().mean() + (~pred[~y[:, k], k]).float().mean()) / 2 for k in range(5)]
-    report["classifier_balanced_accuracy"] = {a: round(balanced[i].item(), 4) for i, a in enumerate(D.STARGAN_ATTRS)}
+    balanced = [(recall(pred, y, k, True) + recall(pred, y, k, False)) / 2 for k in range(5)]
+    report["classifier_balanced_accuracy"] = {a: round(balanced[i], 4) for i, a in enumerate(D.STARGAN_ATTRS)}
 
     def run(g, x, c):
         return torch.cat([g(x[i : i + 32], c[i : i + 32]) for i in range(0, len(x), 32)]).clamp(-1, 1)
@@ -70,11 +83,8 @@ def evaluate(
         for edit, target in D.paper_targets(ys):
             out = run(g, xs, target)
             k = ATTR_OF_EDIT[edit]
-            # Hair edits count only where the target differs from the image's own hair;
-            # flips always differ.
-            changed = (target[:, k] != ys[:, k]) if k in D.HAIR else torch.ones(len(xs), dtype=torch.bool)
             hit = predict(out)[:, k] == (target[:, k] > 0.5)
-            row[edit] = round(hit[changed].float().mean().item(), 4)
+            row[edit] = round(hit[counted(target, ys, k)].float().mean().item(), 4)
             shown.append(out[:8])
         row["mean_edit_success"] = round(sum(row[k] for k in ATTR_OF_EDIT) / len(ATTR_OF_EDIT), 4)
         return row, shown
@@ -85,10 +95,9 @@ def evaluate(
     # weighted as the edits' targets are).
     # CycleGAN's one edit (not-Young -> Young) has its own: the share of not-young faces the judge calls
     # young, and of young faces it calls young.
-    young = y[:, 4]
     report["judge_reference"] = {
-        "identity": {**edit_success(lambda x, c: x)[0], "not_young_to_young": round(pred[~young, 4].float().mean().item(), 4)},
-        "real": {**real_ceiling(pred, ys), "not_young_to_young": round(pred[young, 4].float().mean().item(), 4)},
+        "identity": {**edit_success(lambda x, c: x)[0], "not_young_to_young": round(1 - recall(pred, y, 4, False), 4)},
+        "real": {**real_ceiling(pred, ys), "not_young_to_young": round(recall(pred, y, 4, True), 4)},
     }
 
     for e in entries:
@@ -124,12 +133,11 @@ def real_ceiling(pred: torch.Tensor, ys: torch.Tensor) -> dict:
     for edit, target in D.paper_targets(ys):
         k = ATTR_OF_EDIT[edit]
         t = target[:, k] > 0.5
-        changed = (target[:, k] != ys[:, k]) if k in D.HAIR else torch.ones(len(ys), dtype=torch.bool)
         share = 0.0
         for value in (True, False):
-            asked = (t[changed] == value).float().mean().item()
+            asked = (t[counted(target, ys, k)] == value).float().mean().item()
             if asked > 0:
-                share += asked * (pred[y[:, k] == value, k] == value).float().mean().item()
+                share += asked * recall(pred, y, k, value)
         out[edit] = round(share, 4)
     out["mean_edit_success"] = round(sum(out[k] for k in ATTR_OF_EDIT) / len(ATTR_OF_EDIT), 4)
     return out

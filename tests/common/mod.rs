@@ -24,6 +24,16 @@ pub fn data() -> Option<PathBuf> {
     }
 }
 
+/// The project's Python: `<crate>/.venv/bin/python`, else `$VIRTUAL_ENV/bin/python`.
+pub fn python() -> Option<PathBuf> {
+    let local = crate_dir().join(".venv/bin/python");
+    if local.is_file() {
+        return Some(local);
+    }
+    let venv = PathBuf::from(std::env::var_os("VIRTUAL_ENV")?).join("bin/python");
+    venv.is_file().then_some(venv)
+}
+
 /// Writes `dir/veil.toml` naming the fixture models folder (tiny generators + MTCNN, made by
 /// `make fixtures`) and a fixed seed.
 pub fn fixture_config(dir: &Path) -> PathBuf {
