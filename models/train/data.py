@@ -45,10 +45,21 @@ class Split:
         return Split(self.images.to(device), self.labels.to(device), self.files, self.attrs)
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images as `[B,3,S,S]` float in [-1,1] and their labels `[B,A]`, on the split's device."""
+        """Images as `[B,3,S,S]` float in [-1,1] and their labels `[B,A]`, on the split's device.
+        Indices from the CPU are copied there, which on CUDA waits for the GPU: training loops draw
+        theirs with `sample`, on the device."""
         idx = idx.to(self.images.device)
         x = self.images[idx].float().div(127.5).sub(1.0)
         return x, self.labels[idx]
+
+    def sample(self, b: int, among: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of `b` faces drawn at random (from the indices `among`, when given), the indices
+        drawn on the split's device: copying them from the CPU would make every training step wait
+        for the GPU to finish the previous one. On the CPU this draws what `randint` did before."""
+        dev = self.images.device
+        if among is None:
+            return self.batch(torch.randint(0, len(self), (b,), device=dev))
+        return self.batch(among[torch.randint(0, len(among), (b,), device=dev)])
 
     def __len__(self) -> int:
         return self.images.shape[0]

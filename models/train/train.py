@@ -277,7 +277,6 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> tuple[nn.Modu
         adv_from_time, adv_from_iter = 0.0, int(s["iters"] * s["adv_warmup"])
     adv_since = None
     attention_mean = None  # ganimation: the mask's mean at the last generator step, for the log
-    n = len(train)
     for it in range(1, s["iters"] + 1):
         if time.time() > s["deadline"]:
             s["iters_done"] = it - 1
@@ -286,7 +285,7 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> tuple[nn.Modu
             adv_since = it
             s["adversarial_from_iter"] = it
         ramp([opt_g, opt_d], it, s)
-        x, c_org = train.batch(torch.randint(0, n, (s["batch"],)))
+        x, c_org = train.sample(s["batch"])
         if torch.rand(()) < 0.5:
             x = x.flip(3)
         c_trg = D.random_targets(c_org)
@@ -330,12 +329,12 @@ def train_conditional(model: str, train: D.Split, s: dict, log) -> tuple[nn.Modu
                     # Keeping the input everywhere (A = 1) is where short trainings end up (zoo v0):
                     # past the cap, the colour branch must be used.
                     loss_g = loss_g + 10.0 * F.relu(a.mean() - s["attention_cap"])
-                attention_mean = a.mean().item()
+                attention_mean = a.mean().detach()  # read at log time: .item() waits for the GPU
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
         if it % max(1, s["iters"] // 20) == 0 or it == s["iters"]:
-            extra = {"attention_mean": attention_mean} if attention_mean is not None else {}
+            extra = {"attention_mean": attention_mean.item()} if attention_mean is not None else {}
             log(it, loss_d=loss_d.item(), loss_g=loss_g.item() if it > g_from and it >= s["n_critic"] else float("nan"), **extra)
     return g, {"g": g, "d": d}
 
@@ -363,8 +362,8 @@ def train_cyclegan(train: D.Split, s: dict, log) -> tuple[nn.Module, dict[str, n
             s["iters_done"] = it - 1
             break
         ramp([opt_g, opt_d], it, s)
-        a, _ = train.batch(idx_a[torch.randint(0, len(idx_a), (bs,))])
-        b, _ = train.batch(idx_b[torch.randint(0, len(idx_b), (bs,))])
+        a, _ = train.sample(bs, idx_a)
+        b, _ = train.sample(bs, idx_b)
         fake_b, fake_a = g_ab(a), g_ba(b)
         if it > g_from:
             loss_g = (
@@ -393,13 +392,12 @@ def train_faceswap(train: D.Split, s: dict, log) -> tuple[nn.Module, dict[str, n
         load_exported(ae, s["started_from"])
     ae = ae.to(DEVICE)
     opt = torch.optim.Adam(ae.parameters(), s["lr"] * 2.5, betas=(0.5, 0.999))
-    n = len(train)
     for it in range(1, s["iters"] + 1):
         if time.time() > s["deadline"]:
             s["iters_done"] = it - 1
             break
         ramp([opt], it, s)
-        x, _ = train.batch(torch.randint(0, n, (s["batch"],)))
+        x, _ = train.sample(s["batch"])
         if torch.rand(()) < 0.5:
             x = x.flip(3)
         loss = F.l1_loss(ae(x), x)
@@ -443,12 +441,11 @@ def train_classifier(train: D.Split, s: dict, log) -> nn.Module:
     pos_weight = ((1 - frac) / frac).to(DEVICE)
     opt = torch.optim.AdamW(clf.parameters(), s["lr"] / 2, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, s["lr"], total_steps=s["iters"], pct_start=0.1)
-    n = len(train)
     for it in range(1, s["iters"] + 1):
         if time.time() > s["deadline"]:
             s["iters_done"] = it - 1
             break
-        x, y = train.batch(torch.randint(0, n, (batch,)))
+        x, y = train.sample(batch)
         if torch.rand(()) < 0.5:
             x = x.flip(3)
         loss = F.binary_cross_entropy_with_logits(clf(jitter(x)), y, pos_weight=pos_weight)
