@@ -79,11 +79,14 @@ fn protect_writes_protected_copies_with_metadata_and_reports_quality() {
     assert_eq!(std::fs::read(&first).unwrap(), before, "the original changed");
     assert_ne!(std::fs::read(&written).unwrap(), before);
 
-    // No face in the camera photo: an unchanged copy, EXIF (with GPS) field for field.
+    // No face in the camera photo: an unchanged copy, the original's own bytes (no trailer follows
+    // its EOI), so EXIF (with GPS) field for field and pixels identical.
     let c = &lines[1];
     assert_eq!(c["action"], "copied-no-face", "{c}");
     let copy = PathBuf::from(c["output"].as_str().unwrap());
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&camera).unwrap(), "{c}");
     assert_eq!(exif_fields(&copy), exif_fields(&camera));
+    assert!(c["psnr"].is_null() && c["ssim"].as_f64().unwrap() > 0.9999, "{c}");
     assert!(lines[2]["error"].as_str().unwrap().contains("corrupt JPEG"));
     // Nothing else (no temporary file) in the output folder.
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);

@@ -71,6 +71,7 @@ pub(super) fn decode(
         orientation: 1,
         pixels,
         input_bytes: bytes.len() as u64,
+        original: None,
         meta,
         alpha: None,
         deep: None,

@@ -167,6 +167,20 @@ pub fn starts(data: &[u8], seg: &Segment, id: &[u8]) -> bool {
     data[seg.payload.clone()].starts_with(id)
 }
 
+/// The file as it was up to its end (EOI), without the multi-picture (MPF) index: what follows EOI
+/// (MPF images, vendor trailers) is not carried, so an index pointing there would be wrong.
+pub fn unchanged(data: &[u8], layout: &Layout) -> Vec<u8> {
+    let end = layout.trailer.min(data.len());
+    let mut out = Vec::with_capacity(end);
+    let mut from = 0;
+    for s in layout.header().filter(|s| s.marker == APP2 && starts(data, s, MPF_ID)) {
+        out.extend_from_slice(&data[from..s.marker_pos]);
+        from = s.payload.end;
+    }
+    out.extend_from_slice(&data[from..end]);
+    out
+}
+
 /// Writes one segment (marker, length, payload) to `out`. The caller keeps payloads within
 /// [`MAX_PAYLOAD`].
 pub fn put_segment(out: &mut Vec<u8>, marker: u8, payload: &[u8]) {
@@ -405,6 +419,20 @@ mod tests {
         assert_eq!((f.width, f.height, f.precision, f.components), (3, 2, 8, 3));
         let markers: Vec<u8> = l.header().map(|s| s.marker).collect();
         assert_eq!(markers, vec![APP1, COM, 0xC0]);
+    }
+
+    #[test]
+    fn unchanged_is_the_file_without_the_mpf_index_and_what_follows_eoi() {
+        let plain = tiny(&[(APP1, b"Exif\0\0II*\0"), (APP2, b"ICC_PROFILE\0\x01\x01icc"), (COM, b"hello")]);
+        assert_eq!(unchanged(&plain, &parse(&plain).unwrap()), plain);
+        let mut mpf = tiny(&[
+            (APP1, b"Exif\0\0II*\0"),
+            (APP2, b"MPF\0MM\0*index"),
+            (APP2, b"ICC_PROFILE\0\x01\x01icc"),
+            (COM, b"hello"),
+        ]);
+        mpf.extend_from_slice(b"\xFF\xD8 a second image, or a motion photo's video");
+        assert_eq!(unchanged(&mpf, &parse(&mpf).unwrap()), plain);
     }
 
     #[test]

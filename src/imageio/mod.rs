@@ -14,6 +14,11 @@
 //! atomically: hidden temporary name, `fsync`, rename that never clobbers (`photo (1).jpg`) unless
 //! `replace_existing` says so, `fsync` of the directory. No partial file is ever left behind.
 //!
+//! [`write_unchanged`] is the copy of a photo with no face (`protect.no_face = "copy"`): a JPEG written
+//! in JPEG under `keep` goes out as the original's own bytes, not re-encoded, less what follows its
+//! end (multi-picture images, vendor trailers such as a motion photo's video, which no face search
+//! looked at) and the multi-picture index that pointed there.
+//!
 //! The policy for metadata is [`MetadataPolicy`]: `keep` (default), `keep-no-gps` (the GPS IFD is
 //! removed and its bytes zeroed, and the XMP packet's GPS properties are removed) or `strip` (only the colour profile stays; pixels are written
 //! upright).
@@ -32,6 +37,7 @@ use std::{
     fmt,
     io::Cursor,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, RgbImage, Rgba};
@@ -229,6 +235,8 @@ pub struct Photo {
     pub pixels: RgbImage,
     /// Size of the source file in bytes.
     pub input_bytes: u64,
+    /// A JPEG source's bytes, for [`write_unchanged`] (dropped by [`Photo::release_original`]).
+    original: Option<Arc<Vec<u8>>>,
     meta: Meta,
     /// Alpha channel and 16-bit colour of the original, upright, for formats that keep them.
     alpha: Option<DynamicImage>,
@@ -431,13 +439,15 @@ fn decode(
     let alpha = color.has_alpha().then(|| alpha_of(&img));
     let deep = (color.bytes_per_pixel() / color.channel_count() == 2).then(|| img.to_rgb16());
     let pixels = img.into_rgb8();
+    let input_bytes = bytes.len() as u64;
     Ok(Photo {
         size: pixels.dimensions(),
         source: path.into(),
         format,
         orientation,
         pixels,
-        input_bytes: bytes.len() as u64,
+        input_bytes,
+        original: (format == Format::Jpeg).then(|| Arc::new(bytes)),
         meta,
         alpha,
         deep,
@@ -645,6 +655,13 @@ fn exif_blob(entries: &[OutEntry], le: bool) -> Vec<u8> {
     b
 }
 
+impl Photo {
+    /// Drops the source's bytes kept for [`write_unchanged`], once the photo is known to change.
+    pub fn release_original(&mut self) {
+        self.original = None;
+    }
+}
+
 /// Writes `photo` (its `pixels` now the protected ones, upright) into `out_dir` under `file_name`,
 /// in `format` (default: the source's). When the format changes, the extension follows it.
 pub fn write(
@@ -668,12 +685,7 @@ pub fn write_with(
     pre: Option<&Preencoded>,
 ) -> Result<Written, ImageError> {
     let format = format.unwrap_or(photo.format);
-    let plain =
-        Path::new(file_name).file_name().is_some_and(|n| n == file_name) && !file_name.starts_with('.');
-    if !plain {
-        return Err(ImageError::BadName { name: file_name.to_string() });
-    }
-    let name = output_name(file_name, format);
+    let name = output_name(file_name, format)?;
     let target = out_dir.join(&name);
     let (w, h) = photo.pixels.dimensions();
     let want = photo.size;
@@ -698,15 +710,50 @@ pub fn write_with(
     Ok(written)
 }
 
-fn output_name(file_name: &str, format: Format) -> String {
+/// Writes the copy of a photo whose pixels do not change (no face, `protect.no_face = "copy"`). A
+/// JPEG source written as JPEG under [`MetadataPolicy::Keep`] goes out as its own bytes
+/// ([`jpeg::unchanged`]): no second generation of JPEG loss, no larger file, every segment as it
+/// was. Otherwise, or once [`Photo::release_original`] has dropped the bytes, it is [`write`].
+pub fn write_unchanged(
+    photo: &Photo,
+    out_dir: &Path,
+    file_name: &str,
+    format: Option<Format>,
+    settings: &Settings,
+) -> Result<Written, ImageError> {
+    let format = format.unwrap_or(photo.format);
+    let original = photo.original.as_deref().filter(|_| {
+        photo.format == Format::Jpeg && format == Format::Jpeg && settings.metadata == MetadataPolicy::Keep
+    });
+    let Some(data) = original else {
+        return write(photo, out_dir, file_name, Some(format), settings);
+    };
+    let name = output_name(file_name, format)?;
+    // The bytes were parsed when the photo was read; a failure here would be a bug, not the file's.
+    let layout =
+        jpeg::parse(data).map_err(|message| ImageError::Corrupt { path: photo.source.clone(), message })?;
+    let bytes = jpeg::unchanged(data, &layout);
+    let path = fsio::write_atomic(out_dir, &name, &bytes, settings.replace_existing, photo.source_id)?;
+    let written = Written { path, format, bytes: bytes.len() as u64, input_bytes: photo.input_bytes };
+    tracing::info!(output = %written.path.display(), bytes = written.bytes, "wrote the original's bytes (nothing to protect)");
+    Ok(written)
+}
+
+/// The output file's name: `file_name` (a plain name, not hidden), its extension made to fit `format`.
+fn output_name(file_name: &str, format: Format) -> Result<String, ImageError> {
+    let plain =
+        Path::new(file_name).file_name().is_some_and(|n| n == file_name) && !file_name.starts_with('.');
+    if !plain {
+        return Err(ImageError::BadName { name: file_name.to_string() });
+    }
     let p = Path::new(file_name);
-    match p.extension().and_then(|e| e.to_str()) {
+    Ok(match p.extension().and_then(|e| e.to_str()) {
         Some(ext) if format.accepts_extension(ext) => file_name.to_string(),
         _ => {
             let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or(file_name);
             format!("{stem}.{}", format.extension())
         }
-    }
+    })
 }
 
 /// The EXIF orientation the copy of `photo` is stored in: the source's, or 1 when the metadata

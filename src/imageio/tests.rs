@@ -434,6 +434,54 @@ fn other_output_format_carries_exif_icc_xmp() {
 }
 
 #[test]
+fn an_unchanged_jpeg_copy_is_the_original_up_to_its_end_and_other_copies_are_written_afresh() {
+    let d = tempfile::tempdir().unwrap();
+    let camera = camera_jpeg(&gradient(64, 48), 6);
+    // A multi-picture index and a second image after EOI, as phones write them.
+    let mut carried = header_segments(&camera);
+    carried.insert(1, (jpeg::APP2, [jpeg::MPF_ID, b"MM\0*index"].concat()));
+    let mut source = jpeg::splice(&camera, &carried).unwrap();
+    source.extend_from_slice(&camera);
+    let src = d.path().join("cam.jpg");
+    std::fs::write(&src, &source).unwrap();
+    let s = Settings::default();
+    let photo = read(&src, &s).unwrap();
+
+    let out = d.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let w = write_unchanged(&photo, &out, "cam.jpg", None, &s).unwrap();
+    let written = std::fs::read(&w.path).unwrap();
+    assert_eq!((w.bytes, w.input_bytes), (written.len() as u64, source.len() as u64));
+    // Every segment and the scan byte for byte, orientation and thumbnail included; no MPF index,
+    // nothing after EOI.
+    let no_mpf: Vec<(u8, Vec<u8>)> =
+        header_segments(&source).into_iter().filter(|(_, p)| !p.starts_with(jpeg::MPF_ID)).collect();
+    assert_eq!(header_segments(&written), no_mpf);
+    assert_eq!(written, jpeg::unchanged(&source, &jpeg::parse(&source).unwrap()));
+    assert!(written.len() < source.len() && source.starts_with(&written[..2]));
+    assert_eq!(read(&w.path, &s).unwrap().pixels, photo.pixels);
+    // The name rules and the never-clobber rule hold as for a protected copy.
+    let again = write_unchanged(&photo, &out, "cam.jpg", None, &s).unwrap();
+    assert_eq!(again.path, out.join("cam (1).jpg"));
+    assert!(matches!(write_unchanged(&photo, &out, "../x.jpg", None, &s), Err(ImageError::BadName { .. })));
+
+    // Without GPS, in another format, or once the bytes are released: encoded afresh.
+    let no_gps = Settings { metadata: MetadataPolicy::KeepNoGps, ..Settings::default() };
+    let w = write_unchanged(&photo, &out, "gps.jpg", None, &no_gps).unwrap();
+    assert_ne!(std::fs::read(&w.path).unwrap(), written);
+    let w = write_unchanged(&photo, &out, "png.jpg", Some(Format::Png), &s).unwrap();
+    assert_eq!(
+        (read(&w.path, &s).unwrap().format, w.path.extension().unwrap()),
+        (Format::Png, "png".as_ref())
+    );
+    let mut released = photo.clone();
+    released.release_original();
+    let w = write_unchanged(&released, &out, "released.jpg", None, &s).unwrap();
+    assert_ne!(std::fs::read(&w.path).unwrap(), written);
+    assert_eq!(read(&w.path, &s).unwrap().orientation, 6);
+}
+
+#[test]
 fn pixels_of_the_wrong_size_are_refused() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("cam.jpg");
@@ -454,8 +502,9 @@ fn settings_defaults() {
     assert_eq!((s.max_pixels, s.max_file_bytes, s.jpeg_quality.get()), (100_000_000, 200_000_000, 95));
     assert_eq!((s.metadata, s.jpeg_chroma, s.replace_existing), (MetadataPolicy::Keep, Chroma::Full, false));
     assert!(JpegQuality::try_from(0).is_err() && JpegQuality::try_from(101).is_err());
-    assert_eq!(output_name("a.JPEG", Format::Jpeg), "a.JPEG");
-    assert_eq!(output_name("a.png", Format::Jpeg), "a.jpg");
+    assert_eq!(output_name("a.JPEG", Format::Jpeg).unwrap(), "a.JPEG");
+    assert_eq!(output_name("a.png", Format::Jpeg).unwrap(), "a.jpg");
+    assert!(matches!(output_name(".hidden.jpg", Format::Jpeg), Err(ImageError::BadName { .. })));
     assert_eq!((inverse(6), inverse(8), inverse(5)), (8, 6, 5));
 }
 

@@ -133,8 +133,10 @@ impl Outcome {
             line +=
                 &format!(" -> {} ({} bytes; original {} bytes)", w.path.display(), w.bytes, w.input_bytes);
         }
-        if let (Some(p), Some(s)) = (self.psnr, self.ssim) {
-            line += &format!(", PSNR {p:.1} dB, SSIM {s:.4}");
+        match (self.psnr, self.ssim) {
+            (Some(p), _) if p.is_infinite() => line += ", pixels identical to the original's",
+            (Some(p), Some(s)) => line += &format!(", PSNR {p:.1} dB, SSIM {s:.4}"),
+            _ => {}
         }
         line + &format!(", {:.1} s", self.seconds)
     }
@@ -347,9 +349,19 @@ impl Pipeline {
     }
 
     /// Finds the faces of a decoded photo (`decode_seconds` spent decoding it).
-    fn detect(&self, photo: Photo, decode_seconds: f64, job: &FileJob) -> Result<Prepared, PipelineError> {
+    fn detect(
+        &self,
+        mut photo: Photo,
+        decode_seconds: f64,
+        job: &FileJob,
+    ) -> Result<Prepared, PipelineError> {
         let started = Instant::now();
         let found = self.find(&photo)?;
+        if found.action != Action::CopiedNoFace {
+            // Only an unchanged copy is written from the source's bytes: a photo in flight need
+            // not hold them beside its pixels.
+            photo.release_original();
+        }
         let detect_seconds = started.elapsed().as_secs_f64();
         tracing::debug!(
             "{}: decode {decode_seconds:.3} s, detect {detect_seconds:.3} s",
@@ -525,7 +537,10 @@ fn finish(config: &Config, device: Device, p: Prepared, job: &FileJob) -> Result
     let replaced = protected.map(|patch| patch.apply(&mut photo.pixels));
     let written = match found.action {
         Action::SkippedNoFace => None,
-        Action::CopiedNoFace | Action::Protected | Action::ProtectedWhole => Some(imageio::write_with(
+        Action::CopiedNoFace => {
+            Some(imageio::write_unchanged(&photo, &job.out_dir, name, job.options.format, settings)?)
+        }
+        Action::Protected | Action::ProtectedWhole => Some(imageio::write_with(
             &photo,
             &job.out_dir,
             name,
