@@ -113,3 +113,46 @@ impl Visit for EventText {
         }
     }
 }
+
+/// An error and its causes on one line, as `{:#}` writes them, but without a cause that a message
+/// before it already quotes: the library's errors name their source in their own message
+/// (`…: cannot open: No such file or directory`), which `{:#}` would repeat.
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::describe;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: cannot open: {source}")]
+    struct Quoting {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn causes_are_joined_once() {
+        let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let quoted = anyhow::Error::new(Quoting { path: "a.jpg".into(), source: gone() });
+        assert_eq!(
+            format!("{quoted:#}"),
+            "a.jpg: cannot open: No such file or directory: No such file or directory"
+        );
+        assert_eq!(describe(&quoted), "a.jpg: cannot open: No such file or directory");
+        let context = anyhow::Error::new(gone()).context("reading b.toml");
+        assert_eq!(describe(&context), "reading b.toml: No such file or directory");
+        assert_eq!(describe(&anyhow::anyhow!("plain")), "plain");
+    }
+}

@@ -252,11 +252,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if matches!(e.downcast_ref::<ClientError>(), Some(ClientError::NotRunning { .. })) => {
-            eprintln!("veil: {e:#}");
+            eprintln!("veil: {}", veil::logging::describe(&e));
             ExitCode::from(NOT_RUNNING)
         }
         Err(e) => {
-            eprintln!("veil: {e:#}");
+            eprintln!("veil: {}", veil::logging::describe(&e));
             ExitCode::FAILURE
         }
     }

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("veild: {e:#}");
+            eprintln!("veild: {}", veil::logging::describe(&e));
             ExitCode::FAILURE
         }
     }
