@@ -51,7 +51,8 @@ enum Command {
     Protect {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
-        /// Folder for the protected copies (default: the first configured folder's output).
+        /// Folder for the protected copies (default: the first configured folder's output). Walking a
+        /// folder never enters this one.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// auto, fast, balanced, strong or cpu (default: the configured preset).
@@ -558,7 +559,7 @@ fn protect(
         None => anyhow::bail!("no --out given and no folder configured to take its output"),
     };
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let photos = pipeline::collect_photos(paths)?;
+    let photos = pipeline::collect_photos(paths, &out_dir)?;
     let mut pipeline = load_pipeline(config)?;
     let mut rng = Rng::new(config.protect.seed());
     let options = JobOptions { preset, ..JobOptions::default() };

@@ -146,14 +146,16 @@ impl Outcome {
 const PHOTO_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "webp", "tif", "tiff", "heic", "heif", "jpe"];
 
 /// The photos named by `paths`: files as given, folders walked recursively (hidden entries and files
-/// without a photo extension skipped), in a stable order.
-pub fn collect_photos(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ImageError> {
+/// without a photo extension skipped), in a stable order. The folder `output` (the copies' folder,
+/// which may lie inside one of them) is never walked: a second run would protect the copies again.
+pub fn collect_photos(paths: &[PathBuf], output: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let output = std::fs::metadata(output).ok().map(|m| file_id(&m));
     let mut out = Vec::new();
     for p in paths {
         let meta =
             std::fs::symlink_metadata(p).map_err(|source| ImageError::Open { path: p.clone(), source })?;
         if meta.is_dir() {
-            walk(p, &mut out)?;
+            walk(p, output, &mut out)?;
         } else {
             out.push(p.clone());
         }
@@ -161,7 +163,19 @@ pub fn collect_photos(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ImageError> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ImageError> {
+/// A file's identity: device and inode, whatever path leads to it.
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+fn walk(dir: &Path, output: Option<(u64, u64)>, out: &mut Vec<PathBuf>) -> Result<(), ImageError> {
+    let meta =
+        std::fs::symlink_metadata(dir).map_err(|source| ImageError::Open { path: dir.into(), source })?;
+    if output == Some(file_id(&meta)) {
+        tracing::info!("{}: the output folder, left out", dir.display());
+        return Ok(());
+    }
     let entries =
         std::fs::read_dir(dir).map_err(|source| ImageError::Open { path: dir.to_path_buf(), source })?;
     let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
@@ -173,7 +187,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ImageError> {
             continue;
         }
         if meta.is_dir() {
-            walk(&p, out)?;
+            walk(&p, output, out)?;
         } else if meta.is_file() {
             let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
             if ext.is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.as_str())) {
@@ -727,6 +741,31 @@ pub fn from_tensor(t: &Tensor, w: u32, h: u32) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folders_are_walked_without_hidden_entries_other_files_or_the_output_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for f in ["a.jpg", "notes.txt", "sub/b.PNG", "out/c.jpg", "out/deeper/e.jpg", ".hidden/d.jpg"] {
+            let p = root.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        let names = |found: Vec<PathBuf>| -> Vec<String> {
+            found.iter().map(|p| p.strip_prefix(root).unwrap().display().to_string()).collect()
+        };
+        // The output folder inside the walked one is left out, however its path is written.
+        for out in [root.join("out"), root.join("sub/../out")] {
+            assert_eq!(names(collect_photos(&[root.into()], &out).unwrap()), ["a.jpg", "sub/b.PNG"]);
+        }
+        assert_eq!(names(collect_photos(&[root.into()], &root.join("new")).unwrap()).len(), 4);
+        // Named as a folder it is still left out; a file in it named on its own is taken.
+        let out = root.join("out");
+        assert!(collect_photos(std::slice::from_ref(&out), &out).unwrap().is_empty());
+        assert_eq!(names(collect_photos(&[out.join("c.jpg")], &out).unwrap()), ["out/c.jpg"]);
+        let err = collect_photos(&[root.join("missing")], &out).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
 
     #[test]
     fn tensor_round_trip_keeps_pixels() {
