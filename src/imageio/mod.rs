@@ -198,7 +198,10 @@ pub enum ImageError {
     FileTooLarge { path: PathBuf, size: u64, max: u64 },
     #[error("{}: the image is {width}×{height} pixels, more than imageio.max_pixels ({max})", path.display())]
     TooManyPixels { path: PathBuf, width: u64, height: u64, max: u64 },
-    #[error("{}: HEIC/HEIF is not supported by this build", path.display())]
+    #[error(
+        "{}: HEIC/HEIF is not supported by this build (export the photo as JPEG, or build Veil with `make build FEATURES=heic`, which needs libheif)",
+        path.display()
+    )]
     HeicNotSupported { path: PathBuf },
     #[error("{}: unsupported format: {what}", path.display())]
     Unsupported { path: PathBuf, what: String },
