@@ -618,13 +618,22 @@ impl Core {
         let finish = match report.result {
             None => Finish::Requeue,
             Some(Ok(done)) => {
-                tracing::info!(
-                    "protected {} -> {} ({} face(s), {:.2} s)",
-                    path.display(),
-                    done.output.display(),
-                    done.faces,
-                    done.seconds
-                );
+                if done.protected {
+                    tracing::info!(
+                        "protected {} -> {} ({} face(s), {:.2} s)",
+                        path.display(),
+                        done.output.display(),
+                        done.faces,
+                        done.seconds
+                    );
+                } else {
+                    tracing::info!(
+                        "no face in {}: copied unchanged -> {} ({:.2} s)",
+                        path.display(),
+                        done.output.display(),
+                        done.seconds
+                    );
+                }
                 Finish::Done {
                     output: done.output,
                     faces: done.faces,

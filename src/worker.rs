@@ -42,6 +42,8 @@ pub struct Job {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobOutcome {
     pub output: PathBuf,
+    /// False when no face was found and the copy is the photo unchanged (`protect.no_face = "copy"`).
+    pub protected: bool,
     pub faces: u32,
     pub seconds: f64,
     /// The final loss against each generator of the ensemble, by name.
@@ -199,6 +201,7 @@ fn job_outcome(
     match outcome.written {
         Some(w) => Ok(JobOutcome {
             output: w.path,
+            protected: outcome.action != crate::pipeline::Action::CopiedNoFace,
             faces: u32::try_from(outcome.faces).unwrap_or(u32::MAX),
             seconds: outcome.seconds,
             losses: outcome.losses,
@@ -256,6 +259,7 @@ impl Protector for CopyProtector {
             imageio::write(&photo, &job.output_dir, name, job.format, &job.imageio).map_err(from_image)?;
         Ok(JobOutcome {
             output: written.path,
+            protected: false,
             faces: 0,
             seconds: start.elapsed().as_secs_f64(),
             losses: Vec::new(),
@@ -382,7 +386,13 @@ mod tests {
 
     impl Protector for Echo {
         fn protect(&mut self, job: &Job) -> Result<JobOutcome, JobError> {
-            Ok(JobOutcome { output: job.source.clone(), faces: 1, seconds: 0.0, losses: vec![] })
+            Ok(JobOutcome {
+                output: job.source.clone(),
+                protected: true,
+                faces: 1,
+                seconds: 0.0,
+                losses: vec![],
+            })
         }
     }
 
