@@ -657,7 +657,7 @@ impl Core {
         match (self.store.finish(path, finish), finish) {
             (Ok(Some(Status::Failed)), Finish::Failed { error, .. }) => {
                 self.emit("failed", path, None, Some(error));
-                self.error(format!("{error} (not retried until asked)"))
+                self.error(format!("{error} (tried again when the file changes, or by `veil retry`)"))
             }
             (Ok(Some(Status::Pending)), Finish::Failed { error, .. }) => {
                 self.emit("retrying", path, None, Some(error));
