@@ -181,6 +181,20 @@ pub fn unchanged(data: &[u8], layout: &Layout) -> Vec<u8> {
     out
 }
 
+/// SOI, `segments` (marker, payload) in order, then `data`'s scans from its first SOS to its EOI:
+/// the file with its header segments replaced.
+pub fn assemble(data: &[u8], layout: &Layout, segments: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let end = layout.trailer.min(data.len());
+    let scans = layout.segments.iter().find(|s| s.marker == SOS).map_or(end, |s| s.marker_pos);
+    let mut out = Vec::with_capacity(end);
+    out.extend_from_slice(&[0xFF, SOI]);
+    for (marker, payload) in segments {
+        put_segment(&mut out, *marker, payload);
+    }
+    out.extend_from_slice(&data[scans..end]);
+    out
+}
+
 /// Writes one segment (marker, length, payload) to `out`. The caller keeps payloads within
 /// [`MAX_PAYLOAD`].
 pub fn put_segment(out: &mut Vec<u8>, marker: u8, payload: &[u8]) {

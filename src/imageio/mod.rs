@@ -716,7 +716,9 @@ pub fn write_with(
 /// Writes the copy of a photo whose pixels do not change (no face, `protect.no_face = "copy"`). A
 /// JPEG source written as JPEG under [`MetadataPolicy::Keep`] goes out as its own bytes
 /// ([`jpeg::unchanged`]): no second generation of JPEG loss, no larger file, every segment as it
-/// was. Otherwise, or once [`Photo::release_original`] has dropped the bytes, it is [`write`].
+/// was; under [`MetadataPolicy::KeepNoGps`] as its own segments and scans with the GPS removed
+/// from its EXIF and XMP as [`write`] removes it. Otherwise (`strip`, another format), or once
+/// [`Photo::release_original`] has dropped the bytes, it is [`write`].
 pub fn write_unchanged(
     photo: &Photo,
     out_dir: &Path,
@@ -725,9 +727,9 @@ pub fn write_unchanged(
     settings: &Settings,
 ) -> Result<Written, ImageError> {
     let format = format.unwrap_or(photo.format);
-    let original = photo.original.as_deref().filter(|_| {
-        photo.format == Format::Jpeg && format == Format::Jpeg && settings.metadata == MetadataPolicy::Keep
-    });
+    let kept = matches!(settings.metadata, MetadataPolicy::Keep | MetadataPolicy::KeepNoGps);
+    let original =
+        photo.original.as_deref().filter(|_| photo.format == Format::Jpeg && format == Format::Jpeg && kept);
     let Some(data) = original else {
         return write(photo, out_dir, file_name, Some(format), settings);
     };
@@ -735,7 +737,11 @@ pub fn write_unchanged(
     // The bytes were parsed when the photo was read; a failure here would be a bug, not the file's.
     let layout =
         jpeg::parse(data).map_err(|message| ImageError::Corrupt { path: photo.source.clone(), message })?;
-    let bytes = jpeg::unchanged(data, &layout);
+    let bytes = if settings.metadata == MetadataPolicy::KeepNoGps {
+        unchanged_without_gps(data, &layout)
+    } else {
+        jpeg::unchanged(data, &layout)
+    };
     let path = fsio::write_atomic(out_dir, &name, &bytes, settings.replace_existing, photo.source_id)?;
     let written = Written { path, format, bytes: bytes.len() as u64, input_bytes: photo.input_bytes };
     tracing::info!(output = %written.path.display(), bytes = written.bytes, "wrote the original's bytes (nothing to protect)");
@@ -1393,56 +1399,14 @@ fn encode(
 /// when the format stays (`same`), the decoded packet when it changes. A packet that mentions GPS but cannot be parsed, a compressed PNG XMP chunk and JPEG
 /// extended-XMP parts that mention GPS are dropped instead: the copy never carries coordinates.
 fn without_xmp_gps(meta: &Meta, same: bool) -> Meta {
-    let scrub = |where_: &str, packet: &[u8]| -> Option<Vec<u8>> {
-        match xmp::remove_gps(packet) {
-            xmp::Scrubbed::Unchanged => Some(packet.to_vec()),
-            xmp::Scrubbed::Removed(p) => {
-                tracing::info!(
-                    "removed the GPS properties of the XMP {where_} (imageio.metadata = \"keep-no-gps\")"
-                );
-                Some(p)
-            }
-            xmp::Scrubbed::Unreadable => {
-                tracing::warn!("dropped the XMP {where_}: it mentions GPS but cannot be parsed (imageio.metadata = \"keep-no-gps\")");
-                None
-            }
-        }
-    };
+    let scrub = scrub_xmp;
     let mut m = meta.clone();
     if !same || matches!(meta.native, Native::None) {
         m.xmp = meta.xmp.as_deref().and_then(|x| scrub("packet", x));
         return m;
     }
     match &mut m.native {
-        Native::Jpeg { segments, .. } => {
-            let extended = |p: &[u8]| p.starts_with(jpeg::XMP_EXT_ID);
-            let ext_gps = segments.iter().any(|(m, p)| {
-                *m == jpeg::APP1 && extended(p) && xmp::mentions_gps(&p[jpeg::XMP_EXT_ID.len()..])
-            });
-            if ext_gps {
-                tracing::info!(
-                    "dropped the extended XMP: it mentions GPS (imageio.metadata = \"keep-no-gps\")"
-                );
-            }
-            segments.retain_mut(|(marker, p)| {
-                if *marker != jpeg::APP1 {
-                    return true;
-                }
-                if extended(p) {
-                    return !ext_gps;
-                }
-                if !p.starts_with(jpeg::XMP_ID) {
-                    return true;
-                }
-                match scrub("segment", &p[jpeg::XMP_ID.len()..]) {
-                    Some(x) => {
-                        *p = [jpeg::XMP_ID, &x].concat();
-                        true
-                    }
-                    None => false,
-                }
-            });
-        }
+        Native::Jpeg { segments, .. } => jpeg_xmp_without_gps(segments),
         Native::Png { chunks } => {
             chunks.retain_mut(|(kind, raw)| {
                 let data = raw.get(8..raw.len().saturating_sub(4)).unwrap_or_default();
@@ -1485,6 +1449,74 @@ fn without_xmp_gps(meta: &Meta, same: bool) -> Meta {
         Native::None => {}
     }
     m
+}
+
+/// An XMP packet without its GPS properties (`where_` names it in the log); `None` when it mentions
+/// GPS but cannot be parsed, and so must be dropped.
+fn scrub_xmp(where_: &str, packet: &[u8]) -> Option<Vec<u8>> {
+    match xmp::remove_gps(packet) {
+        xmp::Scrubbed::Unchanged => Some(packet.to_vec()),
+        xmp::Scrubbed::Removed(p) => {
+            tracing::info!(
+                "removed the GPS properties of the XMP {where_} (imageio.metadata = \"keep-no-gps\")"
+            );
+            Some(p)
+        }
+        xmp::Scrubbed::Unreadable => {
+            tracing::warn!("dropped the XMP {where_}: it mentions GPS but cannot be parsed (imageio.metadata = \"keep-no-gps\")");
+            None
+        }
+    }
+}
+
+/// `keep-no-gps` on JPEG segments (marker, payload): the XMP segment without its GPS properties
+/// (dropped when unreadable), the extended XMP parts dropped when any of them mentions GPS; every
+/// other segment as it was.
+fn jpeg_xmp_without_gps(segments: &mut Vec<(u8, Vec<u8>)>) {
+    let extended = |p: &[u8]| p.starts_with(jpeg::XMP_EXT_ID);
+    let ext_gps = segments
+        .iter()
+        .any(|(m, p)| *m == jpeg::APP1 && extended(p) && xmp::mentions_gps(&p[jpeg::XMP_EXT_ID.len()..]));
+    if ext_gps {
+        tracing::info!("dropped the extended XMP: it mentions GPS (imageio.metadata = \"keep-no-gps\")");
+    }
+    segments.retain_mut(|(marker, p)| {
+        if *marker != jpeg::APP1 {
+            return true;
+        }
+        if extended(p) {
+            return !ext_gps;
+        }
+        if !p.starts_with(jpeg::XMP_ID) {
+            return true;
+        }
+        match scrub_xmp("segment", &p[jpeg::XMP_ID.len()..]) {
+            Some(x) => {
+                *p = [jpeg::XMP_ID, &x].concat();
+                true
+            }
+            None => false,
+        }
+    });
+}
+
+/// A no-face copy of a JPEG under `keep-no-gps`, without re-encoding: the source's segments as
+/// [`jpeg::unchanged`] keeps them, the first EXIF's GPS IFD removed in place
+/// ([`tiffmeta::remove_gps`]) and the XMP as [`jpeg_xmp_without_gps`] leaves it, then the scans.
+fn unchanged_without_gps(data: &[u8], layout: &jpeg::Layout) -> Vec<u8> {
+    let mut segments: Vec<(u8, Vec<u8>)> = layout
+        .header()
+        .filter(|s| !(s.marker == jpeg::APP2 && jpeg::starts(data, s, jpeg::MPF_ID)))
+        .map(|s| (s.marker, data[s.payload.clone()].to_vec()))
+        .collect();
+    if let Some((_, p)) = segments.iter_mut().find(|(m, p)| *m == jpeg::APP1 && p.starts_with(jpeg::EXIF_ID))
+    {
+        if tiffmeta::remove_gps(&mut p[jpeg::EXIF_ID.len()..]) {
+            tracing::info!("removed the GPS IFD (imageio.metadata = \"keep-no-gps\")");
+        }
+    }
+    jpeg_xmp_without_gps(&mut segments);
+    jpeg::assemble(data, layout, &segments)
 }
 
 /// A TIFF with Deflate-compressed strips of `img` and IFD0 holding `entries` (values as they were,

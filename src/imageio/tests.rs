@@ -468,10 +468,10 @@ fn an_unchanged_jpeg_copy_is_the_original_up_to_its_end_and_other_copies_are_wri
     assert_eq!(again.path, out.join("cam (1).jpg"));
     assert!(matches!(write_unchanged(&photo, &out, "../x.jpg", None, &s), Err(ImageError::BadName { .. })));
 
-    // Without GPS, in another format, or once the bytes are released: encoded afresh.
-    let no_gps = Settings { metadata: MetadataPolicy::KeepNoGps, ..Settings::default() };
-    let w = write_unchanged(&photo, &out, "gps.jpg", None, &no_gps).unwrap();
-    assert_ne!(std::fs::read(&w.path).unwrap(), written);
+    // Stripped, in another format, or once the bytes are released: encoded afresh.
+    let strip = Settings { metadata: MetadataPolicy::Strip, ..Settings::default() };
+    let w = write_unchanged(&photo, &out, "strip.jpg", None, &strip).unwrap();
+    assert_eq!(read(&w.path, &s).unwrap().orientation, 1, "strip writes upright pixels afresh");
     let w = write_unchanged(&photo, &out, "png.jpg", Some(Format::Png), &s).unwrap();
     assert_eq!(
         (read(&w.path, &s).unwrap().format, w.path.extension().unwrap()),
@@ -482,6 +482,69 @@ fn an_unchanged_jpeg_copy_is_the_original_up_to_its_end_and_other_copies_are_wri
     let w = write_unchanged(&released, &out, "released.jpg", None, &s).unwrap();
     assert_ne!(std::fs::read(&w.path).unwrap(), written);
     assert_eq!(read(&w.path, &s).unwrap().orientation, 6);
+}
+
+#[test]
+fn an_unchanged_jpeg_copy_without_gps_keeps_the_scans_and_loses_every_coordinate() {
+    let d = tempfile::tempdir().unwrap();
+    // A camera file (EXIF with a GPS IFD, ICC, IPTC, a comment) with a GPS XMP packet, an extended
+    // XMP part that mentions GPS, a multi-picture index and a second image after EOI.
+    let camera = camera_jpeg(&gradient(64, 48), 6);
+    let ext = [jpeg::XMP_EXT_ID, &[b'0'; 32], &[0, 0, 0, 12, 0, 0, 0, 0], b"exif:GPSDest"].concat();
+    let mut carried: Vec<(u8, Vec<u8>)> =
+        header_segments(&camera).into_iter().filter(|(_, p)| !p.starts_with(jpeg::XMP_ID)).collect();
+    carried.insert(1, (jpeg::APP1, [jpeg::XMP_ID, GPS_XMP].concat()));
+    carried.insert(2, (jpeg::APP1, ext));
+    carried.insert(3, (jpeg::APP2, [jpeg::MPF_ID, b"MM\0*index"].concat()));
+    let mut source = jpeg::splice(&camera, &carried).unwrap();
+    source.extend_from_slice(&camera);
+    let src = d.path().join("gps.jpg");
+    std::fs::write(&src, &source).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    let has_gps_ifd = |blob: &[u8]| {
+        let t = Tiff::new(blob).unwrap();
+        let ifd0 = t.ifd(t.ifd0_offset().unwrap()).unwrap();
+        t.find(&ifd0, tiffmeta::GPS_IFD).is_some()
+    };
+    assert!(has_gps_ifd(photo.meta.exif.as_deref().unwrap()));
+    assert!(exif_fields(photo.meta.exif.as_deref().unwrap()).iter().any(|f| f.contains("GPS")));
+
+    let no_gps = Settings { metadata: MetadataPolicy::KeepNoGps, ..Settings::default() };
+    let w = write_unchanged(&photo, d.path(), "out.jpg", None, &no_gps).unwrap();
+    let written = std::fs::read(&w.path).unwrap();
+    // The scans byte for byte (so the same pixels), nothing after EOI.
+    let scans = |data: &[u8]| {
+        let l = jpeg::parse(data).unwrap();
+        let sos = l.segments.iter().find(|s| s.marker == jpeg::SOS).unwrap().marker_pos;
+        data[sos..l.trailer].to_vec()
+    };
+    assert_eq!(scans(&written), scans(&source));
+    assert_eq!(jpeg::parse(&written).unwrap().trailer, written.len());
+    assert_eq!(read(&w.path, &Settings::default()).unwrap().pixels, photo.pixels);
+    // No coordinates: no GPS IFD, an XMP packet without GPS, no extended XMP; no MPF index.
+    let segs = header_segments(&written);
+    let exif = &segs.iter().find(|(_, p)| p.starts_with(jpeg::EXIF_ID)).unwrap().1;
+    assert!(!has_gps_ifd(&exif[jpeg::EXIF_ID.len()..]));
+    assert!(!exif_fields(&exif[jpeg::EXIF_ID.len()..]).iter().any(|f| f.contains("GPS")));
+    let xmp = &segs.iter().find(|(_, p)| p.starts_with(jpeg::XMP_ID)).unwrap().1;
+    assert_no_gps_but_make(&xmp[jpeg::XMP_ID.len()..], "unchanged jpeg");
+    assert!(!segs.iter().any(|(_, p)| p.starts_with(jpeg::XMP_EXT_ID) || p.starts_with(jpeg::MPF_ID)));
+    // Every other segment as it was, in order; the same metadata as a copy written afresh has,
+    // but for the regenerated thumbnail.
+    let others = |segs: &[(u8, Vec<u8>)]| -> Vec<(u8, Vec<u8>)> {
+        segs.iter()
+            .filter(|(_, p)| !p.starts_with(jpeg::EXIF_ID) && !p.starts_with(jpeg::XMP_ID))
+            .filter(|(_, p)| !p.starts_with(jpeg::XMP_EXT_ID) && !p.starts_with(jpeg::MPF_ID))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(others(&segs), others(&header_segments(&source)));
+    let afresh = write(&photo, d.path(), "afresh.jpg", None, &no_gps).unwrap();
+    let fresh = header_segments(&std::fs::read(&afresh.path).unwrap());
+    assert_eq!(others(&segs), others(&fresh));
+    assert_eq!(xmp, &fresh.iter().find(|(_, p)| p.starts_with(jpeg::XMP_ID)).unwrap().1);
+    let fresh_exif = &fresh.iter().find(|(_, p)| p.starts_with(jpeg::EXIF_ID)).unwrap().1;
+    assert_eq!(exif_fields(&exif[6..]), exif_fields(&fresh_exif[6..]));
 }
 
 #[test]
