@@ -738,7 +738,10 @@ pub fn write_unchanged(
     let layout =
         jpeg::parse(data).map_err(|message| ImageError::Corrupt { path: photo.source.clone(), message })?;
     let bytes = if settings.metadata == MetadataPolicy::KeepNoGps {
-        unchanged_without_gps(data, &layout)
+        match unchanged_without_gps(data, &layout) {
+            Some(bytes) => bytes,
+            None => return write(photo, out_dir, file_name, Some(format), settings),
+        }
     } else {
         jpeg::unchanged(data, &layout)
     };
@@ -1503,20 +1506,33 @@ fn jpeg_xmp_without_gps(segments: &mut Vec<(u8, Vec<u8>)>) {
 /// A no-face copy of a JPEG under `keep-no-gps`, without re-encoding: the source's segments as
 /// [`jpeg::unchanged`] keeps them, the first EXIF's GPS IFD removed in place
 /// ([`tiffmeta::remove_gps`]) and the XMP as [`jpeg_xmp_without_gps`] leaves it, then the scans.
-fn unchanged_without_gps(data: &[u8], layout: &jpeg::Layout) -> Vec<u8> {
+/// `None` when an embedded thumbnail (EXIF's, or one in Photoshop's APP13) carries metadata of its
+/// own, which only a copy written afresh (thumbnails regenerated) is sure to leave behind.
+fn unchanged_without_gps(data: &[u8], layout: &jpeg::Layout) -> Option<Vec<u8>> {
     let mut segments: Vec<(u8, Vec<u8>)> = layout
         .header()
         .filter(|s| !(s.marker == jpeg::APP2 && jpeg::starts(data, s, jpeg::MPF_ID)))
         .map(|s| (s.marker, data[s.payload.clone()].to_vec()))
         .collect();
+    let nested =
+        |b: &[u8]| [jpeg::EXIF_ID, jpeg::XMP_ID].iter().any(|id| b.windows(id.len()).any(|w| w == *id));
     if let Some((_, p)) = segments.iter_mut().find(|(m, p)| *m == jpeg::APP1 && p.starts_with(jpeg::EXIF_ID))
     {
-        if tiffmeta::remove_gps(&mut p[jpeg::EXIF_ID.len()..]) {
+        let blob = &mut p[jpeg::EXIF_ID.len()..];
+        if let (_, Some(th)) = tiffmeta::thumbnail(blob) {
+            if nested(&blob[th.offset..th.offset + th.len]) {
+                return None;
+            }
+        }
+        if tiffmeta::remove_gps(blob) {
             tracing::info!("removed the GPS IFD (imageio.metadata = \"keep-no-gps\")");
         }
     }
+    if segments.iter().any(|(m, p)| *m == 0xED && nested(p)) {
+        return None;
+    }
     jpeg_xmp_without_gps(&mut segments);
-    jpeg::assemble(data, layout, &segments)
+    Some(jpeg::assemble(data, layout, &segments))
 }
 
 /// A TIFF with Deflate-compressed strips of `img` and IFD0 holding `entries` (values as they were,

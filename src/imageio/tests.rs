@@ -545,6 +545,23 @@ fn an_unchanged_jpeg_copy_without_gps_keeps_the_scans_and_loses_every_coordinate
     assert_eq!(xmp, &fresh.iter().find(|(_, p)| p.starts_with(jpeg::XMP_ID)).unwrap().1);
     let fresh_exif = &fresh.iter().find(|(_, p)| p.starts_with(jpeg::EXIF_ID)).unwrap().1;
     assert_eq!(exif_fields(&exif[6..]), exif_fields(&fresh_exif[6..]));
+
+    // An EXIF thumbnail with metadata of its own (which could hold coordinates too): written afresh,
+    // the thumbnail regenerated.
+    let stored = gradient(64, 48);
+    let small = encode_jpeg(&image::imageops::thumbnail(&stored, 16, 12), 80, Chroma::Half, false).unwrap();
+    let thumb = jpeg::splice(&small, &[(jpeg::APP1, [jpeg::EXIF_ID, b"II*\0GPS"].concat())]).unwrap();
+    let body = encode_jpeg(&stored, 92, Chroma::Half, false).unwrap();
+    let nested =
+        jpeg::splice(&body, &[(jpeg::APP1, [jpeg::EXIF_ID, &exif_blob_with(1, &thumb)].concat())]).unwrap();
+    let src = d.path().join("nested.jpg");
+    std::fs::write(&src, &nested).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    let w = write_unchanged(&photo, d.path(), "nested.jpg", None, &no_gps).unwrap();
+    let written = std::fs::read(&w.path).unwrap();
+    assert_ne!(scans(&written), scans(&nested), "not written afresh");
+    let exif = &header_segments(&written).into_iter().find(|(_, p)| p.starts_with(jpeg::EXIF_ID)).unwrap().1;
+    assert!(!exif.windows(8).skip(6).any(|w| w == b"II*\0GPS"), "the thumbnail's own EXIF is still there");
 }
 
 #[test]
