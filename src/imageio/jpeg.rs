@@ -167,13 +167,18 @@ pub fn starts(data: &[u8], seg: &Segment, id: &[u8]) -> bool {
     data[seg.payload.clone()].starts_with(id)
 }
 
+/// Whether `seg` is a multi-picture (MPF) index, which points at images after EOI.
+pub fn is_mpf_index(data: &[u8], seg: &Segment) -> bool {
+    seg.marker == APP2 && starts(data, seg, MPF_ID)
+}
+
 /// The file as it was up to its end (EOI), without the multi-picture (MPF) index: what follows EOI
 /// (MPF images, vendor trailers) is not carried, so an index pointing there would be wrong.
 pub fn unchanged(data: &[u8], layout: &Layout) -> Vec<u8> {
     let end = layout.trailer.min(data.len());
     let mut out = Vec::with_capacity(end);
     let mut from = 0;
-    for s in layout.header().filter(|s| s.marker == APP2 && starts(data, s, MPF_ID)) {
+    for s in layout.header().filter(|s| is_mpf_index(data, s)) {
         out.extend_from_slice(&data[from..s.marker_pos]);
         from = s.payload.end;
     }

@@ -728,8 +728,8 @@ pub fn write_unchanged(
 ) -> Result<Written, ImageError> {
     let format = format.unwrap_or(photo.format);
     let kept = matches!(settings.metadata, MetadataPolicy::Keep | MetadataPolicy::KeepNoGps);
-    let original =
-        photo.original.as_deref().filter(|_| photo.format == Format::Jpeg && format == Format::Jpeg && kept);
+    // Only a JPEG source holds its bytes.
+    let original = photo.original.as_deref().filter(|_| format == Format::Jpeg && kept);
     let Some(data) = original else {
         return write(photo, out_dir, file_name, Some(format), settings);
     };
@@ -1402,10 +1402,9 @@ fn encode(
 /// when the format stays (`same`), the decoded packet when it changes. A packet that mentions GPS but cannot be parsed, a compressed PNG XMP chunk and JPEG
 /// extended-XMP parts that mention GPS are dropped instead: the copy never carries coordinates.
 fn without_xmp_gps(meta: &Meta, same: bool) -> Meta {
-    let scrub = scrub_xmp;
     let mut m = meta.clone();
     if !same || matches!(meta.native, Native::None) {
-        m.xmp = meta.xmp.as_deref().and_then(|x| scrub("packet", x));
+        m.xmp = meta.xmp.as_deref().and_then(|x| scrub_xmp("packet", x));
         return m;
     }
     match &mut m.native {
@@ -1421,7 +1420,7 @@ fn without_xmp_gps(meta: &Meta, same: bool) -> Meta {
                     return false;
                 };
                 let header = &data[..data.len() - packet.len()];
-                match scrub("chunk", packet) {
+                match scrub_xmp("chunk", packet) {
                     Some(x) => {
                         let mut new = Vec::with_capacity(raw.len());
                         png::put_chunk(&mut new, b"iTXt", &[header, &x].concat());
@@ -1436,10 +1435,10 @@ fn without_xmp_gps(meta: &Meta, same: bool) -> Meta {
             if kind != b"XMP " {
                 return true;
             }
-            scrub("chunk", d).map(|x| *d = x).is_some()
+            scrub_xmp("chunk", d).map(|x| *d = x).is_some()
         }),
         Native::Tiff { entries, .. } => entries.retain_mut(|e| match (&e.value, e.tag) {
-            (OutValue::Bytes(b), TIFF_XMP) => match scrub("tag", b) {
+            (OutValue::Bytes(b), TIFF_XMP) => match scrub_xmp("tag", b) {
                 Some(x) => {
                     e.count = x.len() as u32;
                     e.value = OutValue::Bytes(x);
@@ -1511,7 +1510,7 @@ fn jpeg_xmp_without_gps(segments: &mut Vec<(u8, Vec<u8>)>) {
 fn unchanged_without_gps(data: &[u8], layout: &jpeg::Layout) -> Option<Vec<u8>> {
     let mut segments: Vec<(u8, Vec<u8>)> = layout
         .header()
-        .filter(|s| !(s.marker == jpeg::APP2 && jpeg::starts(data, s, jpeg::MPF_ID)))
+        .filter(|s| !jpeg::is_mpf_index(data, s))
         .map(|s| (s.marker, data[s.payload.clone()].to_vec()))
         .collect();
     let nested =

@@ -155,7 +155,7 @@ pub fn collect_photos(paths: &[PathBuf], output: &Path) -> Result<Vec<PathBuf>, 
         let meta =
             std::fs::symlink_metadata(p).map_err(|source| ImageError::Open { path: p.clone(), source })?;
         if meta.is_dir() {
-            walk(p, output, &mut out)?;
+            walk(p, &meta, output, &mut out)?;
         } else {
             out.push(p.clone());
         }
@@ -169,10 +169,15 @@ fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
     (m.dev(), m.ino())
 }
 
-fn walk(dir: &Path, output: Option<(u64, u64)>, out: &mut Vec<PathBuf>) -> Result<(), ImageError> {
-    let meta =
-        std::fs::symlink_metadata(dir).map_err(|source| ImageError::Open { path: dir.into(), source })?;
-    if output == Some(file_id(&meta)) {
+/// Walks `dir`, whose metadata the caller has already read, unless it is the output folder (whose
+/// identity is `output`).
+fn walk(
+    dir: &Path,
+    meta: &std::fs::Metadata,
+    output: Option<(u64, u64)>,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), ImageError> {
+    if output == Some(file_id(meta)) {
         tracing::info!("{}: the output folder, left out", dir.display());
         return Ok(());
     }
@@ -187,7 +192,7 @@ fn walk(dir: &Path, output: Option<(u64, u64)>, out: &mut Vec<PathBuf>) -> Resul
             continue;
         }
         if meta.is_dir() {
-            walk(&p, output, out)?;
+            walk(&p, &meta, output, out)?;
         } else if meta.is_file() {
             let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
             if ext.is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.as_str())) {
