@@ -152,6 +152,9 @@ pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
     for folder in &config.folders {
         check_folder(&mut report, "watch", &folder.path, false);
         check_folder(&mut report, "output", &folder.output, true);
+        if let Err(e) = crate::watch::check_output(folder) {
+            report.push(Level::Fail, "output", e.to_string());
+        }
     }
     report
 }

@@ -222,6 +222,7 @@ fn create_folders(folders: &[FolderConfig]) -> Result<(), ServiceError> {
             std::fs::create_dir_all(dir)
                 .map_err(|source| ServiceError::Folder { path: dir.clone(), source })?;
         }
+        watch::check_output(folder)?;
         let stale = watch::remove_stale_temporaries(&folder.output);
         if stale > 0 {
             tracing::info!("removed {stale} unfinished temporary file(s) from {}", folder.output.display());

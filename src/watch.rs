@@ -24,6 +24,48 @@ use crate::{
 pub enum WatchError {
     #[error("folder {}: invalid ignore pattern {pattern:?}: {source}", folder.display())]
     Pattern { folder: PathBuf, pattern: String, source: globset::Error },
+    /// The folder and its output are one folder, or the folder lies inside its output, once symbolic
+    /// links are followed (the configuration's own check compares the paths as written).
+    #[error(
+        "folder {}: its output {} {how} once symbolic links are followed ({}); Veil never writes into \
+         the folder it reads: choose an output outside it",
+        folder.display(),
+        output.display(),
+        real.display()
+    )]
+    OutputOverlaps { folder: PathBuf, output: PathBuf, how: &'static str, real: PathBuf },
+}
+
+/// Whether `folder`'s output stays out of the way once symbolic links are followed: an output that
+/// is the folder itself, or holds it, is an error (the configuration's own check compares the paths
+/// as written). An output inside the folder is fine: [`Filter`] leaves it alone.
+pub fn check_output(folder: &FolderConfig) -> Result<(), WatchError> {
+    let root = resolved(&folder.path);
+    let own = resolved(&folder.output);
+    let how = if own == root {
+        "is the folder itself"
+    } else if root.starts_with(&own) {
+        "holds the folder"
+    } else {
+        return Ok(());
+    };
+    Err(WatchError::OutputOverlaps {
+        folder: folder.path.clone(),
+        output: folder.output.clone(),
+        how,
+        real: own,
+    })
+}
+
+/// `path` with its symbolic links followed: its longest existing ancestor made canonical, the rest
+/// appended as written (an output folder may not exist yet); `path` itself when nothing resolves.
+pub fn resolved(path: &Path) -> PathBuf {
+    for ancestor in path.ancestors() {
+        if let (Ok(real), Ok(rest)) = (ancestor.canonicalize(), path.strip_prefix(ancestor)) {
+            return if rest.as_os_str().is_empty() { real } else { real.join(rest) };
+        }
+    }
+    path.to_path_buf()
 }
 
 /// Which files under a watched folder are photos to take.
@@ -31,13 +73,17 @@ pub enum WatchError {
 pub struct Filter {
     root: PathBuf,
     ignore: GlobSet,
-    /// Output folders (of every configured folder) that lie inside this one.
+    /// Output folders (of every configured folder) that lie inside this one, spelled under `root`
+    /// (an output reached through a symbolic link is found by where it really is).
     excluded: Vec<PathBuf>,
     recursive: bool,
 }
 
 impl Filter {
-    /// The filter of `folder`; `outputs` are the output folders of every configured folder.
+    /// The filter of `folder`; `outputs` are the output folders of every configured folder. Symbolic
+    /// links are followed, so an output that lies inside the folder under another name (a link on
+    /// either path) is still left alone: else its copies would be taken again, and their copies,
+    /// without end. An output that is the folder or holds it is an error ([`check_output`]).
     pub fn new(folder: &FolderConfig, outputs: &[PathBuf]) -> Result<Filter, WatchError> {
         let mut set = GlobSetBuilder::new();
         for pattern in DEFAULT_IGNORE.iter().copied().chain(folder.ignore.iter().map(String::as_str)) {
@@ -51,7 +97,18 @@ impl Filter {
             pattern: String::new(),
             source,
         })?;
-        let excluded = outputs.iter().filter(|o| o.starts_with(&folder.path)).cloned().collect();
+        check_output(folder)?;
+        let root = resolved(&folder.path);
+        let mut excluded = Vec::new();
+        for output in outputs {
+            if let Ok(rest) = resolved(output).strip_prefix(&root) {
+                excluded.push(folder.path.join(rest));
+            }
+            if output.starts_with(&folder.path) {
+                excluded.push(output.clone());
+            }
+        }
+        excluded.dedup();
         Ok(Filter { root: folder.path.clone(), ignore, excluded, recursive: folder.recursive })
     }
 
@@ -283,6 +340,48 @@ mod tests {
         assert_eq!(found, [root.join("a.jpg"), root.join("sub/b.jpg")]);
         assert_eq!(stat(&root.join("a.jpg")).unwrap().size, 5);
         assert!(stat(&root.join("sub")).is_none());
+    }
+
+    #[test]
+    fn an_output_inside_the_folder_under_another_name_is_still_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("share");
+        std::fs::create_dir_all(root.join("out")).unwrap();
+        std::os::unix::fs::symlink(&root, d.path().join("link")).unwrap();
+        std::fs::write(root.join("a.jpg"), "a").unwrap();
+        std::fs::write(root.join("out/a.jpg"), "copy").unwrap();
+        // The output named through a link to the folder, and the folder named through the link.
+        for (path, output) in
+            [(root.clone(), d.path().join("link/out")), (d.path().join("link"), root.join("out"))]
+        {
+            let folder = FolderConfig::new(&path, &output);
+            let f = Filter::new(&folder, std::slice::from_ref(&folder.output)).unwrap();
+            let found: Vec<PathBuf> = scan(&f, &path).into_iter().map(|(p, _)| p).collect();
+            assert_eq!(found, [path.join("a.jpg")], "{folder:?}");
+            assert!(!f.takes_file(&path.join("out/a.jpg")), "{folder:?}");
+        }
+        // An output that does not exist yet resolves through the part that does.
+        let folder = FolderConfig::new(&root, d.path().join("link/later/out"));
+        let f = Filter::new(&folder, std::slice::from_ref(&folder.output)).unwrap();
+        assert!(!f.takes_file(&root.join("later/out/b.jpg")) && f.takes_file(&root.join("later/b.jpg")));
+    }
+
+    #[test]
+    fn an_output_that_is_the_folder_or_holds_it_through_a_link_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("photos/share");
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(&root, d.path().join("same")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("photos"), d.path().join("up")).unwrap();
+        for (output, how) in
+            [(d.path().join("same"), "is the folder itself"), (d.path().join("up"), "holds the folder")]
+        {
+            let folder = FolderConfig::new(&root, &output);
+            let err = Filter::new(&folder, std::slice::from_ref(&folder.output)).unwrap_err().to_string();
+            assert!(err.contains(how) && err.contains(&*output.to_string_lossy()), "{err}");
+            assert!(check_output(&folder).is_err());
+        }
+        assert!(check_output(&FolderConfig::new(&root, d.path().join("out"))).is_ok());
     }
 
     #[test]

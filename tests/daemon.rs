@@ -423,6 +423,45 @@ fn ignored_names_and_the_output_inside_the_watched_folder_are_left_alone() {
 }
 
 #[test]
+fn an_output_inside_the_watched_folder_through_a_symbolic_link_is_left_alone() {
+    let home = Home::new();
+    let input = home.path().join("In");
+    std::fs::create_dir_all(&input).unwrap();
+    std::os::unix::fs::symlink(&input, home.path().join("Link")).unwrap();
+    home.configure("settle_seconds = 0.3", &[("In", "Link/Protected")]);
+    let d = home.start();
+    std::fs::write(input.join("real.png"), photo(12, 8, "real.png")).unwrap();
+    let rows = home.wait_settled(&d, 1, Duration::from_secs(30));
+    // Until the filter followed links, each copy was taken again: In/Protected/Protected/real.png, ...
+    std::thread::sleep(Duration::from_secs(2));
+    let rows_after = home.rows();
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(rows.keys().collect::<HashSet<_>>(), rows_after.keys().collect::<HashSet<_>>());
+    assert_eq!(rows_after.keys().cloned().collect::<Vec<_>>(), [input.join("real.png")], "{log}");
+    assert_eq!(files(&input.join("Protected")), [input.join("Protected/real.png")]);
+}
+
+#[test]
+fn an_output_that_is_the_watched_folder_through_a_symbolic_link_is_refused_at_start() {
+    let home = Home::new();
+    let input = home.path().join("In");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("real.png"), photo(13, 8, "real.png")).unwrap();
+    std::os::unix::fs::symlink(&input, home.path().join("Same")).unwrap();
+    home.configure("", &[("In", "Same")]);
+    let out = home
+        .command(env!("CARGO_BIN_EXE_veild"))
+        .args(["--config", home.config_path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is the folder itself once symbolic links are followed"), "{err}");
+    assert_eq!(files(&input), [input.join("real.png")]);
+}
+
+#[test]
 fn without_models_nothing_unprotected_is_written_and_the_reason_is_recorded() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);
