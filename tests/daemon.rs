@@ -399,6 +399,22 @@ fn a_second_veild_on_the_same_state_is_refused() {
     assert!(err.contains("another veild already runs") && err.contains("veild.lock"), "{err}");
 }
 
+impl Home {
+    /// Waits for `input/real.png` to settle, gives a feedback loop from a copy inside the watched
+    /// folder time to show, stops `d`, and checks that real.png was the only job and that
+    /// `input/Protected` holds its one copy.
+    fn only_real_png_protected_once(&self, d: Daemon, input: &Path) {
+        let rows = self.wait_settled(&d, 1, Duration::from_secs(30));
+        std::thread::sleep(Duration::from_secs(2));
+        let rows_after = self.rows();
+        let (status, log) = d.stop();
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert_eq!(rows.keys().collect::<HashSet<_>>(), rows_after.keys().collect::<HashSet<_>>());
+        assert_eq!(rows_after.keys().cloned().collect::<Vec<_>>(), [input.join("real.png")], "{log}");
+        assert_eq!(files(&input.join("Protected")), [input.join("Protected/real.png")]);
+    }
+}
+
 #[test]
 fn ignored_names_and_the_output_inside_the_watched_folder_are_left_alone() {
     let home = Home::new();
@@ -411,15 +427,7 @@ fn ignored_names_and_the_output_inside_the_watched_folder_are_left_alone() {
     std::fs::create_dir_all(input.join("@eaDir")).unwrap();
     std::fs::write(input.join("@eaDir/t.png"), photo(10, 8, "a.png")).unwrap();
     std::fs::write(input.join("real.png"), photo(11, 8, "real.png")).unwrap();
-    let rows = home.wait_settled(&d, 1, Duration::from_secs(30));
-    // Give any feedback loop from the copy inside the watched folder time to show.
-    std::thread::sleep(Duration::from_secs(2));
-    let rows_after = home.rows();
-    let (status, log) = d.stop();
-    assert_eq!(status.code(), Some(0), "{log}");
-    assert_eq!(rows.keys().collect::<HashSet<_>>(), rows_after.keys().collect::<HashSet<_>>());
-    assert_eq!(rows_after.keys().cloned().collect::<Vec<_>>(), [input.join("real.png")], "{log}");
-    assert_eq!(files(&input.join("Protected")), [input.join("Protected/real.png")]);
+    home.only_real_png_protected_once(d, &input);
 }
 
 #[test]
@@ -431,15 +439,8 @@ fn an_output_inside_the_watched_folder_through_a_symbolic_link_is_left_alone() {
     home.configure("settle_seconds = 0.3", &[("In", "Link/Protected")]);
     let d = home.start();
     std::fs::write(input.join("real.png"), photo(12, 8, "real.png")).unwrap();
-    let rows = home.wait_settled(&d, 1, Duration::from_secs(30));
     // Until the filter followed links, each copy was taken again: In/Protected/Protected/real.png, ...
-    std::thread::sleep(Duration::from_secs(2));
-    let rows_after = home.rows();
-    let (status, log) = d.stop();
-    assert_eq!(status.code(), Some(0), "{log}");
-    assert_eq!(rows.keys().collect::<HashSet<_>>(), rows_after.keys().collect::<HashSet<_>>());
-    assert_eq!(rows_after.keys().cloned().collect::<Vec<_>>(), [input.join("real.png")], "{log}");
-    assert_eq!(files(&input.join("Protected")), [input.join("Protected/real.png")]);
+    home.only_real_png_protected_once(d, &input);
 }
 
 #[test]
