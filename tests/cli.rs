@@ -11,11 +11,11 @@ use std::{
 use tch::{CModule, Kind, Tensor};
 
 mod common;
-use common::{capture_stderr, Home};
+use common::{capture_stderr, output_within, Home, CLI_LIMIT, REFUSED_LIMIT};
 
 impl Home {
     fn veil(&self, args: &[&str]) -> Output {
-        self.command(env!("CARGO_BIN_EXE_veil")).args(args).output().unwrap()
+        output_within(self.command(env!("CARGO_BIN_EXE_veil")).args(args), CLI_LIMIT)
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -137,11 +137,10 @@ fn a_bad_config_is_named_with_its_line_and_key() {
         "{err}"
     );
 
-    let out = home
-        .command(env!("CARGO_BIN_EXE_veild"))
-        .args(["--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = output_within(
+        home.command(env!("CARGO_BIN_EXE_veild")).args(["--config", config.to_str().unwrap()]),
+        REFUSED_LIMIT,
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("`log.level`"), "{}", stderr(&out));
 }
@@ -239,7 +238,7 @@ fn veild_logs_its_config_device_and_models_and_stops_on_sigterm() {
 fn veil_log_overrides_the_configured_filter() {
     let home = Home::new();
     let mut cmd = home.command(env!("CARGO_BIN_EXE_veild"));
-    let out = cmd.env("VEIL_LOG", "veil=loud").output().unwrap();
+    let out = output_within(cmd.env("VEIL_LOG", "veil=loud"), REFUSED_LIMIT);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("VEIL_LOG=\"veil=loud\" is not a valid log filter"), "{}", stderr(&out));
 }

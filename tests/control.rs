@@ -18,7 +18,7 @@ struct Daemon {
 }
 
 mod common;
-use common::{capture_stderr, Home};
+use common::{capture_stderr, output_within, Home, CLI_LIMIT, REFUSED_LIMIT};
 
 impl Home {
     fn socket(&self) -> PathBuf {
@@ -50,7 +50,7 @@ impl Home {
     }
 
     fn veil(&self, args: &[&str]) -> Output {
-        self.configured(env!("CARGO_BIN_EXE_veil")).args(args).output().unwrap()
+        output_within(self.configured(env!("CARGO_BIN_EXE_veil")).args(args), CLI_LIMIT)
     }
 
     /// `veil ARGS --json`, which must succeed: its JSON.
@@ -316,7 +316,7 @@ fn a_second_veild_is_refused_and_a_stale_socket_does_not_block() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);
     let mut first = home.start();
-    let second = home.configured(env!("CARGO_BIN_EXE_veild")).output().unwrap();
+    let second = output_within(&mut home.configured(env!("CARGO_BIN_EXE_veild")), REFUSED_LIMIT);
     assert_eq!(second.status.code(), Some(1));
     let message = text(&second.stderr);
     let pid = first.child.id();

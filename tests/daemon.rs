@@ -17,7 +17,7 @@ struct Daemon {
 }
 
 mod common;
-use common::{capture_stderr, Home};
+use common::{capture_stderr, output_within, Home, REFUSED_LIMIT};
 
 impl Home {
     fn start(&self) -> Daemon {
@@ -386,12 +386,13 @@ fn a_second_veild_on_the_same_state_is_refused() {
     let home = Home::new();
     home.configure("", &[("In", "Out")]);
     let d = home.start();
-    let out = Command::new(env!("CARGO_BIN_EXE_veild"))
-        .args(["--config", home.config_path().to_str().unwrap()])
-        .env_remove("LD_LIBRARY_PATH")
-        .env("HOME", home.path())
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_veild"))
+            .args(["--config", home.config_path().to_str().unwrap()])
+            .env_remove("LD_LIBRARY_PATH")
+            .env("HOME", home.path()),
+        REFUSED_LIMIT,
+    );
     let (status, log) = d.stop();
     assert_eq!(status.code(), Some(0), "{log}");
     assert_eq!(out.status.code(), Some(1));
@@ -451,11 +452,10 @@ fn an_output_that_is_the_watched_folder_through_a_symbolic_link_is_refused_at_st
     std::fs::write(input.join("real.png"), photo(13, 8, "real.png")).unwrap();
     std::os::unix::fs::symlink(&input, home.path().join("Same")).unwrap();
     home.configure("", &[("In", "Same")]);
-    let out = home
-        .command(env!("CARGO_BIN_EXE_veild"))
-        .args(["--config", home.config_path().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = output_within(
+        home.command(env!("CARGO_BIN_EXE_veild")).args(["--config", home.config_path().to_str().unwrap()]),
+        REFUSED_LIMIT,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("is the folder itself once symbolic links are followed"), "{err}");

@@ -3,10 +3,11 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::{Child, Command, Output, Stdio},
     sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 pub fn crate_dir() -> &'static Path {
@@ -119,4 +120,47 @@ pub fn capture_stderr(child: &mut Child) -> (Arc<Mutex<String>>, mpsc::Receiver<
         }
     });
     (log, lines)
+}
+
+/// How long a `veild` that must refuse to start (a second instance, a bad configuration) may take
+/// to exit: loading libtorch takes seconds, running on takes forever.
+pub const REFUSED_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long one `veil` call may take in the tests: far above the slowest (a protection on the CPU
+/// with the tiny fixtures), far below CI's limit.
+pub const CLI_LIMIT: Duration = Duration::from_secs(600);
+
+/// Runs `cmd` to completion like [`Command::output`], but kills it and fails the test when it is
+/// still running after `limit`, so a program that should exit (a refused second `veild`, a CLI call)
+/// and instead keeps running fails the test rather than hanging the whole run.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+            panic!("{cmd:?} still ran after {limit:?} and was killed; its stderr:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
