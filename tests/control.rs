@@ -90,6 +90,15 @@ impl Daemon {
     }
 }
 
+/// A test that fails while its daemon runs (a refused second `veild` over its time limit included)
+/// does not leave that daemon running after the test binary exits.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One raw HTTP/1.1 exchange: the status and the JSON body.
 fn http(socket: &Path, request: &[u8]) -> (u16, Value) {
     let mut s = UnixStream::connect(socket).unwrap();

@@ -124,6 +124,15 @@ impl Daemon {
     }
 }
 
+/// A test that fails while its daemon runs (a refused second `veild` over its time limit included)
+/// does not leave that daemon running after the test binary exits.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A small photo whose pixels depend on `seed`, encoded as the extension of `name` says.
 fn photo(seed: u32, side: u32, name: &str) -> Vec<u8> {
     let img = image::RgbImage::from_fn(side, side, |x, y| {
@@ -264,7 +273,7 @@ fn a_file_written_slowly_is_protected_once_from_its_complete_content() {
 fn kill_9_in_the_middle_then_a_restart_protects_every_file_exactly_once() {
     let home = Home::new();
     home.configure("settle_seconds = 0.2", &[("In", "Out")]);
-    let d = home.start();
+    let mut d = home.start();
     let staging = home.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
     let n = 40;
@@ -286,9 +295,8 @@ fn kill_9_in_the_middle_then_a_restart_protects_every_file_exactly_once() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut child = d.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
     let before = home.rows();
     let done_before = before.values().filter(|r| r.status == "done").count();
     assert!(done_before < n as usize, "the kill came after the last photo: the test proves nothing");
