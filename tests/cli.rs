@@ -3,15 +3,14 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Output, Stdio},
-    sync::mpsc,
+    process::Output,
     time::Duration,
 };
 
 use tch::{CModule, Kind, Tensor};
 
 mod common;
-use common::{capture_stderr, output_within, Home, CLI_LIMIT, REFUSED_LIMIT};
+use common::{output_within, Daemon, Home, CLI_LIMIT, REFUSED_LIMIT};
 
 impl Home {
     fn veil(&self, args: &[&str]) -> Output {
@@ -167,52 +166,20 @@ fn config_show_prints_the_effective_defaults_without_a_file() {
     );
 }
 
-/// Starts veild, waits for `ready` on its stderr, and returns the child with all stderr so far.
-fn start_veild(home: &Home, args: &[&str], ready: &str) -> (Child, mpsc::Receiver<String>, String) {
-    let mut child = home
-        .command(env!("CARGO_BIN_EXE_veild"))
-        .args(args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (_, rx) = capture_stderr(&mut child);
-    let mut log = String::new();
-    while !log.contains(ready) {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => {
-                log.push_str(&line);
-                log.push('\n');
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!("veild never logged {ready:?}:\n{log}");
-            }
-        }
-    }
-    (child, rx, log)
-}
-
-fn stop(
-    mut child: Child,
-    rx: mpsc::Receiver<String>,
-    signal: i32,
-    mut log: String,
-) -> (std::process::ExitStatus, String) {
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-    let status = child.wait().unwrap();
-    log.extend(rx.iter().map(|l| l + "\n"));
-    (status, log)
+/// Starts veild with `args` and waits for `ready` on its stderr.
+fn start_veild(home: &Home, args: &[&str], ready: &str) -> Daemon {
+    let d = Daemon::spawn(home.command(env!("CARGO_BIN_EXE_veild")).args(args));
+    d.wait_log(ready, Duration::from_secs(60));
+    d
 }
 
 #[test]
 fn veild_starts_on_the_defaults_creates_the_folders_and_stops_cleanly_on_ctrl_c() {
     let home = Home::new();
-    let (child, rx, log) = start_veild(&home, &[], "share folder");
+    let d = start_veild(&home, &[], "share folder");
     assert!(home.path().join("Pictures/Veil/To-Share").is_dir());
     assert!(home.path().join("Pictures/Veil/Protected").is_dir());
-    let (status, log) = stop(child, rx, libc::SIGINT, log);
+    let (status, log) = d.stop_with(libc::SIGINT);
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("config: built-in defaults"), "{log}");
     assert!(log.contains("device: "), "{log}");
@@ -225,8 +192,8 @@ fn veild_logs_its_config_device_and_models_and_stops_on_sigterm() {
     let home = Home::new();
     let models = home.models(true);
     let config = home.config_with_models(&models);
-    let (child, rx, log) = start_veild(&home, &["--config", config.to_str().unwrap()], "share folder");
-    let (status, log) = stop(child, rx, libc::SIGTERM, log);
+    let d = start_veild(&home, &["--config", config.to_str().unwrap()], "share folder");
+    let (status, log) = d.stop();
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains(&format!("config: {}", config.display())), "{log}");
     assert!(log.contains("face detector: MTCNN loaded"), "{log}");

@@ -5,20 +5,15 @@ use std::{
     io::{Read, Write},
     os::unix::{fs::PermissionsExt, net::UnixStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    process::{Command, Output},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use serde_json::{json, Value};
 
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
 mod common;
-use common::{capture_stderr, output_within, Home, CLI_LIMIT, REFUSED_LIMIT};
+use common::{output_within, Daemon, Home, CLI_LIMIT, REFUSED_LIMIT};
 
 impl Home {
     fn socket(&self) -> PathBuf {
@@ -33,14 +28,7 @@ impl Home {
     }
 
     fn spawn(&self) -> Daemon {
-        let mut child = self
-            .configured(env!("CARGO_BIN_EXE_veild"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (log, _) = capture_stderr(&mut child);
-        Daemon { child, log }
+        Daemon::spawn(&mut self.configured(env!("CARGO_BIN_EXE_veild")))
     }
 
     fn start(&self) -> Daemon {
@@ -66,37 +54,6 @@ impl Home {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, needle: &str, timeout: Duration) {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            assert!(start.elapsed() < timeout, "veild never logged {needle:?}:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        (status, self.log())
-    }
-}
-
-/// A test that fails while its daemon runs (a refused second `veild` over its time limit included)
-/// does not leave that daemon running after the test binary exits.
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One raw HTTP/1.1 exchange: the status and the JSON body.

@@ -5,32 +5,20 @@ use std::{
     collections::{HashMap, HashSet},
     io::Write,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    process::Command,
     time::{Duration, Instant},
 };
 
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    lines: mpsc::Receiver<String>,
-}
-
 mod common;
-use common::{capture_stderr, output_within, Home, REFUSED_LIMIT};
+use common::{output_within, Daemon, Home, REFUSED_LIMIT};
 
 impl Home {
     fn start(&self) -> Daemon {
-        let mut child = self
-            .command(env!("CARGO_BIN_EXE_veild"))
-            .args(["--config", self.config_path().to_str().unwrap()])
-            .env("VEIL_LOG", "veil=debug,info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (log, lines) = capture_stderr(&mut child);
-        let d = Daemon { child, log, lines };
+        let d = Daemon::spawn(
+            self.command(env!("CARGO_BIN_EXE_veild"))
+                .args(["--config", self.config_path().to_str().unwrap()])
+                .env("VEIL_LOG", "veil=debug,info"),
+        );
         d.wait_log("ready", Duration::from_secs(60));
         d
     }
@@ -92,45 +80,6 @@ struct Row {
     output: Option<PathBuf>,
     attempts: i64,
     duplicate_of: Option<PathBuf>,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, needle: &str, timeout: Duration) {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            if start.elapsed() > timeout {
-                panic!("veild never logged {needle:?}:\n{}", self.log());
-            }
-            let _ = self.lines.recv_timeout(Duration::from_millis(100));
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-    }
-
-    /// SIGTERM, then the exit status and the whole log.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        self.signal(libc::SIGTERM);
-        let status = self.child.wait().unwrap();
-        // Let the reader thread drain the pipe.
-        std::thread::sleep(Duration::from_millis(100));
-        (status, self.log())
-    }
-}
-
-/// A test that fails while its daemon runs (a refused second `veild` over its time limit included)
-/// does not leave that daemon running after the test binary exits.
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A small photo whose pixels depend on `seed`, encoded as the extension of `name` says.

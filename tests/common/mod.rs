@@ -122,6 +122,77 @@ pub fn capture_stderr(child: &mut Child) -> (Arc<Mutex<String>>, mpsc::Receiver<
     (log, lines)
 }
 
+/// A running `veild` (spawned with its stderr piped) and its log as it comes. Dropping it kills and
+/// reaps the process, so a test that fails while its daemon runs (a refused second `veild` over its
+/// time limit included) does not leave that daemon running after the test binary exits.
+pub struct Daemon {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Spawns `cmd` (a configured `veild`) with stdout discarded and stderr captured.
+    pub fn spawn(cmd: &mut Command) -> Daemon {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let (log, lines) = capture_stderr(&mut child);
+        Daemon { child, log, lines }
+    }
+
+    /// All it has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `needle`; fails the test with the whole log after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            if start.elapsed() > timeout {
+                panic!("veild never logged {needle:?}:\n{}", self.log());
+            }
+            let _ = self.lines.recv_timeout(Duration::from_millis(100));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// SIGTERM, then the exit status and the whole log.
+    pub fn stop(self) -> (std::process::ExitStatus, String) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// `signal`, then the exit status and the whole log, read to the end of the pipe.
+    pub fn stop_with(mut self, signal: i32) -> (std::process::ExitStatus, String) {
+        self.signal(signal);
+        let status = self.child.wait().unwrap();
+        // The reader thread ends, and drops its sender, at the end of the pipe.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Err(mpsc::RecvTimeoutError::Disconnected) =
+                self.lines.recv_timeout(Duration::from_millis(100))
+            {
+                break;
+            }
+        }
+        (status, self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// How long a `veild` that must refuse to start (a second instance, a bad configuration) may take
 /// to exit: loading libtorch takes seconds, running on takes forever.
 pub const REFUSED_LIMIT: Duration = Duration::from_secs(60);
