@@ -9,7 +9,7 @@
 //! the `veild` binary only wires it to the process's signals.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     future::Future,
     path::{Path, PathBuf},
     sync::mpsc,
@@ -308,6 +308,9 @@ struct Core {
     info: Info,
     paused: bool,
     errors: VecDeque<control::ErrorEntry>,
+    /// Photos whose output folder could not take them at their last try: told once (a warning and
+    /// a last error) until they are written or end otherwise, then quietly tried again.
+    waiting: HashSet<PathBuf>,
 }
 
 impl Core {
@@ -333,6 +336,7 @@ impl Core {
             info,
             paused: false,
             errors: VecDeque::new(),
+            waiting: HashSet::new(),
         };
         let folders = core.config.folders.clone();
         core.set_folders(&folders)?;
@@ -648,6 +652,7 @@ impl Core {
                 ErrorKind::Transient | ErrorKind::OutOfMemory => {
                     Finish::Failed { error: e.message, retry: true }
                 }
+                ErrorKind::Output => Finish::Waiting { error: e.message },
                 ErrorKind::Permanent => Finish::Failed { error: e.message, retry: false },
             },
         };
@@ -655,7 +660,22 @@ impl Core {
     }
 
     fn record(&mut self, path: &Path, finish: &Finish) {
+        if !matches!(finish, Finish::Waiting { .. } | Finish::Requeue) {
+            self.waiting.remove(path);
+        }
         match (self.store.finish(path, finish), finish) {
+            (Ok(Some(Status::Pending)), Finish::Waiting { error }) => {
+                self.emit("waiting", path, None, Some(error));
+                if self.waiting.insert(path.to_path_buf()) {
+                    self.warn(format!(
+                        "{}: waiting for its output folder, tried again every {} min at most: {error}",
+                        path.display(),
+                        store::WAIT_MAX / 60
+                    ));
+                } else {
+                    tracing::debug!("{error} (still waiting)");
+                }
+            }
             (Ok(Some(Status::Failed)), Finish::Failed { error, .. }) => {
                 self.emit("failed", path, None, Some(error));
                 self.error(format!("{error} (tried again when the file changes, or by `veil retry`)"))
@@ -679,6 +699,16 @@ impl Core {
 
     fn error(&mut self, message: String) {
         tracing::error!("{message}");
+        self.remember(message);
+    }
+
+    /// A warning that also goes to the last errors `veil status` shows.
+    fn warn(&mut self, message: String) {
+        tracing::warn!("{message}");
+        self.remember(message);
+    }
+
+    fn remember(&mut self, message: String) {
         let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if self.errors.len() == LAST_ERRORS {
             self.errors.pop_front();
@@ -702,12 +732,16 @@ impl Core {
     }
 
     fn state(&self) -> &'static str {
+        let queued = self.store.counts().map_or(0, |(q, _)| q);
+        let waiting = self.store.waiting().unwrap_or(0);
         if self.paused {
             "paused"
-        } else if self.busy.is_empty() && self.store.counts().map_or(true, |(q, _)| q == 0) {
-            "idle"
-        } else {
+        } else if !self.busy.is_empty() || !self.candidates.is_empty() || queued > waiting {
             "working"
+        } else if waiting > 0 {
+            "waiting"
+        } else {
+            "idle"
         }
     }
 
@@ -730,6 +764,7 @@ impl Core {
                     device: self.info.device.clone(),
                     models: self.info.models.clone(),
                     queue,
+                    waiting: self.store.waiting().map_err(store)?,
                     counts,
                     folders: self
                         .folders
@@ -794,7 +829,7 @@ impl Core {
                     },
                     None => {
                         let n = self.store.retry_failed(None).map_err(store)?;
-                        tracing::info!("{n} failed photo(s) queued again (control socket)");
+                        tracing::info!("{n} failed or waiting photo(s) queued again (control socket)");
                         n as u64
                     }
                 };
@@ -885,9 +920,13 @@ impl Core {
 
     fn publish_status(&mut self) {
         let queued = self.store.counts().map(|(q, _)| q).unwrap_or(0) + self.candidates.len() as u64;
+        let waiting = match self.store.waiting().unwrap_or(0) {
+            0 => String::new(),
+            n => format!(" ({n} waiting to be tried again)"),
+        };
         let status = match &self.last_error {
-            Some(e) => format!("{queued} photo(s) queued; last error: {e}"),
-            None => format!("{queued} photo(s) queued"),
+            Some(e) => format!("{queued} photo(s) queued{waiting}; last error: {e}"),
+            None => format!("{queued} photo(s) queued{waiting}"),
         };
         if status != self.status {
             systemd::notify(&format!("STATUS={status}"));

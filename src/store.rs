@@ -20,6 +20,18 @@ pub const FILE_NAME: &str = "jobs.sqlite";
 /// Attempts after which a file whose errors looked temporary is quarantined (`failed`).
 pub const MAX_ATTEMPTS: u32 = 3;
 
+/// The first pause, in seconds, before a photo waiting for its output folder is tried again.
+pub const WAIT_FIRST: i64 = 10;
+/// The longest such pause: a folder that is fixed (space freed, a drive mounted again) is used
+/// again within this many seconds.
+pub const WAIT_MAX: i64 = 300;
+
+/// The pause before the next try of a photo that has waited `attempts` times.
+fn wait_after(attempts: u32) -> i64 {
+    let doublings = attempts.saturating_sub(1).min(16);
+    (WAIT_FIRST << doublings).min(WAIT_MAX)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the state folder {}: {source}", path.display())]
@@ -144,6 +156,12 @@ pub enum Finish {
     Failed {
         error: String,
         retry: bool,
+    },
+    /// The output folder cannot take the copy now (gone, read-only, full): the photo is not at
+    /// fault, so it stays `pending` with the error kept and is tried again after a pause that
+    /// doubles from [`WAIT_FIRST`] to [`WAIT_MAX`] seconds; it never turns `failed` for this.
+    Waiting {
+        error: String,
     },
     /// Not attempted (shutdown): back to `pending`, no attempt counted.
     Requeue,
@@ -434,6 +452,23 @@ impl Store {
                 }
                 status
             }
+            Finish::Waiting { error } => {
+                let attempts: u32 = self
+                    .db
+                    .query_row("SELECT attempts FROM files WHERE path = ?1", [p], |r| r.get(0))
+                    .optional()
+                    .map_err(e)?
+                    .unwrap_or(0u32)
+                    .saturating_add(1);
+                self.db
+                    .execute(
+                        "UPDATE files SET status = 'pending', error = ?2, attempts = ?3, not_before = ?4, \
+                         updated = ?5 WHERE path = ?1",
+                        params![p, error, attempts, now() + wait_after(attempts), now()],
+                    )
+                    .map_err(e)?;
+                Status::Pending
+            }
             Finish::Requeue => {
                 self.db.execute("UPDATE files SET status = 'pending' WHERE path = ?1", [p]).map_err(e)?;
                 Status::Pending
@@ -446,12 +481,15 @@ impl Store {
         Ok(Some(status))
     }
 
-    /// Sends quarantined files (all of them, or those under `under`) back to `pending` with their
-    /// attempts cleared; returns how many.
+    /// Sends quarantined files, and pending ones that wait for another try after an error (all of
+    /// them, or those under `under`), back to `pending` with their attempts cleared, to be tried
+    /// now; returns how many.
     pub fn retry_failed(&self, under: Option<&Path>) -> Result<usize, StoreError> {
         let rows = self.rows()?;
         let mut n = 0;
-        for row in rows.iter().filter(|r| r.status == Status::Failed) {
+        let again =
+            |r: &&Row| r.status == Status::Failed || (r.status == Status::Pending && r.error.is_some());
+        for row in rows.iter().filter(again) {
             if under.is_none_or(|u| row.path.starts_with(u)) {
                 n += self
                     .db
@@ -563,6 +601,19 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(e)
     }
 
+    /// How many pending photos wait for another try after an error (their output folder could not
+    /// take them, or an attempt failed) and are not due yet.
+    pub fn waiting(&self) -> Result<u64, StoreError> {
+        self.db
+            .query_row(
+                "SELECT COUNT(*) FROM files WHERE status = 'pending' AND error IS NOT NULL \
+                 AND not_before > ?1",
+                [now()],
+                |r| Ok(r.get::<_, i64>(0)?.max(0) as u64),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// How many rows are in each state: (pending + running, failed).
     pub fn counts(&self) -> Result<(u64, u64), StoreError> {
         self.db
@@ -655,21 +706,57 @@ mod tests {
     }
 
     #[test]
+    fn a_photo_waiting_for_its_output_folder_never_fails_and_waits_longer_each_time() {
+        assert_eq!((1..=7).map(wait_after).collect::<Vec<_>>(), [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(wait_after(u32::MAX), WAIT_MAX);
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let (f, a, b) = (Path::new("/in"), Path::new("/in/a.jpg"), Path::new("/in/b.jpg"));
+        s.observe(f, a, seen(1), "ha").unwrap();
+        s.observe(f, b, seen(1), "hb").unwrap();
+        assert_eq!(s.waiting().unwrap(), 0);
+        let full = Finish::Waiting { error: "/out/a.jpg: disk full; nothing was written".into() };
+        for attempt in 1..=MAX_ATTEMPTS + 5 {
+            let before = now();
+            assert_eq!(s.finish(a, &full).unwrap(), Some(Status::Pending), "attempt {attempt}");
+            let at = s.next_retry().unwrap().unwrap();
+            let wait = wait_after(attempt);
+            assert!((before + wait..=now() + wait).contains(&at), "attempt {attempt}: {at} - {before}");
+        }
+        let row = s.rows().unwrap().into_iter().find(|r| r.path == a).unwrap();
+        assert_eq!(row.status, Status::Pending);
+        assert_eq!(row.error.as_deref(), Some("/out/a.jpg: disk full; nothing was written"));
+        // Not due: only b is handed out; a counts as waiting, b (no error) does not.
+        let due: Vec<PathBuf> = s.pending(10, &[]).unwrap().into_iter().map(|j| j.path).collect();
+        assert_eq!(due, [b]);
+        assert_eq!(s.waiting().unwrap(), 1);
+        // `veil retry --all` makes it due now.
+        assert_eq!(s.retry_failed(None).unwrap(), 1);
+        assert_eq!(s.waiting().unwrap(), 0);
+        assert_eq!(s.pending(10, &[]).unwrap().len(), 2);
+        // Written at last: no error left.
+        s.finish(a, &Finish::Done { output: "/out/a.jpg".into(), faces: 1, seconds: 1.0, losses: vec![] })
+            .unwrap();
+        let row = s.rows().unwrap().into_iter().find(|r| r.path == a).unwrap();
+        assert_eq!((row.status, row.error), (Status::Done, None));
+    }
+
+    #[test]
     fn three_failures_quarantine_and_a_permanent_one_fails_at_once() {
         let d = tempfile::tempdir().unwrap();
         let (s, _) = Store::open(d.path()).unwrap();
         let (f, a, b, c) =
             (Path::new("/in"), Path::new("/in/a.jpg"), Path::new("/in/b.jpg"), Path::new("/in/c.jpg"));
         s.observe(f, a, seen(1), "ha").unwrap();
-        let full = Finish::Failed { error: "disk full".into(), retry: true };
-        assert_eq!(s.finish(a, &full).unwrap(), Some(Status::Pending));
+        let denied = Finish::Failed { error: "a.jpg: cannot read: permission denied".into(), retry: true };
+        assert_eq!(s.finish(a, &denied).unwrap(), Some(Status::Pending));
         // It waits before the next attempt.
         assert!(s.pending(10, &[]).unwrap().is_empty());
         assert!(s.next_retry().unwrap().is_some());
-        assert_eq!(s.finish(a, &full).unwrap(), Some(Status::Pending));
-        assert_eq!(s.finish(a, &full).unwrap(), Some(Status::Failed));
+        assert_eq!(s.finish(a, &denied).unwrap(), Some(Status::Pending));
+        assert_eq!(s.finish(a, &denied).unwrap(), Some(Status::Failed));
         let row = &s.rows().unwrap()[0];
-        assert_eq!((row.attempts, row.error.as_deref()), (3, Some("disk full")));
+        assert_eq!((row.attempts, row.error.as_deref()), (3, Some("a.jpg: cannot read: permission denied")));
 
         s.observe(f, b, seen(1), "hb").unwrap();
         s.observe(f, c, seen(1), "hb").unwrap();

@@ -62,8 +62,12 @@ pub struct JobError {
 pub enum ErrorKind {
     /// The file itself is the problem (broken, unsupported): trying again will not help.
     Permanent,
-    /// The surroundings are (disk full, output folder missing or read-only): try again later.
+    /// The surroundings are (the source unreadable for now, the engine not loaded): try again a
+    /// few times.
     Transient,
+    /// The output folder cannot take the copy now (missing, read-only, disk full): the photo waits
+    /// for it and is tried again until it can.
+    Output,
     /// Nothing to protect and nothing written on purpose (no face with `no_face = "skip"`).
     Skip,
     /// The source disappeared before it was read.
@@ -278,7 +282,8 @@ pub fn from_image(e: imageio::ImageError) -> JobError {
         E::OutputDirMissing { .. }
         | E::OutputDirNotWritable { .. }
         | E::DiskFull { .. }
-        | E::Write { .. } => ErrorKind::Transient,
+        | E::NoSpace { .. } => ErrorKind::Output,
+        E::Write { .. } => ErrorKind::Transient,
         _ => ErrorKind::Permanent,
     };
     JobError::new(kind, e.to_string())
@@ -448,6 +453,6 @@ mod tests {
         std::fs::remove_dir(&out).ok();
         std::fs::remove_file(out.join("p.png")).ok();
         std::fs::remove_dir(&out).unwrap();
-        assert_eq!(CopyProtector.protect(&job).unwrap_err().kind, ErrorKind::Transient);
+        assert_eq!(CopyProtector.protect(&job).unwrap_err().kind, ErrorKind::Output);
     }
 }

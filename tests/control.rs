@@ -355,3 +355,41 @@ fn another_user_is_refused() {
     assert_eq!(get(&sock, "/v1/version").0, 200);
     d.stop();
 }
+
+#[test]
+fn status_tells_of_a_photo_waiting_for_its_output_folder_and_retry_all_sends_it_now() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    let events = follow(&home.socket());
+    assert_eq!(events.recv_timeout(Duration::from_secs(10)).unwrap()["event"], "subscribed");
+    let out = home.path().join("Out");
+    std::fs::remove_dir(&out).unwrap();
+    photo(1, &home.path().join("In/a.png"));
+    let mut seen = Vec::new();
+    until(&events, "In/a.png", "waiting", &mut seen);
+    assert_eq!(seen, ["queued", "running", "waiting"]);
+
+    let status = home.veil_json(&["status"]);
+    assert_eq!(
+        (status["state"].as_str(), status["waiting"].as_u64()),
+        (Some("waiting"), Some(1)),
+        "{status}"
+    );
+    let last =
+        status["last_errors"].as_array().unwrap().last().unwrap()["message"].as_str().unwrap().to_string();
+    assert!(last.contains("does not exist") && last.contains("In/a.png"), "{last}");
+    let human = text(&home.veil(&["status"]).stdout);
+    assert!(human.contains("queue: 1 photo(s), 1 waiting to be tried again"), "{human}");
+
+    // Back, and sent again by hand: its attempts start over, so the one that writes it is the first.
+    std::fs::create_dir(&out).unwrap();
+    assert_eq!(home.veil_json(&["retry", "--all"])["retried"], 1);
+    until(&events, "In/a.png", "done", &mut seen);
+    assert!(out.join("a.png").is_file());
+    let (_, jobs) = get(&home.socket(), "/v1/jobs?status=done");
+    assert_eq!(jobs["jobs"][0]["attempts"], 1, "{jobs}");
+    let status = home.veil_json(&["status"]);
+    assert_eq!((status["state"].as_str(), status["waiting"].as_u64()), (Some("idle"), Some(0)), "{status}");
+    d.stop();
+}

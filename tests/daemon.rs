@@ -312,6 +312,37 @@ fn a_directory_of_photos_moved_in_is_picked_up() {
     assert_eq!(outputs, expected, "{log}");
 }
 
+#[test]
+fn a_photo_waits_while_its_output_folder_is_gone_and_is_protected_once_it_is_back() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    // As when the drive the output folder lives on is not mounted.
+    let out = home.path().join("Out");
+    std::fs::remove_dir(&out).unwrap();
+    let source = home.path().join("In/a.png");
+    std::fs::write(&source, photo(1, 16, "a.png")).unwrap();
+    d.wait_log(": waiting for its output folder", Duration::from_secs(60));
+    let row = home.rows()[&source].clone();
+    assert_eq!(row.status, "pending", "it waits, it has not failed: {row:?}");
+    let error = row.error.unwrap_or_default();
+    assert!(error.contains("output directory") && error.contains("does not exist"), "{error}");
+    assert!(
+        !out.exists(),
+        "veild does not make the folder itself (it would fill the disk under a mount point)"
+    );
+
+    std::fs::create_dir(&out).unwrap();
+    let rows = home.wait_settled(&d, 1, Duration::from_secs(60));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let row = &rows[&source];
+    assert_eq!(row.status, "done", "{row:?}\n{log}");
+    assert_eq!(row.output.as_deref(), Some(out.join("a.png").as_path()), "{row:?}");
+    assert_eq!(files(&out), [out.join("a.png")], "one copy, no temporary left: {log}");
+    assert_eq!(log.matches(": waiting for its output folder").count(), 1, "told once: {log}");
+}
+
 /// CPU time (user + system) of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -176,7 +176,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Try a job again (by its number), or every failed one.
+    /// Try a job again (by its number), or every failed one and every one waiting for another try
+    /// (--all).
     Retry {
         #[arg(value_name = "ID", required_unless_present = "all", conflicts_with = "all")]
         id: Option<i64>,

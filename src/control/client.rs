@@ -185,14 +185,18 @@ impl<R: BufRead> Read for Chunked<R> {
 /// `veil status` as a human reads it.
 pub fn status_table(s: &StatusReport) -> String {
     let mut out = format!(
-        "veild {} (pid {}): {}, up {}\ndevice: {}\nmodels: {}\nqueue: {} photo(s)\n",
+        "veild {} (pid {}): {}, up {}\ndevice: {}\nmodels: {}\nqueue: {} photo(s){}\n",
         s.version,
         s.pid,
         s.state,
         duration(s.uptime_seconds),
         s.device,
         if s.models.is_empty() { "none loaded".into() } else { s.models.join(", ") },
-        s.queue
+        s.queue,
+        match s.waiting {
+            0 => String::new(),
+            n => format!(", {n} waiting to be tried again (see the last errors)"),
+        }
     );
     let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     out += &format!("jobs: {}\n", if counts.is_empty() { "none yet".into() } else { counts.join(", ") });

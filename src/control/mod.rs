@@ -35,7 +35,9 @@ pub struct Version {
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
-    /// `idle`, `working` (photos queued or in the engine) or `paused`.
+    /// `idle`, `working` (photos queued or in the engine), `waiting` (nothing to do but photos that
+    /// wait for another try: their output folder could not take them, or an attempt failed) or
+    /// `paused`.
     pub state: String,
     pub version: String,
     pub pid: u32,
@@ -45,6 +47,10 @@ pub struct StatusReport {
     pub models: Vec<String>,
     /// Photos waiting, in the engine, or seen and settling.
     pub queue: u64,
+    /// Of the queue, photos that wait for another try after an error (see `last_errors`) and are
+    /// not due yet.
+    #[serde(default)]
+    pub waiting: u64,
     /// Jobs per status (`pending`, `running`, `done`, `failed`, `skipped`).
     pub counts: BTreeMap<String, u64>,
     pub folders: Vec<FolderStatus>,
@@ -118,7 +124,8 @@ pub struct ProtectReply {
     pub photos: Vec<ProtectOutcome>,
 }
 
-/// `POST /v1/retry`: one job (`id`) or every failed one (`all`).
+/// `POST /v1/retry`: one job (`id`), or every failed one and every one waiting for another try
+/// (`all`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
@@ -144,7 +151,7 @@ pub struct StateReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// `subscribed` (first line), `queued`, `running`, `done`, `failed`, `retrying` (failed, will be
-    /// tried again), `skipped`, `paused`, `resumed`, `reloaded`, or `lagged` (events were lost).
+    /// tried again), `waiting` (its output folder cannot take it now: tried again later), `skipped`, `paused`, `resumed`, `reloaded`, or `lagged` (events were lost).
     pub event: String,
     /// Seconds since the epoch.
     pub at: f64,

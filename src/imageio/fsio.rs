@@ -85,19 +85,7 @@ pub fn write_atomic(
     replace: bool,
     source: FileId,
 ) -> Result<PathBuf, ImageError> {
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(ImageError::OutputDirNotWritable {
-                dir: dir.into(),
-                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-            })
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(ImageError::OutputDirMissing { dir: dir.into() })
-        }
-        Err(source) => return Err(ImageError::OutputDirNotWritable { dir: dir.into(), source }),
-    }
+    output_dir_exists(dir)?;
     // Short enough for any file system's name limit, whatever the length of `name`.
     let short: String = name.chars().take(64).collect();
     let tmp = dir.join(format!(
@@ -173,6 +161,53 @@ pub fn write_atomic(
         }
     }
     Ok(path)
+}
+
+/// `dir` exists and is a folder.
+fn output_dir_exists(dir: &Path) -> Result<(), ImageError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(ImageError::OutputDirNotWritable {
+            dir: dir.into(),
+            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(ImageError::OutputDirMissing { dir: dir.into() })
+        }
+        Err(source) => Err(ImageError::OutputDirNotWritable { dir: dir.into(), source }),
+    }
+}
+
+/// Checks, before any work is spent on `photo`, that `dir` can take its copy now: it exists, is a
+/// writable folder (a read-only mount included), and its file system has at least `need` bytes
+/// free for this user. A cheap test of the surroundings, not a promise: the write itself still
+/// reports a disk that fills up meanwhile.
+pub fn check_output_dir(photo: &Path, dir: &Path, need: u64) -> Result<(), ImageError> {
+    use std::os::unix::ffi::OsStrExt;
+    output_dir_exists(dir)?;
+    let not_writable = |source| ImageError::OutputDirNotWritable { dir: dir.into(), source };
+    let c =
+        std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| not_writable(io::Error::other(e)))?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(not_writable(io::Error::last_os_error()));
+    }
+    if need == 0 {
+        return Ok(());
+    }
+    // SAFETY: statvfs only writes into the zeroed struct it is given; `c` outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        // A file system that cannot say: the write will tell.
+        return Ok(());
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between Linux and macOS
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    if free < need {
+        // Named without the trailing `/` a joined empty sub-folder leaves.
+        return Err(ImageError::NoSpace { path: photo.into(), dir: dir.components().collect(), free, need });
+    }
+    Ok(())
 }
 
 /// Renames without replacing an existing file (`AlreadyExists` then).
@@ -251,6 +286,30 @@ mod tests {
         let err = write_atomic(&missing, "p.jpg", b"x", false, None).unwrap_err();
         assert!(matches!(err, ImageError::OutputDirMissing { .. }));
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn the_output_folder_is_checked_before_any_work() {
+        let d = tempfile::tempdir().unwrap();
+        let photo = Path::new("/in/p.jpg");
+        check_output_dir(photo, d.path(), 0).unwrap();
+        check_output_dir(photo, d.path(), 1).unwrap();
+        let missing = d.path().join("gone");
+        let err = check_output_dir(photo, &missing, 0).unwrap_err();
+        assert!(matches!(err, ImageError::OutputDirMissing { .. }), "{err}");
+        let file = d.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = check_output_dir(photo, &file, 0).unwrap_err();
+        assert!(matches!(err, ImageError::OutputDirNotWritable { .. }), "{err}");
+        // No file system has this much free: the photo, the folder (without the trailing slash of
+        // a joined empty sub-folder) and the need are named.
+        let err = check_output_dir(photo, &d.path().join(""), u64::MAX).unwrap_err();
+        let ImageError::NoSpace { dir, need, .. } = &err else { panic!("{err}") };
+        assert_eq!((dir.as_path(), *need), (d.path(), u64::MAX));
+        let text = err.to_string();
+        let start = format!("/in/p.jpg: output directory {} is full (", d.path().display());
+        assert!(text.starts_with(&start), "{text}");
+        assert!(text.ends_with("the photo alone is 18446744073.7 GB); nothing was written"), "{text}");
     }
 
     #[test]

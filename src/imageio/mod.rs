@@ -221,6 +221,8 @@ pub enum ImageError {
     OutputDirNotWritable { dir: PathBuf, source: std::io::Error },
     #[error("{}: disk full; nothing was written", path.display())]
     DiskFull { path: PathBuf },
+    #[error("{}: output directory {} is full ({} free, the photo alone is {}); nothing was written", path.display(), dir.display(), bytes(*free), bytes(*need))]
+    NoSpace { path: PathBuf, dir: PathBuf, free: u64, need: u64 },
     #[error("{}: cannot write: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
 }
@@ -295,6 +297,23 @@ impl fmt::Display for Written {
             self.bytes,
             self.input_bytes
         )
+    }
+}
+
+/// Checks that the folder `dir` can take a protected copy of `photo` now, before any work is spent
+/// on it: it exists, is writable, and has at least `need` bytes free (0: no space check). See
+/// [`fsio::check_output_dir`].
+pub fn check_output_dir(photo: &Path, dir: &Path, need: u64) -> Result<(), ImageError> {
+    fsio::check_output_dir(photo, dir, need)
+}
+
+/// A size as a person reads it: `812 bytes`, `57.9 KB`, `4.2 MB`, `1.3 GB` (powers of 1000).
+pub fn bytes(n: u64) -> String {
+    match n {
+        0..=999 => format!("{n} bytes"),
+        1_000..=999_999 => format!("{:.1} KB", n as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1} MB", n as f64 / 1e6),
+        _ => format!("{:.1} GB", n as f64 / 1e9),
     }
 }
 

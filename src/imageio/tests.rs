@@ -993,3 +993,12 @@ fn a_non_interleaved_420_jpeg_decodes_to_its_colours() {
     assert!(ours < 6.0, "{ours}");
     assert!(theirs > 20.0, "the image crate now reads this layout right ({theirs}): the fallback may go");
 }
+
+#[test]
+fn sizes_read_as_a_person_reads_them() {
+    assert_eq!(bytes(0), "0 bytes");
+    assert_eq!(bytes(999), "999 bytes");
+    assert_eq!(bytes(57_980), "58.0 KB");
+    assert_eq!(bytes(4_200_000), "4.2 MB");
+    assert_eq!(bytes(1_300_000_000), "1.3 GB");
+}

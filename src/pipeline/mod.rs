@@ -534,6 +534,14 @@ impl Pipeline {
 /// Decodes a job's photo. Runs on a decoder thread: it needs no model.
 fn decode(config: &Config, job: &FileJob) -> Result<Photo, PipelineError> {
     let settings = job.options.imageio.as_ref().unwrap_or(&config.imageio);
+    // An output folder that cannot take the copy (gone, read-only, full) is found before the
+    // photo's attack is computed for nothing. A copy in the source's format is rarely smaller than
+    // the source; in another format it may be, so then only the folder itself is checked.
+    let need = match job.options.format {
+        None => std::fs::metadata(&job.source).map_or(0, |m| m.len()),
+        Some(_) => 0,
+    };
+    imageio::check_output_dir(&job.source, &job.out_dir, need)?;
     Ok(match &job.options.folder {
         Some(folder) => imageio::read_in_folder(folder, &job.source, settings)?,
         None => imageio::read(&job.source, settings)?,
