@@ -282,8 +282,12 @@ struct Folder {
     /// `None`: polled.
     watcher: Option<Watcher>,
     next_poll: Option<Instant>,
-    /// Why it is polled although events were asked for.
+    /// Why it is polled although events were asked for, or why it is not watched at all.
     watch_error: Option<String>,
+    /// The folder's (device, inode) when it was last found; `None`: it is gone (deleted, moved
+    /// away, its drive unmounted). Another one at the same path (made again, mounted again) is
+    /// watched anew.
+    id: Option<(u64, u64)>,
 }
 
 /// A file seen but not yet stable.
@@ -303,6 +307,8 @@ struct Core {
     candidates: HashMap<PathBuf, Candidate>,
     busy: Vec<PathBuf>,
     next_rescan: Instant,
+    /// When the folders are next looked at (are they still there, still the same?).
+    next_check: Instant,
     last_error: Option<String>,
     status: String,
     info: Info,
@@ -331,6 +337,7 @@ impl Core {
             candidates: HashMap::new(),
             busy: Vec::new(),
             next_rescan: Instant::now() + rescan,
+            next_check: Instant::now(),
             last_error: None,
             status: String::new(),
             info,
@@ -387,16 +394,21 @@ impl Core {
         }
     }
 
-    /// Rescans and polls that are due.
+    /// Folder checks, rescans and polls that are due.
     fn tick(&mut self) {
         let now = Instant::now();
+        if now >= self.next_check {
+            self.next_check = now + self.poll_period();
+            self.check_folders();
+        }
         let mut due = Vec::new();
         let all = now >= self.next_rescan;
         if all {
             self.next_rescan = now + rescan_period(&self.config);
         }
         let poll = Duration::from_secs_f64(self.config.watch.poll_seconds.get());
-        for f in &mut self.folders {
+        // A folder that is gone is looked for by `check_folders`, not scanned.
+        for f in self.folders.iter_mut().filter(|f| f.id.is_some()) {
             match f.next_poll {
                 Some(t) if t <= now => {
                     f.next_poll = Some(now + poll);
@@ -413,7 +425,7 @@ impl Core {
 
     fn next_wake(&self) -> Instant {
         let settle = self.settle_time();
-        let mut next = self.next_rescan;
+        let mut next = self.next_rescan.min(self.next_check);
         for c in self.candidates.values() {
             next = next.min(c.since + settle);
         }
@@ -428,6 +440,49 @@ impl Core {
             next = next.min(Instant::now() + wait);
         }
         next
+    }
+
+    fn poll_period(&self) -> Duration {
+        Duration::from_secs_f64(self.config.watch.poll_seconds.get())
+    }
+
+    /// Looks whether each folder is still the one found before: one that is gone is told once (a
+    /// warning and a last error) and no longer watched; one that is back, or was replaced by
+    /// another at its path (made again, its drive mounted again), is watched anew and scanned.
+    fn check_folders(&mut self) {
+        for i in 0..self.folders.len() {
+            let (root, was) = (self.folders[i].config.path.clone(), self.folders[i].id);
+            let now = folder_id(&root);
+            if now == was {
+                continue;
+            }
+            match now {
+                None => {
+                    let f = &mut self.folders[i];
+                    f.id = None;
+                    f.watcher = None;
+                    f.next_poll = None;
+                    f.watch_error = Some("the folder is gone; it is watched again when it is back".into());
+                    self.candidates.retain(|_, c| c.folder != root);
+                    self.warn(format!(
+                        "the watched folder {} is gone (deleted, moved away or its drive unmounted): photos \
+                         put there are not protected until it is back; veild looks for it every {} s",
+                        root.display(),
+                        self.config.watch.poll_seconds.get()
+                    ));
+                }
+                Some(id) => {
+                    let how = if was.is_none() { "is back" } else { "was replaced by another folder" };
+                    tracing::info!("the watched folder {} {how}: watching it anew", root.display());
+                    let config = self.folders[i].config.clone();
+                    let (watcher, next_poll, watch_error) = self.watch(&config);
+                    let f = &mut self.folders[i];
+                    (f.watcher, f.next_poll, f.watch_error, f.id) =
+                        (watcher, next_poll, watch_error, Some(id));
+                    self.scan(&root, &root);
+                }
+            }
+        }
     }
 
     fn settle_time(&self) -> Duration {
@@ -461,6 +516,7 @@ impl Core {
                     }
                 }
             }
+            Hint::FolderGone => self.check_folders(),
             Hint::CannotWatch(message) => {
                 let poll = self.config.watch.poll_seconds.get();
                 tracing::error!("{message}; polling it every {poll} s meanwhile");
@@ -772,7 +828,12 @@ impl Core {
                         .map(|f| control::FolderStatus {
                             path: control::lossy(&f.config.path),
                             output: control::lossy(&f.config.output),
-                            watch: if f.watcher.is_some() { "events" } else { "poll" }.into(),
+                            watch: match (&f.watcher, f.id) {
+                                (_, None) => "gone",
+                                (Some(_), _) => "events",
+                                (None, _) => "poll",
+                            }
+                            .into(),
                             error: f.watch_error.clone(),
                         })
                         .collect(),
@@ -948,8 +1009,9 @@ impl Core {
                 self.folders.push(f);
                 continue;
             }
+            let id = folder_id(&config.path);
             let (watcher, next_poll, watch_error) = self.watch(config);
-            self.folders.push(Folder { config: config.clone(), filter, watcher, next_poll, watch_error });
+            self.folders.push(Folder { config: config.clone(), filter, watcher, next_poll, watch_error, id });
             added.push(config.path.clone());
         }
         for f in old {
@@ -1028,6 +1090,12 @@ impl Core {
             let _ = self.store.finish(&path, &Finish::Requeue);
         }
     }
+}
+
+/// The (device, inode) of the folder at `path`, if one is there.
+fn folder_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
 }
 
 fn rescan_period(config: &Config) -> Duration {

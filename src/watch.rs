@@ -191,6 +191,8 @@ pub enum Hint {
     Rescan,
     /// The system cannot watch this folder (any more); the message says what to change.
     CannotWatch(String),
+    /// The folder itself was removed or moved away: its watch has ended.
+    FolderGone,
 }
 
 /// File-system events of one folder, delivered to a callback on the debouncer's thread.
@@ -207,6 +209,15 @@ impl Watcher {
             Ok(events) => {
                 if events.iter().any(|e| e.need_rescan()) {
                     on_hint(Hint::Rescan);
+                }
+                let gone = |e: &notify_debouncer_full::DebouncedEvent| {
+                    matches!(
+                        e.kind,
+                        EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+                    ) && e.paths.contains(&root)
+                };
+                if events.iter().any(gone) {
+                    on_hint(Hint::FolderGone);
                 }
                 let paths: Vec<PathBuf> = events
                     .into_iter()
@@ -407,5 +418,34 @@ mod tests {
         std::fs::write(d.path().join("a.jpg"), "x").unwrap();
         let hint = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(matches!(&hint, Hint::Paths(p) if p.contains(&d.path().join("a.jpg"))), "{hint:?}");
+    }
+
+    #[test]
+    fn watcher_reports_its_folder_removed_or_moved_away() {
+        for moved in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let input = d.path().join("in");
+            std::fs::create_dir(&input).unwrap();
+            let folder = FolderConfig::new(&input, d.path().join("out"));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let _w = Watcher::new(&folder, move |h| {
+                let _ = tx.send(h);
+            })
+            .unwrap();
+            if moved {
+                std::fs::rename(&input, d.path().join("elsewhere")).unwrap();
+            } else {
+                std::fs::remove_dir(&input).unwrap();
+            }
+            // Other hints may come first (the debouncer's view of the same change).
+            let mut hints = Vec::new();
+            while let Ok(h) = rx.recv_timeout(Duration::from_secs(5)) {
+                hints.push(h);
+                if hints.last() == Some(&Hint::FolderGone) {
+                    break;
+                }
+            }
+            assert_eq!(hints.last(), Some(&Hint::FolderGone), "moved {moved}: {hints:?}");
+        }
     }
 }

@@ -343,6 +343,46 @@ fn a_photo_waits_while_its_output_folder_is_gone_and_is_protected_once_it_is_bac
     assert_eq!(log.matches(": waiting for its output folder").count(), 1, "told once: {log}");
 }
 
+#[test]
+fn a_watched_folder_deleted_then_made_again_or_replaced_is_watched_anew() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3\npoll_seconds = 1", &[("In", "Out")]);
+    let d = home.start();
+    let input = home.path().join("In");
+    std::fs::remove_dir(&input).unwrap();
+    d.wait_log("the watched folder", Duration::from_secs(30));
+    d.wait_log("is gone (deleted, moved away or its drive unmounted)", Duration::from_secs(1));
+    // veild does not make it again itself.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!input.exists());
+
+    std::fs::create_dir(&input).unwrap();
+    d.wait_log("is back: watching it anew", Duration::from_secs(30));
+    std::fs::write(input.join("a.png"), photo(1, 16, "a.png")).unwrap();
+    home.wait_settled(&d, 1, Duration::from_secs(60));
+
+    // Moved away and another folder put in its place (as a drive mounted again is): the new one
+    // is watched, and nothing in the old one is taken for a photo of the new.
+    std::fs::rename(&input, home.path().join("In.old")).unwrap();
+    std::fs::create_dir(&input).unwrap();
+    // Seen replaced, or (a check falling between the two calls above) gone and back.
+    let start = Instant::now();
+    while d.log().matches(": watching it anew").count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "not watched anew:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(input.join("b.png"), photo(2, 16, "b.png")).unwrap();
+    std::fs::write(home.path().join("In.old/c.png"), photo(3, 16, "c.png")).unwrap();
+    let rows = home.wait_settled(&d, 2, Duration::from_secs(60));
+    // One more check period: c.png is never picked up.
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let out = home.path().join("Out");
+    assert_eq!(files(&out), [out.join("a.png"), out.join("b.png")], "{rows:#?}\n{log}");
+    assert_eq!(home.rows().len(), 2, "{log}");
+}
+
 /// CPU time (user + system) of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

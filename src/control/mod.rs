@@ -62,7 +62,8 @@ pub struct StatusReport {
 pub struct FolderStatus {
     pub path: String,
     pub output: String,
-    /// `events` (inotify and friends) or `poll`.
+    /// `events` (inotify and friends), `poll`, or `gone` (the folder is not there: it is watched
+    /// again when it is back).
     pub watch: String,
     /// Why the folder cannot be watched by events, if it cannot.
     pub error: Option<String>,
