@@ -156,6 +156,9 @@ pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
             report.push(Level::Fail, "output", e.to_string());
         }
     }
+    if let Err(e) = crate::watch::check_outputs(&config.folders) {
+        report.push(Level::Fail, "watch", e.to_string());
+    }
     report
 }
 

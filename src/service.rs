@@ -223,6 +223,9 @@ fn create_folders(folders: &[FolderConfig]) -> Result<(), ServiceError> {
                 .map_err(|source| ServiceError::Folder { path: dir.clone(), source })?;
         }
         watch::check_output(folder)?;
+    }
+    watch::check_outputs(folders)?;
+    for folder in folders {
         let stale = watch::remove_stale_temporaries(&folder.output);
         if stale > 0 {
             tracing::info!("removed {stale} unfinished temporary file(s) from {}", folder.output.display());

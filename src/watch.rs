@@ -34,6 +34,16 @@ pub enum WatchError {
         real.display()
     )]
     OutputOverlaps { folder: PathBuf, output: PathBuf, how: &'static str, real: PathBuf },
+    /// A watched folder is another folder's output, or lies inside it.
+    #[error(
+        "folder {}: it {how} {}, the output of folder {} (symbolic links followed); Veil leaves \
+         protected copies alone, so nothing put there would ever be protected: watch a folder outside \
+         every output",
+        folder.display(),
+        output.display(),
+        other.display()
+    )]
+    InOtherOutput { folder: PathBuf, how: &'static str, other: PathBuf, output: PathBuf },
 }
 
 /// Whether `folder`'s output stays out of the way once symbolic links are followed: an output that
@@ -55,6 +65,31 @@ pub fn check_output(folder: &FolderConfig) -> Result<(), WatchError> {
         how,
         real: own,
     })
+}
+
+/// Whether any watched folder is, or lies inside, another folder's output ([`check_output`] checks
+/// each folder against its own).
+pub fn check_outputs(folders: &[FolderConfig]) -> Result<(), WatchError> {
+    for folder in folders {
+        let root = resolved(&folder.path);
+        for other in folders.iter().filter(|o| o.path != folder.path) {
+            let output = resolved(&other.output);
+            let how = if root == output {
+                "is"
+            } else if root.starts_with(&output) {
+                "lies inside"
+            } else {
+                continue;
+            };
+            return Err(WatchError::InOtherOutput {
+                folder: folder.path.clone(),
+                how,
+                other: other.path.clone(),
+                output: other.output.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `path` with its symbolic links followed: its longest existing ancestor made canonical, the rest
@@ -393,6 +428,27 @@ mod tests {
             assert!(check_output(&folder).is_err());
         }
         assert!(check_output(&FolderConfig::new(&root, d.path().join("out"))).is_ok());
+    }
+
+    #[test]
+    fn a_folder_that_is_or_lies_in_another_folders_output_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |s: &str| d.path().join(s);
+        std::fs::create_dir_all(p("b/sub")).unwrap();
+        std::os::unix::fs::symlink(p("b"), p("link")).unwrap();
+        let a = FolderConfig::new(p("a"), p("b"));
+        for (watched, how) in [("b", "it is "), ("b/sub", "it lies inside "), ("link", "it is ")] {
+            let folders = [a.clone(), FolderConfig::new(p(watched), p("c"))];
+            let err = check_outputs(&folders).unwrap_err().to_string();
+            let other = format!("the output of folder {}", p("a").display());
+            assert!(err.starts_with(&format!("folder {}: {how}", p(watched).display())), "{err}");
+            assert!(err.contains(&other), "{err}");
+        }
+        // An output inside another watched folder is fine (that folder leaves it alone), and so
+        // are two folders with outputs of their own.
+        assert!(check_outputs(&[a.clone(), FolderConfig::new(p("b/.."), p("c"))]).is_ok());
+        assert!(check_outputs(&[a.clone(), FolderConfig::new(p("x"), p("a/out"))]).is_ok());
+        assert!(check_outputs(&[a, FolderConfig::new(p("x"), p("y"))]).is_ok());
     }
 
     #[test]

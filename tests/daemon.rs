@@ -491,6 +491,32 @@ fn an_output_that_is_the_watched_folder_through_a_symbolic_link_is_refused_at_st
 }
 
 #[test]
+fn a_watched_folder_that_is_another_folders_output_is_refused_at_start_and_by_doctor() {
+    let home = Home::new();
+    home.configure("", &[("In", "Out"), ("Out", "Out2")]);
+    let config = home.config_path();
+    let out = output_within(
+        home.command(env!("CARGO_BIN_EXE_veild")).args(["--config", config.to_str().unwrap()]),
+        REFUSED_LIMIT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let expected = format!(
+        "it is {}, the output of folder {}",
+        home.path().join("Out").display(),
+        home.path().join("In").display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    let doctor = output_within(
+        home.command(env!("CARGO_BIN_EXE_veil")).args(["--config", config.to_str().unwrap(), "doctor"]),
+        REFUSED_LIMIT,
+    );
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL") && text.contains(&expected), "{text}");
+}
+
+#[test]
 fn without_models_nothing_unprotected_is_written_and_the_reason_is_recorded() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);
