@@ -21,6 +21,7 @@ use crate::{
     control::{self, server, ApiError, Command, Event, Reply},
     engine::{self, EngineError},
     models::{Inventory, Role},
+    pipeline,
     store::{self, Finish, Observed, Status, Store, StoreError},
     systemd,
     watch::{self, Filter, Hint, Watcher},
@@ -900,8 +901,11 @@ impl Core {
                 control::to_reply(&control::RetryReply { retried })
             }
             Command::Protect(request) => {
-                let photos =
-                    request.paths.iter().map(|p| self.protect_now(p, request.output.as_deref())).collect();
+                let photos = request
+                    .paths
+                    .iter()
+                    .flat_map(|p| self.protect_now(p, request.output.as_deref()))
+                    .collect();
                 control::to_reply(&control::ProtectReply { photos })
             }
             Command::Reload(config) => self.reload(*config).and_then(|()| {
@@ -913,9 +917,37 @@ impl Core {
         }
     }
 
+    /// `POST /v1/protect` for one path: a file as [`Core::protect_file_now`]; a folder walked as
+    /// `veil protect` walks it (hidden entries, other files and every output folder left out), and
+    /// each of its photos protected now.
+    fn protect_now(&mut self, path: &Path, output: Option<&Path>) -> Vec<control::ProtectOutcome> {
+        let fail = |message: &str| control::ProtectOutcome {
+            path: control::lossy(path),
+            outcome: "error".into(),
+            id: None,
+            message: Some(message.into()),
+        };
+        if !path.is_absolute() {
+            return vec![fail("not an absolute path")];
+        }
+        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            return vec![self.protect_file_now(path, output)];
+        }
+        let mut outputs: Vec<PathBuf> = self.config.folders.iter().map(|f| f.output.clone()).collect();
+        outputs.extend(output.map(Path::to_path_buf));
+        if outputs.iter().any(|o| folder_id(o).is_some() && folder_id(o) == folder_id(path)) {
+            return vec![fail("an output folder: Veil does not protect its own copies again")];
+        }
+        match pipeline::collect_photos(&[path.to_path_buf()], &outputs) {
+            Ok(photos) if photos.is_empty() => vec![fail("a folder with no photos in it")],
+            Ok(photos) => photos.iter().map(|p| self.protect_file_now(p, output)).collect(),
+            Err(e) => vec![fail(&e.to_string())],
+        }
+    }
+
     /// `POST /v1/protect` for one file: hashed and recorded at once, without the settle time. A
     /// photo outside the watched folders goes to `output`, else to the first folder's output.
-    fn protect_now(&mut self, path: &Path, output: Option<&Path>) -> control::ProtectOutcome {
+    fn protect_file_now(&mut self, path: &Path, output: Option<&Path>) -> control::ProtectOutcome {
         let outcome = |outcome: &str, id: Option<i64>, message: Option<String>| control::ProtectOutcome {
             path: control::lossy(path),
             outcome: outcome.into(),

@@ -253,11 +253,8 @@ impl Protector for CopyProtector {
     fn protect(&mut self, job: &Job) -> Result<JobOutcome, JobError> {
         let start = std::time::Instant::now();
         let photo = imageio::read_in_folder(&job.folder, &job.source, &job.imageio).map_err(from_image)?;
-        let name = job.source.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-            JobError::new(
-                ErrorKind::Permanent,
-                format!("{}: the file name is not valid UTF-8", job.source.display()),
-            )
+        let name = job.source.file_name().ok_or_else(|| {
+            JobError::new(ErrorKind::Permanent, format!("{}: not a file name", job.source.display()))
         })?;
         let written =
             imageio::write(&photo, &job.output_dir, name, job.format, &job.imageio).map_err(from_image)?;

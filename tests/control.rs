@@ -393,3 +393,50 @@ fn status_tells_of_a_photo_waiting_for_its_output_folder_and_retry_all_sends_it_
     assert_eq!((status["state"].as_str(), status["waiting"].as_u64()), (Some("idle"), Some(0)), "{status}");
     d.stop();
 }
+
+#[test]
+fn veil_add_walks_a_folder_leaving_out_hidden_entries_other_files_and_outputs() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    let events = follow(&home.socket());
+    assert_eq!(events.recv_timeout(Duration::from_secs(10)).unwrap()["event"], "subscribed");
+    let album = home.path().join("Album");
+    for name in ["a.png", "sub/b.png", ".hidden/c.png", "copies/d.png"] {
+        let p = album.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        photo(1 + name.len() as u32, &p);
+    }
+    std::fs::write(album.join("notes.txt"), "not a photo").unwrap();
+    std::fs::create_dir_all(home.path().join("Empty")).unwrap();
+    let copies = album.join("copies");
+    let added = home.veil_json(&["add", "--out", copies.to_str().unwrap(), album.to_str().unwrap()]);
+    let paths: Vec<&str> =
+        added["photos"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap()).collect();
+    let want = [album.join("a.png"), album.join("sub/b.png")];
+    assert_eq!(paths, want.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>(), "{added}");
+    assert!(added["photos"].as_array().unwrap().iter().all(|p| p["outcome"] == "queued"), "{added}");
+    until(&events, "Album/a.png", "done", &mut Vec::new());
+    until(&events, "Album/sub/b.png", "done", &mut Vec::new());
+    // Copies of photos outside the watched folders go to --out, side by side.
+    assert!(copies.join("a.png").is_file() && copies.join("b.png").is_file());
+
+    // An empty folder, an output folder: each is named with what is wrong; the call fails.
+    for (folder, message) in [("Empty", "a folder with no photos in it"), ("Out", "an output folder")] {
+        let o = home.veil(&["add", home.path().join(folder).to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+        assert!(text(&o.stdout).contains(&format!("{folder}: error: {message}")), "{}", text(&o.stdout));
+    }
+    // A path JSON cannot carry is refused by the CLI, naming it.
+    use std::os::unix::ffi::OsStrExt;
+    let latin = home.path().join("In").join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+    photo(9, &latin);
+    let o = output_within(home.configured(env!("CARGO_BIN_EXE_veil")).arg("add").arg(&latin), CLI_LIMIT);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("caf\u{fffd}.png: the daemon's control socket takes UTF-8 paths only"),
+        "{}",
+        text(&o.stderr)
+    );
+    d.stop();
+}

@@ -28,24 +28,23 @@ impl Home {
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
     }
 
-    /// Every row: path → (status, error, output, attempts).
+    /// Every row: path → (status, error, output, attempts). Paths are read as the bytes they are.
     fn rows(&self) -> HashMap<PathBuf, Row> {
+        use std::os::unix::ffi::OsStringExt;
+        let path = |b: Vec<u8>| PathBuf::from(std::ffi::OsString::from_vec(b));
         let db = self.db();
         let mut stmt = db
-            .prepare(
-                "SELECT CAST(path AS TEXT), status, error, CAST(output AS TEXT), attempts, \
-                 CAST(duplicate_of AS TEXT) FROM files",
-            )
+            .prepare("SELECT path, status, error, output, attempts, duplicate_of FROM files")
             .unwrap();
         stmt.query_map([], |r| {
             Ok((
-                PathBuf::from(r.get::<_, String>(0)?),
+                path(r.get(0)?),
                 Row {
                     status: r.get(1)?,
                     error: r.get(2)?,
-                    output: r.get::<_, Option<String>>(3)?.map(PathBuf::from),
+                    output: r.get::<_, Option<Vec<u8>>>(3)?.map(path),
                     attempts: r.get(4)?,
-                    duplicate_of: r.get::<_, Option<String>>(5)?.map(PathBuf::from),
+                    duplicate_of: r.get::<_, Option<Vec<u8>>>(5)?.map(path),
                 },
             ))
         })
@@ -381,6 +380,24 @@ fn a_watched_folder_deleted_then_made_again_or_replaced_is_watched_anew() {
     let out = home.path().join("Out");
     assert_eq!(files(&out), [out.join("a.png"), out.join("b.png")], "{rows:#?}\n{log}");
     assert_eq!(home.rows().len(), 2, "{log}");
+}
+
+#[test]
+fn a_photo_whose_name_is_not_utf8_is_protected_under_the_same_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    // "café.png" in Latin-1, as old cameras, archives and some network shares write it.
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.png");
+    std::fs::write(home.path().join("In").join(name), photo(4, 16, "a.png")).unwrap();
+    let rows = home.wait_settled(&d, 1, Duration::from_secs(60));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let out = home.path().join("Out").join(name);
+    assert_eq!(rows.values().next().map(|r| r.status.as_str()), Some("done"), "{rows:#?}");
+    assert_eq!(files(&home.path().join("Out")), [out.clone()], "{log}");
+    assert_eq!(decodes(&out).dimensions(), (16, 16));
 }
 
 /// CPU time (user + system) of a process, in clock ticks.

@@ -375,6 +375,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 paths: paths.iter().map(absolute).collect::<anyhow::Result<_>>()?,
                 output: out_dir.as_ref().map(absolute).transpose()?,
             };
+            // JSON carries text: a path that is not UTF-8 cannot be sent.
+            if let Some(p) = request.paths.iter().chain(&request.output).find(|p| p.to_str().is_none()) {
+                anyhow::bail!(
+                    "{}: the daemon's control socket takes UTF-8 paths only; protect it with `veil protect`, \
+                     or rename it (a photo inside a watched folder is protected anyway)",
+                    p.display()
+                );
+            }
             let reply: control::ProtectReply =
                 client(cli.config.as_deref(), &dirs()?)?.call("POST", "/v1/protect", Some(&request))?;
             let failed = reply.photos.iter().filter(|p| p.outcome == "error").count();
@@ -560,7 +568,10 @@ fn protect(
         None => anyhow::bail!("no --out given and no folder configured to take its output"),
     };
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let photos = pipeline::collect_photos(paths, &out_dir)?;
+    // Neither this run's copies nor the daemon's are protected again when a folder holds them.
+    let mut outputs = vec![out_dir.clone()];
+    outputs.extend(config.folders.iter().map(|f| f.output.clone()));
+    let photos = pipeline::collect_photos(paths, &outputs)?;
     let mut pipeline = load_pipeline(config)?;
     let mut rng = Rng::new(config.protect.seed());
     let options = JobOptions { preset, ..JobOptions::default() };

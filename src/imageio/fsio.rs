@@ -1,9 +1,13 @@
 //! Opening sources safely and writing outputs atomically.
 
 use std::{
+    ffi::{OsStr, OsString},
     fs::{File, OpenOptions},
     io::{self, Read, Write},
-    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    os::unix::{
+        ffi::{OsStrExt, OsStringExt},
+        fs::{MetadataExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -63,15 +67,20 @@ fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
-/// `name`, then `stem (1).ext`, `stem (2).ext`, …
-fn candidate(name: &str, k: u32) -> String {
+/// `name`, then `stem (1).ext`, `stem (2).ext`, … (the name's bytes kept as they are).
+fn candidate(name: &OsStr, k: u32) -> OsString {
     if k == 0 {
-        return name.to_string();
+        return name.to_os_string();
     }
-    match name.rfind('.').filter(|&i| i > 0) {
-        Some(i) => format!("{} ({k}){}", &name[..i], &name[i..]),
-        None => format!("{name} ({k})"),
-    }
+    let bytes = name.as_bytes();
+    let (stem, ext) = match bytes.iter().rposition(|&b| b == b'.').filter(|&i| i > 0) {
+        Some(i) => bytes.split_at(i),
+        None => (bytes, &[][..]),
+    };
+    let mut out = stem.to_vec();
+    out.extend_from_slice(format!(" ({k})").as_bytes());
+    out.extend_from_slice(ext);
+    OsString::from_vec(out)
 }
 
 /// Writes `bytes` as `dir/name` atomically: a hidden temporary file in `dir` is written and
@@ -80,14 +89,14 @@ fn candidate(name: &str, k: u32) -> String {
 /// directory is synced last. On any error the temporary file is removed.
 pub fn write_atomic(
     dir: &Path,
-    name: &str,
+    name: &OsStr,
     bytes: &[u8],
     replace: bool,
     source: FileId,
 ) -> Result<PathBuf, ImageError> {
     output_dir_exists(dir)?;
     // Short enough for any file system's name limit, whatever the length of `name`.
-    let short: String = name.chars().take(64).collect();
+    let short: String = name.to_string_lossy().chars().take(64).collect();
     let tmp = dir.join(format!(
         ".{short}.veil-{}-{}.tmp",
         std::process::id(),
@@ -183,7 +192,6 @@ fn output_dir_exists(dir: &Path) -> Result<(), ImageError> {
 /// free for this user. A cheap test of the surroundings, not a promise: the write itself still
 /// reports a disk that fills up meanwhile.
 pub fn check_output_dir(photo: &Path, dir: &Path, need: u64) -> Result<(), ImageError> {
-    use std::os::unix::ffi::OsStrExt;
     output_dir_exists(dir)?;
     let not_writable = |source| ImageError::OutputDirNotWritable { dir: dir.into(), source };
     let c =
@@ -214,7 +222,6 @@ pub fn check_output_dir(photo: &Path, dir: &Path, need: u64) -> Result<(), Image
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::unix::ffi::OsStrExt;
         let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
         let (f, t) = (c(from)?, c(to)?);
         // SAFETY: both are valid NUL-terminated paths that outlive the call.
@@ -240,21 +247,21 @@ mod tests {
 
     #[test]
     fn candidates() {
-        assert_eq!(candidate("photo.jpg", 0), "photo.jpg");
-        assert_eq!(candidate("photo.jpg", 1), "photo (1).jpg");
-        assert_eq!(candidate("a.b.png", 2), "a.b (2).png");
-        assert_eq!(candidate(".hidden", 1), ".hidden (1)");
+        assert_eq!(candidate(OsStr::new("photo.jpg"), 0), "photo.jpg");
+        assert_eq!(candidate(OsStr::new("photo.jpg"), 1), "photo (1).jpg");
+        assert_eq!(candidate(OsStr::new("a.b.png"), 2), "a.b (2).png");
+        assert_eq!(candidate(OsStr::new(".hidden"), 1), ".hidden (1)");
     }
 
     #[test]
     fn never_clobbers_and_leaves_no_temporary() {
         let d = tempfile::tempdir().unwrap();
-        let a = write_atomic(d.path(), "p.jpg", b"one", false, None).unwrap();
-        let b = write_atomic(d.path(), "p.jpg", b"two", false, None).unwrap();
+        let a = write_atomic(d.path(), OsStr::new("p.jpg"), b"one", false, None).unwrap();
+        let b = write_atomic(d.path(), OsStr::new("p.jpg"), b"two", false, None).unwrap();
         assert_eq!(a, d.path().join("p.jpg"));
         assert_eq!(b, d.path().join("p (1).jpg"));
         assert_eq!(std::fs::read(&a).unwrap(), b"one");
-        let c = write_atomic(d.path(), "p.jpg", b"three", true, None).unwrap();
+        let c = write_atomic(d.path(), OsStr::new("p.jpg"), b"three", true, None).unwrap();
         assert_eq!(c, a);
         assert_eq!(std::fs::read(&a).unwrap(), b"three");
         let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -265,7 +272,10 @@ mod tests {
     fn long_names_get_a_short_temporary_name() {
         let d = tempfile::tempdir().unwrap();
         let name = format!("{}.jpg", "é".repeat(120));
-        assert_eq!(write_atomic(d.path(), &name, b"x", false, None).unwrap(), d.path().join(&name));
+        assert_eq!(
+            write_atomic(d.path(), OsStr::new(&name), b"x", false, None).unwrap(),
+            d.path().join(&name)
+        );
     }
 
     #[test]
@@ -274,7 +284,8 @@ mod tests {
         let src = d.path().join("p.jpg");
         std::fs::write(&src, b"original").unwrap();
         let m = std::fs::metadata(&src).unwrap();
-        let out = write_atomic(d.path(), "p.jpg", b"copy", true, Some((m.dev(), m.ino()))).unwrap();
+        let out =
+            write_atomic(d.path(), OsStr::new("p.jpg"), b"copy", true, Some((m.dev(), m.ino()))).unwrap();
         assert_eq!(out, d.path().join("p (1).jpg"));
         assert_eq!(std::fs::read(&src).unwrap(), b"original");
     }
@@ -283,7 +294,7 @@ mod tests {
     fn missing_output_directory_is_named() {
         let d = tempfile::tempdir().unwrap();
         let missing = d.path().join("nope");
-        let err = write_atomic(&missing, "p.jpg", b"x", false, None).unwrap_err();
+        let err = write_atomic(&missing, OsStr::new("p.jpg"), b"x", false, None).unwrap_err();
         assert!(matches!(err, ImageError::OutputDirMissing { .. }));
         assert!(err.to_string().contains("nope"), "{err}");
     }

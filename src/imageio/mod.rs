@@ -34,6 +34,7 @@ mod webp;
 mod xmp;
 
 use std::{
+    ffi::{OsStr, OsString},
     fmt,
     io::Cursor,
     path::{Path, PathBuf},
@@ -684,12 +685,13 @@ impl Photo {
     }
 }
 
-/// Writes `photo` (its `pixels` now the protected ones, upright) into `out_dir` under `file_name`,
-/// in `format` (default: the source's). When the format changes, the extension follows it.
+/// Writes `photo` (its `pixels` now the protected ones, upright) into `out_dir` under `file_name`
+/// (any bytes a file name may hold, not only UTF-8), in `format` (default: the source's). When the
+/// format changes, the extension follows it.
 pub fn write(
     photo: &Photo,
     out_dir: &Path,
-    file_name: &str,
+    file_name: impl AsRef<OsStr>,
     format: Option<Format>,
     settings: &Settings,
 ) -> Result<Written, ImageError> {
@@ -701,13 +703,13 @@ pub fn write(
 pub fn write_with(
     photo: &Photo,
     out_dir: &Path,
-    file_name: &str,
+    file_name: impl AsRef<OsStr>,
     format: Option<Format>,
     settings: &Settings,
     pre: Option<&Preencoded>,
 ) -> Result<Written, ImageError> {
     let format = format.unwrap_or(photo.format);
-    let name = output_name(file_name, format)?;
+    let name = output_name(file_name.as_ref(), format)?;
     let target = out_dir.join(&name);
     let (w, h) = photo.pixels.dimensions();
     let want = photo.size;
@@ -741,10 +743,11 @@ pub fn write_with(
 pub fn write_unchanged(
     photo: &Photo,
     out_dir: &Path,
-    file_name: &str,
+    file_name: impl AsRef<OsStr>,
     format: Option<Format>,
     settings: &Settings,
 ) -> Result<Written, ImageError> {
+    let file_name = file_name.as_ref();
     let format = format.unwrap_or(photo.format);
     let kept = matches!(settings.metadata, MetadataPolicy::Keep | MetadataPolicy::KeepNoGps);
     // Only a JPEG source holds its bytes.
@@ -771,18 +774,20 @@ pub fn write_unchanged(
 }
 
 /// The output file's name: `file_name` (a plain name, not hidden), its extension made to fit `format`.
-fn output_name(file_name: &str, format: Format) -> Result<String, ImageError> {
-    let plain =
-        Path::new(file_name).file_name().is_some_and(|n| n == file_name) && !file_name.starts_with('.');
-    if !plain {
-        return Err(ImageError::BadName { name: file_name.to_string() });
-    }
+fn output_name(file_name: &OsStr, format: Format) -> Result<OsString, ImageError> {
+    use std::os::unix::ffi::OsStrExt;
     let p = Path::new(file_name);
+    let plain = p.file_name().is_some_and(|n| n == file_name) && !file_name.as_bytes().starts_with(b".");
+    if !plain {
+        return Err(ImageError::BadName { name: file_name.to_string_lossy().into_owned() });
+    }
     Ok(match p.extension().and_then(|e| e.to_str()) {
-        Some(ext) if format.accepts_extension(ext) => file_name.to_string(),
+        Some(ext) if format.accepts_extension(ext) => file_name.to_os_string(),
         _ => {
-            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or(file_name);
-            format!("{stem}.{}", format.extension())
+            let mut name = p.file_stem().unwrap_or(file_name).to_os_string();
+            name.push(".");
+            name.push(format.extension());
+            name
         }
     })
 }

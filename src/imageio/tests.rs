@@ -585,9 +585,9 @@ fn settings_defaults() {
     assert_eq!((s.max_pixels, s.max_file_bytes, s.jpeg_quality.get()), (100_000_000, 200_000_000, 95));
     assert_eq!((s.metadata, s.jpeg_chroma, s.replace_existing), (MetadataPolicy::Keep, Chroma::Full, false));
     assert!(JpegQuality::try_from(0).is_err() && JpegQuality::try_from(101).is_err());
-    assert_eq!(output_name("a.JPEG", Format::Jpeg).unwrap(), "a.JPEG");
-    assert_eq!(output_name("a.png", Format::Jpeg).unwrap(), "a.jpg");
-    assert!(matches!(output_name(".hidden.jpg", Format::Jpeg), Err(ImageError::BadName { .. })));
+    assert_eq!(output_name(OsStr::new("a.JPEG"), Format::Jpeg).unwrap(), "a.JPEG");
+    assert_eq!(output_name(OsStr::new("a.png"), Format::Jpeg).unwrap(), "a.jpg");
+    assert!(matches!(output_name(OsStr::new(".hidden.jpg"), Format::Jpeg), Err(ImageError::BadName { .. })));
     assert_eq!((inverse(6), inverse(8), inverse(5)), (8, 6, 5));
 }
 
@@ -1001,4 +1001,27 @@ fn sizes_read_as_a_person_reads_them() {
     assert_eq!(bytes(57_980), "58.0 KB");
     assert_eq!(bytes(4_200_000), "4.2 MB");
     assert_eq!(bytes(1_300_000_000), "1.3 GB");
+}
+
+#[test]
+fn a_file_name_that_is_not_utf8_is_kept_byte_for_byte() {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let d = tempfile::tempdir().unwrap();
+    // "café.jpg" in Latin-1, as old cameras, archives and some network shares write it.
+    let name = OsStr::from_bytes(b"caf\xe9.jpg");
+    let src = d.path().join("in").join(name);
+    std::fs::create_dir(d.path().join("in")).unwrap();
+    std::fs::write(&src, camera_jpeg(&gradient(32, 24), 1)).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    let out = d.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let first = write(&photo, &out, name, None, &Settings::default()).unwrap();
+    let second = write(&photo, &out, name, None, &Settings::default()).unwrap();
+    assert_eq!(first.path, out.join(name));
+    assert_eq!(second.path.file_name().unwrap().as_bytes(), b"caf\xe9 (1).jpg");
+    let png = write(&photo, &out, name, Some(Format::Png), &Settings::default()).unwrap();
+    assert_eq!(png.path.file_name().unwrap().as_bytes(), b"caf\xe9.png");
+    assert_eq!(read(&first.path, &Settings::default()).unwrap().size, (32, 24));
+    let renamed = output_name(&OsString::from_vec(b"x\xff.png".to_vec()), Format::Jpeg).unwrap();
+    assert_eq!(renamed.as_bytes(), b"x\xff.jpg");
 }

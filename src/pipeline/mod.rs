@@ -146,16 +146,17 @@ impl Outcome {
 const PHOTO_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "webp", "tif", "tiff", "heic", "heif", "jpe"];
 
 /// The photos named by `paths`: files as given, folders walked recursively (hidden entries and files
-/// without a photo extension skipped), in a stable order. The folder `output` (the copies' folder,
-/// which may lie inside one of them) is never walked: a second run would protect the copies again.
-pub fn collect_photos(paths: &[PathBuf], output: &Path) -> Result<Vec<PathBuf>, ImageError> {
-    let output = std::fs::metadata(output).ok().map(|m| file_id(&m));
+/// without a photo extension skipped), in a stable order. The folders `outputs` (the copies'
+/// folders, which may lie inside them) are never walked: that would protect the copies again.
+pub fn collect_photos(paths: &[PathBuf], outputs: &[PathBuf]) -> Result<Vec<PathBuf>, ImageError> {
+    let outputs: Vec<(u64, u64)> =
+        outputs.iter().filter_map(|o| std::fs::metadata(o).ok()).map(|m| file_id(&m)).collect();
     let mut out = Vec::new();
     for p in paths {
         let meta =
             std::fs::symlink_metadata(p).map_err(|source| ImageError::Open { path: p.clone(), source })?;
         if meta.is_dir() {
-            walk(p, &meta, output, &mut out)?;
+            walk(p, &meta, &outputs, &mut out)?;
         } else {
             out.push(p.clone());
         }
@@ -169,15 +170,16 @@ fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
     (m.dev(), m.ino())
 }
 
-/// Walks `dir`, whose metadata the caller has already read, unless it is the output folder (whose
-/// identity is `output`).
+/// Walks `dir`, whose metadata the caller has already read, unless it is an output folder (one of
+/// the identities `outputs`).
 fn walk(
     dir: &Path,
     meta: &std::fs::Metadata,
-    output: Option<(u64, u64)>,
+    outputs: &[(u64, u64)],
     out: &mut Vec<PathBuf>,
 ) -> Result<(), ImageError> {
-    if output == Some(file_id(meta)) {
+    use std::os::unix::ffi::OsStrExt;
+    if outputs.contains(&file_id(meta)) {
         tracing::info!("{}: the output folder, left out", dir.display());
         return Ok(());
     }
@@ -186,13 +188,14 @@ fn walk(
     let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
     paths.sort();
     for p in paths {
-        let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+        // By its bytes: a name that is not UTF-8 is a photo like any other.
+        let hidden = p.file_name().is_none_or(|n| n.as_bytes().starts_with(b"."));
         let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
         if hidden {
             continue;
         }
         if meta.is_dir() {
-            walk(&p, &meta, output, out)?;
+            walk(&p, &meta, outputs, out)?;
         } else if meta.is_file() {
             let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
             if ext.is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.as_str())) {
@@ -553,11 +556,7 @@ fn decode(config: &Config, job: &FileJob) -> Result<Photo, PipelineError> {
 fn finish(config: &Config, device: Device, p: Prepared, job: &FileJob) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
     let settings = job.options.imageio.as_ref().unwrap_or(&config.imageio);
-    let name = job
-        .source
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| PipelineError::Name { path: job.source.clone() })?;
+    let name = job.source.file_name().ok_or_else(|| PipelineError::Name { path: job.source.clone() })?;
     let Prepared { mut photo, protected, preencoded, found, seconds, .. } = p;
     // The photo goes out with its protected pixels (when it has any); the pixels they replace are
     // kept to be put back for the quality check.
@@ -769,14 +768,22 @@ mod tests {
         };
         // The output folder inside the walked one is left out, however its path is written.
         for out in [root.join("out"), root.join("sub/../out")] {
-            assert_eq!(names(collect_photos(&[root.into()], &out).unwrap()), ["a.jpg", "sub/b.PNG"]);
+            assert_eq!(names(collect_photos(&[root.into()], &[out]).unwrap()), ["a.jpg", "sub/b.PNG"]);
         }
-        assert_eq!(names(collect_photos(&[root.into()], &root.join("new")).unwrap()).len(), 4);
+        assert_eq!(names(collect_photos(&[root.into()], &[root.join("new")]).unwrap()).len(), 4);
+        // Several outputs: each is left out.
+        let both = [root.join("out"), root.join("sub")];
+        assert_eq!(names(collect_photos(&[root.into()], &both).unwrap()), ["a.jpg"]);
         // Named as a folder it is still left out; a file in it named on its own is taken.
         let out = root.join("out");
-        assert!(collect_photos(std::slice::from_ref(&out), &out).unwrap().is_empty());
-        assert_eq!(names(collect_photos(&[out.join("c.jpg")], &out).unwrap()), ["out/c.jpg"]);
-        let err = collect_photos(&[root.join("missing")], &out).unwrap_err();
+        assert!(collect_photos(std::slice::from_ref(&out), std::slice::from_ref(&out)).unwrap().is_empty());
+        assert_eq!(names(collect_photos(&[out.join("c.jpg")], &[out.clone()]).unwrap()), ["out/c.jpg"]);
+        // A name that is not UTF-8 is not taken for a hidden one.
+        use std::os::unix::ffi::OsStrExt;
+        let latin = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
+        std::fs::write(&latin, b"x").unwrap();
+        assert_eq!(collect_photos(&[root.into()], &[out.clone()]).unwrap()[1], latin);
+        let err = collect_photos(&[root.join("missing")], &[out]).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
     }
 
