@@ -209,3 +209,12 @@ fn veil_log_overrides_the_configured_filter() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("VEIL_LOG=\"veil=loud\" is not a valid log filter"), "{}", stderr(&out));
 }
+
+#[test]
+fn bench_refuses_zero_runs_instead_of_reporting_nan() {
+    let home = Home::new();
+    let out =
+        output_within(home.command(env!("CARGO_BIN_EXE_veil")).args(["bench", "--runs", "0"]), CLI_LIMIT);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("invalid value '0' for '--runs <RUNS>'"), "{}", stderr(&out));
+}

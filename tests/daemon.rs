@@ -33,9 +33,8 @@ impl Home {
         use std::os::unix::ffi::OsStringExt;
         let path = |b: Vec<u8>| PathBuf::from(std::ffi::OsString::from_vec(b));
         let db = self.db();
-        let mut stmt = db
-            .prepare("SELECT path, status, error, output, attempts, duplicate_of FROM files")
-            .unwrap();
+        let mut stmt =
+            db.prepare("SELECT path, status, error, output, attempts, duplicate_of FROM files").unwrap();
         stmt.query_map([], |r| {
             Ok((
                 path(r.get(0)?),

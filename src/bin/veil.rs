@@ -71,8 +71,8 @@ enum Command {
         #[arg(long, default_value = "val", value_parser = ["val", "test"])]
         split: String,
         /// Evaluate only the first N images of the split.
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
         #[arg(long, value_name = "P")]
         preset: Option<Preset>,
         /// Seed of the random starts and spread draws.
@@ -95,8 +95,9 @@ enum Command {
         /// Veil's test data folder (portraits/ and exif-samples/jpg/mobile/), used to build the photos.
         #[arg(long, value_name = "DIR", default_value = "../shared/data")]
         data: PathBuf,
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
+        /// Timed runs per measurement (their median is reported).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        runs: u16,
         #[arg(long, default_value_t = 1)]
         warmup: usize,
         #[arg(long, value_name = "P")]
@@ -294,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let (config, _) = effective_config(cli.config.as_deref())?;
             let pipeline = load_pipeline(&config)?;
+            let limit = limit.map(|n| n as usize);
             let bar = progress(limit.unwrap_or(0) as u64);
             let report = eval::run(
                 &pipeline,
@@ -319,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &mut pipeline,
                 &bench::Options {
                     data,
-                    runs,
+                    runs: usize::from(runs),
                     warmup,
                     preset,
                     batch: usize::from(batch),
