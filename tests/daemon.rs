@@ -395,7 +395,7 @@ fn a_photo_whose_name_is_not_utf8_is_protected_under_the_same_bytes() {
     assert_eq!(status.code(), Some(0), "{log}");
     let out = home.path().join("Out").join(name);
     assert_eq!(rows.values().next().map(|r| r.status.as_str()), Some("done"), "{rows:#?}");
-    assert_eq!(files(&home.path().join("Out")), [out.clone()], "{log}");
+    assert_eq!(files(&home.path().join("Out")), std::slice::from_ref(&out), "{log}");
     assert_eq!(decodes(&out).dimensions(), (16, 16));
 }
 

@@ -358,7 +358,7 @@ fn orientation_samples_display_identically() {
             let mut expected = stored.clone();
             expected.apply_orientation(image::metadata::Orientation::from_exif(o).unwrap());
             assert_eq!(photo.pixels, expected.into_rgb8(), "{}", src.display());
-            let w = imageio::write(&photo, out.path(), &format!("{kind}_{o}.jpg"), None, &settings).unwrap();
+            let w = imageio::write(&photo, out.path(), format!("{kind}_{o}.jpg"), None, &settings).unwrap();
             let again = imageio::read(&w.path, &settings).unwrap();
             assert_eq!(again.orientation, o);
             // Stored pixels keep the original's layout: the same stored size as the source.

@@ -777,12 +777,15 @@ mod tests {
         // Named as a folder it is still left out; a file in it named on its own is taken.
         let out = root.join("out");
         assert!(collect_photos(std::slice::from_ref(&out), std::slice::from_ref(&out)).unwrap().is_empty());
-        assert_eq!(names(collect_photos(&[out.join("c.jpg")], &[out.clone()]).unwrap()), ["out/c.jpg"]);
+        assert_eq!(
+            names(collect_photos(&[out.join("c.jpg")], std::slice::from_ref(&out)).unwrap()),
+            ["out/c.jpg"]
+        );
         // A name that is not UTF-8 is not taken for a hidden one.
         use std::os::unix::ffi::OsStrExt;
         let latin = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
         std::fs::write(&latin, b"x").unwrap();
-        assert_eq!(collect_photos(&[root.into()], &[out.clone()]).unwrap()[1], latin);
+        assert_eq!(collect_photos(&[root.into()], std::slice::from_ref(&out)).unwrap()[1], latin);
         let err = collect_photos(&[root.join("missing")], &[out]).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
     }
