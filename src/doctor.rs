@@ -217,9 +217,29 @@ fn check_folder(report: &mut Report, what: &str, path: &Path, needs_write: bool)
         report.push(Level::Fail, what, format!("{shown}: cannot read: {e}"));
     } else if needs_write && !writable(path) {
         report.push(Level::Fail, what, format!("{shown}: not writable"));
+    } else if !needs_write {
+        report.push(Level::Ok, what, format!("{shown} (readable)"));
     } else {
-        let access = if needs_write { "writable" } else { "readable" };
-        report.push(Level::Ok, what, format!("{shown} ({access})"));
+        let (level, detail) = space(crate::imageio::free_bytes(path));
+        report.push(level, what, format!("{shown}{detail}"));
+    }
+}
+
+/// Below this much free space an output folder is worth a warning: a few dozen camera photos.
+const LOW_SPACE: u64 = 500_000_000;
+
+/// How a writable output folder with `free` bytes left is reported.
+fn space(free: Option<u64>) -> (Level, String) {
+    match free {
+        Some(free) if free < LOW_SPACE => (
+            Level::Warn,
+            format!(
+                ": writable, but only {} free: photos wait there until space is freed",
+                crate::imageio::bytes(free)
+            ),
+        ),
+        Some(free) => (Level::Ok, format!(" (writable, {} free)", crate::imageio::bytes(free))),
+        None => (Level::Ok, " (writable)".into()),
     }
 }
 
@@ -243,8 +263,19 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         check_folder(&mut report, "watch", &file, false);
         let levels: Vec<Level> = report.checks.iter().map(|c| c.level).collect();
-        assert_eq!(levels, [Level::Warn, Level::Ok, Level::Fail]);
+        // The output's level depends on this disk's free space (see `output_space`).
+        assert!(matches!(levels[..], [Level::Warn, Level::Ok | Level::Warn, Level::Fail]), "{levels:?}");
+        assert!(report.checks[1].detail.contains(" free"), "{:?}", report.checks[1]);
         assert!(report.failed());
+    }
+
+    #[test]
+    fn output_space() {
+        assert_eq!(space(Some(40_000_000_000)), (Level::Ok, " (writable, 40.0 GB free)".to_string()));
+        let (level, detail) = space(Some(73_700));
+        assert_eq!(level, Level::Warn);
+        assert_eq!(detail, ": writable, but only 73.7 KB free: photos wait there until space is freed");
+        assert_eq!(space(None), (Level::Ok, " (writable)".to_string()));
     }
 
     #[test]

@@ -203,19 +203,25 @@ pub fn check_output_dir(photo: &Path, dir: &Path, need: u64) -> Result<(), Image
     if need == 0 {
         return Ok(());
     }
-    // SAFETY: statvfs only writes into the zeroed struct it is given; `c` outlives the call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        // A file system that cannot say: the write will tell.
-        return Ok(());
-    }
-    #[allow(clippy::unnecessary_cast)] // the field types differ between Linux and macOS
-    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    // A file system that cannot say: the write will tell.
+    let Some(free) = free_bytes(dir) else { return Ok(()) };
     if free < need {
         // Named without the trailing `/` a joined empty sub-folder leaves.
         return Err(ImageError::NoSpace { path: photo.into(), dir: dir.components().collect(), free, need });
     }
     Ok(())
+}
+
+/// The bytes this user may still write on the file system that holds `dir`, when it says.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes into the zeroed struct it is given; `c` outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between Linux and macOS
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Renames without replacing an existing file (`AlreadyExists` then).

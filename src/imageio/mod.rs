@@ -308,6 +308,11 @@ pub fn check_output_dir(photo: &Path, dir: &Path, need: u64) -> Result<(), Image
     fsio::check_output_dir(photo, dir, need)
 }
 
+/// The bytes this user may still write in the folder `dir`, when its file system says.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    fsio::free_bytes(dir)
+}
+
 /// A size as a person reads it: `812 bytes`, `57.9 KB`, `4.2 MB`, `1.3 GB` (powers of 1000).
 pub fn bytes(n: u64) -> String {
     match n {
