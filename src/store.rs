@@ -38,6 +38,13 @@ pub enum StoreError {
     Folder { path: PathBuf, source: std::io::Error },
     #[error("job database {}: {source}", path.display())]
     Sql { path: PathBuf, source: rusqlite::Error },
+    /// The file is not a database, or a damaged one: it is left as it is.
+    #[error(
+        "job database {} is damaged ({cause}); veild leaves it as it is: move it aside (`mv {0} {0}.broken`) \
+         to start afresh; the photos it knew are then protected again, their copies written as `name (1).jpg`",
+        path.display()
+    )]
+    Damaged { path: PathBuf, cause: rusqlite::Error },
 }
 
 /// Where a file stands.
@@ -220,7 +227,17 @@ impl Store {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| StoreError::Folder { path: state_dir.into(), source })?;
         let path = state_dir.join(FILE_NAME);
-        let err = |source| StoreError::Sql { path: path.clone(), source };
+        let err = |source: rusqlite::Error| {
+            let damaged = matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+            );
+            if damaged {
+                StoreError::Damaged { path: path.clone(), cause: source }
+            } else {
+                StoreError::Sql { path: path.clone(), source }
+            }
+        };
         let db = Connection::open(&path).map_err(err)?;
         db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         db.pragma_update(None, "synchronous", "FULL").map_err(err)?;
@@ -687,6 +704,18 @@ mod tests {
             s.pending(10, &[]).unwrap(),
             vec![PendingJob { path: a.into(), folder: f.into(), replace: true, output_dir: None }]
         );
+    }
+
+    #[test]
+    fn a_damaged_database_is_named_with_what_to_do_and_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join(FILE_NAME);
+        std::fs::write(&file, b"garbage, not a database").unwrap();
+        let err = Store::open(d.path()).err().unwrap();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("is damaged (file is not a database)") && text.contains(".broken"), "{text}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"garbage, not a database");
     }
 
     #[test]
