@@ -977,6 +977,9 @@ impl Core {
                         )
                     }
                 };
+                if output.exists() && !output.is_dir() {
+                    return fail(format!("the output {} is not a folder", output.display()));
+                }
                 if let Err(e) = std::fs::create_dir_all(&output) {
                     return fail(format!("cannot create the output folder {}: {e}", output.display()));
                 }

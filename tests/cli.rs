@@ -218,3 +218,18 @@ fn bench_refuses_zero_runs_instead_of_reporting_nan() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("invalid value '0' for '--runs <RUNS>'"), "{}", stderr(&out));
 }
+
+#[test]
+fn protect_names_an_out_that_is_a_file() {
+    let home = Home::new();
+    let file = home.path().join("not-a-folder");
+    std::fs::write(&file, b"x").unwrap();
+    let photo = home.path().join("p.jpg");
+    std::fs::write(&photo, b"x").unwrap();
+    let mut cmd = home.command(env!("CARGO_BIN_EXE_veil"));
+    cmd.arg("protect").arg("--out").arg(&file).arg(&photo);
+    let out = output_within(&mut cmd, CLI_LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("{}: not a folder", file.display())), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}

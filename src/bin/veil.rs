@@ -569,6 +569,9 @@ fn protect(
         Some(d) => d,
         None => anyhow::bail!("no --out given and no folder configured to take its output"),
     };
+    if out_dir.exists() && !out_dir.is_dir() {
+        anyhow::bail!("{}: not a folder (--out names the folder the copies go to)", out_dir.display());
+    }
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     // Neither this run's copies nor the daemon's are protected again when a folder holds them.
     let mut outputs = vec![out_dir.clone()];
