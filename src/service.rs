@@ -9,7 +9,7 @@
 //! the `veild` binary only wires it to the process's signals.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     future::Future,
     path::{Path, PathBuf},
     sync::mpsc,
@@ -288,6 +288,8 @@ struct Folder {
     next_poll: Option<Instant>,
     /// Why it is polled although events were asked for, or why it is not watched at all.
     watch_error: Option<String>,
+    /// What was told when it went away, taken back from the last errors when it is back.
+    told_gone: Option<String>,
     /// The folder's (device, inode) when it was last found; `None`: it is gone (deleted, moved
     /// away, its drive unmounted). Another one at the same path (made again, mounted again) is
     /// watched anew.
@@ -318,9 +320,10 @@ struct Core {
     info: Info,
     paused: bool,
     errors: VecDeque<control::ErrorEntry>,
-    /// Photos whose output folder could not take them at their last try: told once (a warning and
-    /// a last error) until they are written or end otherwise, then quietly tried again.
-    waiting: HashSet<PathBuf>,
+    /// Photos whose output folder could not take them at their last try, with what was told (once:
+    /// a warning and a last error); tried again quietly, and the last error forgotten once they are
+    /// written or end otherwise.
+    waiting: HashMap<PathBuf, String>,
 }
 
 impl Core {
@@ -347,7 +350,7 @@ impl Core {
             info,
             paused: false,
             errors: VecDeque::new(),
-            waiting: HashSet::new(),
+            waiting: HashMap::new(),
         };
         let folders = core.config.folders.clone();
         core.set_folders(&folders)?;
@@ -468,12 +471,14 @@ impl Core {
                     f.next_poll = None;
                     f.watch_error = Some("the folder is gone; it is watched again when it is back".into());
                     self.candidates.retain(|_, c| c.folder != root);
-                    self.warn(format!(
+                    let told = format!(
                         "the watched folder {} is gone (deleted, moved away or its drive unmounted): photos \
                          put there are not protected until it is back; veild looks for it every {} s",
                         root.display(),
                         self.config.watch.poll_seconds.get()
-                    ));
+                    );
+                    self.folders[i].told_gone = Some(told.clone());
+                    self.warn(told);
                 }
                 Some(id) => {
                     let how = if was.is_none() { "is back" } else { "was replaced by another folder" };
@@ -483,6 +488,9 @@ impl Core {
                     let f = &mut self.folders[i];
                     (f.watcher, f.next_poll, f.watch_error, f.id) =
                         (watcher, next_poll, watch_error, Some(id));
+                    if let Some(told) = f.told_gone.take() {
+                        self.forget(&told);
+                    }
                     self.scan(&root, &root);
                 }
             }
@@ -721,17 +729,21 @@ impl Core {
 
     fn record(&mut self, path: &Path, finish: &Finish) {
         if !matches!(finish, Finish::Waiting { .. } | Finish::Requeue) {
-            self.waiting.remove(path);
+            if let Some(told) = self.waiting.remove(path) {
+                self.forget(&told);
+            }
         }
         match (self.store.finish(path, finish), finish) {
             (Ok(Some(Status::Pending)), Finish::Waiting { error }) => {
                 self.emit("waiting", path, None, Some(error));
-                if self.waiting.insert(path.to_path_buf()) {
-                    self.warn(format!(
+                if !self.waiting.contains_key(path) {
+                    let told = format!(
                         "{}: waiting for its output folder, tried again every {} min at most: {error}",
                         path.display(),
                         store::WAIT_MAX / 60
-                    ));
+                    );
+                    self.warn(told.clone());
+                    self.waiting.insert(path.to_path_buf(), told);
                 } else {
                     tracing::debug!("{error} (still waiting)");
                 }
@@ -766,6 +778,15 @@ impl Core {
     fn warn(&mut self, message: String) {
         tracing::warn!("{message}");
         self.remember(message);
+    }
+
+    /// Takes a message back from the last errors once what it told of is over (a folder is back,
+    /// a waiting photo is written): `veil status` shows what is wrong now.
+    fn forget(&mut self, message: &str) {
+        self.errors.retain(|e| e.message != message);
+        if self.last_error.as_deref() == Some(message) {
+            self.last_error = self.errors.back().map(|e| e.message.clone());
+        }
     }
 
     fn remember(&mut self, message: String) {
@@ -1049,7 +1070,15 @@ impl Core {
             }
             let id = folder_id(&config.path);
             let (watcher, next_poll, watch_error) = self.watch(config);
-            self.folders.push(Folder { config: config.clone(), filter, watcher, next_poll, watch_error, id });
+            self.folders.push(Folder {
+                config: config.clone(),
+                filter,
+                watcher,
+                next_poll,
+                watch_error,
+                told_gone: None,
+                id,
+            });
             added.push(config.path.clone());
         }
         for f in old {

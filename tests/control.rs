@@ -390,6 +390,41 @@ fn status_tells_of_a_photo_waiting_for_its_output_folder_and_retry_all_sends_it_
     assert_eq!(jobs["jobs"][0]["attempts"], 1, "{jobs}");
     let status = home.veil_json(&["status"]);
     assert_eq!((status["state"].as_str(), status["waiting"].as_u64()), (Some("idle"), Some(0)), "{status}");
+    // Over: no longer among the last errors.
+    assert_eq!(status["last_errors"], json!([]), "{status}");
+    d.stop();
+}
+
+#[test]
+fn status_shows_a_watched_folder_gone_and_forgets_it_once_it_is_back() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3\npoll_seconds = 1", &[("In", "Out")]);
+    let d = home.start();
+    let input = home.path().join("In");
+    std::fs::remove_dir(&input).unwrap();
+    let status_until = |watch: &str| {
+        let start = Instant::now();
+        loop {
+            let status = home.veil_json(&["status"]);
+            if status["folders"][0]["watch"] == watch {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "never {watch}: {status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let status = status_until("gone");
+    let error = status["folders"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the folder is gone"), "{status}");
+    let last = status["last_errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(last.contains("is gone (deleted, moved away or its drive unmounted)"), "{status}");
+    std::fs::create_dir(&input).unwrap();
+    let status = status_until("events");
+    assert_eq!(
+        (&status["folders"][0]["error"], &status["last_errors"]),
+        (&Value::Null, &json!([])),
+        "{status}"
+    );
     d.stop();
 }
 
