@@ -3,7 +3,7 @@
 //! The checks never stop at the first problem: a config that does not parse is reported, and the
 //! rest is checked on the defaults, so one run shows everything that is wrong.
 
-use std::{ffi::CString, fmt, os::unix::ffi::OsStrExt, path::Path};
+use std::{fmt, path::Path};
 
 use crate::{
     config::{Config, Source},
@@ -215,7 +215,7 @@ fn check_folder(report: &mut Report, what: &str, path: &Path, needs_write: bool)
         report.push(Level::Fail, what, format!("{shown}: not a folder"));
     } else if let Err(e) = std::fs::read_dir(path) {
         report.push(Level::Fail, what, format!("{shown}: cannot read: {e}"));
-    } else if needs_write && !writable(path) {
+    } else if needs_write && crate::imageio::writable(path).is_err() {
         report.push(Level::Fail, what, format!("{shown}: not writable"));
     } else if !needs_write {
         report.push(Level::Ok, what, format!("{shown} (readable)"));
@@ -241,12 +241,6 @@ fn space(free: Option<u64>) -> (Level, String) {
         Some(free) => (Level::Ok, format!(" (writable, {} free)", crate::imageio::bytes(free))),
         None => (Level::Ok, " (writable)".into()),
     }
-}
-
-fn writable(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
-    // SAFETY: access() reads a valid NUL-terminated path.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
 #[cfg(test)]

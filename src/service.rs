@@ -413,7 +413,7 @@ impl Core {
         if all {
             self.next_rescan = now + rescan_period(&self.config);
         }
-        let poll = Duration::from_secs_f64(self.config.watch.poll_seconds.get());
+        let poll = self.poll_period();
         // A folder that is gone is looked for by `check_folders`, not scanned.
         for f in self.folders.iter_mut().filter(|f| f.id.is_some()) {
             match f.next_poll {
@@ -813,8 +813,7 @@ impl Core {
     }
 
     fn state(&self) -> &'static str {
-        let queued = self.store.counts().map_or(0, |(q, _)| q);
-        let waiting = self.store.waiting().unwrap_or(0);
+        let store::Counts { queued, waiting, .. } = self.store.counts().unwrap_or_default();
         if self.paused {
             "paused"
         } else if !self.busy.is_empty() || !self.candidates.is_empty() || queued > waiting {
@@ -845,7 +844,7 @@ impl Core {
                     device: self.info.device.clone(),
                     models: self.info.models.clone(),
                     queue,
-                    waiting: self.store.waiting().map_err(store)?,
+                    waiting: self.store.counts().map_err(store)?.waiting,
                     counts,
                     folders: self
                         .folders
@@ -1039,8 +1038,9 @@ impl Core {
     }
 
     fn publish_status(&mut self) {
-        let queued = self.store.counts().map(|(q, _)| q).unwrap_or(0) + self.candidates.len() as u64;
-        let waiting = match self.store.waiting().unwrap_or(0) {
+        let counts = self.store.counts().unwrap_or_default();
+        let queued = counts.queued + self.candidates.len() as u64;
+        let waiting = match counts.waiting {
             0 => String::new(),
             n => format!(" ({n} waiting to be tried again)"),
         };

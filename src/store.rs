@@ -440,13 +440,7 @@ impl Store {
                 Status::Skipped
             }
             Finish::Failed { error, retry } => {
-                let attempts: u32 = self
-                    .db
-                    .query_row("SELECT attempts FROM files WHERE path = ?1", [p], |r| r.get(0))
-                    .optional()
-                    .map_err(e)?
-                    .unwrap_or(0)
-                    + 1;
+                let attempts = self.this_attempt(p)?;
                 let status = if *retry && attempts < MAX_ATTEMPTS { Status::Pending } else { Status::Failed };
                 let wait = 10 * i64::from(attempts);
                 self.db
@@ -470,13 +464,7 @@ impl Store {
                 status
             }
             Finish::Waiting { error } => {
-                let attempts: u32 = self
-                    .db
-                    .query_row("SELECT attempts FROM files WHERE path = ?1", [p], |r| r.get(0))
-                    .optional()
-                    .map_err(e)?
-                    .unwrap_or(0u32)
-                    .saturating_add(1);
+                let attempts = self.this_attempt(p)?;
                 self.db
                     .execute(
                         "UPDATE files SET status = 'pending', error = ?2, attempts = ?3, not_before = ?4, \
@@ -496,6 +484,16 @@ impl Store {
             }
         };
         Ok(Some(status))
+    }
+
+    /// The number of the attempt that just ended for the row at `path` (its attempts so far + 1).
+    fn this_attempt(&self, path: &[u8]) -> Result<u32, StoreError> {
+        let before: Option<u32> = self
+            .db
+            .query_row("SELECT attempts FROM files WHERE path = ?1", [path], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(before.unwrap_or(0).saturating_add(1))
     }
 
     /// Sends quarantined files, and pending ones that wait for another try after an error (all of
@@ -618,30 +616,31 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(e)
     }
 
-    /// How many pending photos wait for another try after an error (their output folder could not
-    /// take them, or an attempt failed) and are not due yet.
-    pub fn waiting(&self) -> Result<u64, StoreError> {
-        self.db
-            .query_row(
-                "SELECT COUNT(*) FROM files WHERE status = 'pending' AND error IS NOT NULL \
-                 AND not_before > ?1",
-                [now()],
-                |r| Ok(r.get::<_, i64>(0)?.max(0) as u64),
-            )
-            .map_err(|e| self.err(e))
-    }
-
-    /// How many rows are in each state: (pending + running, failed).
-    pub fn counts(&self) -> Result<(u64, u64), StoreError> {
+    /// How many rows are queued, failed and waiting, in one query.
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        let n = |v: i64| v.max(0) as u64;
         self.db
             .query_row(
                 "SELECT COUNT(*) FILTER (WHERE status IN ('pending', 'running')), \
-                 COUNT(*) FILTER (WHERE status = 'failed') FROM files",
-                [],
-                |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64)),
+                 COUNT(*) FILTER (WHERE status = 'failed'), \
+                 COUNT(*) FILTER (WHERE status = 'pending' AND error IS NOT NULL AND not_before > ?1) \
+                 FROM files",
+                [now()],
+                |r| Ok(Counts { queued: n(r.get(0)?), failed: n(r.get(1)?), waiting: n(r.get(2)?) }),
             )
             .map_err(|e| self.err(e))
     }
+}
+
+/// What [`Store::counts`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Pending or running.
+    pub queued: u64,
+    pub failed: u64,
+    /// Of the queued: pending after an error (their output folder could not take them, or an
+    /// attempt failed), waiting for another try that is not due yet.
+    pub waiting: u64,
 }
 
 /// Adds the columns a database made by an older `veild` lacks and numbers its jobs.
@@ -743,7 +742,7 @@ mod tests {
         let (f, a, b) = (Path::new("/in"), Path::new("/in/a.jpg"), Path::new("/in/b.jpg"));
         s.observe(f, a, seen(1), "ha").unwrap();
         s.observe(f, b, seen(1), "hb").unwrap();
-        assert_eq!(s.waiting().unwrap(), 0);
+        assert_eq!(s.counts().unwrap().waiting, 0);
         let full = Finish::Waiting { error: "/out/a.jpg: disk full; nothing was written".into() };
         for attempt in 1..=MAX_ATTEMPTS + 5 {
             let before = now();
@@ -758,10 +757,10 @@ mod tests {
         // Not due: only b is handed out; a counts as waiting, b (no error) does not.
         let due: Vec<PathBuf> = s.pending(10, &[]).unwrap().into_iter().map(|j| j.path).collect();
         assert_eq!(due, [b]);
-        assert_eq!(s.waiting().unwrap(), 1);
+        assert_eq!(s.counts().unwrap().waiting, 1);
         // `veil retry --all` makes it due now.
         assert_eq!(s.retry_failed(None).unwrap(), 1);
-        assert_eq!(s.waiting().unwrap(), 0);
+        assert_eq!(s.counts().unwrap().waiting, 0);
         assert_eq!(s.pending(10, &[]).unwrap().len(), 2);
         // Written at last: no error left.
         s.finish(a, &Finish::Done { output: "/out/a.jpg".into(), faces: 1, seconds: 1.0, losses: vec![] })
@@ -794,9 +793,9 @@ mod tests {
         let rows = s.rows().unwrap();
         assert_eq!(rows[2].status, Status::Failed, "the duplicate shares the failure: {rows:?}");
         assert!(rows[2].error.as_deref().unwrap().contains("cannot decode"));
-        assert_eq!(s.counts().unwrap(), (0, 3));
+        assert_eq!(s.counts().unwrap(), Counts { queued: 0, failed: 3, waiting: 0 });
         assert_eq!(s.retry_failed(Some(Path::new("/in/a.jpg"))).unwrap(), 1);
-        assert_eq!(s.counts().unwrap(), (1, 2));
+        assert_eq!(s.counts().unwrap(), Counts { queued: 1, failed: 2, waiting: 0 });
         s.finish(a, &Finish::Gone).unwrap();
         assert_eq!(s.rows().unwrap().len(), 2);
     }

@@ -193,13 +193,7 @@ fn output_dir_exists(dir: &Path) -> Result<(), ImageError> {
 /// reports a disk that fills up meanwhile.
 pub fn check_output_dir(photo: &Path, dir: &Path, need: u64) -> Result<(), ImageError> {
     output_dir_exists(dir)?;
-    let not_writable = |source| ImageError::OutputDirNotWritable { dir: dir.into(), source };
-    let c =
-        std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| not_writable(io::Error::other(e)))?;
-    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
-        return Err(not_writable(io::Error::last_os_error()));
-    }
+    writable(dir).map_err(|source| ImageError::OutputDirNotWritable { dir: dir.into(), source })?;
     if need == 0 {
         return Ok(());
     }
@@ -208,6 +202,16 @@ pub fn check_output_dir(photo: &Path, dir: &Path, need: u64) -> Result<(), Image
     if free < need {
         // Named without the trailing `/` a joined empty sub-folder leaves.
         return Err(ImageError::NoSpace { path: photo.into(), dir: dir.components().collect(), free, need });
+    }
+    Ok(())
+}
+
+/// Whether this user may write into `path` (permissions, and a read-only mount), as `access(2)` says.
+pub fn writable(path: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -308,6 +308,11 @@ pub fn check_output_dir(photo: &Path, dir: &Path, need: u64) -> Result<(), Image
     fsio::check_output_dir(photo, dir, need)
 }
 
+/// Whether this user may write into `path` (permissions, and a read-only mount).
+pub fn writable(path: &Path) -> std::io::Result<()> {
+    fsio::writable(path)
+}
+
 /// The bytes this user may still write in the folder `dir`, when its file system says.
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     fsio::free_bytes(dir)
