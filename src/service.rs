@@ -320,10 +320,26 @@ struct Core {
     info: Info,
     paused: bool,
     errors: VecDeque<control::ErrorEntry>,
-    /// Photos whose output folder could not take them at their last try, with what was told (once:
-    /// a warning and a last error); tried again quietly, and the last error forgotten once they are
-    /// written or end otherwise.
-    waiting: HashMap<PathBuf, String>,
+    /// What was told of a photo among the last errors (that it failed, or waits for its output
+    /// folder), taken back once it is written, skipped or deleted: `veil status` shows what is wrong
+    /// now.
+    told: HashMap<PathBuf, Told>,
+}
+
+/// A photo's message among the last errors.
+enum Told {
+    /// Its output folder could not take it: told once, then tried again quietly.
+    Waiting(String),
+    /// Quarantined until the file changes or `veil retry`.
+    Failed(String),
+}
+
+impl Told {
+    fn message(&self) -> &str {
+        match self {
+            Told::Waiting(m) | Told::Failed(m) => m,
+        }
+    }
 }
 
 impl Core {
@@ -350,7 +366,7 @@ impl Core {
             info,
             paused: false,
             errors: VecDeque::new(),
-            waiting: HashMap::new(),
+            told: HashMap::new(),
         };
         let folders = core.config.folders.clone();
         core.set_folders(&folders)?;
@@ -522,8 +538,9 @@ impl Core {
                         // A folder created or moved in: its files come with no event of their own.
                         self.scan(root, &path);
                     } else if filter.takes_file(&path) {
-                        if let Some(seen) = watch::stat(&path) {
-                            self.candidate(root, path, seen);
+                        match watch::stat(&path) {
+                            Some(seen) => self.candidate(root, path, seen),
+                            None => self.drop_failed_gone(root, &path),
                         }
                     }
                 }
@@ -547,6 +564,26 @@ impl Core {
         let found = watch::scan(&folder.filter, dir);
         for (path, seen) in found {
             self.candidate(root, path, seen);
+        }
+        self.drop_failed_gone(root, dir);
+    }
+
+    /// Forgets the failures of the quarantined photos at or under `under` that were deleted or
+    /// moved away: their rows and what `veil status` told of them. Not while the folder `root`
+    /// itself is gone (its drive not mounted): its files are not deleted then.
+    fn drop_failed_gone(&mut self, root: &Path, under: &Path) {
+        if !root.is_dir() {
+            return;
+        }
+        match self.store.drop_failed_gone(under) {
+            Ok(dropped) => {
+                for path in dropped {
+                    tracing::info!("{} is gone: its failure is forgotten", path.display());
+                    self.take_back(&path);
+                    self.emit("removed", &path, None, None);
+                }
+            }
+            Err(e) => self.error(e.to_string()),
         }
     }
 
@@ -729,28 +766,30 @@ impl Core {
 
     fn record(&mut self, path: &Path, finish: &Finish) {
         if !matches!(finish, Finish::Waiting { .. } | Finish::Requeue) {
-            if let Some(told) = self.waiting.remove(path) {
-                self.forget(&told);
-            }
+            // Written, skipped, gone, or failed anew: what was told of it before is over.
+            self.take_back(path);
         }
         match (self.store.finish(path, finish), finish) {
             (Ok(Some(Status::Pending)), Finish::Waiting { error }) => {
                 self.emit("waiting", path, None, Some(error));
-                if !self.waiting.contains_key(path) {
+                if let Some(Told::Waiting(_)) = self.told.get(path) {
+                    tracing::debug!("{error} (still waiting)");
+                } else {
+                    self.take_back(path);
                     let told = format!(
                         "{}: waiting for its output folder, tried again every {} min at most: {error}",
                         path.display(),
                         store::WAIT_MAX / 60
                     );
                     self.warn(told.clone());
-                    self.waiting.insert(path.to_path_buf(), told);
-                } else {
-                    tracing::debug!("{error} (still waiting)");
+                    self.told.insert(path.to_path_buf(), Told::Waiting(told));
                 }
             }
             (Ok(Some(Status::Failed)), Finish::Failed { error, .. }) => {
                 self.emit("failed", path, None, Some(error));
-                self.error(format!("{error} (tried again when the file changes, or by `veil retry`)"))
+                let told = format!("{error} (tried again when the file changes, or by `veil retry`)");
+                self.error(told.clone());
+                self.told.insert(path.to_path_buf(), Told::Failed(told));
             }
             (Ok(Some(Status::Pending)), Finish::Failed { error, .. }) => {
                 self.emit("retrying", path, None, Some(error));
@@ -780,8 +819,15 @@ impl Core {
         self.remember(message);
     }
 
+    /// Takes back what was told of the photo at `path` (see `told`).
+    fn take_back(&mut self, path: &Path) {
+        if let Some(told) = self.told.remove(path) {
+            self.forget(told.message());
+        }
+    }
+
     /// Takes a message back from the last errors once what it told of is over (a folder is back,
-    /// a waiting photo is written): `veil status` shows what is wrong now.
+    /// a photo is written): `veil status` shows what is wrong now.
     fn forget(&mut self, message: &str) {
         self.errors.retain(|e| e.message != message);
         if self.last_error.as_deref() == Some(message) {

@@ -519,6 +519,34 @@ impl Store {
         Ok(n)
     }
 
+    /// Drops the rows of quarantined files at or under `under` that are no longer there (deleted or
+    /// moved away while `failed`): their failure is over. Returns the paths dropped. The caller
+    /// makes sure the watched folder itself is there (a drive not mounted is not a deletion).
+    pub fn drop_failed_gone(&self, under: &Path) -> Result<Vec<PathBuf>, StoreError> {
+        let e = |e| self.err(e);
+        let failed: Vec<PathBuf> = {
+            let mut stmt =
+                self.db.prepare_cached("SELECT path FROM files WHERE status = 'failed'").map_err(e)?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(e)?;
+            rows.map(|r| r.map(path_of)).collect::<Result<_, _>>().map_err(e)?
+        };
+        let gone = |p: &Path| {
+            p.starts_with(under)
+                && std::fs::symlink_metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        };
+        let mut dropped = Vec::new();
+        for path in failed.into_iter().filter(|p| gone(p)) {
+            let n = self
+                .db
+                .execute("DELETE FROM files WHERE path = ?1 AND status = 'failed'", [blob(&path)])
+                .map_err(e)?;
+            if n > 0 {
+                dropped.push(path);
+            }
+        }
+        Ok(dropped)
+    }
+
     /// Sends one job back to `pending` with its attempts cleared, whatever its status but
     /// `running`; returns its path, or `None` when no job has that number (or it is running).
     pub fn retry_one(&self, id: i64) -> Result<Option<PathBuf>, StoreError> {
@@ -767,6 +795,33 @@ mod tests {
             .unwrap();
         let row = s.rows().unwrap().into_iter().find(|r| r.path == a).unwrap();
         assert_eq!((row.status, row.error), (Status::Done, None));
+    }
+
+    #[test]
+    fn a_failed_file_deleted_is_forgotten_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let f = d.path().join("in");
+        std::fs::create_dir_all(f.join("sub")).unwrap();
+        let [kept, deleted, deep, done, pending] =
+            ["kept.jpg", "deleted.jpg", "sub/deep.jpg", "done.jpg", "pending.jpg"].map(|n| f.join(n));
+        for (n, p) in [&kept, &deleted, &deep, &done, &pending].into_iter().enumerate() {
+            s.observe(&f, p, seen(1), &format!("h{n}")).unwrap();
+        }
+        let broken = Finish::Failed { error: "cannot decode".into(), retry: false };
+        for p in [&kept, &deleted, &deep] {
+            s.finish(p, &broken).unwrap();
+        }
+        let written = Finish::Done { output: "/out/done.jpg".into(), faces: 1, seconds: 1.0, losses: vec![] };
+        s.finish(&done, &written).unwrap();
+        std::fs::write(&kept, b"x").unwrap();
+        // Only `kept` is on disk. A file given by name: only that one.
+        assert_eq!(s.drop_failed_gone(&deleted).unwrap(), std::slice::from_ref(&deleted));
+        assert_eq!(s.drop_failed_gone(&f).unwrap(), std::slice::from_ref(&deep));
+        let left: Vec<(PathBuf, Status)> =
+            s.rows().unwrap().into_iter().map(|r| (r.path, r.status)).collect();
+        // Done and pending rows stay (the worker drops a pending one it cannot find).
+        assert_eq!(left, [(done, Status::Done), (kept, Status::Failed), (pending, Status::Pending)]);
     }
 
     #[test]

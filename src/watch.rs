@@ -220,7 +220,7 @@ pub fn scan(filter: &Filter, dir: &Path) -> Vec<(PathBuf, Seen)> {
 /// What the events of a folder say.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Hint {
-    /// These paths were created, written or moved in.
+    /// These paths were created, written, moved in or out, or removed.
     Paths(Vec<PathBuf>),
     /// Events were lost: scan the whole folder.
     Rescan,
@@ -257,7 +257,13 @@ impl Watcher {
                 let paths: Vec<PathBuf> = events
                     .into_iter()
                     .filter(|e| {
-                        matches!(e.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any)
+                        matches!(
+                            e.kind,
+                            EventKind::Create(_)
+                                | EventKind::Modify(_)
+                                | EventKind::Remove(_)
+                                | EventKind::Any
+                        )
                     })
                     .flat_map(|e| e.event.paths)
                     .collect();

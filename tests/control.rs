@@ -396,6 +396,47 @@ fn status_tells_of_a_photo_waiting_for_its_output_folder_and_retry_all_sends_it_
 }
 
 #[test]
+fn a_failed_photo_leaves_the_last_errors_once_fixed_or_deleted() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    let events = follow(&home.socket());
+    let input = home.path().join("In");
+    let (fixed, deleted) = (input.join("fixed.png"), input.join("deleted.png"));
+    // One at a time: `until` passes over other photos' events.
+    let mut seen = Vec::new();
+    std::fs::write(&fixed, b"not a photo yet").unwrap();
+    until(&events, "In/fixed.png", "failed", &mut seen);
+    std::fs::write(&deleted, b"not a photo at all").unwrap();
+    until(&events, "In/deleted.png", "failed", &mut seen);
+    let messages = |status: &Value| -> Vec<String> {
+        let errors = status["last_errors"].as_array().cloned().unwrap_or_default();
+        errors.iter().map(|e| e["message"].as_str().unwrap_or_default().to_string()).collect()
+    };
+    let status = home.veil_json(&["status"]);
+    let told = messages(&status);
+    assert!(told.len() == 2 && told.iter().all(|m| m.contains("unsupported format")), "{status}");
+    assert_eq!(status["counts"]["failed"], 2, "{status}");
+
+    // Rewritten as a photo: protected, and its failure is no longer shown.
+    photo(3, &fixed);
+    until(&events, "In/fixed.png", "done", &mut seen);
+    let told = messages(&home.veil_json(&["status"]));
+    assert!(told.len() == 1 && told[0].contains("deleted.png"), "{told:?}");
+
+    // Deleted: its row and its message go.
+    std::fs::remove_file(&deleted).unwrap();
+    until(&events, "In/deleted.png", "removed", &mut seen);
+    let status = home.veil_json(&["status"]);
+    assert_eq!((&status["last_errors"], &status["counts"]["failed"]), (&json!([]), &Value::Null), "{status}");
+    let (_, jobs) = get(&home.socket(), "/v1/jobs");
+    let paths: Vec<&str> =
+        jobs["jobs"].as_array().unwrap().iter().filter_map(|j| j["path"].as_str()).collect();
+    assert!(paths.len() == 1 && paths[0].ends_with("In/fixed.png"), "{jobs}");
+    d.stop();
+}
+
+#[test]
 fn status_shows_a_watched_folder_gone_and_forgets_it_once_it_is_back() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3\npoll_seconds = 1", &[("In", "Out")]);

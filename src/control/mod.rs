@@ -152,7 +152,9 @@ pub struct StateReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// `subscribed` (first line), `queued`, `running`, `done`, `failed`, `retrying` (failed, will be
-    /// tried again), `waiting` (its output folder cannot take it now: tried again later), `skipped`, `paused`, `resumed`, `reloaded`, or `lagged` (events were lost).
+    /// tried again), `waiting` (its output folder cannot take it now: tried again later), `skipped`, `removed` (a failed photo
+    /// was deleted or moved away: its failure is forgotten), `paused`, `resumed`, `reloaded`, or
+    /// `lagged` (events were lost).
     pub event: String,
     /// Seconds since the epoch.
     pub at: f64,
