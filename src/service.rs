@@ -324,6 +324,14 @@ struct Core {
     /// folder), taken back once it is written, skipped or deleted: `veil status` shows what is wrong
     /// now.
     told: HashMap<PathBuf, Told>,
+    /// The job database could not be written (its disk full, …): what was told (once), and when
+    /// it is tried again. Meanwhile new photos stay candidates and nothing is dispatched.
+    store_trouble: Option<StoreTrouble>,
+}
+
+struct StoreTrouble {
+    told: String,
+    retry_at: Instant,
 }
 
 /// A photo's message among the last errors.
@@ -367,6 +375,7 @@ impl Core {
             paused: false,
             errors: VecDeque::new(),
             told: HashMap::new(),
+            store_trouble: None,
         };
         let folders = core.config.folders.clone();
         core.set_folders(&folders)?;
@@ -449,8 +458,12 @@ impl Core {
     fn next_wake(&self) -> Instant {
         let settle = self.settle_time();
         let mut next = self.next_rescan.min(self.next_check);
+        let held = self.store_held();
         for c in self.candidates.values() {
-            next = next.min(c.since + settle);
+            next = next.min(held.map_or(c.since + settle, |at| at.max(c.since + settle)));
+        }
+        if let Some(at) = held {
+            next = next.min(at);
         }
         for f in &self.folders {
             if let Some(t) = f.next_poll {
@@ -583,7 +596,7 @@ impl Core {
                     self.emit("removed", &path, None, None);
                 }
             }
-            Err(e) => self.error(e.to_string()),
+            Err(e) => self.store_failed(e),
         }
     }
 
@@ -616,6 +629,10 @@ impl Core {
         let due: Vec<PathBuf> =
             self.candidates.iter().filter(|(_, c)| c.since + settle <= now).map(|(p, _)| p.clone()).collect();
         for path in due {
+            if self.store_held().is_some() {
+                // The database cannot record them now: they wait as candidates.
+                return;
+            }
             let Some(c) = self.candidates.remove(&path) else { continue };
             match watch::stat(&path) {
                 None => {}
@@ -651,18 +668,61 @@ impl Core {
                 )
             }
             Ok(Observed::SameContent | Observed::Unchanged) => {}
-            Err(e) => self.error(e.to_string()),
+            Err(e) => {
+                // Not recorded: taken again once the database can be written.
+                let c = Candidate { folder: root.to_path_buf(), seen, since: Instant::now() };
+                self.candidates.insert(path.to_path_buf(), c);
+                return self.store_failed(e);
+            }
         }
+        self.store_works();
+    }
+
+    /// When the job database, which could not be written, is tried again; `None` when it works.
+    fn store_held(&self) -> Option<Instant> {
+        self.store_trouble.as_ref().map(|t| t.retry_at).filter(|at| *at > Instant::now())
+    }
+
+    /// A write to the job database failed: told once (an error and a last error), then quiet;
+    /// photos wait as candidates and nothing is dispatched until a write works again, tried every
+    /// `watch.poll_seconds`.
+    fn store_failed(&mut self, e: StoreError) {
+        let retry_at = Instant::now() + self.poll_period();
+        if let Some(t) = &mut self.store_trouble {
+            tracing::debug!("{e} (still)");
+            t.retry_at = retry_at;
+            return;
+        }
+        let told = format!(
+            "{e}; new photos are recorded and protected once it can be written again (tried every {} s)",
+            self.config.watch.poll_seconds.get()
+        );
+        self.error(told.clone());
+        self.store_trouble = Some(StoreTrouble { told, retry_at });
+    }
+
+    /// A write to the job database worked: if it had failed before, that is over. Photos whose end
+    /// could not be recorded are protected again, and the folders are scanned for any missed.
+    fn store_works(&mut self) {
+        let Some(t) = self.store_trouble.take() else { return };
+        tracing::info!("the job database {} can be written again", self.store.path().display());
+        self.forget(&t.told);
+        match self.store.requeue_stale(&self.busy) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} photo(s) whose end was not recorded queued again"),
+            Err(e) => self.store_failed(e),
+        }
+        self.next_rescan = Instant::now();
     }
 
     /// Hands pending jobs to the engine while its queue has room.
     fn dispatch(&mut self) {
-        if self.paused || self.busy.len() >= QUEUE {
+        if self.paused || self.busy.len() >= QUEUE || self.store_held().is_some() {
             return;
         }
         let pending = match self.store.pending(usize::MAX, &self.busy) {
             Ok(p) => p,
-            Err(e) => return self.error(e.to_string()),
+            Err(e) => return self.store_failed(e),
         };
         for p in pending {
             if self.busy.len() >= QUEUE {
@@ -686,8 +746,9 @@ impl Core {
                 (None, None) => continue,
             };
             if let Err(e) = self.store.set_running(&p.path) {
-                return self.error(e.to_string());
+                return self.store_failed(e);
             }
+            self.store_works();
             match self.worker.try_send(job) {
                 Ok(()) => {
                     self.emit("running", &p.path, None, None);
@@ -804,8 +865,9 @@ impl Core {
             }
             (Ok(Some(Status::Pending)), Finish::Requeue) => self.emit("queued", path, None, None),
             (Ok(_), _) => {}
-            (Err(e), _) => self.error(e.to_string()),
+            (Err(e), _) => return self.store_failed(e),
         }
+        self.store_works();
     }
 
     fn error(&mut self, message: String) {
@@ -862,6 +924,9 @@ impl Core {
         let store::Counts { queued, waiting, .. } = self.store.counts().unwrap_or_default();
         if self.paused {
             "paused"
+        } else if self.store_trouble.is_some() && self.busy.is_empty() {
+            // Nothing moves until the database can be written: said among the last errors.
+            "waiting"
         } else if !self.busy.is_empty() || !self.candidates.is_empty() || queued > waiting {
             "working"
         } else if waiting > 0 {

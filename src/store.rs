@@ -250,6 +250,11 @@ impl Store {
         Ok((Store { db, path }, recovered))
     }
 
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sql { path: self.path.clone(), source }
     }
@@ -515,6 +520,30 @@ impl Store {
                     )
                     .map_err(|e| self.err(e))?;
             }
+        }
+        Ok(n)
+    }
+
+    /// Sends the rows left `running` that are not in the engine (`busy`) back to `pending`, to be
+    /// protected again replacing any copy they wrote: their end could not be recorded (the
+    /// database could not be written). Returns how many.
+    pub fn requeue_stale(&self, busy: &[PathBuf]) -> Result<usize, StoreError> {
+        let e = |e| self.err(e);
+        let running: Vec<PathBuf> = {
+            let mut stmt =
+                self.db.prepare_cached("SELECT path FROM files WHERE status = 'running'").map_err(e)?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(e)?;
+            rows.map(|r| r.map(path_of)).collect::<Result<_, _>>().map_err(e)?
+        };
+        let mut n = 0;
+        for path in running.iter().filter(|p| !busy.contains(p)) {
+            n += self
+                .db
+                .execute(
+                    "UPDATE files SET status = 'pending', replace = 1 WHERE path = ?1 AND status = 'running'",
+                    [blob(path)],
+                )
+                .map_err(e)?;
         }
         Ok(n)
     }
@@ -795,6 +824,23 @@ mod tests {
             .unwrap();
         let row = s.rows().unwrap().into_iter().find(|r| r.path == a).unwrap();
         assert_eq!((row.status, row.error), (Status::Done, None));
+    }
+
+    #[test]
+    fn a_photo_whose_end_was_not_recorded_is_queued_again_to_replace_its_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let (f, a, b) = (Path::new("/in"), Path::new("/in/a.jpg"), Path::new("/in/b.jpg"));
+        s.observe(f, a, seen(1), "ha").unwrap();
+        s.observe(f, b, seen(1), "hb").unwrap();
+        s.set_running(a).unwrap();
+        s.set_running(b).unwrap();
+        // b is still in the engine; a's finish could not be written.
+        assert_eq!(s.requeue_stale(&[b.to_path_buf()]).unwrap(), 1);
+        let jobs = s.pending(10, &[]).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!((jobs[0].path.as_path(), jobs[0].replace), (a, true));
+        assert_eq!(s.job_of(b).unwrap().map(|(_, st)| st), Some(Status::Running));
     }
 
     #[test]

@@ -341,6 +341,75 @@ fn a_photo_waits_while_its_output_folder_is_gone_and_is_protected_once_it_is_bac
     assert_eq!(log.matches(": waiting for its output folder").count(), 1, "told once: {log}");
 }
 
+/// A tmpfs mounted at a folder for a test's life (unmounted on drop).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None`, said on stderr, where this user cannot mount (not root, no `CAP_SYS_ADMIN`).
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if status.is_ok_and(|s| s.success()) {
+            Some(Tmpfs(at.to_path_buf()))
+        } else {
+            eprintln!("skipped: cannot mount a tmpfs at {} (needs root)", at.display());
+            None
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until its file system has no byte left.
+fn fill(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in [1 << 16, 1 << 12, 1] {
+        while f.write_all(&vec![0u8; chunk]).is_ok() {}
+    }
+    let _ = f.sync_all();
+}
+
+#[test]
+fn photos_wait_while_the_job_database_cannot_be_written_and_none_is_lost() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3\npoll_seconds = 1", &[("In", "Out")]);
+    // The state folder on a disk of its own, as on a small /home; veild makes the database there.
+    let Some(_disk) = Tmpfs::mount(&home.path().join("state"), "4m") else { return };
+    let d = home.start();
+    let filler = home.path().join("state/filler");
+    fill(&filler);
+    let n = 30;
+    let input = home.path().join("In");
+    for i in 0..n {
+        let name = format!("p{i:02}.png");
+        std::fs::write(input.join(format!(".{name}")), photo(i, 16, &name)).unwrap();
+        std::fs::rename(input.join(format!(".{name}")), input.join(&name)).unwrap();
+    }
+    d.wait_log("new photos are recorded and protected once it can be written again", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+
+    std::fs::remove_file(&filler).unwrap();
+    d.wait_log("can be written again", Duration::from_secs(30));
+    let rows = home.wait_settled(&d, n as usize, Duration::from_secs(120));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(rows.values().all(|r| r.status == "done"), "{rows:#?}\n{log}");
+    let out = home.path().join("Out");
+    let names: Vec<String> = (0..n).map(|i| format!("p{i:02}.png")).collect();
+    let expected: Vec<PathBuf> = names.iter().map(|n| out.join(n)).collect();
+    assert_eq!(files(&out), expected, "each photo protected once, nothing else: {log}");
+    let told = log.lines().filter(|l| l.contains("ERROR") && l.contains("database or disk is full"));
+    assert_eq!(told.count(), 1, "told once: {log}");
+}
+
 #[test]
 fn a_watched_folder_deleted_then_made_again_or_replaced_is_watched_anew() {
     let home = Home::new();

@@ -36,8 +36,8 @@ pub struct Version {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     /// `idle`, `working` (photos queued or in the engine), `waiting` (nothing to do but photos that
-    /// wait for another try: their output folder could not take them, or an attempt failed) or
-    /// `paused`.
+    /// wait for another try: their output folder could not take them, an attempt failed, or the
+    /// job database cannot be written) or `paused`.
     pub state: String,
     pub version: String,
     pub pid: u32,
