@@ -553,7 +553,7 @@ impl Core {
                     } else if filter.takes_file(&path) {
                         match watch::stat(&path) {
                             Some(seen) => self.candidate(root, path, seen),
-                            None => self.drop_failed_gone(root, &path),
+                            None => self.sources_gone(root, &path),
                         }
                     }
                 }
@@ -578,17 +578,18 @@ impl Core {
         for (path, seen) in found {
             self.candidate(root, path, seen);
         }
-        self.drop_failed_gone(root, dir);
+        self.sources_gone(root, dir);
     }
 
-    /// Forgets the failures of the quarantined photos at or under `under` that were deleted or
-    /// moved away: their rows and what `veil status` told of them. Not while the folder `root`
-    /// itself is gone (its drive not mounted): its files are not deleted then.
-    fn drop_failed_gone(&mut self, root: &Path, under: &Path) {
+    /// The photos at or under `under` that were deleted or moved away: a quarantined one's failure
+    /// is forgotten (its row and what `veil status` told of it), a protected one is marked gone
+    /// (`Store::sources_gone`). Not while the folder `root` itself is gone (its drive not
+    /// mounted): its files are not deleted then.
+    fn sources_gone(&mut self, root: &Path, under: &Path) {
         if !root.is_dir() {
             return;
         }
-        match self.store.drop_failed_gone(under) {
+        match self.store.sources_gone(under) {
             Ok(dropped) => {
                 for path in dropped {
                     tracing::info!("{} is gone: its failure is forgotten", path.display());
@@ -729,7 +730,7 @@ impl Core {
                 break;
             }
             let job = match (self.folder(&p.folder), &p.output_dir) {
-                (Some(folder), _) => self.job(&folder.config, &p.path, p.replace),
+                (Some(folder), _) => self.job(&folder.config, &p.path, p.replace, p.replaces.clone()),
                 (None, Some(output)) => {
                     // Queued by hand from outside the watched folders: the defaults.
                     let config = FolderConfig {
@@ -741,7 +742,7 @@ impl Core {
                         ignore: Vec::new(),
                         poll: false,
                     };
-                    self.job(&config, &p.path, p.replace)
+                    self.job(&config, &p.path, p.replace, p.replaces.clone())
                 }
                 (None, None) => continue,
             };
@@ -762,7 +763,7 @@ impl Core {
         }
     }
 
-    fn job(&self, c: &FolderConfig, source: &Path, replace: bool) -> Job {
+    fn job(&self, c: &FolderConfig, source: &Path, replace: bool, replaces: Option<PathBuf>) -> Job {
         let rel_dir = source.parent().and_then(|p| p.strip_prefix(&c.path).ok()).unwrap_or(Path::new(""));
         let output_dir = c.output.join(rel_dir);
         if !rel_dir.as_os_str().is_empty() && c.output.is_dir() {
@@ -772,7 +773,10 @@ impl Core {
             }
         }
         let mut imageio = self.config.imageio.clone();
-        imageio.replace_existing |= replace;
+        match replaces {
+            Some(old) => imageio.replace_copy = Some(old),
+            None => imageio.replace_existing |= replace,
+        }
         Job {
             source: source.to_path_buf(),
             folder: c.path.clone(),

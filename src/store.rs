@@ -115,6 +115,10 @@ pub struct PendingJob {
     /// The previous attempt may already have written the protected copy (it was interrupted, or an
     /// older content of the file was protected): replace it rather than add `name (1).ext`.
     pub replace: bool,
+    /// The copy to replace, where the store knows it (an older content's copy, or a copy `veil
+    /// retry` protects again); `None` with `replace` for an attempt interrupted before it recorded
+    /// its copy: the copy is the one under the photo's own name.
+    pub replaces: Option<PathBuf>,
     /// Set for a photo queued by hand from outside the watched folders: where its copy goes.
     pub output_dir: Option<PathBuf>,
 }
@@ -204,9 +208,12 @@ CREATE INDEX IF NOT EXISTS files_hash ON files(hash);
 CREATE INDEX IF NOT EXISTS files_status ON files(status);
 ";
 
-/// Columns added after the first schema: a stable job number (for `veil retry ID` and paging) and
-/// the output folder of a photo queued by hand from outside the watched folders.
-const ADDED_COLUMNS: [(&str, &str); 2] = [("id", "INTEGER"), ("output_dir", "BLOB")];
+/// Columns added after the first schema: a stable job number (for `veil retry ID` and paging), the
+/// output folder of a photo queued by hand from outside the watched folders, whether the file was
+/// seen gone after it was protected (see [`Store::sources_gone`]), and the copy a pending job
+/// replaces ([`PendingJob::replaces`]).
+const ADDED_COLUMNS: [(&str, &str); 4] =
+    [("id", "INTEGER"), ("output_dir", "BLOB"), ("gone", "INTEGER NOT NULL DEFAULT 0"), ("replaces", "BLOB")];
 
 fn blob(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
@@ -245,7 +252,11 @@ impl Store {
         db.execute_batch(SCHEMA).map_err(err)?;
         migrate(&db).map_err(err)?;
         let recovered = db
-            .execute("UPDATE files SET status = 'pending', replace = 1 WHERE status = 'running'", [])
+            .execute(
+                "UPDATE files SET status = 'pending', replace = 1, replaces = COALESCE(replaces, output) \
+                 WHERE status = 'running'",
+                [],
+            )
             .map_err(err)?;
         Ok((Store { db, path }, recovered))
     }
@@ -293,18 +304,18 @@ impl Store {
         output_dir: Option<&Path>,
     ) -> Result<Observed, StoreError> {
         let e = |e| self.err(e);
-        let old: Option<(String, Option<Vec<u8>>)> = self
+        let old: Option<(String, Option<Vec<u8>>, bool)> = self
             .db
-            .query_row("SELECT hash, output FROM files WHERE path = ?1", [blob(path)], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+            .query_row("SELECT hash, output, gone FROM files WHERE path = ?1", [blob(path)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()
             .map_err(e)?;
-        if let Some((old_hash, _)) = &old {
+        if let Some((old_hash, _, _)) = &old {
             if old_hash == hash {
                 self.db
                     .execute(
-                        "UPDATE files SET size = ?2, mtime_ns = ?3 WHERE path = ?1",
+                        "UPDATE files SET size = ?2, mtime_ns = ?3, gone = 0 WHERE path = ?1",
                         params![blob(path), seen.size as i64, seen.mtime_ns],
                     )
                     .map_err(e)?;
@@ -322,7 +333,22 @@ impl Store {
             )
             .optional()
             .map_err(e)?;
-        let replace = old.as_ref().is_some_and(|(_, out)| out.is_some());
+        // New content under a known name: the photo was edited, and its new copy replaces the old
+        // one, unless the file was seen gone in between (another photo under the same name) or
+        // the old copy also stands for other files (same content under other names): then the
+        // new copy gets a name of its own and nothing is lost.
+        let replace = match &old {
+            Some((_, Some(output), false)) => !self
+                .db
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM files WHERE output = ?1 AND path != ?2)",
+                    params![output, blob(path)],
+                    |r| r.get::<_, bool>(0),
+                )
+                .map_err(e)?,
+            _ => false,
+        };
+        let replaces = old.as_ref().and_then(|(_, output, _)| output.clone()).filter(|_| replace);
         let (status, output, duplicate_of) = match &twin {
             Some((of, output, _)) => (Status::Skipped, output.clone(), Some(of.clone())),
             None => (Status::Pending, None, None),
@@ -331,10 +357,10 @@ impl Store {
             .execute(
                 "INSERT OR REPLACE INTO files (path, folder, size, mtime_ns, hash, status, attempts, \
                  error, output, faces, seconds, losses, duplicate_of, replace, not_before, updated, \
-                 id, output_dir) \
+                 id, output_dir, gone, replaces) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, NULL, ?7, NULL, NULL, NULL, ?8, ?9, 0, ?10, \
                  COALESCE((SELECT id FROM files WHERE path = ?1), \
-                          (SELECT COALESCE(MAX(id), 0) + 1 FROM files)), ?11)",
+                          (SELECT COALESCE(MAX(id), 0) + 1 FROM files)), ?11, 0, ?12)",
                 params![
                     blob(path),
                     blob(folder),
@@ -346,7 +372,8 @@ impl Store {
                     duplicate_of,
                     replace,
                     now(),
-                    output_dir.map(blob)
+                    output_dir.map(blob),
+                    replaces
                 ],
             )
             .map_err(e)?;
@@ -362,7 +389,7 @@ impl Store {
         let mut stmt = self
             .db
             .prepare_cached(
-                "SELECT path, folder, replace, output_dir FROM files WHERE status = 'pending' \
+                "SELECT path, folder, replace, output_dir, replaces FROM files WHERE status = 'pending' \
                  AND not_before <= ?1 ORDER BY updated, path",
             )
             .map_err(e)?;
@@ -373,6 +400,7 @@ impl Store {
                     folder: path_of(r.get(1)?),
                     replace: r.get(2)?,
                     output_dir: r.get::<_, Option<Vec<u8>>>(3)?.map(path_of),
+                    replaces: r.get::<_, Option<Vec<u8>>>(4)?.map(path_of),
                 })
             })
             .map_err(e)?;
@@ -420,15 +448,17 @@ impl Store {
                 self.db
                     .execute(
                         "UPDATE files SET status = 'done', error = NULL, output = ?2, faces = ?3, \
-                         seconds = ?4, losses = ?5, replace = 0, attempts = attempts + 1, updated = ?6 \
+                         seconds = ?4, losses = ?5, replace = 0, replaces = NULL, attempts = attempts + 1, updated = ?6 \
                          WHERE path = ?1",
                         params![p, blob(output), faces, seconds, losses.join(","), now()],
                     )
                     .map_err(e)?;
-                // Files with the same content point at this copy.
+                // Files with the same content point at this copy (not those that found an earlier
+                // content under this name).
                 self.db
                     .execute(
-                        "UPDATE files SET output = ?2 WHERE duplicate_of = ?1 AND status = 'skipped'",
+                        "UPDATE files SET output = ?2 WHERE duplicate_of = ?1 AND status = 'skipped' \
+                         AND hash = (SELECT hash FROM files WHERE path = ?1)",
                         params![p, blob(output)],
                     )
                     .map_err(e)?;
@@ -461,7 +491,8 @@ impl Store {
                     self.db
                         .execute(
                             "UPDATE files SET status = 'failed', error = ?2 WHERE duplicate_of = ?1 \
-                             AND status = 'skipped' AND output IS NULL",
+                             AND status = 'skipped' AND output IS NULL \
+                             AND hash = (SELECT hash FROM files WHERE path = ?1)",
                             params![p, message],
                         )
                         .map_err(e)?;
@@ -540,7 +571,8 @@ impl Store {
             n += self
                 .db
                 .execute(
-                    "UPDATE files SET status = 'pending', replace = 1 WHERE path = ?1 AND status = 'running'",
+                    "UPDATE files SET status = 'pending', replace = 1, replaces = COALESCE(replaces, output) \
+                     WHERE path = ?1 AND status = 'running'",
                     [blob(path)],
                 )
                 .map_err(e)?;
@@ -548,29 +580,48 @@ impl Store {
         Ok(n)
     }
 
-    /// Drops the rows of quarantined files at or under `under` that are no longer there (deleted or
-    /// moved away while `failed`): their failure is over. Returns the paths dropped. The caller
-    /// makes sure the watched folder itself is there (a drive not mounted is not a deletion).
-    pub fn drop_failed_gone(&self, under: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    /// Looks at the rows at or under `under` whose file is no longer there (deleted, or moved or
+    /// renamed away). A quarantined one is dropped: its failure is over. A protected or skipped one
+    /// is kept (the copy is still there, and so is the record of it) but marked `gone`, so a
+    /// different photo that later comes under the same name (a camera's numbering starting over,
+    /// another file renamed to it) gets a copy of its own instead of replacing this one. Returns the
+    /// failed paths dropped. The caller makes sure the watched folder itself is there (a drive not
+    /// mounted is not a deletion).
+    pub fn sources_gone(&self, under: &Path) -> Result<Vec<PathBuf>, StoreError> {
         let e = |e| self.err(e);
-        let failed: Vec<PathBuf> = {
-            let mut stmt =
-                self.db.prepare_cached("SELECT path FROM files WHERE status = 'failed'").map_err(e)?;
-            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(e)?;
-            rows.map(|r| r.map(path_of)).collect::<Result<_, _>>().map_err(e)?
-        };
-        let gone = |p: &Path| {
-            p.starts_with(under)
-                && std::fs::symlink_metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-        };
-        let mut dropped = Vec::new();
-        for path in failed.into_iter().filter(|p| gone(p)) {
-            let n = self
+        let mut prefix = blob(under).to_vec();
+        if prefix.last() != Some(&b'/') {
+            prefix.push(b'/');
+        }
+        let rows: Vec<(PathBuf, String)> = {
+            let mut stmt = self
                 .db
-                .execute("DELETE FROM files WHERE path = ?1 AND status = 'failed'", [blob(&path)])
+                .prepare_cached(
+                    "SELECT path, status FROM files WHERE (path = ?1 OR substr(path, 1, ?3) = ?2) \
+                     AND (status = 'failed' OR (status IN ('done', 'skipped') AND gone = 0))",
+                )
                 .map_err(e)?;
-            if n > 0 {
-                dropped.push(path);
+            let rows = stmt
+                .query_map(params![blob(under), prefix, prefix.len() as i64], |r| {
+                    Ok((path_of(r.get(0)?), r.get(1)?))
+                })
+                .map_err(e)?;
+            rows.collect::<Result<_, _>>().map_err(e)?
+        };
+        let missing =
+            |p: &Path| std::fs::symlink_metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        let mut dropped = Vec::new();
+        for (path, status) in rows.into_iter().filter(|(p, _)| missing(p)) {
+            if status == "failed" {
+                let n = self
+                    .db
+                    .execute("DELETE FROM files WHERE path = ?1 AND status = 'failed'", [blob(&path)])
+                    .map_err(e)?;
+                if n > 0 {
+                    dropped.push(path);
+                }
+            } else {
+                self.db.execute("UPDATE files SET gone = 1 WHERE path = ?1", [blob(&path)]).map_err(e)?;
             }
         }
         Ok(dropped)
@@ -589,7 +640,7 @@ impl Store {
         self.db
             .execute(
                 "UPDATE files SET status = 'pending', attempts = 0, not_before = 0, duplicate_of = NULL, \
-                 replace = (output IS NOT NULL), updated = ?2 WHERE path = ?1",
+                 replace = (output IS NOT NULL), replaces = output, updated = ?2 WHERE path = ?1",
                 params![path, now()],
             )
             .map_err(e)?;
@@ -754,12 +805,30 @@ mod tests {
         assert_eq!(rows[1].status, Status::Skipped);
         // Touched without a change of content: nothing to do.
         assert_eq!(s.observe(f, a, seen(5), "h1").unwrap(), Observed::SameContent);
-        // New content: protected again, replacing the old copy.
+        // New content, but the old copy also stands for b: it stays, the new one gets its own name.
         assert_eq!(s.observe(f, a, seen(6), "h2").unwrap(), Observed::Queued);
-        assert_eq!(
-            s.pending(10, &[]).unwrap(),
-            vec![PendingJob { path: a.into(), folder: f.into(), replace: true, output_dir: None }]
-        );
+        let job = |p: &Path, replaces: Option<&str>| PendingJob {
+            path: p.into(),
+            folder: f.into(),
+            replace: replaces.is_some(),
+            output_dir: None,
+            replaces: replaces.map(PathBuf::from),
+        };
+        assert_eq!(s.pending(10, &[]).unwrap(), vec![job(a, None)]);
+        assert_eq!(s.rows().unwrap()[1].output.as_deref(), Some(Path::new("/out/a.jpg")), "b keeps its copy");
+
+        // A photo edited in place: its new copy replaces its old one.
+        let c = Path::new("/in/c.jpg");
+        s.observe(f, c, seen(1), "h3").unwrap();
+        let done = Finish::Done { output: "/out/c.jpg".into(), faces: 1, seconds: 1.0, losses: vec![] };
+        s.finish(c, &done).unwrap();
+        assert_eq!(s.observe(f, c, seen(2), "h4").unwrap(), Observed::Queued);
+        assert!(s.pending(10, &[]).unwrap().contains(&job(c, Some("/out/c.jpg"))));
+        s.finish(c, &done).unwrap();
+        // Seen gone (these paths are not on disk), then another photo under its name: a copy of its own.
+        s.sources_gone(f).unwrap();
+        assert_eq!(s.observe(f, c, seen(3), "h5").unwrap(), Observed::Queued);
+        assert!(s.pending(10, &[]).unwrap().contains(&job(c, None)));
     }
 
     #[test]
@@ -862,8 +931,8 @@ mod tests {
         s.finish(&done, &written).unwrap();
         std::fs::write(&kept, b"x").unwrap();
         // Only `kept` is on disk. A file given by name: only that one.
-        assert_eq!(s.drop_failed_gone(&deleted).unwrap(), std::slice::from_ref(&deleted));
-        assert_eq!(s.drop_failed_gone(&f).unwrap(), std::slice::from_ref(&deep));
+        assert_eq!(s.sources_gone(&deleted).unwrap(), std::slice::from_ref(&deleted));
+        assert_eq!(s.sources_gone(&f).unwrap(), std::slice::from_ref(&deep));
         let left: Vec<(PathBuf, Status)> =
             s.rows().unwrap().into_iter().map(|r| (r.path, r.status)).collect();
         // Done and pending rows stay (the worker drops a pending one it cannot find).

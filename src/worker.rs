@@ -336,9 +336,9 @@ impl Worker {
     }
 
     /// Queues a job; gives it back when the queue is full or the worker has stopped.
-    pub fn try_send(&self, job: Job) -> Result<(), Job> {
+    pub fn try_send(&self, job: Job) -> Result<(), Box<Job>> {
         self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::TrySendError::Full(j) | mpsc::TrySendError::Disconnected(j) => j,
+            mpsc::TrySendError::Full(j) | mpsc::TrySendError::Disconnected(j) => Box::new(j),
         })
     }
 

@@ -109,6 +109,10 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+fn decodes_bytes(bytes: &[u8]) -> image::RgbImage {
+    image::load_from_memory(bytes).unwrap().to_rgb8()
+}
+
 fn decodes(path: &Path) -> image::RgbImage {
     image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
 }
@@ -287,6 +291,68 @@ fn sighup_watches_a_new_folder_and_keeps_the_old_config_when_the_new_one_is_brok
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(home.path().join("Out/b.png").is_file() && home.path().join("Out2/c.png").is_file(), "{log}");
     assert!(log.contains("settle_seconds"), "the error names the key: {log}");
+}
+
+#[test]
+fn a_name_used_again_never_costs_another_photo_its_copy_and_an_edit_replaces_its_own() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    let (input, out) = (home.path().join("In"), home.path().join("Out"));
+    let a = input.join("a.png");
+    // Written aside and renamed in, as an editor saves.
+    let put = |seed: u32| {
+        std::fs::write(input.join(".a.png.tmp"), photo(seed, 16, "a.png")).unwrap();
+        std::fs::rename(input.join(".a.png.tmp"), &a).unwrap();
+    };
+    // Waits until a.png's row holds this content and is done.
+    let done = |seed: u32| {
+        let want = decodes_bytes(&photo(seed, 16, "a.png"));
+        let start = Instant::now();
+        loop {
+            let row = home.rows().get(&a).cloned();
+            if let Some(Row { status, output: Some(output), .. }) = &row {
+                if status == "done" && output.is_file() && decodes(output) == want {
+                    return output.clone();
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "seed {seed}: {row:?}\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    put(1);
+    assert_eq!(done(1), out.join("a.png"));
+
+    // Renamed: b.png is the same photo, its copy is a.png's; then another photo is named a.png.
+    std::fs::rename(&a, input.join("b.png")).unwrap();
+    home.wait_settled(&d, 2, Duration::from_secs(30));
+    put(2);
+    assert_eq!(done(2), out.join("a (1).png"), "a.png's copy still stands for b.png");
+
+    // Deleted, and later another photo under the same name (a camera's numbering starting over).
+    std::fs::remove_file(&a).unwrap();
+    let start = Instant::now();
+    while home.db().query_row(
+        "SELECT gone FROM files WHERE path = ?1",
+        [a.as_os_str().as_encoded_bytes()],
+        |r| r.get::<_, bool>(0),
+    ) != Ok(true)
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "a.png never seen gone: {}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    put(3);
+    assert_eq!(done(3), out.join("a (2).png"));
+    // Edited in place: the new copy replaces its own old copy and nothing else.
+    put(4);
+    assert_eq!(done(4), out.join("a (2).png"));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let names = ["a (1).png", "a (2).png", "a.png"];
+    assert_eq!(files(&out), names.map(|n| out.join(n)), "{log}");
+    for (name, seed) in [("a.png", 1), ("a (1).png", 2)] {
+        assert_eq!(decodes(&out.join(name)), decodes_bytes(&photo(seed, 16, "a.png")), "{name} kept");
+    }
 }
 
 #[test]

@@ -67,6 +67,35 @@ fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
+/// What [`write_atomic`] may put its copy over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overwrite<'a> {
+    /// Nothing: a name taken gives `name (1).ext`.
+    Nothing,
+    /// Whatever file has the name (`imageio.replace_existing`, or an attempt interrupted before
+    /// it could record which name it wrote).
+    SameName,
+    /// This earlier copy of the same photo, when it lies in the folder under the name or one of
+    /// its `name (k).ext` forms; otherwise nothing.
+    Copy(&'a Path),
+}
+
+/// Whether `file` is `name` or one of the `stem (k).ext` forms [`candidate`] makes of it.
+fn is_candidate(name: &OsStr, file: &OsStr) -> bool {
+    if file == name {
+        return true;
+    }
+    let (name, file) = (name.as_bytes(), file.as_bytes());
+    let (stem, ext) = match name.iter().rposition(|&b| b == b'.').filter(|&i| i > 0) {
+        Some(i) => name.split_at(i),
+        None => (name, &[][..]),
+    };
+    let middle = file.strip_prefix(stem).and_then(|rest| rest.strip_suffix(ext));
+    middle.and_then(|m| m.strip_prefix(b" (")).and_then(|m| m.strip_suffix(b")")).is_some_and(|digits| {
+        !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) && digits[0] != b'0'
+    })
+}
+
 /// `name`, then `stem (1).ext`, `stem (2).ext`, … (the name's bytes kept as they are).
 fn candidate(name: &OsStr, k: u32) -> OsString {
     if k == 0 {
@@ -91,7 +120,7 @@ pub fn write_atomic(
     dir: &Path,
     name: &OsStr,
     bytes: &[u8],
-    replace: bool,
+    overwrite: Overwrite,
     source: FileId,
 ) -> Result<PathBuf, ImageError> {
     output_dir_exists(dir)?;
@@ -133,13 +162,26 @@ pub fn write_atomic(
         return Err(fail(e, &target));
     }
     let mut placed = None;
+    // Never over the source, nor through a symbolic link.
+    let is_source = |path: &Path| {
+        std::fs::symlink_metadata(path)
+            .ok()
+            .is_some_and(|m| source == Some((m.dev(), m.ino())) || m.file_type().is_symlink())
+    };
+    if let Overwrite::Copy(old) = overwrite {
+        let ours = old.parent() == Some(dir) && old.file_name().is_some_and(|f| is_candidate(name, f));
+        if ours && !is_source(old) {
+            std::fs::rename(&tmp, old).map_err(|e| fail(e, old))?;
+            placed = Some(old.to_path_buf());
+        }
+    }
     for k in 0..10_000 {
+        if placed.is_some() {
+            break;
+        }
         let path = dir.join(candidate(name, k));
-        let outcome = if replace {
-            let is_source = std::fs::symlink_metadata(&path)
-                .ok()
-                .is_some_and(|m| source == Some((m.dev(), m.ino())) || m.file_type().is_symlink());
-            if is_source {
+        let outcome = if overwrite == Overwrite::SameName {
+            if is_source(&path) {
                 continue;
             }
             std::fs::rename(&tmp, &path)
@@ -266,12 +308,12 @@ mod tests {
     #[test]
     fn never_clobbers_and_leaves_no_temporary() {
         let d = tempfile::tempdir().unwrap();
-        let a = write_atomic(d.path(), OsStr::new("p.jpg"), b"one", false, None).unwrap();
-        let b = write_atomic(d.path(), OsStr::new("p.jpg"), b"two", false, None).unwrap();
+        let a = write_atomic(d.path(), OsStr::new("p.jpg"), b"one", Overwrite::Nothing, None).unwrap();
+        let b = write_atomic(d.path(), OsStr::new("p.jpg"), b"two", Overwrite::Nothing, None).unwrap();
         assert_eq!(a, d.path().join("p.jpg"));
         assert_eq!(b, d.path().join("p (1).jpg"));
         assert_eq!(std::fs::read(&a).unwrap(), b"one");
-        let c = write_atomic(d.path(), OsStr::new("p.jpg"), b"three", true, None).unwrap();
+        let c = write_atomic(d.path(), OsStr::new("p.jpg"), b"three", Overwrite::SameName, None).unwrap();
         assert_eq!(c, a);
         assert_eq!(std::fs::read(&a).unwrap(), b"three");
         let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -283,9 +325,34 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let name = format!("{}.jpg", "é".repeat(120));
         assert_eq!(
-            write_atomic(d.path(), OsStr::new(&name), b"x", false, None).unwrap(),
+            write_atomic(d.path(), OsStr::new(&name), b"x", Overwrite::Nothing, None).unwrap(),
             d.path().join(&name)
         );
+    }
+
+    #[test]
+    fn an_earlier_copy_is_replaced_only_where_it_is_one_of_the_names() {
+        assert!(is_candidate(OsStr::new("p.jpg"), OsStr::new("p (12).jpg")));
+        for other in ["p (0).jpg", "p (1).png", "p ().jpg", "p (1a).jpg", "q (1).jpg", "p(1).jpg"] {
+            assert!(!is_candidate(OsStr::new("p.jpg"), OsStr::new(other)), "{other}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let [taken, old] = ["p.jpg", "p (2).jpg"].map(|n| d.path().join(n));
+        std::fs::write(&taken, b"another photo's copy").unwrap();
+        std::fs::write(&old, b"old copy").unwrap();
+        let out =
+            write_atomic(d.path(), OsStr::new("p.jpg"), b"new copy", Overwrite::Copy(&old), None).unwrap();
+        assert_eq!(out, old);
+        assert_eq!(std::fs::read(&old).unwrap(), b"new copy");
+        assert_eq!(std::fs::read(&taken).unwrap(), b"another photo's copy");
+        // A copy elsewhere, or under another name, is not this photo's: a name of its own.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let stray = elsewhere.path().join("p.jpg");
+        for old in [stray.as_path(), &d.path().join("q.jpg")] {
+            let out = write_atomic(d.path(), OsStr::new("p.jpg"), b"x", Overwrite::Copy(old), None).unwrap();
+            assert!(!out.ends_with("p.jpg") && !out.ends_with("p (2).jpg") && !old.exists(), "{out:?}");
+        }
+        assert_eq!(std::fs::read(&taken).unwrap(), b"another photo's copy");
     }
 
     #[test]
@@ -294,8 +361,14 @@ mod tests {
         let src = d.path().join("p.jpg");
         std::fs::write(&src, b"original").unwrap();
         let m = std::fs::metadata(&src).unwrap();
-        let out =
-            write_atomic(d.path(), OsStr::new("p.jpg"), b"copy", true, Some((m.dev(), m.ino()))).unwrap();
+        let out = write_atomic(
+            d.path(),
+            OsStr::new("p.jpg"),
+            b"copy",
+            Overwrite::SameName,
+            Some((m.dev(), m.ino())),
+        )
+        .unwrap();
         assert_eq!(out, d.path().join("p (1).jpg"));
         assert_eq!(std::fs::read(&src).unwrap(), b"original");
     }
@@ -304,7 +377,7 @@ mod tests {
     fn missing_output_directory_is_named() {
         let d = tempfile::tempdir().unwrap();
         let missing = d.path().join("nope");
-        let err = write_atomic(&missing, OsStr::new("p.jpg"), b"x", false, None).unwrap_err();
+        let err = write_atomic(&missing, OsStr::new("p.jpg"), b"x", Overwrite::Nothing, None).unwrap_err();
         assert!(matches!(err, ImageError::OutputDirMissing { .. }));
         assert!(err.to_string().contains("nope"), "{err}");
     }

@@ -67,6 +67,20 @@ pub struct Settings {
     /// Replace an existing file of the same name in the output folder instead of picking
     /// `name (1).ext`. A source file is never replaced.
     pub replace_existing: bool,
+    /// Not configuration: the earlier copy of this photo that its new copy replaces (`veild`
+    /// sets it per job for a photo whose content changed); see [`fsio::Overwrite::Copy`].
+    #[serde(skip)]
+    pub replace_copy: Option<PathBuf>,
+}
+
+impl Settings {
+    fn overwrite(&self) -> fsio::Overwrite<'_> {
+        match (&self.replace_copy, self.replace_existing) {
+            (Some(old), _) => fsio::Overwrite::Copy(old),
+            (None, true) => fsio::Overwrite::SameName,
+            (None, false) => fsio::Overwrite::Nothing,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -79,6 +93,7 @@ impl Default for Settings {
             jpeg_chroma: Chroma::Full,
             jpeg_parallel: true,
             replace_existing: false,
+            replace_copy: None,
         }
     }
 }
@@ -738,7 +753,7 @@ pub fn write_with(
         format,
         message,
     })?;
-    let path = fsio::write_atomic(out_dir, &name, &bytes, settings.replace_existing, photo.source_id)?;
+    let path = fsio::write_atomic(out_dir, &name, &bytes, settings.overwrite(), photo.source_id)?;
     let written = Written { path, format, bytes: bytes.len() as u64, input_bytes: photo.input_bytes };
     tracing::info!(output = %written.path.display(), bytes = written.bytes, input_bytes = written.input_bytes, "wrote protected copy");
     Ok(written)
@@ -777,7 +792,7 @@ pub fn write_unchanged(
     } else {
         jpeg::unchanged(data, &layout)
     };
-    let path = fsio::write_atomic(out_dir, &name, &bytes, settings.replace_existing, photo.source_id)?;
+    let path = fsio::write_atomic(out_dir, &name, &bytes, settings.overwrite(), photo.source_id)?;
     let written = Written { path, format, bytes: bytes.len() as u64, input_bytes: photo.input_bytes };
     tracing::info!(output = %written.path.display(), bytes = written.bytes, "wrote the original's bytes (nothing to protect)");
     Ok(written)
