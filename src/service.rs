@@ -20,6 +20,7 @@ use crate::{
     config::{Config, FolderConfig, Source},
     control::{self, server, ApiError, Command, Event, Reply},
     engine::{self, EngineError},
+    imageio,
     models::{Inventory, Role},
     pipeline,
     store::{self, Finish, Observed, Status, Store, StoreError},
@@ -730,7 +731,7 @@ impl Core {
                 break;
             }
             let job = match (self.folder(&p.folder), &p.output_dir) {
-                (Some(folder), _) => self.job(&folder.config, &p.path, p.replace, p.replaces.clone()),
+                (Some(folder), _) => self.job(&folder.config, &p.path, p.earlier.clone()),
                 (None, Some(output)) => {
                     // Queued by hand from outside the watched folders: the defaults.
                     let config = FolderConfig {
@@ -742,7 +743,7 @@ impl Core {
                         ignore: Vec::new(),
                         poll: false,
                     };
-                    self.job(&config, &p.path, p.replace, p.replaces.clone())
+                    self.job(&config, &p.path, p.earlier.clone())
                 }
                 (None, None) => continue,
             };
@@ -763,7 +764,7 @@ impl Core {
         }
     }
 
-    fn job(&self, c: &FolderConfig, source: &Path, replace: bool, replaces: Option<PathBuf>) -> Job {
+    fn job(&self, c: &FolderConfig, source: &Path, earlier: Option<imageio::Earlier>) -> Job {
         let rel_dir = source.parent().and_then(|p| p.strip_prefix(&c.path).ok()).unwrap_or(Path::new(""));
         let output_dir = c.output.join(rel_dir);
         if !rel_dir.as_os_str().is_empty() && c.output.is_dir() {
@@ -772,11 +773,7 @@ impl Core {
                 tracing::warn!("cannot create {}: {e}", output_dir.display());
             }
         }
-        let mut imageio = self.config.imageio.clone();
-        match replaces {
-            Some(old) => imageio.replace_copy = Some(old),
-            None => imageio.replace_existing |= replace,
-        }
+        let imageio = imageio::Settings { earlier, ..self.config.imageio.clone() };
         Job {
             source: source.to_path_buf(),
             folder: c.path.clone(),

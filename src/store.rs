@@ -14,6 +14,8 @@ use std::{
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::imageio::Earlier;
+
 /// File name of the database inside the state folder.
 pub const FILE_NAME: &str = "jobs.sqlite";
 
@@ -112,13 +114,9 @@ pub enum Observed {
 pub struct PendingJob {
     pub path: PathBuf,
     pub folder: PathBuf,
-    /// The previous attempt may already have written the protected copy (it was interrupted, or an
-    /// older content of the file was protected): replace it rather than add `name (1).ext`.
-    pub replace: bool,
-    /// The copy to replace, where the store knows it (an older content's copy, or a copy `veil
-    /// retry` protects again); `None` with `replace` for an attempt interrupted before it recorded
-    /// its copy: the copy is the one under the photo's own name.
-    pub replaces: Option<PathBuf>,
+    /// The copy this one replaces rather than taking `name (1).ext`: an older content's copy,
+    /// the copy `veil retry` makes again, or what an interrupted attempt may have written.
+    pub earlier: Option<Earlier>,
     /// Set for a photo queued by hand from outside the watched folders: where its copy goes.
     pub output_dir: Option<PathBuf>,
 }
@@ -253,7 +251,8 @@ impl Store {
         migrate(&db).map_err(err)?;
         let recovered = db
             .execute(
-                "UPDATE files SET status = 'pending', replace = 1, replaces = COALESCE(replaces, output) \
+                "UPDATE files SET status = 'pending', replaces = COALESCE(replaces, output), \
+                 replace = CASE WHEN replace > 0 THEN replace ELSE MAX(updated, 1) END \
                  WHERE status = 'running'",
                 [],
             )
@@ -395,12 +394,19 @@ impl Store {
             .map_err(e)?;
         let rows = stmt
             .query_map([now()], |r| {
+                let (replace, replaces) = (r.get::<_, i64>(2)?, r.get::<_, Option<Vec<u8>>>(4)?);
                 Ok(PendingJob {
                     path: path_of(r.get(0)?),
                     folder: path_of(r.get(1)?),
-                    replace: r.get(2)?,
                     output_dir: r.get::<_, Option<Vec<u8>>>(3)?.map(path_of),
-                    replaces: r.get::<_, Option<Vec<u8>>>(4)?.map(path_of),
+                    earlier: match (replaces, replace) {
+                        (Some(copy), _) => Some(Earlier::Copy(path_of(copy))),
+                        // An attempt's start, in seconds (1 in databases from before this).
+                        (None, since) if since > 0 => {
+                            Some(Earlier::Since(UNIX_EPOCH + std::time::Duration::from_secs(since as u64)))
+                        }
+                        (None, _) => None,
+                    },
                 })
             })
             .map_err(e)?;
@@ -571,7 +577,8 @@ impl Store {
             n += self
                 .db
                 .execute(
-                    "UPDATE files SET status = 'pending', replace = 1, replaces = COALESCE(replaces, output) \
+                    "UPDATE files SET status = 'pending', replaces = COALESCE(replaces, output), \
+                     replace = CASE WHEN replace > 0 THEN replace ELSE MAX(updated, 1) END \
                      WHERE path = ?1 AND status = 'running'",
                     [blob(path)],
                 )
@@ -810,9 +817,8 @@ mod tests {
         let job = |p: &Path, replaces: Option<&str>| PendingJob {
             path: p.into(),
             folder: f.into(),
-            replace: replaces.is_some(),
             output_dir: None,
-            replaces: replaces.map(PathBuf::from),
+            earlier: replaces.map(|c| Earlier::Copy(c.into())),
         };
         assert_eq!(s.pending(10, &[]).unwrap(), vec![job(a, None)]);
         assert_eq!(s.rows().unwrap()[1].output.as_deref(), Some(Path::new("/out/a.jpg")), "b keeps its copy");
@@ -847,6 +853,7 @@ mod tests {
     fn running_goes_back_to_pending_after_a_crash() {
         let d = tempfile::tempdir().unwrap();
         let a = Path::new("/in/a.jpg");
+        let began = UNIX_EPOCH + std::time::Duration::from_secs(now() as u64);
         {
             let (s, _) = Store::open(d.path()).unwrap();
             s.observe(Path::new("/in"), a, seen(1), "h").unwrap();
@@ -855,7 +862,9 @@ mod tests {
         let (s, recovered) = Store::open(d.path()).unwrap();
         assert_eq!(recovered, 1);
         let jobs = s.pending(10, &[]).unwrap();
-        assert!(jobs[0].replace);
+        // What it may have written is no older than its start (a second's precision).
+        let Some(Earlier::Since(since)) = jobs[0].earlier else { panic!("{jobs:?}") };
+        assert!(since >= began && since <= SystemTime::now(), "{jobs:?}");
         assert_eq!(s.pending(10, &[a.to_path_buf()]).unwrap(), vec![]);
     }
 
@@ -908,7 +917,8 @@ mod tests {
         assert_eq!(s.requeue_stale(&[b.to_path_buf()]).unwrap(), 1);
         let jobs = s.pending(10, &[]).unwrap();
         assert_eq!(jobs.len(), 1);
-        assert_eq!((jobs[0].path.as_path(), jobs[0].replace), (a, true));
+        assert_eq!(jobs[0].path.as_path(), a);
+        assert!(matches!(jobs[0].earlier, Some(Earlier::Since(_))), "{jobs:?}");
         assert_eq!(s.job_of(b).unwrap().map(|(_, st)| st), Some(Status::Running));
     }
 

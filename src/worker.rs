@@ -33,8 +33,8 @@ pub struct Job {
     pub preset: Preset,
     /// The folder's output format; `None`: the source's.
     pub format: Option<imageio::Format>,
-    /// How to read and write it; `replace_existing` is set when an earlier attempt may have written
-    /// the copy already.
+    /// How to read and write it; `earlier` names the copy an earlier content or attempt may have
+    /// written, which this one replaces.
     pub imageio: imageio::Settings,
 }
 

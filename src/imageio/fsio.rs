@@ -10,6 +10,7 @@ use std::{
     },
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
+    time::SystemTime,
 };
 
 use super::ImageError;
@@ -78,6 +79,9 @@ pub enum Overwrite<'a> {
     /// This earlier copy of the same photo, when it lies in the folder under the name or one of
     /// its `name (k).ext` forms; otherwise nothing.
     Copy(&'a Path),
+    /// A copy an interrupted attempt may have written, under the name or one of its forms, no
+    /// older than `since`: an older file there is another photo's, and passed over.
+    Since(SystemTime),
 }
 
 /// Whether `file` is `name` or one of the `stem (k).ext` forms [`candidate`] makes of it.
@@ -180,13 +184,17 @@ pub fn write_atomic(
             break;
         }
         let path = dir.join(candidate(name, k));
-        let outcome = if overwrite == Overwrite::SameName {
-            if is_source(&path) {
-                continue;
-            }
-            std::fs::rename(&tmp, &path)
-        } else {
-            rename_noreplace(&tmp, &path)
+        let outcome = match overwrite {
+            Overwrite::SameName if is_source(&path) => continue,
+            Overwrite::SameName => std::fs::rename(&tmp, &path),
+            Overwrite::Since(since) => match std::fs::symlink_metadata(&path) {
+                Ok(m) if !m.is_file() || is_source(&path) || m.modified().map_or(true, |t| t < since) => {
+                    continue
+                }
+                Ok(_) => std::fs::rename(&tmp, &path),
+                Err(_) => rename_noreplace(&tmp, &path),
+            },
+            Overwrite::Nothing | Overwrite::Copy(_) => rename_noreplace(&tmp, &path),
         };
         match outcome {
             Ok(()) => {
@@ -353,6 +361,25 @@ mod tests {
             assert!(!out.ends_with("p.jpg") && !out.ends_with("p (2).jpg") && !old.exists(), "{out:?}");
         }
         assert_eq!(std::fs::read(&taken).unwrap(), b"another photo's copy");
+    }
+
+    #[test]
+    fn an_interrupted_attempt_replaces_only_what_it_may_have_written() {
+        let d = tempfile::tempdir().unwrap();
+        let other = d.path().join("p.jpg");
+        std::fs::write(&other, b"another photo's copy").unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(60);
+        File::options().write(true).open(&other).unwrap().set_modified(old).unwrap();
+        // The attempt began after that file was written: it wrote p (1).jpg, or nothing.
+        let began = SystemTime::now() - std::time::Duration::from_secs(1);
+        let first =
+            write_atomic(d.path(), OsStr::new("p.jpg"), b"one", Overwrite::Since(began), None).unwrap();
+        assert_eq!(first, d.path().join("p (1).jpg"));
+        let again =
+            write_atomic(d.path(), OsStr::new("p.jpg"), b"two", Overwrite::Since(began), None).unwrap();
+        assert_eq!(again, first, "the interrupted attempt's copy is replaced, not doubled");
+        assert_eq!(std::fs::read(&first).unwrap(), b"two");
+        assert_eq!(std::fs::read(&other).unwrap(), b"another photo's copy");
     }
 
     #[test]

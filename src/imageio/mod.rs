@@ -67,17 +67,29 @@ pub struct Settings {
     /// Replace an existing file of the same name in the output folder instead of picking
     /// `name (1).ext`. A source file is never replaced.
     pub replace_existing: bool,
-    /// Not configuration: the earlier copy of this photo that its new copy replaces (`veild`
-    /// sets it per job for a photo whose content changed); see [`fsio::Overwrite::Copy`].
+    /// Not configuration: the earlier copy of this photo that its new copy replaces, set by
+    /// `veild` per job.
     #[serde(skip)]
-    pub replace_copy: Option<PathBuf>,
+    pub earlier: Option<Earlier>,
+}
+
+/// An earlier copy of a photo, which its new copy replaces instead of taking `name (1).ext`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Earlier {
+    /// The copy of an older content of the photo (it was edited), or the copy `veil retry`
+    /// makes again: replaced when it lies in the output folder under one of the name's forms.
+    Copy(PathBuf),
+    /// Whatever copy an attempt begun at this time wrote before it was interrupted (it could not
+    /// record which): a file under one of the name's forms no older than that.
+    Since(std::time::SystemTime),
 }
 
 impl Settings {
     fn overwrite(&self) -> fsio::Overwrite<'_> {
-        match (&self.replace_copy, self.replace_existing) {
-            (Some(old), _) => fsio::Overwrite::Copy(old),
-            (None, true) => fsio::Overwrite::SameName,
+        match (&self.earlier, self.replace_existing) {
+            (Some(Earlier::Copy(old)), _) => fsio::Overwrite::Copy(old),
+            (Some(Earlier::Since(t)), false) => fsio::Overwrite::Since(*t),
+            (_, true) => fsio::Overwrite::SameName,
             (None, false) => fsio::Overwrite::Nothing,
         }
     }
@@ -93,7 +105,7 @@ impl Default for Settings {
             jpeg_chroma: Chroma::Full,
             jpeg_parallel: true,
             replace_existing: false,
-            replace_copy: None,
+            earlier: None,
         }
     }
 }
