@@ -213,6 +213,15 @@ CREATE INDEX IF NOT EXISTS files_status ON files(status);
 const ADDED_COLUMNS: [(&str, &str); 4] =
     [("id", "INTEGER"), ("output_dir", "BLOB"), ("gone", "INTEGER NOT NULL DEFAULT 0"), ("replaces", "BLOB")];
 
+/// Whether a recorded copy was deleted: its folder is there, the file is not (a folder on a drive
+/// not mounted is not a deletion).
+fn copy_deleted(output: Option<&[u8]>) -> bool {
+    output.map(|o| path_of(o.to_vec())).is_some_and(|copy| {
+        std::fs::symlink_metadata(&copy).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            && copy.parent().is_some_and(Path::is_dir)
+    })
+}
+
 fn blob(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
@@ -303,15 +312,17 @@ impl Store {
         output_dir: Option<&Path>,
     ) -> Result<Observed, StoreError> {
         let e = |e| self.err(e);
-        let old: Option<(String, Option<Vec<u8>>, bool)> = self
+        let old: Option<(String, Option<Vec<u8>>, bool, String)> = self
             .db
-            .query_row("SELECT hash, output, gone FROM files WHERE path = ?1", [blob(path)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            .query_row("SELECT hash, output, gone, status FROM files WHERE path = ?1", [blob(path)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()
             .map_err(e)?;
-        if let Some((old_hash, _, _)) = &old {
-            if old_hash == hash {
+        if let Some((old_hash, output, _, status)) = &old {
+            // The same photo dropped again: nothing to do, unless its copy was deleted since.
+            let copy_gone = matches!(status.as_str(), "done" | "skipped") && copy_deleted(output.as_deref());
+            if old_hash == hash && !copy_gone {
                 self.db
                     .execute(
                         "UPDATE files SET size = ?2, mtime_ns = ?3, gone = 0 WHERE path = ?1",
@@ -321,23 +332,36 @@ impl Store {
                 return Ok(Observed::SameContent);
             }
         }
-        // Another file with this content, done or on its way?
-        let twin: Option<(Vec<u8>, Option<Vec<u8>>, String)> = self
-            .db
-            .query_row(
-                "SELECT path, output, status FROM files WHERE hash = ?1 AND path != ?2 \
-                 AND status IN ('done', 'pending', 'running') ORDER BY status = 'done' DESC LIMIT 1",
-                params![hash, blob(path)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(e)?;
+        // Another file with this content, done (its copy still there) or on its way?
+        let twin: Option<(Vec<u8>, Option<Vec<u8>>, String)> = {
+            let mut stmt = self
+                .db
+                .prepare_cached(
+                    "SELECT path, output, status FROM files WHERE hash = ?1 AND path != ?2 \
+                     AND status IN ('done', 'pending', 'running') ORDER BY status = 'done' DESC",
+                )
+                .map_err(e)?;
+            let rows = stmt
+                .query_map(params![hash, blob(path)], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?, r.get::<_, String>(2)?))
+                })
+                .map_err(e)?;
+            let mut twin = None;
+            for row in rows {
+                let row = row.map_err(e)?;
+                if row.2 != "done" || !copy_deleted(row.1.as_deref()) {
+                    twin = Some(row);
+                    break;
+                }
+            }
+            twin
+        };
         // New content under a known name: the photo was edited, and its new copy replaces the old
         // one, unless the file was seen gone in between (another photo under the same name) or
         // the old copy also stands for other files (same content under other names): then the
         // new copy gets a name of its own and nothing is lost.
         let replace = match &old {
-            Some((_, Some(output), false)) => !self
+            Some((_, Some(output), false, _)) => !self
                 .db
                 .query_row(
                     "SELECT EXISTS (SELECT 1 FROM files WHERE output = ?1 AND path != ?2)",
@@ -347,7 +371,7 @@ impl Store {
                 .map_err(e)?,
             _ => false,
         };
-        let replaces = old.as_ref().and_then(|(_, output, _)| output.clone()).filter(|_| replace);
+        let replaces = old.as_ref().and_then(|(_, output, _, _)| output.clone()).filter(|_| replace);
         let (status, output, duplicate_of) = match &twin {
             Some((of, output, _)) => (Status::Skipped, output.clone(), Some(of.clone())),
             None => (Status::Pending, None, None),
@@ -920,6 +944,37 @@ mod tests {
         assert_eq!(jobs[0].path.as_path(), a);
         assert!(matches!(jobs[0].earlier, Some(Earlier::Since(_))), "{jobs:?}");
         assert_eq!(s.job_of(b).unwrap().map(|(_, st)| st), Some(Status::Running));
+    }
+
+    #[test]
+    fn a_photo_dropped_again_after_its_copy_was_deleted_gets_a_new_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let (f, a, b) = (Path::new("/in"), Path::new("/in/a.jpg"), Path::new("/in/b.jpg"));
+        let copy = out.join("a.jpg");
+        s.observe(f, a, seen(1), "h").unwrap();
+        std::fs::write(&copy, b"protected").unwrap();
+        s.finish(a, &Finish::Done { output: copy.clone(), faces: 1, seconds: 1.0, losses: vec![] }).unwrap();
+        // Touched, copy there: nothing to do; the same content under another name points at it.
+        assert_eq!(s.observe(f, a, seen(2), "h").unwrap(), Observed::SameContent);
+        assert_eq!(s.observe(f, b, seen(1), "h").unwrap(), Observed::Duplicate { of: a.into() });
+        // The copy deleted (the user cleared the output folder): each, dropped again, is queued.
+        std::fs::remove_file(&copy).unwrap();
+        assert_eq!(s.observe(f, a, seen(3), "h").unwrap(), Observed::Queued);
+        assert_eq!(
+            s.observe(f, b, seen(2), "h").unwrap(),
+            Observed::Duplicate { of: a.into() },
+            "a is on its way"
+        );
+        // A copy whose folder is gone (a drive not mounted) was not deleted: nothing to do.
+        s.finish(
+            a,
+            &Finish::Done { output: d.path().join("drive/a.jpg"), faces: 1, seconds: 1.0, losses: vec![] },
+        )
+        .unwrap();
+        assert_eq!(s.observe(f, a, seen(4), "h").unwrap(), Observed::SameContent);
     }
 
     #[test]
