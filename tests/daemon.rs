@@ -356,6 +356,38 @@ fn a_name_used_again_never_costs_another_photo_its_copy_and_an_edit_replaces_its
 }
 
 #[test]
+fn a_photo_dropped_again_after_its_copy_was_deleted_is_protected_again() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    let (a, copy) = (home.path().join("In/a.png"), home.path().join("Out/a.png"));
+    let drop_in = || {
+        std::fs::write(home.path().join("In/.a.png"), photo(1, 16, "a.png")).unwrap();
+        std::fs::rename(home.path().join("In/.a.png"), &a).unwrap();
+    };
+    let wait_copy = || {
+        let start = Instant::now();
+        while !copy.is_file() {
+            assert!(start.elapsed() < Duration::from_secs(60), "no copy: {}", d.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    drop_in();
+    wait_copy();
+    // Shared, then both cleared; later the same photo is dropped again to share it again.
+    std::fs::remove_file(&copy).unwrap();
+    std::fs::remove_file(&a).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    drop_in();
+    wait_copy();
+    let rows = home.wait_settled(&d, 1, Duration::from_secs(30));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(rows[&a].status, "done", "{rows:?}");
+    assert_eq!(files(&home.path().join("Out")), [copy.clone()], "{log}");
+}
+
+#[test]
 fn a_directory_of_photos_moved_in_is_picked_up() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);
