@@ -9,7 +9,7 @@
 //! the `veild` binary only wires it to the process's signals.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     future::Future,
     path::{Path, PathBuf},
     sync::mpsc,
@@ -554,7 +554,7 @@ impl Core {
                     } else if filter.takes_file(&path) {
                         match watch::stat(&path) {
                             Some(seen) => self.candidate(root, path, seen),
-                            None => self.sources_gone(root, &path),
+                            None => self.sources_gone(root, &path, &HashSet::new()),
                         }
                     }
                 }
@@ -576,21 +576,22 @@ impl Core {
     fn scan(&mut self, root: &Path, dir: &Path) {
         let Some(folder) = self.folder(root) else { return };
         let found = watch::scan(&folder.filter, dir);
+        let present: HashSet<PathBuf> = found.iter().map(|(p, _)| p.clone()).collect();
         for (path, seen) in found {
             self.candidate(root, path, seen);
         }
-        self.sources_gone(root, dir);
+        self.sources_gone(root, dir, &present);
     }
 
     /// The photos at or under `under` that were deleted or moved away: a quarantined one's failure
     /// is forgotten (its row and what `veil status` told of it), a protected one is marked gone
     /// (`Store::sources_gone`). Not while the folder `root` itself is gone (its drive not
     /// mounted): its files are not deleted then.
-    fn sources_gone(&mut self, root: &Path, under: &Path) {
+    fn sources_gone(&mut self, root: &Path, under: &Path, present: &HashSet<PathBuf>) {
         if !root.is_dir() {
             return;
         }
-        match self.store.sources_gone(under) {
+        match self.store.sources_gone(under, present) {
             Ok(dropped) => {
                 for path in dropped {
                     tracing::info!("{} is gone: its failure is forgotten", path.display());

@@ -7,6 +7,7 @@
 //! content is never protected twice and changed content is protected again.
 
 use std::{
+    collections::HashSet,
     os::unix::ffi::{OsStrExt, OsStringExt},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -618,7 +619,8 @@ impl Store {
     /// another file renamed to it) gets a copy of its own instead of replacing this one. Returns the
     /// failed paths dropped. The caller makes sure the watched folder itself is there (a drive not
     /// mounted is not a deletion).
-    pub fn sources_gone(&self, under: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    /// `present` are files a scan just found (not looked at again).
+    pub fn sources_gone(&self, under: &Path, present: &HashSet<PathBuf>) -> Result<Vec<PathBuf>, StoreError> {
         let e = |e| self.err(e);
         let mut prefix = blob(under).to_vec();
         if prefix.last() != Some(&b'/') {
@@ -642,7 +644,7 @@ impl Store {
         let missing =
             |p: &Path| std::fs::symlink_metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
         let mut dropped = Vec::new();
-        for (path, status) in rows.into_iter().filter(|(p, _)| missing(p)) {
+        for (path, status) in rows.into_iter().filter(|(p, _)| !present.contains(p) && missing(p)) {
             if status == "failed" {
                 let n = self
                     .db
@@ -856,7 +858,7 @@ mod tests {
         assert!(s.pending(10, &[]).unwrap().contains(&job(c, Some("/out/c.jpg"))));
         s.finish(c, &done).unwrap();
         // Seen gone (these paths are not on disk), then another photo under its name: a copy of its own.
-        s.sources_gone(f).unwrap();
+        s.sources_gone(f, &Default::default()).unwrap();
         assert_eq!(s.observe(f, c, seen(3), "h5").unwrap(), Observed::Queued);
         assert!(s.pending(10, &[]).unwrap().contains(&job(c, None)));
     }
@@ -996,8 +998,8 @@ mod tests {
         s.finish(&done, &written).unwrap();
         std::fs::write(&kept, b"x").unwrap();
         // Only `kept` is on disk. A file given by name: only that one.
-        assert_eq!(s.sources_gone(&deleted).unwrap(), std::slice::from_ref(&deleted));
-        assert_eq!(s.sources_gone(&f).unwrap(), std::slice::from_ref(&deep));
+        assert_eq!(s.sources_gone(&deleted, &Default::default()).unwrap(), std::slice::from_ref(&deleted));
+        assert_eq!(s.sources_gone(&f, &Default::default()).unwrap(), std::slice::from_ref(&deep));
         let left: Vec<(PathBuf, Status)> =
             s.rows().unwrap().into_iter().map(|r| (r.path, r.status)).collect();
         // Done and pending rows stay (the worker drops a pending one it cannot find).
