@@ -552,7 +552,7 @@ impl Config {
             line: line_of(e.span()),
             message: e.message().to_string(),
         })?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             ConfigError::Invalid {
@@ -561,7 +561,36 @@ impl Config {
                 key: unknown_key(inner.message()).map_or(key.clone(), |k| join_key(&key, k)),
                 message: inner.message().to_string(),
             }
-        })
+        })?;
+        // A folder given relative to nothing in particular: veild, started by the service
+        // manager, would look for it somewhere else than the shell that wrote it.
+        let mut places: Vec<(String, &Path)> = Vec::new();
+        for (i, f) in config.folders.iter().enumerate() {
+            places.push((format!("folders[{i}].path"), &f.path));
+            places.push((format!("folders[{i}].output"), &f.output));
+        }
+        if let Some(p) = &config.paths.state_dir {
+            places.push(("paths.state_dir".into(), p));
+        }
+        if let Some(p) = &config.paths.socket {
+            places.push(("paths.socket".into(), p));
+        }
+        for (key, value) in places {
+            if value.is_relative() && !value.starts_with("~") {
+                let shown = value.display().to_string();
+                let at = text.find(&format!("\"{shown}\"")).or_else(|| text.find(&format!("'{shown}'")));
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: line_of(at.map(|a| a..a)),
+                    key,
+                    message: format!(
+                        "\"{shown}\" is a relative path; write it in full (\"/…\") or from your home \
+                         (\"~/{shown}\"): veild runs as a service, from no particular folder"
+                    ),
+                });
+            }
+        }
+        Ok(config)
     }
 
     /// The effective configuration: platform defaults filled in, `~` expanded.
@@ -694,6 +723,16 @@ mod tests {
         .to_string();
         assert!(msg.contains("`folders[1]`"), "{msg}");
         assert!(msg.contains("must differ"), "{msg}");
+    }
+
+    #[test]
+    fn a_relative_folder_is_refused_with_what_to_write() {
+        let msg = parse("[[folders]]\npath = \"~/In\"\noutput = \"Protected\"\n").unwrap_err().to_string();
+        assert!(msg.contains("line 3") && msg.contains("`folders[0].output`"), "{msg}");
+        assert!(msg.contains("\"Protected\" is a relative path") && msg.contains("\"~/Protected\""), "{msg}");
+        let msg = parse("[paths]\nstate_dir = 'state'\n").unwrap_err().to_string();
+        assert!(msg.contains("line 2") && msg.contains("`paths.state_dir`"), "{msg}");
+        assert!(parse("[[folders]]\npath = \"~/In\"\noutput = \"/srv/out\"\n").is_ok());
     }
 
     #[test]

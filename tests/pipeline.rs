@@ -160,13 +160,21 @@ fn eval_reports_every_generator_condition_and_defense_with_baselines_or_without(
 fn protect_refuses_a_missing_path_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = fixture_config(tmp.path());
-    let missing = tmp.path().join("nope.jpg");
+    let (missing, out) = (tmp.path().join("nope.jpg"), tmp.path().join("x"));
     let o = veil(
         tmp.path(),
-        &["--config", cfg.to_str().unwrap(), "protect", "--out", "x", missing.to_str().unwrap()],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "protect",
+            "--out",
+            out.to_str().unwrap(),
+            missing.to_str().unwrap(),
+        ],
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jpg"));
+    assert!(!out.exists(), "no output folder is made for nothing");
 }
 
 /// The pipeline on the tiny fixtures, on the CPU, attacking up to 4 photos together as on a GPU

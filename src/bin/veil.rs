@@ -572,11 +572,12 @@ fn protect(
     if out_dir.exists() && !out_dir.is_dir() {
         anyhow::bail!("{}: not a folder (--out names the folder the copies go to)", out_dir.display());
     }
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     // Neither this run's copies nor the daemon's are protected again when a folder holds them.
     let mut outputs = vec![out_dir.clone()];
     outputs.extend(config.folders.iter().map(|f| f.output.clone()));
     let photos = pipeline::collect_photos(paths, &outputs)?;
+    // Made once the photos are known to be there (a folder that did not exist holds none of them).
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let mut pipeline = load_pipeline(config)?;
     let mut rng = Rng::new(config.protect.seed());
     let options = JobOptions { preset, ..JobOptions::default() };
