@@ -622,22 +622,26 @@ impl Store {
     /// `present` are files a scan just found (not looked at again).
     pub fn sources_gone(&self, under: &Path, present: &HashSet<PathBuf>) -> Result<Vec<PathBuf>, StoreError> {
         let e = |e| self.err(e);
+        // The paths under `under/` lie between `under/` and `under0` ('0' follows '/'), a range
+        // of the primary key: one removed file costs a look-up, not a scan of the table.
         let mut prefix = blob(under).to_vec();
         if prefix.last() != Some(&b'/') {
             prefix.push(b'/');
+        }
+        let mut end = prefix.clone();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
         }
         let rows: Vec<(PathBuf, String)> = {
             let mut stmt = self
                 .db
                 .prepare_cached(
-                    "SELECT path, status FROM files WHERE (path = ?1 OR substr(path, 1, ?3) = ?2) \
+                    "SELECT path, status FROM files WHERE (path = ?1 OR (path >= ?2 AND path < ?3)) \
                      AND (status = 'failed' OR (status IN ('done', 'skipped') AND gone = 0))",
                 )
                 .map_err(e)?;
             let rows = stmt
-                .query_map(params![blob(under), prefix, prefix.len() as i64], |r| {
-                    Ok((path_of(r.get(0)?), r.get(1)?))
-                })
+                .query_map(params![blob(under), prefix, end], |r| Ok((path_of(r.get(0)?), r.get(1)?)))
                 .map_err(e)?;
             rows.collect::<Result<_, _>>().map_err(e)?
         };
