@@ -89,18 +89,19 @@ fn is_candidate(name: &OsStr, file: &OsStr) -> bool {
     if file == name {
         return true;
     }
-    let (name, file) = (name.as_bytes(), file.as_bytes());
-    let (stem, ext) = match name.iter().rposition(|&b| b == b'.').filter(|&i| i > 0) {
-        Some(i) => name.split_at(i),
-        None => (name, &[][..]),
-    };
-    let middle = file.strip_prefix(stem).and_then(|rest| rest.strip_suffix(ext));
-    middle.and_then(|m| m.strip_prefix(b" (")).and_then(|m| m.strip_suffix(b")")).is_some_and(|digits| {
-        !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) && digits[0] != b'0'
-    })
+    // The number in the last " (k)" of the name, which `candidate` must give back exactly.
+    let bytes = file.as_bytes();
+    let Some(open) = bytes.windows(2).rposition(|w| w == b" (") else { return false };
+    let digits: Vec<u8> = bytes[open + 2..].iter().copied().take_while(u8::is_ascii_digit).collect();
+    let k = std::str::from_utf8(&digits).ok().and_then(|d| d.parse::<u32>().ok());
+    k.is_some_and(|k| k > 0 && candidate(name, k) == file)
 }
 
-/// `name`, then `stem (1).ext`, `stem (2).ext`, … (the name's bytes kept as they are).
+/// Longest file name most file systems take, in bytes.
+const NAME_MAX: usize = 255;
+
+/// `name`, then `stem (1).ext`, `stem (2).ext`, … (the name's bytes kept as they are; a stem cut
+/// short, at a character's start, where the name would pass [`NAME_MAX`]).
 fn candidate(name: &OsStr, k: u32) -> OsString {
     if k == 0 {
         return name.to_os_string();
@@ -110,8 +111,14 @@ fn candidate(name: &OsStr, k: u32) -> OsString {
         Some(i) => bytes.split_at(i),
         None => (bytes, &[][..]),
     };
-    let mut out = stem.to_vec();
-    out.extend_from_slice(format!(" ({k})").as_bytes());
+    let suffix = format!(" ({k})");
+    let mut keep = stem.len().min(NAME_MAX.saturating_sub(suffix.len() + ext.len()).max(1));
+    // Not in the middle of a UTF-8 character (a continuation byte is 10xxxxxx).
+    while keep > 1 && keep < stem.len() && stem[keep] & 0xC0 == 0x80 {
+        keep -= 1;
+    }
+    let mut out = stem[..keep].to_vec();
+    out.extend_from_slice(suffix.as_bytes());
     out.extend_from_slice(ext);
     OsString::from_vec(out)
 }
@@ -311,6 +318,16 @@ mod tests {
         assert_eq!(candidate(OsStr::new("photo.jpg"), 1), "photo (1).jpg");
         assert_eq!(candidate(OsStr::new("a.b.png"), 2), "a.b (2).png");
         assert_eq!(candidate(OsStr::new(".hidden"), 1), ".hidden (1)");
+        // A name at the limit: the stem is cut, never a character in two.
+        let long = format!("{}ééé.jpg", "a".repeat(245));
+        assert_eq!(long.len(), 255);
+        let c = candidate(OsStr::new(&long), 12);
+        assert_eq!(c.to_str(), Some(format!("{} (12).jpg", "a".repeat(245)).as_str()));
+        assert_eq!(
+            candidate(OsStr::new(&long), 1).to_str(),
+            Some(format!("{}é (1).jpg", "a".repeat(245)).as_str())
+        );
+        assert!(is_candidate(OsStr::new(&long), &c));
     }
 
     #[test]
