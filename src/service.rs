@@ -989,6 +989,7 @@ impl Core {
                         attempts: r.attempts,
                         error: r.error,
                         output: r.output.as_deref().map(control::lossy),
+                        output_deleted: r.output.as_deref().is_some_and(store::copy_deleted),
                         faces: r.faces,
                         seconds: r.seconds,
                         updated: r.updated,

@@ -214,13 +214,16 @@ CREATE INDEX IF NOT EXISTS files_status ON files(status);
 const ADDED_COLUMNS: [(&str, &str); 4] =
     [("id", "INTEGER"), ("output_dir", "BLOB"), ("gone", "INTEGER NOT NULL DEFAULT 0"), ("replaces", "BLOB")];
 
-/// Whether a recorded copy was deleted: its folder is there, the file is not (a folder on a drive
-/// not mounted is not a deletion).
-fn copy_deleted(output: Option<&[u8]>) -> bool {
-    output.map(|o| path_of(o.to_vec())).is_some_and(|copy| {
-        std::fs::symlink_metadata(&copy).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-            && copy.parent().is_some_and(Path::is_dir)
-    })
+/// [`copy_deleted`] for a copy as the database holds it.
+fn copy_deleted_blob(output: Option<&[u8]>) -> bool {
+    output.is_some_and(|o| copy_deleted(&path_of(o.to_vec())))
+}
+
+/// Whether the copy at `copy` was deleted: its folder is there, the file is not (a folder on a
+/// drive not mounted is not a deletion).
+pub fn copy_deleted(copy: &Path) -> bool {
+    std::fs::symlink_metadata(copy).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        && copy.parent().is_some_and(Path::is_dir)
 }
 
 fn blob(p: &Path) -> &[u8] {
@@ -322,7 +325,8 @@ impl Store {
             .map_err(e)?;
         if let Some((old_hash, output, _, status)) = &old {
             // The same photo dropped again: nothing to do, unless its copy was deleted since.
-            let copy_gone = matches!(status.as_str(), "done" | "skipped") && copy_deleted(output.as_deref());
+            let copy_gone =
+                matches!(status.as_str(), "done" | "skipped") && copy_deleted_blob(output.as_deref());
             if old_hash == hash && !copy_gone {
                 self.db
                     .execute(
@@ -350,7 +354,7 @@ impl Store {
             let mut twin = None;
             for row in rows {
                 let row = row.map_err(e)?;
-                if row.2 != "done" || !copy_deleted(row.1.as_deref()) {
+                if row.2 != "done" || !copy_deleted_blob(row.1.as_deref()) {
                     twin = Some(row);
                     break;
                 }

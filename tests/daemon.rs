@@ -376,6 +376,16 @@ fn a_photo_dropped_again_after_its_copy_was_deleted_is_protected_again() {
     wait_copy();
     // Shared, then both cleared; later the same photo is dropped again to share it again.
     std::fs::remove_file(&copy).unwrap();
+    let jobs = output_within(
+        home.command(env!("CARGO_BIN_EXE_veil")).args([
+            "--config",
+            home.config_path().to_str().unwrap(),
+            "jobs",
+        ]),
+        REFUSED_LIMIT,
+    );
+    let jobs = String::from_utf8_lossy(&jobs.stdout);
+    assert!(jobs.contains("Out/a.png (deleted since)"), "veil jobs says so: {jobs}");
     std::fs::remove_file(&a).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     drop_in();

@@ -225,6 +225,7 @@ pub fn jobs_table(page: &JobsPage) -> String {
         let faces = j.faces.map_or("-".into(), |f| f.to_string());
         let detail = match (&j.error, &j.output) {
             (Some(e), _) => e.clone(),
+            (None, Some(o)) if j.output_deleted => format!("-> {o} (deleted since)"),
             (None, Some(o)) => format!("-> {o}"),
             (None, None) => String::new(),
         };
@@ -268,6 +269,26 @@ mod tests {
         let e = c.call::<serde_json::Value>("GET", "/v1/status", None::<&()>).unwrap_err();
         assert!(matches!(e, ClientError::NotRunning { .. }), "{e:?}");
         assert!(e.to_string().contains("systemctl --user start veil"), "{e}");
+    }
+
+    #[test]
+    fn a_job_table_says_when_a_copy_was_deleted() {
+        let job = |id: i64, deleted: bool| crate::control::JobInfo {
+            id,
+            path: format!("/in/{id}.jpg"),
+            status: "done".into(),
+            attempts: 1,
+            error: None,
+            output: Some(format!("/out/{id}.jpg")),
+            output_deleted: deleted,
+            faces: Some(1),
+            seconds: Some(1.0),
+            updated: 0,
+        };
+        let table = jobs_table(&JobsPage { jobs: vec![job(1, false), job(2, true)], next: None });
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].ends_with("-> /out/1.jpg"), "{table}");
+        assert!(lines[2].ends_with("-> /out/2.jpg (deleted since)"), "{table}");
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct JobInfo {
     pub attempts: u32,
     pub error: Option<String>,
     pub output: Option<String>,
+    /// The copy `output` names was deleted since (its folder is there, the file is not); the
+    /// photo, dropped again, is protected again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_deleted: bool,
     pub faces: Option<u32>,
     pub seconds: Option<f64>,
     /// Seconds since the epoch of the last change.
