@@ -459,12 +459,14 @@ impl Core {
     fn next_wake(&self) -> Instant {
         let settle = self.settle_time();
         let mut next = self.next_rescan.min(self.next_check);
-        let held = self.store_held();
-        for c in self.candidates.values() {
-            next = next.min(held.map_or(c.since + settle, |at| at.max(c.since + settle)));
-        }
-        if let Some(at) = held {
-            next = next.min(at);
+        match self.store_held() {
+            // The candidates wait for the database, tried again at `at`.
+            Some(at) => next = next.min(at),
+            None => {
+                for c in self.candidates.values() {
+                    next = next.min(c.since + settle);
+                }
+            }
         }
         for f in &self.folders {
             if let Some(t) = f.next_poll {

@@ -210,7 +210,7 @@ CREATE INDEX IF NOT EXISTS files_status ON files(status);
 /// Columns added after the first schema: a stable job number (for `veil retry ID` and paging), the
 /// output folder of a photo queued by hand from outside the watched folders, whether the file was
 /// seen gone after it was protected (see [`Store::sources_gone`]), and the copy a pending job
-/// replaces ([`PendingJob::replaces`]).
+/// replaces ([`PendingJob::earlier`]).
 const ADDED_COLUMNS: [(&str, &str); 4] =
     [("id", "INTEGER"), ("output_dir", "BLOB"), ("gone", "INTEGER NOT NULL DEFAULT 0"), ("replaces", "BLOB")];
 
@@ -222,9 +222,20 @@ fn copy_deleted_blob(output: Option<&[u8]>) -> bool {
 /// Whether the copy at `copy` was deleted: its folder is there, the file is not (a folder on a
 /// drive not mounted is not a deletion).
 pub fn copy_deleted(copy: &Path) -> bool {
-    std::fs::symlink_metadata(copy).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-        && copy.parent().is_some_and(Path::is_dir)
+    missing(copy) && copy.parent().is_some_and(Path::is_dir)
 }
+
+/// Whether nothing, not even a dangling link, is at `path`.
+fn missing(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Back to `pending`, from `running`, for a row whose attempt ended unrecorded (a crash, or a
+/// database that could not be written): its copy, if it wrote one, is replaced — the one it
+/// replaced, or what it wrote since its start (`updated`; see [`Earlier::Since`]).
+const REQUEUE_UNRECORDED: &str =
+    "UPDATE files SET status = 'pending', replaces = COALESCE(replaces, output), \
+     replace = CASE WHEN replace > 0 THEN replace ELSE MAX(updated, 1) END WHERE status = 'running'";
 
 fn blob(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
@@ -262,14 +273,7 @@ impl Store {
         db.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
         db.execute_batch(SCHEMA).map_err(err)?;
         migrate(&db).map_err(err)?;
-        let recovered = db
-            .execute(
-                "UPDATE files SET status = 'pending', replaces = COALESCE(replaces, output), \
-                 replace = CASE WHEN replace > 0 THEN replace ELSE MAX(updated, 1) END \
-                 WHERE status = 'running'",
-                [],
-            )
-            .map_err(err)?;
+        let recovered = db.execute(REQUEUE_UNRECORDED, []).map_err(err)?;
         Ok((Store { db, path }, recovered))
     }
 
@@ -603,15 +607,7 @@ impl Store {
         };
         let mut n = 0;
         for path in running.iter().filter(|p| !busy.contains(p)) {
-            n += self
-                .db
-                .execute(
-                    "UPDATE files SET status = 'pending', replaces = COALESCE(replaces, output), \
-                     replace = CASE WHEN replace > 0 THEN replace ELSE MAX(updated, 1) END \
-                     WHERE path = ?1 AND status = 'running'",
-                    [blob(path)],
-                )
-                .map_err(e)?;
+            n += self.db.execute(&format!("{REQUEUE_UNRECORDED} AND path = ?1"), [blob(path)]).map_err(e)?;
         }
         Ok(n)
     }
@@ -649,8 +645,6 @@ impl Store {
                 .map_err(e)?;
             rows.collect::<Result<_, _>>().map_err(e)?
         };
-        let missing =
-            |p: &Path| std::fs::symlink_metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
         let mut dropped = Vec::new();
         for (path, status) in rows.into_iter().filter(|(p, _)| !present.contains(p) && missing(p)) {
             if status == "failed" {

@@ -73,8 +73,7 @@ fn is_disk_full(e: &io::Error) -> bool {
 pub enum Overwrite<'a> {
     /// Nothing: a name taken gives `name (1).ext`.
     Nothing,
-    /// Whatever file has the name (`imageio.replace_existing`, or an attempt interrupted before
-    /// it could record which name it wrote).
+    /// Whatever file has the name (`imageio.replace_existing`).
     SameName,
     /// This earlier copy of the same photo, when it lies in the folder under the name or one of
     /// its `name (k).ext` forms; otherwise nothing.
@@ -174,11 +173,8 @@ pub fn write_atomic(
     }
     let mut placed = None;
     // Never over the source, nor through a symbolic link.
-    let is_source = |path: &Path| {
-        std::fs::symlink_metadata(path)
-            .ok()
-            .is_some_and(|m| source == Some((m.dev(), m.ino())) || m.file_type().is_symlink())
-    };
+    let foreign = |m: &std::fs::Metadata| source == Some((m.dev(), m.ino())) || m.file_type().is_symlink();
+    let is_source = |path: &Path| std::fs::symlink_metadata(path).ok().is_some_and(|m| foreign(&m));
     if let Overwrite::Copy(old) = overwrite {
         let ours = old.parent() == Some(dir) && old.file_name().is_some_and(|f| is_candidate(name, f));
         if ours && !is_source(old) {
@@ -195,9 +191,7 @@ pub fn write_atomic(
             Overwrite::SameName if is_source(&path) => continue,
             Overwrite::SameName => std::fs::rename(&tmp, &path),
             Overwrite::Since(since) => match std::fs::symlink_metadata(&path) {
-                Ok(m) if !m.is_file() || is_source(&path) || m.modified().map_or(true, |t| t < since) => {
-                    continue
-                }
+                Ok(m) if !m.is_file() || foreign(&m) || m.modified().map_or(true, |t| t < since) => continue,
                 Ok(_) => std::fs::rename(&tmp, &path),
                 Err(_) => rename_noreplace(&tmp, &path),
             },
