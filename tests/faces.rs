@@ -476,8 +476,8 @@ fn bench_12mp_one_face() {
 // ---------------------------------------------------------------------------------------------------
 // `veil faces`.
 
-/// Runs `veil --config <cpu, checkout's models> ARGS` in `home`.
-fn veil_faces(home: &Path, args: &[&str]) -> std::process::Output {
+/// Writes `home/veil.toml`: the CPU, the checkout's models.
+fn write_config(home: &Path) -> PathBuf {
     let config = home.join("veil.toml");
     let models = crate_dir().join("models");
     std::fs::write(
@@ -485,11 +485,16 @@ fn veil_faces(home: &Path, args: &[&str]) -> std::process::Output {
         format!("[engine]\ndevice = \"cpu\"\n\n[models]\ndir = \"{}\"\n", models.display()),
     )
     .unwrap();
+    config
+}
+
+/// Runs `veil --config <cpu, checkout's models> ARGS` in `home`.
+fn veil_faces(home: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_veil"))
         .env("HOME", home)
         .env_remove("VEIL_LOG")
         .arg("--config")
-        .arg(&config)
+        .arg(write_config(home))
         .args(args)
         .output()
         .unwrap()
@@ -539,6 +544,64 @@ fn veil_faces_prints_a_table_json_and_draws() {
     // The box's top-left corner is painted.
     let (x, y) = (b[0].round() as u32, b[1].round() as u32);
     assert_eq!(image.get_pixel(x, y).0, [0, 255, 64]);
+
+    // A drawing already there is kept unless --force; the photo itself never is replaced.
+    let before = std::fs::read(&drawn).unwrap();
+    std::fs::write(&drawn, b"mine").unwrap();
+    let out = veil_faces(home.path(), &["faces", photo_arg, "--draw", drawn.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("seen.png: already exists; pass --force"), "{err}");
+    assert_eq!(std::fs::read(&drawn).unwrap(), b"mine");
+    let out = veil_faces(home.path(), &["faces", photo_arg, "--draw", drawn.to_str().unwrap(), "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&drawn).unwrap(), before);
+    let copy = home.path().join("mine.jpg");
+    std::fs::copy(&photo, &copy).unwrap();
+    let out = veil_faces(
+        home.path(),
+        &["faces", copy.to_str().unwrap(), "--draw", copy.to_str().unwrap(), "--force"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("mine.jpg: is the photo itself"), "{err}");
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&photo).unwrap());
+    // No temporary file is left beside the drawing.
+    let names: Vec<_> = std::fs::read_dir(home.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!names.iter().any(|n| n.to_string_lossy().ends_with(".tmp")), "{names:?}");
+}
+
+#[test]
+fn veil_faces_goes_on_past_a_photo_it_cannot_read() {
+    let Some(data) = data_dir() else { return };
+    if detector(&FacesConfig::default()).is_none() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let photo = data.join("portraits/ref/female/015248.jpg");
+    // A name that is not UTF-8 is reported in JSON too (its stray byte as U+FFFD).
+    use std::os::unix::ffi::OsStrExt;
+    let latin = home.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
+    std::fs::copy(&photo, &latin).unwrap();
+    let empty = home.path().join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    let args = [empty.as_os_str(), latin.as_os_str()];
+    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .env("HOME", home.path())
+        .env_remove("VEIL_LOG")
+        .arg("--config")
+        .arg(write_config(home.path()))
+        .args(["faces", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
+    assert!(err.contains("empty.jpg: unsupported format: the file is empty"), "{err}");
+    let reports: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(reports[0]["error"].as_str().unwrap().contains("the file is empty"), "{text}");
+    assert!(reports[1]["photo"].as_str().unwrap().ends_with("caf\u{fffd}.jpg"), "{text}");
+    assert_eq!(reports[1]["faces"].as_array().unwrap().len(), 1, "{text}");
 }
 
 #[test]
@@ -552,8 +615,9 @@ fn veil_faces_reports_bad_arguments() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("nowhere.jpg"), "{err}");
+    // A wrong number of photos for --draw is a bad argument (exit status 2).
     let out = veil_faces(home.path(), &["faces", "a.jpg", "b.jpg", "--draw", "out.png"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--draw takes exactly one photo"), "{err}");
 }

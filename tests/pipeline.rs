@@ -177,6 +177,53 @@ fn protect_refuses_a_missing_path_clearly() {
     assert!(!out.exists(), "no output folder is made for nothing");
 }
 
+#[test]
+fn protect_takes_each_photo_once_names_empty_folders_and_prints_any_name_in_json() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = fixture_config(tmp.path());
+    let (photos, empty, out) = (tmp.path().join("in"), tmp.path().join("empty"), tmp.path().join("out"));
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::create_dir_all(&empty).unwrap();
+    let portrait =
+        std::fs::read_dir(data.join("portraits/src/male")).unwrap().map(|e| e.unwrap().path()).min();
+    let latin = photos.join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
+    std::fs::copy(portrait.unwrap(), &latin).unwrap();
+    let again = photos.join(".").join(latin.file_name().unwrap());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
+    cmd.env("HOME", tmp.path()).arg("--config").arg(&cfg).args(["protect", "--json", "--out"]).arg(&out);
+    // The photo three times (its folder, itself, another path to it), and a folder with none.
+    let o = cmd.arg(&photos).arg(&latin).arg(&again).arg(&empty).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("empty: no photos in it"), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0]["error"].as_str().unwrap().contains("no photos in it"), "{stdout}");
+    assert!(lines[1]["source"].as_str().unwrap().ends_with("caf\u{fffd}.jpg"), "{stdout}");
+    assert_eq!(lines[1]["action"], "protected", "{stdout}");
+    // One copy, under the photo's own bytes.
+    let written: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(written, [latin.file_name().unwrap()]);
+
+    // Only a folder with nothing in it: nothing to do is a failure, and no output folder is made.
+    let elsewhere = tmp.path().join("elsewhere");
+    let o = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .env("HOME", tmp.path())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["protect", "--out"])
+        .arg(&elsewhere)
+        .arg(&empty)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no photo to protect"), "{stderr}");
+    assert!(!elsewhere.exists());
+}
+
 /// The pipeline on the tiny fixtures, on the CPU, attacking up to 4 photos together as on a GPU
 /// (the CPU's default is 1), with its configuration and the CelebA val faces in order. `tmp` is a
 /// scratch folder (the fixtures' presence is checked there).

@@ -153,4 +153,34 @@ fn preview_of_a_photo_without_a_face_says_so_in_the_current_folder() {
         assert!(colours(&sheet, [line.x, line.y, line.w, line.h]) > 1);
     }
     assert!(colours(&sheet, rect(&r["original"])) > 100);
+
+    // A photo named in any bytes gets its sheet; never the photo itself, even with --force.
+    use std::os::unix::ffi::OsStrExt;
+    let latin = tmp.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
+    std::fs::copy(&camera, &latin).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .env("HOME", tmp.path())
+        .current_dir(tmp.path())
+        .arg("--config")
+        .arg(fixture_config(tmp.path()))
+        .args(["preview", "--force", "--out"])
+        .arg(&latin)
+        .arg(&latin)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("is the photo itself"), "{err}");
+    assert_eq!(std::fs::read(&latin).unwrap(), std::fs::read(&camera).unwrap());
+    let o = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .env("HOME", tmp.path())
+        .current_dir(tmp.path())
+        .arg("--config")
+        .arg(fixture_config(tmp.path()))
+        .arg("preview")
+        .arg(&latin)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(tmp.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9-preview.png")).is_file());
 }

@@ -1,6 +1,6 @@
 //! `veil`: the companion CLI. Parses flags and prints what the library reports.
 
-use std::{io::Write, path::PathBuf, process::ExitCode};
+use std::{io::Write, os::unix::fs::MetadataExt, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -45,6 +45,9 @@ enum Command {
         /// Write the photo with the boxes and landmarks drawn on it to this PNG (one photo only).
         #[arg(long, value_name = "OUT.png")]
         draw: Option<PathBuf>,
+        /// Let --draw replace an existing file (never the photo itself).
+        #[arg(long, requires = "draw")]
+        force: bool,
     },
     /// Protect photos (files or folders) without the daemon: writes OUT/<same name> with the
     /// original's metadata. The originals are never modified.
@@ -281,9 +284,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             write!(out, "{report}")?;
             Ok(if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Command::Faces { photos, json, draw } => {
+        Command::Faces { photos, json, draw, force } => {
+            if draw.is_some() && photos.len() != 1 {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::WrongNumberOfValues,
+                        format!("--draw takes exactly one photo ({} given)", photos.len()),
+                    )
+                    .exit();
+            }
             let (config, _) = effective_config(cli.config.as_deref())?;
-            find_faces(&config, &photos, json, draw.as_deref(), &mut out)
+            let draw = draw.map(|target| Draw { target, force });
+            find_faces(&config, &photos, json, draw.as_ref(), &mut out)
         }
         Command::Protect { paths, out: out_dir, preset, json } => {
             let (config, _) = effective_config(cli.config.as_deref())?;
@@ -342,6 +354,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(p) => p,
                 None => preview::default_out(&photo)?,
             };
+            if same_file(&sheet, &photo) {
+                anyhow::bail!(
+                    "{}: is the photo itself; the sheet would replace it (name another file with --out)",
+                    sheet.display()
+                );
+            }
             if sheet.exists() && !force {
                 return Err(preview::PreviewError::Exists { path: sheet }.into());
             }
@@ -565,24 +583,57 @@ fn protect(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
+    let named = if out_dir.is_some() { "--out" } else { "the first [[folders]] output" };
     let out_dir = match out_dir.or_else(|| config.folders.first().map(|f| f.output.clone())) {
         Some(d) => d,
         None => anyhow::bail!("no --out given and no folder configured to take its output"),
     };
     if out_dir.exists() && !out_dir.is_dir() {
-        anyhow::bail!("{}: not a folder (--out names the folder the copies go to)", out_dir.display());
+        anyhow::bail!("{}: not a folder ({named} names the folder the copies go to)", out_dir.display());
     }
     // Neither this run's copies nor the daemon's are protected again when a folder holds them.
     let mut outputs = vec![out_dir.clone()];
     outputs.extend(config.folders.iter().map(|f| f.output.clone()));
-    let photos = pipeline::collect_photos(paths, &outputs)?;
+    // Each path on its own: one that cannot be read, or a folder with no photo in it, is reported
+    // and the others go on. A photo named twice (or as a file and in its folder) is protected once.
+    let mut unusable = 0;
+    let mut photos = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for path in paths {
+        let found = pipeline::collect_photos(std::slice::from_ref(path), &outputs);
+        let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+        match found {
+            Ok(found) if found.is_empty() && is_dir => {
+                unusable += 1;
+                let is_output = outputs.iter().any(|o| same_file(o, path));
+                let why = if is_output {
+                    "an output folder: Veil does not protect its own copies again"
+                } else {
+                    "no photos in it (hidden entries, symbolic links and output folders are not walked)"
+                };
+                report_error(out, json, path, why)?;
+            }
+            Ok(found) => {
+                let id = |p: &PathBuf| std::fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()));
+                photos.extend(found.into_iter().filter(|p| id(p).is_none_or(|id| seen.insert(id))));
+            }
+            Err(e) => {
+                unusable += 1;
+                report_error(out, json, path, &e.to_string())?;
+            }
+        }
+    }
+    if photos.is_empty() {
+        eprintln!("veil: no photo to protect");
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut failed = 0;
     // Made once the photos are known to be there (a folder that did not exist holds none of them).
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let mut pipeline = load_pipeline(config)?;
     let mut rng = Rng::new(config.protect.seed());
     let options = JobOptions { preset, ..JobOptions::default() };
     let bar = progress(photos.len() as u64);
-    let mut failed = 0;
     // The engine runs on its own thread, reading ahead and writing behind; this one reports each
     // photo in the order given as soon as it and those before it are done.
     let (tx, results) = std::sync::mpsc::channel();
@@ -616,11 +667,7 @@ fn protect(
                     Err(e) => {
                         failed += 1;
                         if json {
-                            writeln!(
-                                out,
-                                "{}",
-                                serde_json::json!({"source": photo, "error": e.to_string()})
-                            )?;
+                            writeln!(out, "{}", error_json(photo, &e.to_string()))?;
                         }
                         bar.suspend(|| eprintln!("veil: {e}"));
                     }
@@ -636,28 +683,75 @@ fn protect(
     bar.finish_and_clear();
     if failed > 0 {
         eprintln!("veil: {failed} of {} photo(s) could not be protected", photos.len());
-        return Ok(ExitCode::FAILURE);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed + unusable > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-/// `veil faces`: loads the detector once, then reports each photo in turn.
+/// `{"source": …, "error": …}`, the JSON line of a photo or path that failed.
+fn error_json(path: &std::path::Path, message: &str) -> serde_json::Value {
+    serde_json::json!({"source": path.to_string_lossy(), "error": message})
+}
+
+/// A path that failed before any work: a JSON line on stdout under `--json`, and the message, with
+/// the path, on stderr.
+fn report_error(out: &mut impl Write, json: bool, path: &std::path::Path, why: &str) -> std::io::Result<()> {
+    if json {
+        writeln!(out, "{}", error_json(path, why))?;
+    }
+    eprintln!("veil: {}: {why}", path.display());
+    Ok(())
+}
+
+/// Whether `a` and `b` are the same file (device and inode, whatever the paths), both there.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// `veil faces --draw`: where the drawing goes, and whether it may replace a file there.
+struct Draw {
+    target: PathBuf,
+    force: bool,
+}
+
+/// `veil faces`: loads the detector once, then reports each photo in turn; a photo that cannot be
+/// read is reported (an `error` entry under `--json`) and the others go on (exit status 1 at the
+/// end).
 fn find_faces(
     config: &Config,
     photos: &[PathBuf],
     json: bool,
-    draw: Option<&std::path::Path>,
+    draw: Option<&Draw>,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    if draw.is_some() && photos.len() != 1 {
-        anyhow::bail!("--draw takes exactly one photo ({} given)", photos.len());
+    if let Some(Draw { target, force }) = draw {
+        if photos.iter().any(|p| same_file(p, target)) {
+            anyhow::bail!("{}: is the photo itself; --draw would replace it", target.display());
+        }
+        if !force && std::fs::symlink_metadata(target).is_ok() {
+            anyhow::bail!("{}: already exists; pass --force to overwrite it", target.display());
+        }
     }
     let device = engine::select_device(config.engine.device)?;
     let models = config.models.dir.clone().unwrap_or_default();
     let detector = faces::Detector::load(&models, &config.faces, device)?;
     let mut reports = Vec::new();
+    let mut failed = 0;
     for photo in photos {
-        let mut image = imageio::read(photo, &config.imageio)?.pixels;
+        let mut image = match imageio::read(photo, &config.imageio) {
+            Ok(p) => p.pixels,
+            Err(e) => {
+                failed += 1;
+                eprintln!("veil: {e}");
+                if json {
+                    reports
+                        .push(serde_json::json!({"photo": photo.to_string_lossy(), "error": e.to_string()}));
+                }
+                continue;
+            }
+        };
         let found = detector.detect(&image)?;
         if json {
             // Each face with the square an aligner would cut from it (null when its landmarks disagree
@@ -672,7 +766,7 @@ fn find_faces(
                 })
                 .collect::<serde_json::Result<_>>()?;
             reports.push(serde_json::json!({
-                "photo": photo,
+                "photo": photo.to_string_lossy(),
                 "width": image.width(),
                 "height": image.height(),
                 "faces": faces,
@@ -681,17 +775,24 @@ fn find_faces(
         } else {
             write_table(out, photo, &image, &found, config.faces.min_face_px)?;
         }
-        if let Some(target) = draw {
+        if let Some(Draw { target, force }) = draw {
             faces::draw(&mut image, &found.faces);
+            let mut png = Vec::new();
             image
-                .save_with_format(target, image::ImageFormat::Png)
-                .with_context(|| format!("cannot write {}", target.display()))?;
+                .write_with_encoder(image::codecs::png::PngEncoder::new(&mut png))
+                .with_context(|| format!("cannot encode {}", target.display()))?;
+            imageio::write_whole(target, &png, *force).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    anyhow::anyhow!("{}: already exists; pass --force to overwrite it", target.display())
+                }
+                _ => anyhow::anyhow!("{}: cannot write: {e}", target.display()),
+            })?;
         }
     }
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&reports)?)?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn write_table(

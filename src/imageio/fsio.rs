@@ -223,6 +223,47 @@ pub fn write_atomic(
     Ok(path)
 }
 
+/// Writes `bytes` as the file `path` the user named (a preview sheet, a drawing) all at once: a
+/// hidden temporary file next to it is written and synced, then renamed to `path`, over a file
+/// there only when `replace` (else the error is `AlreadyExists`). A failed write (a full disk)
+/// leaves neither a partial file nor a damaged earlier one; the temporary file is removed.
+pub fn write_whole(path: &Path, bytes: &[u8], replace: bool) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    if !replace && std::fs::symlink_metadata(path).is_ok() {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    let short: String = name.to_string_lossy().chars().take(64).collect();
+    let tmp = dir.join(format!(
+        ".{short}.veil-{}-{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    let result = (|| {
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        if replace {
+            std::fs::rename(&tmp, path)
+        } else {
+            rename_noreplace(&tmp, path)
+        }
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// `dir` exists and is a folder.
 fn output_dir_exists(dir: &Path) -> Result<(), ImageError> {
     match std::fs::metadata(dir) {
@@ -305,6 +346,22 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_file_replaces_only_when_told_and_leaves_nothing_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let sheet = d.path().join("sheet.png");
+        write_whole(&sheet, b"one", false).unwrap();
+        let err = write_whole(&sheet, b"two", false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&sheet).unwrap(), b"one");
+        write_whole(&sheet, b"two", true).unwrap();
+        assert_eq!(std::fs::read(&sheet).unwrap(), b"two");
+        // Into a folder that is not there: an error, and no temporary file anywhere.
+        assert!(write_whole(&d.path().join("no/sheet.png"), b"x", true).is_err());
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["sheet.png"]);
+    }
 
     #[test]
     fn candidates() {

@@ -190,6 +190,13 @@ impl Format {
         }
     }
 
+    /// Whether a file named `*.ext` is taken for a photo when a folder is walked: the extensions
+    /// of the formats above, and HEIC/HEIF's (refused by name in a build without them).
+    pub fn is_photo_extension(ext: &str) -> bool {
+        [Format::Jpeg, Format::Png, Format::Webp, Format::Tiff].iter().any(|f| f.accepts_extension(ext))
+            || matches!(ext.to_ascii_lowercase().as_str(), "heic" | "heif")
+    }
+
     fn image_format(self) -> ImageFormat {
         match self {
             Format::Jpeg => ImageFormat::Jpeg,
@@ -338,6 +345,12 @@ pub fn check_output_dir(photo: &Path, dir: &Path, need: u64) -> Result<(), Image
 /// Whether this user may write into `path` (permissions, and a read-only mount).
 pub fn writable(path: &Path) -> std::io::Result<()> {
     fsio::writable(path)
+}
+
+/// Writes the file `path` all at once, over an existing one only when `replace`: see
+/// [`fsio::write_whole`].
+pub fn write_whole(path: &Path, bytes: &[u8], replace: bool) -> std::io::Result<()> {
+    fsio::write_whole(path, bytes, replace)
 }
 
 /// The bytes this user may still write in the folder `dir`, when its file system says.

@@ -98,15 +98,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// One JSON object for `veil protect --json`.
+    /// One JSON object for `veil protect --json`. Paths are JSON strings: a name that is not UTF-8
+    /// shows its stray bytes as U+FFFD there (the files themselves keep their names byte for byte).
     pub fn to_json(&self) -> serde_json::Value {
         let finite = |v: Option<f64>| v.filter(|x| x.is_finite());
         let losses: serde_json::Map<String, serde_json::Value> =
             self.losses.iter().map(|(n, v)| (n.clone(), serde_json::json!(v))).collect();
         serde_json::json!({
-            "source": self.source,
+            "source": self.source.to_string_lossy(),
             "action": self.action.as_str(),
-            "output": self.written.as_ref().map(|w| &w.path),
+            "output": self.written.as_ref().map(|w| w.path.to_string_lossy()),
             "bytes": self.written.as_ref().map(|w| w.bytes),
             "input_bytes": self.written.as_ref().map(|w| w.input_bytes),
             "faces": self.faces,
@@ -122,13 +123,21 @@ impl Outcome {
 
     /// One line for people.
     pub fn summary(&self) -> String {
+        // A face found but too small to protect is named: "no face found" would hide it.
+        let none = match self.too_small {
+            0 => "no face found".to_string(),
+            n => format!("no face large enough to protect ({n} smaller than faces.min_face_px)"),
+        };
         let what = match self.action {
             Action::Protected => format!("{} face(s) protected", self.faces),
-            Action::ProtectedWhole => "no face found; whole image protected".to_string(),
-            Action::CopiedNoFace => "no face found; unchanged copy written".to_string(),
-            Action::SkippedNoFace => "no face found; skipped".to_string(),
+            Action::ProtectedWhole => format!("{none}; whole image protected"),
+            Action::CopiedNoFace => format!("{none}; unchanged copy written"),
+            Action::SkippedNoFace => format!("{none}; skipped"),
         };
         let mut line = format!("{}: {what}", self.source.display());
+        if self.action == Action::Protected && self.too_small > 0 {
+            line += &format!(" ({} more smaller than faces.min_face_px left as they are)", self.too_small);
+        }
         if let Some(w) = &self.written {
             line +=
                 &format!(" -> {} ({} bytes; original {} bytes)", w.path.display(), w.bytes, w.input_bytes);
@@ -141,9 +150,6 @@ impl Outcome {
         line + &format!(", {:.1} s", self.seconds)
     }
 }
-
-/// File extensions `veil protect` picks up when walking a folder.
-const PHOTO_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "webp", "tif", "tiff", "heic", "heif", "jpe"];
 
 /// The photos named by `paths`: files as given, folders walked recursively (hidden entries and files
 /// without a photo extension skipped), in a stable order. The folders `outputs` (the copies'
@@ -196,11 +202,10 @@ fn walk(
         }
         if meta.is_dir() {
             walk(&p, &meta, outputs, out)?;
-        } else if meta.is_file() {
-            let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-            if ext.is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.as_str())) {
-                out.push(p);
-            }
+        } else if meta.is_file()
+            && p.extension().and_then(|e| e.to_str()).is_some_and(Format::is_photo_extension)
+        {
+            out.push(p);
         }
     }
     Ok(())
@@ -590,10 +595,13 @@ fn finish(config: &Config, device: Device, p: Prepared, job: &FileJob) -> Result
                 } else {
                     found.regions().iter().map(|r| (r.x, r.y, r.w, r.h)).collect()
                 };
-                (
-                    quality::psnr(original, &back.pixels),
-                    quality::ssim_regions(original, &back.pixels, &rects, device),
-                )
+                let psnr = quality::psnr(original, &back.pixels);
+                // Identical pixels (a copy with nothing to protect) have SSIM 1 without measuring it.
+                let ssim = match psnr {
+                    Some(p) if p.is_infinite() => Some(1.0),
+                    _ => quality::ssim_regions(original, &back.pixels, &rects, device),
+                };
+                (psnr, ssim)
             }
             Err(e) => {
                 tracing::warn!("cannot re-read {} to measure its quality: {e}", w.path.display());
@@ -755,10 +763,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_face_too_small_to_protect_is_named_not_hidden_as_no_face() {
+        let outcome = |action, faces, too_small| Outcome {
+            source: "a.jpg".into(),
+            action,
+            written: None,
+            faces,
+            too_small,
+            regions: Vec::new(),
+            losses: Vec::new(),
+            psnr: None,
+            ssim: None,
+            seconds: 1.0,
+            check_seconds: 0.0,
+        };
+        let copied = outcome(Action::CopiedNoFace, 0, 2).summary();
+        assert!(copied.starts_with("a.jpg: no face large enough to protect (2 smaller than"), "{copied}");
+        assert!(outcome(Action::CopiedNoFace, 0, 0).summary().starts_with("a.jpg: no face found;"));
+        let some = outcome(Action::Protected, 1, 1).summary();
+        assert!(some.contains("1 face(s) protected (1 more smaller than faces.min_face_px"), "{some}");
+    }
+
+    #[test]
     fn folders_are_walked_without_hidden_entries_other_files_or_the_output_folder() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
-        for f in ["a.jpg", "notes.txt", "sub/b.PNG", "out/c.jpg", "out/deeper/e.jpg", ".hidden/d.jpg"] {
+        for f in [
+            "a.jpg",
+            "notes.txt",
+            "sub/b.PNG",
+            "sub/f.jfif",
+            "out/c.jpg",
+            "out/deeper/e.jpg",
+            ".hidden/d.jpg",
+        ] {
             let p = root.join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, b"x").unwrap();
@@ -768,9 +806,12 @@ mod tests {
         };
         // The output folder inside the walked one is left out, however its path is written.
         for out in [root.join("out"), root.join("sub/../out")] {
-            assert_eq!(names(collect_photos(&[root.into()], &[out]).unwrap()), ["a.jpg", "sub/b.PNG"]);
+            assert_eq!(
+                names(collect_photos(&[root.into()], &[out]).unwrap()),
+                ["a.jpg", "sub/b.PNG", "sub/f.jfif"]
+            );
         }
-        assert_eq!(names(collect_photos(&[root.into()], &[root.join("new")]).unwrap()).len(), 4);
+        assert_eq!(names(collect_photos(&[root.into()], &[root.join("new")]).unwrap()).len(), 5);
         // Several outputs: each is left out.
         let both = [root.join("out"), root.join("sub")];
         assert_eq!(names(collect_photos(&[root.into()], &both).unwrap()), ["a.jpg"]);

@@ -14,7 +14,6 @@ pub mod layout;
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -101,7 +100,7 @@ impl Preview {
     pub fn to_json(&self, out: &Path) -> serde_json::Value {
         let r = |r: &Rect| [r.x, r.y, r.w, r.h];
         serde_json::json!({
-            "sheet": out,
+            "sheet": out.to_string_lossy(),
             "width": self.sheet.width(),
             "height": self.sheet.height(),
             "faces": self.faces,
@@ -159,29 +158,21 @@ pub fn default_out(photo: &Path) -> Result<PathBuf, PreviewError> {
     Ok(PathBuf::from(name))
 }
 
-/// Writes `sheet` as PNG to `path`; an existing file is an error unless `force`.
+/// Writes `sheet` as PNG to `path`, all at once (a full disk leaves no partial sheet, and an earlier
+/// sheet whole); an existing file is an error unless `force`.
 pub fn save(sheet: &RgbImage, path: &Path, force: bool) -> Result<(), PreviewError> {
     use image::ImageEncoder;
     let mut bytes = Vec::new();
     image::codecs::png::PngEncoder::new(&mut bytes)
         .write_image(sheet.as_raw(), sheet.width(), sheet.height(), image::ExtendedColorType::Rgb8)
         .map_err(|e| PreviewError::Encode { path: path.to_path_buf(), message: e.to_string() })?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let write_err = |source: std::io::Error| {
+    imageio::write_whole(path, &bytes, force).map_err(|source| {
         if source.kind() == std::io::ErrorKind::AlreadyExists {
             PreviewError::Exists { path: path.to_path_buf() }
         } else {
             PreviewError::Write { path: path.to_path_buf(), source }
         }
-    };
-    let mut file = options.open(path).map_err(write_err)?;
-    file.write_all(&bytes).map_err(write_err)
+    })
 }
 
 /// A condition shown on the sheet: its label and its vector.
@@ -265,12 +256,10 @@ pub fn render(
     rng: &mut Rng,
 ) -> Result<Preview, PreviewError> {
     let config = pipeline.config();
-    let name = photo
-        .source
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| PreviewError::Name { path: photo.source.clone() })?
-        .to_string();
+    let file_name =
+        photo.source.file_name().ok_or_else(|| PreviewError::Name { path: photo.source.clone() })?;
+    // The title shows a name that is not UTF-8 with U+FFFD for its stray bytes.
+    let name = file_name.to_string_lossy().into_owned();
     let found = pipeline.find(photo)?;
     if found.faces == 0 {
         return Ok(no_face_sheet(photo, &name, config.protect.no_face, found.too_small));
@@ -280,7 +269,7 @@ pub fn render(
     let mut protected = photo.clone();
     let found = pipeline.protect_regions(pipeline.ensemble(), &mut protected, found, params, rng)?;
     let tmp = tempfile::tempdir().map_err(PreviewError::Temp)?;
-    let written = imageio::write(&protected, tmp.path(), &name, None, &config.imageio)?;
+    let written = imageio::write(&protected, tmp.path(), file_name, None, &config.imageio)?;
     let shared = imageio::read(&written.path, &config.imageio)?;
     if shared.pixels.dimensions() != photo.pixels.dimensions() {
         return Err(PreviewError::Size {
