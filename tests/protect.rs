@@ -92,6 +92,36 @@ fn epsilon_bound_holds_exactly_after_quantization() {
 }
 
 #[test]
+fn a_grey_photo_stays_grey_and_is_disrupted_as_much_as_noise_cannot() {
+    let ens = ensemble();
+    for img in faces(2) {
+        // The photo in black and white: three equal channels (BT.601 luma).
+        let luma = img
+            .to_kind(Kind::Float)
+            .permute([1, 2, 0])
+            .matmul(&Tensor::from_slice(&[0.299f32, 0.587, 0.114]));
+        let grey = luma.round().clamp(0.0, 255.0).to_kind(Kind::Uint8).unsqueeze(0).repeat([3, 1, 1]);
+        // Each preset's parts: the plain attack and the coarse one.
+        for preset in [Preset::Fast, Preset::Balanced] {
+            let p = Params::preset(preset);
+            let prot = protect(&ens, &grey, &p, 3);
+            let c = |i: i64| prot.narrow(0, i, 1);
+            assert!(c(0).equal(&c(1)) && c(1).equal(&c(2)), "{preset:?}: the copy gained colour");
+            let moved = (prot.to_kind(Kind::Int64) - grey.to_kind(Kind::Int64)).abs();
+            assert!(moved.max().int64_value(&[]) <= protect::max_levels(p.epsilon));
+            // Grey noise of the same size does far less.
+            let noisy = (grey.to_kind(Kind::Float)
+                + (noise(&[1, 218, 178], 5) * (protect::max_levels(p.epsilon) as f64)).round())
+            .clamp(0.0, 255.0)
+            .to_kind(Kind::Uint8);
+            let attacked = disruption(&ens, &grey, &prot, Transform::Identity, 0..5);
+            let random = disruption(&ens, &grey, &noisy, Transform::Identity, 0..5);
+            assert!(attacked > 3.0 * random, "{preset:?}: {attacked} against noise's {random}");
+        }
+    }
+}
+
+#[test]
 fn an_aligned_crop_is_perturbed_too_and_the_bound_holds_there() {
     let ens = ensemble();
     let Some(img) = faces(1).pop() else { return };

@@ -508,16 +508,30 @@ fn attack_batch_targets(
     // is enough to leave the zero gradient), and its smooth patterns survive blurs and resizes.
     let coarse_factor = i64::from(params.coarse.max(1));
     let start = |size: &[i64]| Tensor::rand(size, (Kind::Float, dev)) * (2.0 * eps) - eps;
+    // A grey face (its three channels equal: a black-and-white photo) gets one perturbation for all
+    // three, `[1,1,h,w]` broadcast over them, so its copy stays grey instead of gaining colour noise.
+    let channels: Vec<i64> = xs.iter().map(|x| if is_grey(x) { 1 } else { 3 }).collect();
     let (mut deltas, mut coarse) = with_torch_seed(seed, || {
-        let deltas: Vec<Tensor> =
-            xs.iter().map(|x| if coarse_factor > 1 { x.zeros_like() } else { start(&x.size()) }).collect();
+        let deltas: Vec<Tensor> = xs
+            .iter()
+            .zip(&channels)
+            .map(|(x, &c)| {
+                let size = [1, c, x.size()[2], x.size()[3]];
+                if coarse_factor > 1 {
+                    Tensor::zeros(size, (Kind::Float, dev))
+                } else {
+                    start(&size)
+                }
+            })
+            .collect();
         let coarse: Vec<Tensor> = if coarse_factor > 1 {
             xs.iter()
-                .map(|x| {
+                .zip(&channels)
+                .map(|(x, &c)| {
                     let (h, w) = (x.size()[2], x.size()[3]);
                     start(&[
                         1,
-                        3,
+                        c,
                         (h + coarse_factor - 1) / coarse_factor,
                         (w + coarse_factor - 1) / coarse_factor,
                     ])
@@ -709,6 +723,12 @@ fn attack_batch_targets(
             .collect()
     });
     Ok((advs, targets))
+}
+
+/// Whether `x: [1,3,h,w]` is grey: its three channels equal everywhere.
+fn is_grey(x: &Tensor) -> bool {
+    let c = |i: i64| x.narrow(1, i, 1);
+    c(0).equal(&c(1)) && c(1).equal(&c(2))
 }
 
 /// Protects the given faces of an image. `pixels: [3,H,W]` uint8 (CPU, upright). Returns the
