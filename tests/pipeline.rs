@@ -178,7 +178,7 @@ fn protect_refuses_a_missing_path_clearly() {
 }
 
 #[test]
-fn protect_takes_each_photo_once_names_empty_folders_and_prints_any_name_in_json() {
+fn protect_takes_each_photo_once_mirrors_sub_folders_names_empty_folders_and_prints_any_name() {
     use std::os::unix::ffi::OsStrExt;
     let Some(data) = data() else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -189,7 +189,10 @@ fn protect_takes_each_photo_once_names_empty_folders_and_prints_any_name_in_json
     let portrait =
         std::fs::read_dir(data.join("portraits/src/male")).unwrap().map(|e| e.unwrap().path()).min();
     let latin = photos.join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
-    std::fs::copy(portrait.unwrap(), &latin).unwrap();
+    let portrait = portrait.unwrap();
+    std::fs::copy(&portrait, &latin).unwrap();
+    std::fs::create_dir_all(photos.join("sub")).unwrap();
+    std::fs::copy(&portrait, photos.join("sub/x.jpg")).unwrap();
     let again = photos.join(".").join(latin.file_name().unwrap());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
     cmd.env("HOME", tmp.path()).arg("--config").arg(&cfg).args(["protect", "--json", "--out"]).arg(&out);
@@ -199,13 +202,16 @@ fn protect_takes_each_photo_once_names_empty_folders_and_prints_any_name_in_json
     assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("empty: no photos in it"), "{stderr}");
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines.len(), 3, "{stdout}");
     assert!(lines[0]["error"].as_str().unwrap().contains("no photos in it"), "{stdout}");
     assert!(lines[1]["source"].as_str().unwrap().ends_with("caf\u{fffd}.jpg"), "{stdout}");
     assert_eq!(lines[1]["action"], "protected", "{stdout}");
-    // One copy, under the photo's own bytes.
-    let written: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(written, [latin.file_name().unwrap()]);
+    // One copy, under the photo's own bytes; the sub-folder's photo in the same sub-folder there.
+    assert_eq!(lines[2]["output"].as_str().unwrap(), out.join("sub/x.jpg").to_str().unwrap());
+    let mut written: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    written.sort();
+    assert_eq!(written, [latin.file_name().unwrap(), std::ffi::OsStr::new("sub")]);
+    assert!(out.join("sub/x.jpg").is_file());
 
     // Only a folder with nothing in it: nothing to do is a failure, and no output folder is made.
     let elsewhere = tmp.path().join("elsewhere");

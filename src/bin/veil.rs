@@ -615,7 +615,17 @@ fn protect(
             }
             Ok(found) => {
                 let id = |p: &PathBuf| std::fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()));
-                photos.extend(found.into_iter().filter(|p| id(p).is_none_or(|id| seen.insert(id))));
+                // A folder's sub-folders are mirrored under the output folder; a file goes straight in.
+                let within = |p: &PathBuf| {
+                    let rel = p.parent().and_then(|d| d.strip_prefix(path).ok()).filter(|_| is_dir);
+                    out_dir.join(rel.unwrap_or(std::path::Path::new("")))
+                };
+                photos.extend(
+                    found
+                        .into_iter()
+                        .filter(|p| id(p).is_none_or(|id| seen.insert(id)))
+                        .map(|p| (within(&p), p)),
+                );
             }
             Err(e) => {
                 unusable += 1;
@@ -630,6 +640,11 @@ fn protect(
     let mut failed = 0;
     // Made once the photos are known to be there (a folder that did not exist holds none of them).
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let dirs: std::collections::BTreeSet<&PathBuf> = photos.iter().map(|(dir, _)| dir).collect();
+    for dir in dirs {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let (dirs, photos): (Vec<PathBuf>, Vec<PathBuf>) = photos.into_iter().unzip();
     let mut pipeline = load_pipeline(config)?;
     let mut rng = Rng::new(config.protect.seed());
     let options = JobOptions { preset, ..JobOptions::default() };
@@ -638,8 +653,8 @@ fn protect(
     // photo in the order given as soon as it and those before it are done.
     let (tx, results) = std::sync::mpsc::channel();
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let jobs = photos.iter().enumerate().map(|(i, p)| {
-            (i, FileJob { source: p.clone(), out_dir: out_dir.clone(), options: options.clone() })
+        let jobs = photos.iter().zip(&dirs).enumerate().map(|(i, (p, dir))| {
+            (i, FileJob { source: p.clone(), out_dir: dir.clone(), options: options.clone() })
         });
         let (pipeline, rng) = (&mut pipeline, &mut rng);
         scope.spawn(move || {
