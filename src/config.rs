@@ -773,6 +773,8 @@ mod tests {
             ("[faces]\ndetect_max_side = 10\n", "`faces.detect_max_side`", 2),
             ("[faces]\nmargin = -0.1\n", "`faces.margin`", 2),
             ("[faces]\nthresholds = [0.6, 0.7]\n", "`faces.thresholds`", 2),
+            ("[imageio]\nmax_pixels = 0\n", "`imageio.max_pixels`", 2),
+            ("[imageio]\n\nmax_file_bytes = 0\n", "`imageio.max_file_bytes`", 3),
         ] {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key) && msg.contains(&format!("line {line}")), "{text}: {msg}");

@@ -51,8 +51,10 @@ use tiffmeta::{OutEntry, OutValue, Tiff};
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Largest image accepted, in pixels (width × height), checked from the header.
+    #[serde(deserialize_with = "at_least_one")]
     pub max_pixels: u64,
     /// Largest source file accepted, in bytes, checked before it is read.
+    #[serde(deserialize_with = "at_least_one")]
     pub max_file_bytes: u64,
     /// What happens to the metadata of the protected copy.
     pub metadata: MetadataPolicy,
@@ -157,6 +159,15 @@ impl From<JpegQuality> for i64 {
     fn from(q: JpegQuality) -> i64 {
         q.0.into()
     }
+}
+
+/// A limit of 0 would refuse every photo: the configuration says so instead.
+fn at_least_one<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if v == 0 {
+        return Err(serde::de::Error::custom("0 would refuse every photo; give a limit of at least 1"));
+    }
+    Ok(v)
 }
 
 /// An image format Veil reads and writes.
@@ -474,7 +485,7 @@ fn decode(
             webp_meta(&bytes, &chunks)
         }
         Format::Tiff => {
-            tiff_meta(&bytes).ok_or_else(|| corrupt("corrupt TIFF (unreadable first IFD)".into()))?
+            tiff_meta(path, &bytes).ok_or_else(|| corrupt("corrupt TIFF (unreadable first IFD)".into()))?
         }
     };
 
@@ -699,7 +710,7 @@ fn structural_tiff_tag(tag: u16) -> bool {
 const TIFF_ICC: u16 = 34675;
 const TIFF_XMP: u16 = 700;
 
-fn tiff_meta(data: &[u8]) -> Option<Meta> {
+fn tiff_meta(path: &Path, data: &[u8]) -> Option<Meta> {
     let t = Tiff::new(data)?;
     let ifd0 = t.ifd(t.ifd0_offset()?)?;
     let entries = tiffmeta::copy_ifd(&t, ifd0.pos, &structural_tiff_tag, 0);
@@ -715,7 +726,11 @@ fn tiff_meta(data: &[u8]) -> Option<Meta> {
         meta.exif = Some(exif_blob(&exif_entries, t.le));
     }
     if t.u32_at(ifd0.next_ptr_pos).unwrap_or(0) != 0 {
-        tracing::info!("the TIFF has more than one image; only the first is protected and written");
+        // A warning: `veil protect` shows it, and the copy lacks the other pages.
+        tracing::warn!(
+            "{}: the TIFF has more than one page; only the first is protected and written",
+            path.display()
+        );
     }
     meta.native = Native::Tiff { le: t.le, entries };
     Some(meta)
