@@ -218,15 +218,19 @@ fn loaded_models(inventory: &Inventory) -> Vec<String> {
     out
 }
 
+/// Checks the folders of a configuration, then makes those missing: a configuration refused has
+/// no effect on the disk.
 fn create_folders(folders: &[FolderConfig]) -> Result<(), ServiceError> {
+    for folder in folders {
+        watch::check_output(folder)?;
+    }
+    watch::check_outputs(folders)?;
     for folder in folders {
         for dir in [&folder.path, &folder.output] {
             std::fs::create_dir_all(dir)
                 .map_err(|source| ServiceError::Folder { path: dir.clone(), source })?;
         }
-        watch::check_output(folder)?;
     }
-    watch::check_outputs(folders)?;
     for folder in folders {
         let stale = watch::remove_stale_temporaries(&folder.output);
         if stale > 0 {
@@ -328,6 +332,8 @@ struct Core {
     /// The job database could not be written (its disk full, …): what was told (once), and when
     /// it is tried again. Meanwhile new photos stay candidates and nothing is dispatched.
     store_trouble: Option<StoreTrouble>,
+    /// The last refusal of a new configuration, taken back from the last errors once one is applied.
+    refused: Option<String>,
 }
 
 struct StoreTrouble {
@@ -377,6 +383,7 @@ impl Core {
             errors: VecDeque::new(),
             told: HashMap::new(),
             store_trouble: None,
+            refused: None,
         };
         let folders = core.config.folders.clone();
         core.set_folders(&folders)?;
@@ -748,7 +755,11 @@ impl Core {
                     };
                     self.job(&config, &p.path, p.earlier.clone())
                 }
-                (None, None) => continue,
+                (None, None) => {
+                    // Its folder is no longer watched (a job sent back by `veil retry`).
+                    self.release_unwatched();
+                    continue;
+                }
             };
             if let Err(e) = self.store.set_running(&p.path) {
                 return self.store_failed(e);
@@ -1201,7 +1212,29 @@ impl Core {
             tracing::info!("no longer watching {}", f.config.path.display());
             self.candidates.retain(|_, c| c.folder != f.config.path);
         }
+        self.release_unwatched();
         Ok(added)
+    }
+
+    /// Forgets the photos waiting in folders no longer watched (taken out of the configuration,
+    /// before a reload or while veild was stopped): nothing would take them, and `veil status`
+    /// would say `working` for ever. Their messages leave the last errors.
+    fn release_unwatched(&mut self) {
+        let watched: Vec<PathBuf> = self.folders.iter().map(|f| f.config.path.clone()).collect();
+        match self.store.release_unwatched(&watched) {
+            Ok(released) if !released.is_empty() => {
+                tracing::info!(
+                    "{} photo(s) waiting in folders no longer watched were let go (not protected)",
+                    released.len()
+                );
+                for path in &released {
+                    self.take_back(path);
+                    self.emit("removed", path, None, None);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => self.store_failed(e),
+        }
     }
 
     fn watch(&mut self, config: &FolderConfig) -> (Option<Watcher>, Option<Instant>, Option<String>) {
@@ -1226,11 +1259,19 @@ impl Core {
         }
     }
 
+    /// A new configuration not applied: said once in the last errors (an earlier refusal taken back).
+    fn refuse(&mut self, e: impl std::fmt::Display) -> ApiError {
+        let message = format!("the new configuration is not applied, keeping the old one: {e}");
+        if let Some(old) = self.refused.replace(message.clone()) {
+            self.forget(&old);
+        }
+        self.error(message.clone());
+        ApiError::new(422, message)
+    }
+
     fn reload(&mut self, config: Config) -> Result<(), ApiError> {
         if let Err(e) = create_folders(&config.folders) {
-            let message = format!("the new configuration is not applied, keeping the old one: {e}");
-            self.error(message.clone());
-            return Err(ApiError::new(422, message));
+            return Err(self.refuse(e));
         }
         let protect_changed = config.protect != self.config.protect || config.engine != self.config.engine;
         let old = std::mem::replace(&mut self.config, config);
@@ -1245,14 +1286,15 @@ impl Core {
                     tracing::warn!("[engine] and [protect] changes take effect when veild restarts");
                 }
                 tracing::info!("configuration reloaded");
+                if let Some(refused) = self.refused.take() {
+                    self.forget(&refused);
+                }
                 let _ = self.info.events.send(Event::new("reloaded", None));
                 Ok(())
             }
             Err(e) => {
                 self.config = old;
-                let message = format!("the new configuration is not applied, keeping the old one: {e}");
-                self.error(message.clone());
-                Err(ApiError::new(422, message))
+                Err(self.refuse(e))
             }
         }
     }
@@ -1270,7 +1312,11 @@ impl Core {
         }
         for path in std::mem::take(&mut self.busy) {
             tracing::warn!("{} was still being protected: queued for the next start", path.display());
-            let _ = self.store.finish(&path, &Finish::Requeue);
+        }
+        // As after a crash: the next attempt replaces what this one may have written already (its
+        // copy can be in place while its quality is being checked), not adding `name (1).jpg`.
+        if let Err(e) = self.store.requeue_stale(&[]) {
+            tracing::error!("{e}");
         }
     }
 }

@@ -341,17 +341,20 @@ impl Store {
                 return Ok(Observed::SameContent);
             }
         }
-        // Another file with this content, done (its copy still there) or on its way?
+        // Another file with this content in the same folder (so with the same output folder and
+        // settings), done (its copy still there) or on its way? A photo dropped into two folders
+        // gets a copy in each folder's output.
         let twin: Option<(Vec<u8>, Option<Vec<u8>>, String)> = {
             let mut stmt = self
                 .db
                 .prepare_cached(
                     "SELECT path, output, status FROM files WHERE hash = ?1 AND path != ?2 \
+                     AND folder = ?3 AND output_dir IS ?4 \
                      AND status IN ('done', 'pending', 'running') ORDER BY status = 'done' DESC",
                 )
                 .map_err(e)?;
             let rows = stmt
-                .query_map(params![hash, blob(path)], |r| {
+                .query_map(params![hash, blob(path), blob(folder), output_dir.map(blob)], |r| {
                     Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?, r.get::<_, String>(2)?))
                 })
                 .map_err(e)?;
@@ -662,6 +665,51 @@ impl Store {
         Ok(dropped)
     }
 
+    /// Forgets the photos waiting (`pending`) or quarantined (`failed`) in folders that are no
+    /// longer watched (`watched` are those that are): the folder was taken out of the
+    /// configuration, so nothing would ever take them. Photos queued by hand with an output of
+    /// their own are kept, and so are the records of copies made. Returns the paths forgotten.
+    pub fn release_unwatched(&self, watched: &[PathBuf]) -> Result<Vec<PathBuf>, StoreError> {
+        let e = |e| self.err(e);
+        let rows: Vec<(PathBuf, PathBuf)> = {
+            let mut stmt = self
+                .db
+                .prepare_cached(
+                    "SELECT path, folder FROM files WHERE status IN ('pending', 'failed') \
+                     AND output_dir IS NULL",
+                )
+                .map_err(e)?;
+            let rows = stmt.query_map([], |r| Ok((path_of(r.get(0)?), path_of(r.get(1)?)))).map_err(e)?;
+            rows.collect::<Result<_, _>>().map_err(e)?
+        };
+        let mut released = Vec::new();
+        for (path, _) in rows.into_iter().filter(|(_, folder)| !watched.contains(folder)) {
+            let n = self
+                .db
+                .execute(
+                    "DELETE FROM files WHERE path = ?1 AND status IN ('pending', 'failed')",
+                    [blob(&path)],
+                )
+                .map_err(e)?;
+            if n > 0 {
+                // Its twins waiting for its copy (in the same folder) go with it.
+                let mut stmt = self
+                    .db
+                    .prepare_cached(
+                        "DELETE FROM files WHERE duplicate_of = ?1 AND status = 'skipped' \
+                         AND output IS NULL RETURNING path",
+                    )
+                    .map_err(e)?;
+                let twins = stmt.query_map([blob(&path)], |r| r.get::<_, Vec<u8>>(0)).map_err(e)?;
+                let twins: Vec<PathBuf> =
+                    twins.map(|r| r.map(path_of)).collect::<Result<_, _>>().map_err(e)?;
+                released.push(path);
+                released.extend(twins);
+            }
+        }
+        Ok(released)
+    }
+
     /// Sends one job back to `pending` with its attempts cleared, whatever its status but
     /// `running`; returns its path, or `None` when no job has that number (or it is running).
     pub fn retry_one(&self, id: i64) -> Result<Option<PathBuf>, StoreError> {
@@ -863,6 +911,32 @@ mod tests {
         s.sources_gone(f, &Default::default()).unwrap();
         assert_eq!(s.observe(f, c, seen(3), "h5").unwrap(), Observed::Queued);
         assert!(s.pending(10, &[]).unwrap().contains(&job(c, None)));
+    }
+
+    #[test]
+    fn a_photo_in_two_folders_gets_a_copy_in_each_and_a_folder_let_go_takes_its_waiting_photos() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let (one, two) = (Path::new("/one"), Path::new("/two"));
+        let (a, b, c) = (Path::new("/one/a.jpg"), Path::new("/two/a.jpg"), Path::new("/two/c.jpg"));
+        assert_eq!(s.observe(one, a, seen(1), "h").unwrap(), Observed::Queued);
+        // The same content in another folder (another output, maybe other settings): its own job.
+        assert_eq!(s.observe(two, b, seen(1), "h").unwrap(), Observed::Queued);
+        // Queued by hand with an output of its own: not the twin of a watched folder's photo.
+        let by_hand = Path::new("/elsewhere/a.jpg");
+        let queued = s.observe_to(Path::new("/elsewhere"), by_hand, seen(1), "h", Some(Path::new("/o")));
+        assert_eq!(queued.unwrap(), Observed::Queued);
+        // In the same folder it is a twin.
+        assert_eq!(s.observe(two, c, seen(1), "h").unwrap(), Observed::Duplicate { of: b.into() });
+        assert_eq!(s.pending(10, &[]).unwrap().len(), 3);
+
+        // `/two` taken out of the configuration: its waiting photo is let go; the rest stays.
+        s.finish(a, &Finish::Failed { error: "x".into(), retry: false }).unwrap();
+        let released = s.release_unwatched(&[one.to_path_buf()]).unwrap();
+        // b's twin, waiting for b's copy, goes with it.
+        assert_eq!(released, vec![b.to_path_buf(), c.to_path_buf()]);
+        let left: Vec<PathBuf> = s.rows().unwrap().into_iter().map(|r| r.path).collect();
+        assert_eq!(left, vec![by_hand.to_path_buf(), a.to_path_buf()]);
     }
 
     #[test]

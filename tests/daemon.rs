@@ -294,6 +294,51 @@ fn sighup_watches_a_new_folder_and_keeps_the_old_config_when_the_new_one_is_brok
 }
 
 #[test]
+fn each_folder_gets_its_own_copy_a_refused_config_leaves_no_trace_and_a_folder_taken_out_lets_go() {
+    let home = Home::new();
+    let two = [("In", "Out"), ("In2", "Out2")];
+    home.configure("settle_seconds = 0.3", &two);
+    let d = home.start();
+    // The same photo dropped into two folders: a copy in each folder's output.
+    for dir in ["In", "In2"] {
+        std::fs::write(home.path().join(dir).join("a.png"), photo(1, 8, "a.png")).unwrap();
+    }
+    home.wait_settled(&d, 2, Duration::from_secs(30));
+    assert!(
+        home.path().join("Out/a.png").is_file() && home.path().join("Out2/a.png").is_file(),
+        "{}",
+        d.log()
+    );
+
+    // A photo waiting for its output folder (gone).
+    std::fs::remove_dir_all(home.path().join("Out2")).unwrap();
+    let waiting = home.path().join("In2/b.png");
+    std::fs::write(&waiting, photo(2, 8, "b.png")).unwrap();
+    let start = Instant::now();
+    while !home.rows().get(&waiting).is_some_and(|r| r.status == "pending" && r.error.is_some()) {
+        assert!(start.elapsed() < Duration::from_secs(30), "{:#?}\n{}", home.rows(), d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Refused (a watched folder inside an output): none of its folders is made.
+    home.configure("settle_seconds = 0.3", &[("In", "Out"), ("Out/x", "Elsewhere")]);
+    d.signal(libc::SIGHUP);
+    d.wait_log("not applied", Duration::from_secs(20));
+    assert!(!home.path().join("Out/x").exists() && !home.path().join("Elsewhere").exists(), "{}", d.log());
+
+    // In2 taken out of the configuration: its waiting photo is let go, and nothing is left to do.
+    home.configure("settle_seconds = 0.3", &two[..1]);
+    d.signal(libc::SIGHUP);
+    d.wait_log("configuration reloaded", Duration::from_secs(20));
+    d.wait_log("were let go", Duration::from_secs(20));
+    let rows = home.rows();
+    assert!(!rows.contains_key(&waiting), "{rows:#?}");
+    assert!(rows.values().all(|r| r.status == "done"), "{rows:#?}");
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[test]
 fn a_name_used_again_never_costs_another_photo_its_copy_and_an_edit_replaces_its_own() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);
