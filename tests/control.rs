@@ -437,6 +437,60 @@ fn a_failed_photo_leaves_the_last_errors_once_fixed_or_deleted() {
 }
 
 #[test]
+fn veil_watch_into_a_pipe_prints_lines_and_a_refused_reload_leaves_the_errors_once_one_applies() {
+    use std::io::BufRead;
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    // Not a terminal: plain lines on stdout, as they come.
+    let mut watch = home
+        .configured(env!("CARGO_BIN_EXE_veil"))
+        .arg("watch")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = lines.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(first.starts_with("following veild's progress"), "{first}");
+    photo(1, &home.path().join("In/a.png"));
+    let done = format!(
+        "done {} -> {}",
+        home.path().join("In/a.png").display(),
+        home.path().join("Out/a.png").display()
+    );
+    let mut got = Vec::new();
+    while !got.contains(&done) {
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => got.push(line),
+            Err(_) => panic!("no '{done}' in {got:?}\n{}", d.log()),
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    let told = |home: &Home| -> Vec<String> {
+        let status = home.veil_json(&["status"]);
+        let errors = status["last_errors"].as_array().cloned().unwrap_or_default();
+        errors.iter().map(|e| e["message"].as_str().unwrap_or_default().to_string()).collect()
+    };
+    home.configure("settle_seconds = 0.3", &[("In", "Out"), ("Out/x", "Elsewhere")]);
+    let o = home.veil(&["reload"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(told(&home).iter().any(|m| m.contains("not applied")), "{:?}", told(&home));
+    home.configure("settle_seconds = 0.3", &[("In", "Out"), ("In2", "Out2")]);
+    let o = home.veil(&["reload"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!told(&home).iter().any(|m| m.contains("not applied")), "{:?}", told(&home));
+    d.stop();
+}
+
+#[test]
 fn status_shows_a_watched_folder_gone_and_forgets_it_once_it_is_back() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3\npoll_seconds = 1", &[("In", "Out")]);

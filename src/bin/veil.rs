@@ -515,6 +515,9 @@ fn watch(client: &Client, json: bool, out: &mut impl Write) -> anyhow::Result<Ex
     let mut running: std::collections::HashMap<String, indicatif::ProgressBar> = Default::default();
     let style = indicatif::ProgressStyle::with_template("{spinner} {wide_msg} {elapsed}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    // Bars need a terminal (they are drawn on stderr); when stdout goes to a pipe or a file
+    // (`veil watch | tee log`) each event is a plain line there instead.
+    let live = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !bars.is_hidden();
     for event in client.events()? {
         let event = event?;
         if json {
@@ -523,6 +526,11 @@ fn watch(client: &Client, json: bool, out: &mut impl Write) -> anyhow::Result<Ex
             continue;
         }
         let path = event.path.clone().unwrap_or_default();
+        if !live {
+            writeln!(out, "{}", event_line(&event, path))?;
+            out.flush()?;
+            continue;
+        }
         match event.event.as_str() {
             "subscribed" => bars.println("following veild's progress (Ctrl-C to stop)")?,
             "queued" | "running" => {
@@ -534,22 +542,30 @@ fn watch(client: &Client, json: bool, out: &mut impl Write) -> anyhow::Result<Ex
                 });
                 bar.set_message(format!("{} {path}", event.event));
             }
-            other => {
+            _ => {
                 if let Some(bar) = running.remove(&path) {
                     bar.finish_and_clear();
                     bars.remove(&bar);
                 }
-                let detail = match (&event.output, &event.error) {
-                    (Some(o), _) => format!(" -> {o}"),
-                    (None, Some(e)) => format!(": {e}"),
-                    (None, None) => String::new(),
-                };
-                let subject = if path.is_empty() { "veild".into() } else { path };
-                bars.println(format!("{other} {subject}{detail}"))?;
+                bars.println(event_line(&event, path))?;
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One event as `veil watch` prints it: `done /in/a.jpg -> /out/a.jpg`, `failed /in/b.jpg: …`.
+fn event_line(event: &control::Event, path: String) -> String {
+    if event.event == "subscribed" {
+        return "following veild's progress (Ctrl-C to stop)".into();
+    }
+    let detail = match (&event.output, &event.error) {
+        (Some(o), _) => format!(" -> {o}"),
+        (None, Some(e)) => format!(": {e}"),
+        (None, None) => String::new(),
+    };
+    let subject = if path.is_empty() { "veild".into() } else { path };
+    format!("{} {subject}{detail}", event.event)
 }
 
 /// The configuration in effect (`--config` or the platform file, else the defaults), resolved.

@@ -157,7 +157,8 @@ pub struct StateReply {
 pub struct Event {
     /// `subscribed` (first line), `queued`, `running`, `done`, `failed`, `retrying` (failed, will be
     /// tried again), `waiting` (its output folder cannot take it now: tried again later), `skipped`, `removed` (a failed photo
-    /// was deleted or moved away: its failure is forgotten), `paused`, `resumed`, `reloaded`, or
+    /// was deleted or moved away: its failure is forgotten; or a waiting one was let go with its
+    /// folder, taken out of the configuration), `paused`, `resumed`, `reloaded`, or
     /// `lagged` (events were lost).
     pub event: String,
     /// Seconds since the epoch.
