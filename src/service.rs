@@ -1108,6 +1108,14 @@ impl Core {
         let Some(seen) = watch::stat(path) else {
             return fail("not a regular file (or it does not exist)".into());
         };
+        if path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".")) {
+            return fail("a hidden file: Veil leaves hidden files alone (rename it to protect it)".into());
+        }
+        // A copy Veil wrote (in a folder's output, however the path is spelled).
+        let real = watch::resolved(path);
+        if self.config.folders.iter().any(|f| real.starts_with(watch::resolved(&f.output))) {
+            return fail("in an output folder: Veil does not protect its own copies again".into());
+        }
         let watched =
             self.folders.iter().find(|f| path.starts_with(&f.config.path)).map(|f| f.config.path.clone());
         let (root, output_dir) = match watched {

@@ -556,11 +556,19 @@ fn veil_add_walks_a_folder_leaving_out_hidden_entries_other_files_and_outputs() 
     // Copies of photos outside the watched folders go to --out, side by side.
     assert!(copies.join("a.png").is_file() && copies.join("b.png").is_file());
 
-    // An empty folder, an output folder: each is named with what is wrong; the call fails.
-    for (folder, message) in [("Empty", "a folder with no photos in it"), ("Out", "an output folder")] {
-        let o = home.veil(&["add", home.path().join(folder).to_str().unwrap()]);
+    // An empty folder, an output folder, a copy in one, a hidden file: each is named with what is
+    // wrong; the call fails.
+    photo(7, &home.path().join("Out/copy.png"));
+    photo(8, &home.path().join("In/.hidden.png"));
+    for (path, message) in [
+        ("Empty", "a folder with no photos in it"),
+        ("Out", "an output folder"),
+        ("Out/copy.png", "in an output folder: Veil does not protect its own copies again"),
+        ("In/.hidden.png", "a hidden file"),
+    ] {
+        let o = home.veil(&["add", home.path().join(path).to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-        assert!(text(&o.stdout).contains(&format!("{folder}: error: {message}")), "{}", text(&o.stdout));
+        assert!(text(&o.stdout).contains(&format!("{path}: error: {message}")), "{}", text(&o.stdout));
     }
     // A path JSON cannot carry is refused by the CLI, naming it.
     use std::os::unix::ffi::OsStrExt;

@@ -145,10 +145,11 @@ enum Command {
     /// The daemon's jobs, a page at a time.
     Jobs {
         /// Only jobs with this status: pending, running, done, failed or skipped.
-        #[arg(long, value_name = "S")]
+        #[arg(long, value_name = "S", value_parser = ["pending", "running", "done", "failed", "skipped"])]
         status: Option<String>,
-        #[arg(long, default_value_t = 50, value_name = "N")]
-        limit: usize,
+        /// At most N jobs (1 or more).
+        #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
         /// Jobs numbered above N (the next page).
         #[arg(long, default_value_t = 0, value_name = "N")]
         after: i64,
