@@ -44,6 +44,15 @@ pub enum WatchError {
         other.display()
     )]
     InOtherOutput { folder: PathBuf, how: &'static str, other: PathBuf, output: PathBuf },
+    /// Two entries watch the same folder, or one watches a folder inside another's (recursive)
+    /// folder: a photo there would belong to both, and only one output would get its copy.
+    #[error(
+        "folder {}: it {how} folder {} (symbolic links followed), which another [[folders]] entry \
+         watches; a photo there would have two outputs: watch each folder once",
+        folder.display(),
+        other.display()
+    )]
+    WatchedTwice { folder: PathBuf, how: &'static str, other: PathBuf },
 }
 
 /// Whether `folder`'s output stays out of the way once symbolic links are followed: an output that
@@ -70,6 +79,26 @@ pub fn check_output(folder: &FolderConfig) -> Result<(), WatchError> {
 /// Whether any watched folder is, or lies inside, another folder's output ([`check_output`] checks
 /// each folder against its own).
 pub fn check_outputs(folders: &[FolderConfig]) -> Result<(), WatchError> {
+    for (i, folder) in folders.iter().enumerate() {
+        let root = resolved(&folder.path);
+        for other in &folders[i + 1..] {
+            let theirs = resolved(&other.path);
+            let (inner, how, outer) = if root == theirs {
+                (folder, "is", other)
+            } else if root.starts_with(&theirs) && other.recursive {
+                (folder, "lies inside", other)
+            } else if theirs.starts_with(&root) && folder.recursive {
+                (other, "lies inside", folder)
+            } else {
+                continue;
+            };
+            return Err(WatchError::WatchedTwice {
+                folder: inner.path.clone(),
+                how,
+                other: outer.path.clone(),
+            });
+        }
+    }
     for folder in folders {
         let root = resolved(&folder.path);
         for other in folders.iter().filter(|o| o.path != folder.path) {
@@ -452,9 +481,23 @@ mod tests {
         }
         // An output inside another watched folder is fine (that folder leaves it alone), and so
         // are two folders with outputs of their own.
-        assert!(check_outputs(&[a.clone(), FolderConfig::new(p("b/.."), p("c"))]).is_ok());
+        let in_w = FolderConfig::new(p("a"), p("w/b"));
+        assert!(check_outputs(&[in_w, FolderConfig::new(p("w"), p("c"))]).is_ok());
         assert!(check_outputs(&[a.clone(), FolderConfig::new(p("x"), p("a/out"))]).is_ok());
-        assert!(check_outputs(&[a, FolderConfig::new(p("x"), p("y"))]).is_ok());
+        assert!(check_outputs(&[a.clone(), FolderConfig::new(p("x"), p("y"))]).is_ok());
+        // The same folder twice (another spelling too), or inside a recursive one: an error.
+        std::fs::create_dir_all(p("a")).unwrap();
+        for (watched, how) in [("a", "is"), ("a/../a", "is"), ("a/deep", "lies inside")] {
+            let err =
+                check_outputs(&[a.clone(), FolderConfig::new(p(watched), p("z"))]).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("it {how} folder")) && err.contains("watch each folder once"),
+                "{err}"
+            );
+        }
+        // Inside a folder that is not walked recursively: fine.
+        let flat = FolderConfig { recursive: false, ..a.clone() };
+        assert!(check_outputs(&[flat, FolderConfig::new(p("a/deep"), p("z"))]).is_ok());
     }
 
     #[test]
