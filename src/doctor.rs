@@ -210,7 +210,7 @@ fn describe_dir(path: &Path) -> String {
 fn check_folder(report: &mut Report, what: &str, path: &Path, needs_write: bool) {
     let shown = path.display();
     if !path.exists() {
-        report.push(Level::Warn, what, format!("{shown}: missing (veild creates it when it starts)"));
+        report.push(Level::Warn, what, format!("{shown}: missing (veild makes it if it is new; one it has seen before it waits for: is its drive mounted?)"));
     } else if !path.is_dir() {
         report.push(Level::Fail, what, format!("{shown}: not a folder"));
     } else if let Err(e) = std::fs::read_dir(path) {

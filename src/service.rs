@@ -89,12 +89,12 @@ pub async fn run(
     let socket = config.paths.socket.clone().unwrap_or_default();
     let _lock = lock(&state_dir, &socket)?;
     let listener = server::Listener::bind(&socket)?;
-    create_folders(&config.folders)?;
+    let (store, recovered) = Store::open(&state_dir)?;
+    create_folders(&config.folders, &store)?;
     if config.folders.is_empty() {
         tracing::warn!("no folders configured: nothing to watch");
     }
 
-    let (store, recovered) = Store::open(&state_dir)?;
     if recovered > 0 {
         tracing::warn!("{recovered} photo(s) were being protected when veild last stopped: queued again");
     }
@@ -218,17 +218,33 @@ fn loaded_models(inventory: &Inventory) -> Vec<String> {
     out
 }
 
-/// Checks the folders of a configuration, then makes those missing: a configuration refused has
-/// no effect on the disk.
-fn create_folders(folders: &[FolderConfig]) -> Result<(), ServiceError> {
+/// Checks the folders of a configuration, then makes those missing that are new: a configuration
+/// refused has no effect on the disk. A folder that was there at an earlier start or reload (the
+/// store remembers) and is missing now is gone, not new: its drive may not be mounted yet, and a
+/// folder made in its place would fill the wrong disk and be hidden once the drive is mounted. It
+/// is left missing: a watched folder is watched once it is back, an output's photos wait for it.
+fn create_folders(folders: &[FolderConfig], store: &Store) -> Result<(), ServiceError> {
     for folder in folders {
         watch::check_output(folder)?;
     }
     watch::check_outputs(folders)?;
     for folder in folders {
         for dir in [&folder.path, &folder.output] {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| ServiceError::Folder { path: dir.clone(), source })?;
+            if !dir.exists() {
+                if store.folder_was_there(dir).unwrap_or(false) {
+                    tracing::warn!(
+                        "{} was there before and is missing now (deleted, or its drive not mounted): \
+                         not made again; Veil goes on once it is back",
+                        dir.display()
+                    );
+                    continue;
+                }
+                std::fs::create_dir_all(dir)
+                    .map_err(|source| ServiceError::Folder { path: dir.clone(), source })?;
+            }
+            if let Err(e) = store.folder_is_there(dir) {
+                tracing::warn!("{e}");
+            }
         }
     }
     for folder in folders {
@@ -391,7 +407,9 @@ impl Core {
     }
 
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
-        let all: Vec<PathBuf> = self.folders.iter().map(|f| f.config.path.clone()).collect();
+        // Those there (one gone is scanned once it is back).
+        let all: Vec<PathBuf> =
+            self.folders.iter().filter(|f| f.id.is_some()).map(|f| f.config.path.clone()).collect();
         for root in all {
             self.scan(&root, &root.clone());
         }
@@ -503,22 +521,7 @@ impl Core {
                 continue;
             }
             match now {
-                None => {
-                    let f = &mut self.folders[i];
-                    f.id = None;
-                    f.watcher = None;
-                    f.next_poll = None;
-                    f.watch_error = Some("the folder is gone; it is watched again when it is back".into());
-                    self.candidates.retain(|_, c| c.folder != root);
-                    let told = format!(
-                        "the watched folder {} is gone (deleted, moved away or its drive unmounted): photos \
-                         put there are not protected until it is back; veild looks for it every {} s",
-                        root.display(),
-                        self.config.watch.poll_seconds.get()
-                    );
-                    self.folders[i].told_gone = Some(told.clone());
-                    self.warn(told);
-                }
+                None => self.folder_gone(i),
                 Some(id) => {
                     let how = if was.is_none() { "is back" } else { "was replaced by another folder" };
                     tracing::info!("the watched folder {} {how}: watching it anew", root.display());
@@ -534,6 +537,26 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The watched folder `i` is not there: no longer watched, told once (a warning and a last
+    /// error); [`Core::check_folders`] watches it anew once it is back.
+    fn folder_gone(&mut self, i: usize) {
+        let root = self.folders[i].config.path.clone();
+        let f = &mut self.folders[i];
+        f.id = None;
+        f.watcher = None;
+        f.next_poll = None;
+        f.watch_error = Some("the folder is gone; it is watched again when it is back".into());
+        self.candidates.retain(|_, c| c.folder != root);
+        let told = format!(
+            "the watched folder {} is gone (deleted, moved away or its drive unmounted): photos \
+             put there are not protected until it is back; veild looks for it every {} s",
+            root.display(),
+            self.config.watch.poll_seconds.get()
+        );
+        self.folders[i].told_gone = Some(told.clone());
+        self.warn(told);
     }
 
     fn settle_time(&self) -> Duration {
@@ -1204,6 +1227,20 @@ impl Core {
                 continue;
             }
             let id = folder_id(&config.path);
+            if id.is_none() {
+                // Missing at start or reload (made at neither: it was there before): gone.
+                self.folders.push(Folder {
+                    config: config.clone(),
+                    filter,
+                    watcher: None,
+                    next_poll: None,
+                    watch_error: None,
+                    told_gone: None,
+                    id,
+                });
+                self.folder_gone(self.folders.len() - 1);
+                continue;
+            }
             let (watcher, next_poll, watch_error) = self.watch(config);
             self.folders.push(Folder {
                 config: config.clone(),
@@ -1278,7 +1315,7 @@ impl Core {
     }
 
     fn reload(&mut self, config: Config) -> Result<(), ApiError> {
-        if let Err(e) = create_folders(&config.folders) {
+        if let Err(e) = create_folders(&config.folders, &self.store) {
             return Err(self.refuse(e));
         }
         let protect_changed = config.protect != self.config.protect || config.engine != self.config.engine;

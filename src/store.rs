@@ -205,6 +205,7 @@ CREATE TABLE IF NOT EXISTS files (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_hash ON files(hash);
 CREATE INDEX IF NOT EXISTS files_status ON files(status);
+CREATE TABLE IF NOT EXISTS folders (path BLOB PRIMARY KEY) WITHOUT ROWID;
 ";
 
 /// Columns added after the first schema: a stable job number (for `veil retry ID` and paging), the
@@ -275,6 +276,22 @@ impl Store {
         migrate(&db).map_err(err)?;
         let recovered = db.execute(REQUEUE_UNRECORDED, []).map_err(err)?;
         Ok((Store { db, path }, recovered))
+    }
+
+    /// Whether a configured folder (watched or output) at `path` was there at an earlier start or
+    /// reload: missing now, it is gone (a drive not mounted, say), not new.
+    pub fn folder_was_there(&self, path: &Path) -> Result<bool, StoreError> {
+        self.db
+            .query_row("SELECT EXISTS (SELECT 1 FROM folders WHERE path = ?1)", [blob(path)], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records that the configured folder at `path` is there.
+    pub fn folder_is_there(&self, path: &Path) -> Result<(), StoreError> {
+        self.db
+            .execute("INSERT OR IGNORE INTO folders (path) VALUES (?1)", [blob(path)])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     /// The database file.
@@ -937,6 +954,21 @@ mod tests {
         assert_eq!(released, vec![b.to_path_buf(), c.to_path_buf()]);
         let left: Vec<PathBuf> = s.rows().unwrap().into_iter().map(|r| r.path).collect();
         assert_eq!(left, vec![by_hand.to_path_buf(), a.to_path_buf()]);
+    }
+
+    #[test]
+    fn folders_seen_are_remembered_across_starts() {
+        let d = tempfile::tempdir().unwrap();
+        let out = Path::new("/media/drive/Protected");
+        {
+            let (s, _) = Store::open(d.path()).unwrap();
+            assert!(!s.folder_was_there(out).unwrap());
+            s.folder_is_there(out).unwrap();
+            s.folder_is_there(out).unwrap();
+        }
+        let (s, _) = Store::open(d.path()).unwrap();
+        assert!(s.folder_was_there(out).unwrap());
+        assert!(!s.folder_was_there(Path::new("/media/drive")).unwrap());
     }
 
     #[test]

@@ -339,6 +339,34 @@ fn each_folder_gets_its_own_copy_a_refused_config_leaves_no_trace_and_a_folder_t
 }
 
 #[test]
+fn folders_missing_at_a_later_start_are_not_made_again_and_are_used_once_back() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3\npoll_seconds = 1", &[("In", "Out")]);
+    let (input, output) = (home.path().join("In"), home.path().join("Out"));
+    // The first start makes them (new folders).
+    let d = home.start();
+    assert!(input.is_dir() && output.is_dir());
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    // Gone while veild was stopped (a drive not mounted): not made again in their place.
+    std::fs::remove_dir(&input).unwrap();
+    std::fs::remove_dir(&output).unwrap();
+    let d = home.start();
+    d.wait_log("is gone (deleted, moved away or its drive unmounted)", Duration::from_secs(20));
+    assert!(!input.exists() && !output.exists(), "{}", d.log());
+    assert!(d.log().contains("was there before and is missing now"), "{}", d.log());
+    // Back: watched, and its photos protected.
+    std::fs::create_dir(&input).unwrap();
+    std::fs::create_dir(&output).unwrap();
+    d.wait_log("is back: watching it anew", Duration::from_secs(20));
+    std::fs::write(input.join("a.png"), photo(1, 8, "a.png")).unwrap();
+    home.wait_settled(&d, 1, Duration::from_secs(30));
+    assert!(output.join("a.png").is_file(), "{}", d.log());
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[test]
 fn a_name_used_again_never_costs_another_photo_its_copy_and_an_edit_replaces_its_own() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);
