@@ -233,3 +233,25 @@ fn protect_names_an_out_that_is_a_file() {
     assert!(stderr(&out).contains(&format!("{}: not a folder", file.display())), "{}", stderr(&out));
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
+
+#[test]
+fn protect_refuses_an_out_inside_a_watched_folder_but_not_inside_its_output() {
+    let home = Home::new();
+    home.configure("", &[("In", "In/Protected")]);
+    let photo = home.path().join("p.jpg");
+    std::fs::write(&photo, b"x").unwrap();
+    let run = |out: &Path| {
+        let mut cmd = home.command(env!("CARGO_BIN_EXE_veil"));
+        cmd.arg("--config").arg(home.config_path()).arg("protect").arg("--out").arg(out).arg(&photo);
+        output_within(&mut cmd, CLI_LIMIT)
+    };
+    let inside = home.path().join("In/mine");
+    let o = run(&inside);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("inside the watched folder"), "{}", stderr(&o));
+    assert!(!inside.exists());
+    // Into the folder's own output (inside it) the copies are left alone: only the photo's own
+    // problem is reported.
+    let o = run(&home.path().join("In/Protected"));
+    assert!(!stderr(&o).contains("inside the watched folder"), "{}", stderr(&o));
+}

@@ -608,6 +608,19 @@ fn protect(
     if out_dir.exists() && !out_dir.is_dir() {
         anyhow::bail!("{}: not a folder ({named} names the folder the copies go to)", out_dir.display());
     }
+    // Copies put into a watched folder would be protected again by veild, into its output.
+    let real = veil::watch::resolved(&out_dir);
+    let in_output = config.folders.iter().any(|f| real.starts_with(veil::watch::resolved(&f.output)));
+    if let Some(f) = config.folders.iter().find(|f| real.starts_with(veil::watch::resolved(&f.path))) {
+        if !in_output {
+            anyhow::bail!(
+                "{}: inside the watched folder {}, where veild would protect the copies again; \
+                 choose another folder ({named})",
+                out_dir.display(),
+                f.path.display()
+            );
+        }
+    }
     // Neither this run's copies nor the daemon's are protected again when a folder holds them.
     let mut outputs = vec![out_dir.clone()];
     outputs.extend(config.folders.iter().map(|f| f.output.clone()));
