@@ -231,7 +231,12 @@ fn create_folders(folders: &[FolderConfig], store: &Store) -> Result<(), Service
     for folder in folders {
         for dir in [&folder.path, &folder.output] {
             if !dir.exists() {
-                if store.folder_was_there(dir).unwrap_or(false) {
+                // Not knowing is not "new": a folder made on the wrong disk is the harm avoided.
+                let was_there = store.folder_was_there(dir).unwrap_or_else(|e| {
+                    tracing::warn!("{e}");
+                    true
+                });
+                if was_there {
                     tracing::warn!(
                         "{} was there before and is missing now (deleted, or its drive not mounted): \
                          not made again; Veil goes on once it is back",
@@ -657,6 +662,61 @@ impl Core {
         }
     }
 
+    /// `path` has the content of `of`, which was seen gone: the photo was renamed, or moved within
+    /// its folder. Its protected copy follows it (`a.jpg` renamed `beach.jpg`: `Out/a.jpg` becomes
+    /// `Out/beach.jpg`, in the sub-folder mirroring the photo's), unless another file shares that
+    /// copy or a file already has the new name (then `path` is skipped, pointing at the copy, as
+    /// before). Returns whether the copy followed.
+    fn follow_rename(&mut self, root: &Path, of: &Path, path: &Path) -> bool {
+        // Its remove (or rename) event may not have been handled yet: look at the disk.
+        if let Err(e) = self.store.sources_gone(of, &HashSet::new()) {
+            tracing::warn!("{e}");
+        }
+        let copy = match self.store.renamed_copy(of, path) {
+            Ok(Some(copy)) => copy,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return false;
+            }
+        };
+        let (Some(old), Some(new), Some(folder)) = (of.file_name(), path.file_name(), self.folder(root))
+        else {
+            return false;
+        };
+        let rel = path.parent().and_then(|p| p.strip_prefix(root).ok()).unwrap_or(Path::new(""));
+        let dir = folder.config.output.join(rel);
+        if !rel.as_os_str().is_empty() && folder.config.output.is_dir() {
+            let _ = std::fs::create_dir_all(&dir);
+        }
+        match imageio::rename_copy(&copy, old, new, &dir) {
+            Ok(Some(to)) => match self.store.carry_over(of, path, &to) {
+                Ok(()) => {
+                    tracing::info!(
+                        "{} was renamed {}: its protected copy {} is now {}",
+                        of.display(),
+                        path.display(),
+                        copy.display(),
+                        to.display()
+                    );
+                    self.emit("done", path, Some(&to), None);
+                    true
+                }
+                Err(e) => {
+                    // Not recorded: the copy goes back under the name the database knows.
+                    let _ = std::fs::rename(&to, &copy);
+                    self.store_failed(e);
+                    false
+                }
+            },
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!("cannot rename {} after its photo: {e}", copy.display());
+                false
+            }
+        }
+    }
+
     /// Takes the candidates that have not changed for the settle time.
     fn settle(&mut self) {
         let settle = self.settle_time();
@@ -696,11 +756,13 @@ impl Core {
                 self.emit("queued", path, None, None);
             }
             Ok(Observed::Duplicate { of }) => {
-                tracing::info!(
-                    "{}: same content as {}, already protected or queued: skipped",
-                    path.display(),
-                    of.display()
-                )
+                if !self.follow_rename(root, &of, path) {
+                    tracing::info!(
+                        "{}: same content as {}, already protected or queued: skipped",
+                        path.display(),
+                        of.display()
+                    )
+                }
             }
             Ok(Observed::SameContent | Observed::Unchanged) => {}
             Err(e) => {
@@ -1256,6 +1318,9 @@ impl Core {
         for f in old {
             tracing::info!("no longer watching {}", f.config.path.display());
             self.candidates.retain(|_, c| c.folder != f.config.path);
+            if let Some(told) = &f.told_gone {
+                self.forget(told);
+            }
         }
         self.release_unwatched();
         Ok(added)

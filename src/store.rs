@@ -682,6 +682,40 @@ impl Store {
         Ok(dropped)
     }
 
+    /// For `path`, just recorded as having the content of `of`: `of`'s protected copy, when `of`
+    /// was seen gone (renamed or moved within its folder: this is the same photo under its new
+    /// name) and no other file shares that copy. The caller renames the copy after the photo and
+    /// records it with [`Store::carry_over`].
+    pub fn renamed_copy(&self, of: &Path, path: &Path) -> Result<Option<PathBuf>, StoreError> {
+        self.db
+            .query_row(
+                "SELECT output FROM files AS f WHERE path = ?1 AND status = 'done' AND gone = 1 \
+                 AND output IS NOT NULL AND NOT EXISTS (SELECT 1 FROM files AS o \
+                 WHERE o.output = f.output AND o.path != ?1 AND o.path != ?2)",
+                params![blob(of), blob(path)],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .map(|o| o.map(path_of))
+            .map_err(|e| self.err(e))
+    }
+
+    /// `of`'s record goes to `path` (the photo renamed), with its copy now at `copy`.
+    pub fn carry_over(&self, of: &Path, path: &Path, copy: &Path) -> Result<(), StoreError> {
+        let e = |e| self.err(e);
+        let tx = self.db.unchecked_transaction().map_err(e)?;
+        tx.execute(
+            "UPDATE files SET status = 'done', output = ?3, duplicate_of = NULL, error = NULL, \
+             faces = (SELECT faces FROM files WHERE path = ?1), \
+             seconds = (SELECT seconds FROM files WHERE path = ?1), \
+             losses = (SELECT losses FROM files WHERE path = ?1) WHERE path = ?2",
+            params![blob(of), blob(path), blob(copy)],
+        )
+        .map_err(e)?;
+        tx.execute("DELETE FROM files WHERE path = ?1", [blob(of)]).map_err(e)?;
+        tx.commit().map_err(e)
+    }
+
     /// Forgets the photos waiting (`pending`) or quarantined (`failed`) in folders that are no
     /// longer watched (`watched` are those that are): the folder was taken out of the
     /// configuration, so nothing would ever take them. Photos queued by hand with an output of
@@ -701,6 +735,14 @@ impl Store {
         };
         let mut released = Vec::new();
         for (path, _) in rows.into_iter().filter(|(_, folder)| !watched.contains(folder)) {
+            // One that has a copy (a protected photo sent back by `veil retry`) keeps its record.
+            self.db
+                .execute(
+                    "UPDATE files SET status = 'done', error = NULL WHERE path = ?1 \
+                     AND status IN ('pending', 'failed') AND output IS NOT NULL",
+                    [blob(&path)],
+                )
+                .map_err(e)?;
             let n = self
                 .db
                 .execute(
@@ -947,13 +989,31 @@ mod tests {
         assert_eq!(s.observe(two, c, seen(1), "h").unwrap(), Observed::Duplicate { of: b.into() });
         assert_eq!(s.pending(10, &[]).unwrap().len(), 3);
 
-        // `/two` taken out of the configuration: its waiting photo is let go; the rest stays.
+        // `/two` taken out of the configuration: its waiting photo is let go; the rest stays, and
+        // a protected one sent back by `veil retry` keeps the record of its copy.
+        let kept = Path::new("/two/kept.jpg");
+        s.observe(two, kept, seen(2), "k").unwrap();
+        s.finish(
+            kept,
+            &Finish::Done { output: "/out2/kept.jpg".into(), faces: 1, seconds: 1.0, losses: vec![] },
+        )
+        .unwrap();
+        let id = s.job_of(kept).unwrap().unwrap().0;
+        s.retry_one(id).unwrap();
         s.finish(a, &Finish::Failed { error: "x".into(), retry: false }).unwrap();
         let released = s.release_unwatched(&[one.to_path_buf()]).unwrap();
         // b's twin, waiting for b's copy, goes with it.
         assert_eq!(released, vec![b.to_path_buf(), c.to_path_buf()]);
-        let left: Vec<PathBuf> = s.rows().unwrap().into_iter().map(|r| r.path).collect();
-        assert_eq!(left, vec![by_hand.to_path_buf(), a.to_path_buf()]);
+        let left: Vec<(PathBuf, Status)> =
+            s.rows().unwrap().into_iter().map(|r| (r.path, r.status)).collect();
+        assert_eq!(
+            left,
+            vec![
+                (by_hand.to_path_buf(), Status::Pending),
+                (a.to_path_buf(), Status::Failed),
+                (kept.to_path_buf(), Status::Done)
+            ]
+        );
     }
 
     #[test]

@@ -250,6 +250,16 @@ fn protect_refuses_an_out_inside_a_watched_folder_but_not_inside_its_output() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("inside the watched folder"), "{}", stderr(&o));
     assert!(!inside.exists());
+    // A sub-folder mirrored there is refused the same way, before anything is written.
+    let backup = home.path().join("Backup/In");
+    std::fs::create_dir_all(&backup).unwrap();
+    std::fs::write(backup.join("x.jpg"), b"x").unwrap();
+    let mut cmd = home.command(env!("CARGO_BIN_EXE_veil"));
+    cmd.arg("--config").arg(home.config_path()).arg("protect").arg("--out").arg(home.path());
+    let o = output_within(cmd.arg(home.path().join("Backup")), CLI_LIMIT);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("inside the watched folder"), "{}", stderr(&o));
+    assert!(!home.path().join("In/x.jpg").exists());
     // Into the folder's own output (inside it) the copies are left alone: only the photo's own
     // problem is reported.
     let o = run(&home.path().join("In/Protected"));

@@ -367,6 +367,43 @@ fn folders_missing_at_a_later_start_are_not_made_again_and_are_used_once_back() 
 }
 
 #[test]
+fn a_photo_renamed_or_moved_in_its_folder_takes_its_copy_along() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    let (input, output) = (home.path().join("In"), home.path().join("Out"));
+    std::fs::write(input.join("a.png"), photo(1, 8, "a.png")).unwrap();
+    home.wait_settled(&d, 1, Duration::from_secs(30));
+    let protected = std::fs::read(output.join("a.png")).unwrap();
+    // Renamed: the copy follows, the same bytes under the new name.
+    std::fs::rename(input.join("a.png"), input.join("beach.png")).unwrap();
+    d.wait_log("beach.png: its protected copy", Duration::from_secs(30));
+    assert_eq!(files(&output), [output.join("beach.png")], "{}", d.log());
+    assert_eq!(std::fs::read(output.join("beach.png")).unwrap(), protected);
+    let rows = home.rows();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let row = &rows[&input.join("beach.png")];
+    assert_eq!((row.status.as_str(), row.output.clone()), ("done", Some(output.join("beach.png"))));
+    // Moved into a sub-folder: into the mirrored one.
+    std::fs::create_dir(input.join("2026")).unwrap();
+    std::fs::rename(input.join("beach.png"), input.join("2026/beach.png")).unwrap();
+    d.wait_log("2026/beach.png: its protected copy", Duration::from_secs(30));
+    assert_eq!(files(&output), [output.join("2026/beach.png")], "{}", d.log());
+    // A name already taken in the output: the copy stays, the photo points at it (skipped).
+    std::fs::write(output.join("taken.png"), b"someone else's").unwrap();
+    std::fs::rename(input.join("2026/beach.png"), input.join("taken.png")).unwrap();
+    let start = Instant::now();
+    while home.rows().get(&input.join("taken.png")).is_none_or(|r| r.status != "skipped") {
+        assert!(start.elapsed() < Duration::from_secs(30), "{:#?}\n{}", home.rows(), d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read(output.join("taken.png")).unwrap(), b"someone else's");
+    assert_eq!(std::fs::read(output.join("2026/beach.png")).unwrap(), protected);
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[test]
 fn a_name_used_again_never_costs_another_photo_its_copy_and_an_edit_replaces_its_own() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);
@@ -396,11 +433,19 @@ fn a_name_used_again_never_costs_another_photo_its_copy_and_an_edit_replaces_its
     put(1);
     assert_eq!(done(1), out.join("a.png"));
 
-    // Renamed: b.png is the same photo, its copy is a.png's; then another photo is named a.png.
+    // Renamed: b.png is the same photo, its copy goes with it; then another photo is named a.png.
     std::fs::rename(&a, input.join("b.png")).unwrap();
+    home.wait_settled(&d, 1, Duration::from_secs(30));
+    let start = Instant::now();
+    while !out.join("b.png").is_file() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A copy of b.png under another name too: the copy stands for both, and stays where it is.
+    std::fs::copy(input.join("b.png"), input.join("c.png")).unwrap();
     home.wait_settled(&d, 2, Duration::from_secs(30));
     put(2);
-    assert_eq!(done(2), out.join("a (1).png"), "a.png's copy still stands for b.png");
+    assert_eq!(done(2), out.join("a.png"), "the name is free once b.png's copy followed it");
 
     // Deleted, and later another photo under the same name (a camera's numbering starting over).
     std::fs::remove_file(&a).unwrap();
@@ -415,15 +460,18 @@ fn a_name_used_again_never_costs_another_photo_its_copy_and_an_edit_replaces_its
         std::thread::sleep(Duration::from_millis(100));
     }
     put(3);
-    assert_eq!(done(3), out.join("a (2).png"));
+    assert_eq!(done(3), out.join("a (1).png"));
     // Edited in place: the new copy replaces its own old copy and nothing else.
     put(4);
-    assert_eq!(done(4), out.join("a (2).png"));
+    assert_eq!(done(4), out.join("a (1).png"));
+    // b.png renamed again while c.png shares its copy: the copy stays (c.png points at it).
+    std::fs::rename(input.join("b.png"), input.join("d.png")).unwrap();
+    home.wait_settled(&d, 4, Duration::from_secs(30));
     let (status, log) = d.stop();
     assert_eq!(status.code(), Some(0), "{log}");
-    let names = ["a (1).png", "a (2).png", "a.png"];
+    let names = ["a (1).png", "a.png", "b.png"];
     assert_eq!(files(&out), names.map(|n| out.join(n)), "{log}");
-    for (name, seed) in [("a.png", 1), ("a (1).png", 2)] {
+    for (name, seed) in [("b.png", 1), ("a.png", 2), ("a (1).png", 4)] {
         assert_eq!(decodes(&out.join(name)), decodes_bytes(&photo(seed, 16, "a.png")), "{name} kept");
     }
 }

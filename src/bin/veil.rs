@@ -361,7 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     sheet.display()
                 );
             }
-            if sheet.exists() && !force {
+            if std::fs::symlink_metadata(&sheet).is_ok() && !force {
                 return Err(preview::PreviewError::Exists { path: sheet }.into());
             }
             let source = imageio::read(&photo, &config.imageio)?;
@@ -609,17 +609,22 @@ fn protect(
         anyhow::bail!("{}: not a folder ({named} names the folder the copies go to)", out_dir.display());
     }
     // Copies put into a watched folder would be protected again by veild, into its output.
-    let real = veil::watch::resolved(&out_dir);
-    let in_output = config.folders.iter().any(|f| real.starts_with(veil::watch::resolved(&f.output)));
-    if let Some(f) = config.folders.iter().find(|f| real.starts_with(veil::watch::resolved(&f.path))) {
-        if !in_output {
-            anyhow::bail!(
-                "{}: inside the watched folder {}, where veild would protect the copies again; \
-                 choose another folder ({named})",
-                out_dir.display(),
-                f.path.display()
-            );
-        }
+    let watched_over = |dir: &std::path::Path| {
+        let real = veil::watch::resolved(dir);
+        let in_output = config.folders.iter().any(|f| real.starts_with(veil::watch::resolved(&f.output)));
+        let watched = |f: &&veil::config::FolderConfig| {
+            let root = veil::watch::resolved(&f.path);
+            real == root || (f.recursive && real.starts_with(&root))
+        };
+        config.folders.iter().find(watched).filter(|_| !in_output).map(|f| f.path.clone())
+    };
+    if let Some(folder) = watched_over(&out_dir) {
+        anyhow::bail!(
+            "{}: inside the watched folder {}, where veild would protect the copies again; \
+             choose another folder ({named})",
+            out_dir.display(),
+            folder.display()
+        );
     }
     // Neither this run's copies nor the daemon's are protected again when a folder holds them.
     let mut outputs = vec![out_dir.clone()];
@@ -644,7 +649,8 @@ fn protect(
                 report_error(out, json, path, why)?;
             }
             Ok(found) => {
-                let id = |p: &PathBuf| std::fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()));
+                // The same path however it is spelled (hard links are two photos, as in a folder).
+                let id = |p: &PathBuf| std::fs::canonicalize(p).ok();
                 // A folder's sub-folders are mirrored under the output folder; a file goes straight in.
                 let within = |p: &PathBuf| {
                     let rel = p.parent().and_then(|d| d.strip_prefix(path).ok()).filter(|_| is_dir);
@@ -671,6 +677,15 @@ fn protect(
     // Made once the photos are known to be there (a folder that did not exist holds none of them).
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let dirs: std::collections::BTreeSet<&PathBuf> = photos.iter().map(|(dir, _)| dir).collect();
+    // A mirrored sub-folder may reach into a watched folder too (`--out ~` for `~/Backup/Pictures`).
+    if let Some((dir, folder)) = dirs.iter().find_map(|d| watched_over(d).map(|f| (d, f))) {
+        anyhow::bail!(
+            "{}: inside the watched folder {}, where veild would protect the copies again; \
+             choose another folder ({named})",
+            dir.display(),
+            folder.display()
+        );
+    }
     for dir in dirs {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }

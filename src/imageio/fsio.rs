@@ -223,6 +223,40 @@ pub fn write_atomic(
     Ok(path)
 }
 
+/// The copy `copy` of the photo once named `old` (a file name), renamed after the photo's new name
+/// `new` into the folder `dir`: `new` itself when the copy had the photo's name (or one of its
+/// `name (k)` forms), `new`'s stem with the copy's extension when the copy had the photo's stem (a
+/// photo written in another format). Never over a file there (`Ok(None)`: the copy stays), never
+/// into a folder that is not there, nor for a copy named otherwise.
+pub fn rename_copy(copy: &Path, old: &OsStr, new: &OsStr, dir: &Path) -> io::Result<Option<PathBuf>> {
+    let Some(name) = copy.file_name() else { return Ok(None) };
+    let with_ext = |n: &OsStr| -> Option<OsString> {
+        let mut out = Path::new(n).file_stem()?.to_os_string();
+        out.push(".");
+        out.push(Path::new(name).extension()?);
+        Some(out)
+    };
+    let target = if is_candidate(old, name) {
+        new.to_os_string()
+    } else if with_ext(old).is_some_and(|o| is_candidate(&o, name)) {
+        match with_ext(new) {
+            Some(n) => n,
+            None => return Ok(None),
+        }
+    } else {
+        return Ok(None);
+    };
+    if !dir.is_dir() || target.as_bytes().starts_with(b".") {
+        return Ok(None);
+    }
+    let to = dir.join(target);
+    match rename_noreplace(copy, &to) {
+        Ok(()) => Ok(Some(to)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes `bytes` as the file `path` the user named (a preview sheet, a drawing) all at once: a
 /// hidden temporary file next to it is written and synced, then renamed to `path`, over a file
 /// there only when `replace` (else the error is `AlreadyExists`). A failed write (a full disk)
@@ -346,6 +380,32 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_follows_its_photo_renamed_but_never_over_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |s: &str| d.path().join(s);
+        let name = OsStr::new;
+        std::fs::write(p("a (1).jpg"), b"a").unwrap();
+        assert_eq!(
+            rename_copy(&p("a (1).jpg"), name("a.jpg"), name("beach.jpg"), d.path()).unwrap(),
+            Some(p("beach.jpg"))
+        );
+        // Another format: the stem follows, the copy's extension stays.
+        std::fs::write(p("b.jpg"), b"b").unwrap();
+        assert_eq!(
+            rename_copy(&p("b.jpg"), name("b.heic"), name("sea.heic"), d.path()).unwrap(),
+            Some(p("sea.jpg"))
+        );
+        // A name taken: the copy stays where it is.
+        std::fs::write(p("c.jpg"), b"c").unwrap();
+        assert_eq!(rename_copy(&p("c.jpg"), name("c.jpg"), name("beach.jpg"), d.path()).unwrap(), None);
+        assert_eq!(std::fs::read(p("beach.jpg")).unwrap(), b"a");
+        // A copy not named after the photo, or a folder not there: left alone.
+        assert_eq!(rename_copy(&p("c.jpg"), name("x.jpg"), name("y.jpg"), d.path()).unwrap(), None);
+        assert_eq!(rename_copy(&p("c.jpg"), name("c.jpg"), name("y.jpg"), &p("no")).unwrap(), None);
+        assert!(p("c.jpg").is_file());
+    }
 
     #[test]
     fn a_whole_file_replaces_only_when_told_and_leaves_nothing_behind() {

@@ -358,6 +358,11 @@ pub fn writable(path: &Path) -> std::io::Result<()> {
     fsio::writable(path)
 }
 
+/// Renames the copy of a photo renamed from `old` to `new` into `dir`: see [`fsio::rename_copy`].
+pub fn rename_copy(copy: &Path, old: &OsStr, new: &OsStr, dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    fsio::rename_copy(copy, old, new, dir)
+}
+
 /// Writes the file `path` all at once, over an existing one only when `replace`: see
 /// [`fsio::write_whole`].
 pub fn write_whole(path: &Path, bytes: &[u8], replace: bool) -> std::io::Result<()> {
