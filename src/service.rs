@@ -684,11 +684,7 @@ impl Core {
         else {
             return false;
         };
-        let rel = path.parent().and_then(|p| p.strip_prefix(root).ok()).unwrap_or(Path::new(""));
-        let dir = folder.config.output.join(rel);
-        if !rel.as_os_str().is_empty() && folder.config.output.is_dir() {
-            let _ = std::fs::create_dir_all(&dir);
-        }
+        let dir = output_dir(&folder.config, path);
         match imageio::rename_copy(&copy, old, new, &dir) {
             Ok(Some(to)) => match self.store.carry_over(of, path, &to) {
                 Ok(()) => {
@@ -864,14 +860,7 @@ impl Core {
     }
 
     fn job(&self, c: &FolderConfig, source: &Path, earlier: Option<imageio::Earlier>) -> Job {
-        let rel_dir = source.parent().and_then(|p| p.strip_prefix(&c.path).ok()).unwrap_or(Path::new(""));
-        let output_dir = c.output.join(rel_dir);
-        if !rel_dir.as_os_str().is_empty() && c.output.is_dir() {
-            // A sub-folder of an output folder that exists; a missing output folder is the job's error.
-            if let Err(e) = std::fs::create_dir_all(&output_dir) {
-                tracing::warn!("cannot create {}: {e}", output_dir.display());
-            }
-        }
+        let output_dir = output_dir(c, source);
         let imageio = imageio::Settings { earlier, ..self.config.imageio.clone() };
         Job {
             source: source.to_path_buf(),
@@ -1429,6 +1418,20 @@ impl Core {
             tracing::error!("{e}");
         }
     }
+}
+
+/// Where the copy of `source`, in the folder `c`, goes: the sub-folder of `c`'s output that
+/// mirrors the photo's, made here when the output folder is there (a missing output folder is the
+/// job's error, not made).
+fn output_dir(c: &FolderConfig, source: &Path) -> PathBuf {
+    let rel_dir = source.parent().and_then(|p| p.strip_prefix(&c.path).ok()).unwrap_or(Path::new(""));
+    let output_dir = c.output.join(rel_dir);
+    if !rel_dir.as_os_str().is_empty() && c.output.is_dir() {
+        if let Err(e) = std::fs::create_dir_all(&output_dir) {
+            tracing::warn!("cannot create {}: {e}", output_dir.display());
+        }
+    }
+    output_dir
 }
 
 /// The (device, inode) of the folder at `path`, if one is there.

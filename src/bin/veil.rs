@@ -609,23 +609,26 @@ fn protect(
         anyhow::bail!("{}: not a folder ({named} names the folder the copies go to)", out_dir.display());
     }
     // Copies put into a watched folder would be protected again by veild, into its output.
-    let watched_over = |dir: &std::path::Path| {
+    let not_watched = |dir: &std::path::Path| -> anyhow::Result<()> {
         let real = veil::watch::resolved(dir);
-        let in_output = config.folders.iter().any(|f| real.starts_with(veil::watch::resolved(&f.output)));
+        if config.folders.iter().any(|f| real.starts_with(veil::watch::resolved(&f.output))) {
+            return Ok(());
+        }
         let watched = |f: &&veil::config::FolderConfig| {
             let root = veil::watch::resolved(&f.path);
             real == root || (f.recursive && real.starts_with(&root))
         };
-        config.folders.iter().find(watched).filter(|_| !in_output).map(|f| f.path.clone())
+        match config.folders.iter().find(watched) {
+            Some(f) => anyhow::bail!(
+                "{}: inside the watched folder {}, where veild would protect the copies again; \
+                 choose another folder ({named})",
+                dir.display(),
+                f.path.display()
+            ),
+            None => Ok(()),
+        }
     };
-    if let Some(folder) = watched_over(&out_dir) {
-        anyhow::bail!(
-            "{}: inside the watched folder {}, where veild would protect the copies again; \
-             choose another folder ({named})",
-            out_dir.display(),
-            folder.display()
-        );
-    }
+    not_watched(&out_dir)?;
     // Neither this run's copies nor the daemon's are protected again when a folder holds them.
     let mut outputs = vec![out_dir.clone()];
     outputs.extend(config.folders.iter().map(|f| f.output.clone()));
@@ -678,14 +681,7 @@ fn protect(
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let dirs: std::collections::BTreeSet<&PathBuf> = photos.iter().map(|(dir, _)| dir).collect();
     // A mirrored sub-folder may reach into a watched folder too (`--out ~` for `~/Backup/Pictures`).
-    if let Some((dir, folder)) = dirs.iter().find_map(|d| watched_over(d).map(|f| (d, f))) {
-        anyhow::bail!(
-            "{}: inside the watched folder {}, where veild would protect the copies again; \
-             choose another folder ({named})",
-            dir.display(),
-            folder.display()
-        );
-    }
+    dirs.iter().try_for_each(|d| not_watched(d))?;
     for dir in dirs {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -791,7 +787,7 @@ fn find_faces(
             anyhow::bail!("{}: is the photo itself; --draw would replace it", target.display());
         }
         if !force && std::fs::symlink_metadata(target).is_ok() {
-            anyhow::bail!("{}: already exists; pass --force to overwrite it", target.display());
+            return Err(preview::PreviewError::Exists { path: target.clone() }.into());
         }
     }
     let device = engine::select_device(config.engine.device)?;
@@ -841,11 +837,9 @@ fn find_faces(
             image
                 .write_with_encoder(image::codecs::png::PngEncoder::new(&mut png))
                 .with_context(|| format!("cannot encode {}", target.display()))?;
-            imageio::write_whole(target, &png, *force).map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => {
-                    anyhow::anyhow!("{}: already exists; pass --force to overwrite it", target.display())
-                }
-                _ => anyhow::anyhow!("{}: cannot write: {e}", target.display()),
+            imageio::write_whole(target, &png, *force).map_err(|source| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => preview::PreviewError::Exists { path: target.clone() },
+                _ => preview::PreviewError::Write { path: target.clone(), source },
             })?;
         }
     }

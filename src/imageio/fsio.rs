@@ -122,6 +122,25 @@ fn candidate(name: &OsStr, k: u32) -> OsString {
     OsString::from_vec(out)
 }
 
+/// A new hidden temporary file in `dir` for a file to be named `name`, and its path: a name no
+/// other writer uses (this process's id and a counter), short enough for any file system whatever
+/// the length of `name`, never through a symbolic link.
+fn create_temporary(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
+    let short: String = name.to_string_lossy().chars().take(64).collect();
+    let tmp = dir.join(format!(
+        ".{short}.veil-{}-{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    Ok((tmp, file))
+}
+
 /// Writes `bytes` as `dir/name` atomically: a hidden temporary file in `dir` is written and
 /// synced, then renamed into place without replacing anything (a free `name (k).ext` is picked),
 /// or replacing an existing file when `replace` says so, but never the source `(dev, inode)`. The
@@ -134,27 +153,14 @@ pub fn write_atomic(
     source: FileId,
 ) -> Result<PathBuf, ImageError> {
     output_dir_exists(dir)?;
-    // Short enough for any file system's name limit, whatever the length of `name`.
-    let short: String = name.to_string_lossy().chars().take(64).collect();
-    let tmp = dir.join(format!(
-        ".{short}.veil-{}-{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
     let target = dir.join(name);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(|source| match source.raw_os_error() {
-            Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
-                ImageError::OutputDirNotWritable { dir: dir.into(), source }
-            }
-            _ if is_disk_full(&source) => ImageError::DiskFull { path: target.clone() },
-            _ => ImageError::Write { path: target.clone(), source },
-        })?;
+    let (tmp, mut file) = create_temporary(dir, name).map_err(|source| match source.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+            ImageError::OutputDirNotWritable { dir: dir.into(), source }
+        }
+        _ if is_disk_full(&source) => ImageError::DiskFull { path: target.clone() },
+        _ => ImageError::Write { path: target.clone(), source },
+    })?;
     let result = (|| {
         file.write_all(bytes)?;
         file.sync_all()
@@ -270,18 +276,7 @@ pub fn write_whole(path: &Path, bytes: &[u8], replace: bool) -> io::Result<()> {
     if !replace && std::fs::symlink_metadata(path).is_ok() {
         return Err(io::ErrorKind::AlreadyExists.into());
     }
-    let short: String = name.to_string_lossy().chars().take(64).collect();
-    let tmp = dir.join(format!(
-        ".{short}.veil-{}-{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)?;
+    let (tmp, mut file) = create_temporary(dir, name)?;
     let result = (|| {
         file.write_all(bytes)?;
         file.sync_all()?;
