@@ -75,6 +75,8 @@ pub(super) fn decode(
         meta,
         alpha: None,
         deep: None,
+        // libheif hands over RGB; a copy is written in colour.
+        grey: false,
         source_id,
     })
 }

@@ -292,6 +292,9 @@ pub struct Photo {
     /// Alpha channel and 16-bit colour of the original, upright, for formats that keep them.
     alpha: Option<DynamicImage>,
     deep: Option<ImageBuffer<Rgb<u16>, Vec<u16>>>,
+    /// The source stores one grey channel (with or without alpha): a copy whose pixels are still
+    /// grey is written with one channel too, in the formats that have one (JPEG, PNG, TIFF).
+    grey: bool,
     /// The upright size, which the new pixels must keep.
     size: (u32, u32),
     source_id: fsio::FileId,
@@ -527,6 +530,7 @@ fn decode(
     let color = img.color();
     let alpha = color.has_alpha().then(|| alpha_of(&img));
     let deep = (color.bytes_per_pixel() / color.channel_count() == 2).then(|| img.to_rgb16());
+    let grey = !color.has_color();
     let pixels = img.into_rgb8();
     let input_bytes = bytes.len() as u64;
     Ok(Photo {
@@ -540,6 +544,7 @@ fn decode(
         meta,
         alpha,
         deep,
+        grey,
         source_id,
     })
 }
@@ -930,10 +935,13 @@ fn stored_image(photo: &Photo, format: Format, orientation: u8) -> Stored<'_> {
     let keep_deep = photo.deep.is_some() && matches!(format, Format::Png | Format::Tiff);
     let turn = image::metadata::Orientation::from_exif(inverse(orientation))
         .filter(|o| *o != image::metadata::Orientation::NoTransforms);
-    if !keep_alpha && !keep_deep && turn.is_none() {
+    let grey = photo.grey && format != Format::Webp && is_grey(&photo.pixels);
+    if !keep_alpha && !keep_deep && !grey && turn.is_none() {
         return Stored::Pixels(&photo.pixels);
     }
-    let mut img = if keep_deep {
+    let mut img = if grey {
+        grey_image(photo, keep_alpha, keep_deep)
+    } else if keep_deep {
         let deep = photo.deep.as_ref().map(|d| merge_deep(&photo.pixels, d));
         let rgb = deep.unwrap_or_else(|| DynamicImage::ImageRgb8(photo.pixels.clone()).into_rgb16());
         if keep_alpha {
@@ -961,6 +969,38 @@ fn stored_image(photo: &Photo, format: Format, orientation: u8) -> Stored<'_> {
         img.apply_orientation(o);
     }
     Stored::Image(img)
+}
+
+/// Whether every pixel has three equal channels.
+fn is_grey(pixels: &RgbImage) -> bool {
+    pixels.as_raw().chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2])
+}
+
+/// The pixels of a grey photo (every pixel's channels equal) as one channel, with the original's
+/// alpha and 16-bit values as `stored_image` keeps them.
+fn grey_image(photo: &Photo, keep_alpha: bool, keep_deep: bool) -> DynamicImage {
+    let px = &photo.pixels;
+    let (w, h) = px.dimensions();
+    if keep_deep {
+        let deep = photo.deep.as_ref().map(|d| merge_deep(px, d));
+        let value =
+            |x, y| deep.as_ref().map_or(u16::from(px.get_pixel(x, y)[0]) * 257, |d| d.get_pixel(x, y)[0]);
+        match photo.alpha.as_ref().filter(|_| keep_alpha).map(|a| a.to_luma16()) {
+            Some(a) => DynamicImage::ImageLumaA16(ImageBuffer::from_fn(w, h, |x, y| {
+                image::LumaA([value(x, y), a.get_pixel(x, y)[0]])
+            })),
+            None => DynamicImage::ImageLuma16(ImageBuffer::from_fn(w, h, |x, y| Luma([value(x, y)]))),
+        }
+    } else {
+        match photo.alpha.as_ref().filter(|_| keep_alpha).map(|a| a.to_luma8()) {
+            Some(a) => DynamicImage::ImageLumaA8(ImageBuffer::from_fn(w, h, |x, y| {
+                image::LumaA([px.get_pixel(x, y)[0], a.get_pixel(x, y)[0]])
+            })),
+            None => {
+                DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| Luma([px.get_pixel(x, y)[0]])))
+            }
+        }
+    }
 }
 
 /// 16-bit output: a pixel the protection left unchanged keeps its original 16-bit value.
@@ -1141,6 +1181,18 @@ fn encode_jpeg_reusing(
 /// into garbage at 4:2:0 (zune-image issue 422; Veil itself reads such files with `jpeg-decoder`,
 /// see [`jpeg::is_non_interleaved`], but other programs built on `image` would not). Interleaved,
 /// as libjpeg writes it by default, every decoder reads it.
+/// A one-component JPEG, with optimized Huffman tables (one core: a third of an RGB photo's work).
+fn encode_jpeg_grey(img: &image::GrayImage, quality: u8) -> Result<Vec<u8>, String> {
+    let (w, h) = img.dimensions();
+    let too_large = || format!("{w}x{h} pixels is larger than a JPEG can hold (65,535 a side)");
+    let (w16, h16) = (u16::try_from(w).map_err(|_| too_large())?, u16::try_from(h).map_err(|_| too_large())?);
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
+    enc.set_optimized_huffman_tables(true);
+    enc.encode(img.as_raw(), w16, h16, jpeg_encoder::ColorType::Luma).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
 pub(crate) fn encode_jpeg_piece(
     raw: &[u8],
     width: u16,
@@ -1326,13 +1378,18 @@ fn encode(
     };
     match format {
         Format::Jpeg => {
-            let encoded = encode_jpeg_reusing(
-                &stored.rgb8(),
-                s.jpeg_quality.get(),
-                s.jpeg_chroma,
-                s.jpeg_parallel,
-                pre,
-            )?;
+            let encoded = match stored {
+                Stored::Image(DynamicImage::ImageLuma8(grey)) => {
+                    encode_jpeg_grey(grey, s.jpeg_quality.get())?
+                }
+                _ => encode_jpeg_reusing(
+                    &stored.rgb8(),
+                    s.jpeg_quality.get(),
+                    s.jpeg_chroma,
+                    s.jpeg_parallel,
+                    pre,
+                )?,
+            };
             let exif = meta.exif.as_deref().and_then(|b| prepare_exif(b, s, stored, jpeg::MAX_PAYLOAD - 6));
             let exif_payload = exif.map(|e| [jpeg::EXIF_ID, &e].concat());
             let mut carried: Vec<(u8, Vec<u8>)> = Vec::new();
@@ -1637,13 +1694,21 @@ fn encode_tiff(img: &DynamicImage, le: bool, mut entries: Vec<OutEntry>) -> Resu
         img.color().channel_count().into(),
         (img.color().bits_per_pixel() / u16::from(img.color().channel_count())),
     );
+    let grey = !img.color().has_color();
     let samples: Vec<u8> = match img {
         DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgba16(_) => {
             let words: Vec<u16> =
                 if channels == 4 { img.to_rgba16().into_raw() } else { img.to_rgb16().into_raw() };
             words.iter().flat_map(|v| if le { v.to_le_bytes() } else { v.to_be_bytes() }).collect()
         }
+        DynamicImage::ImageLuma16(_) | DynamicImage::ImageLumaA16(_) => {
+            let words: Vec<u16> =
+                if channels == 2 { img.to_luma_alpha16().into_raw() } else { img.to_luma16().into_raw() };
+            words.iter().flat_map(|v| if le { v.to_le_bytes() } else { v.to_be_bytes() }).collect()
+        }
         DynamicImage::ImageRgba8(i) => i.as_raw().clone(),
+        DynamicImage::ImageLuma8(i) => i.as_raw().clone(),
+        DynamicImage::ImageLumaA8(i) => i.as_raw().clone(),
         other => other.to_rgb8().into_raw(),
     };
     let row = w as usize * channels as usize * (bits as usize / 8);
@@ -1670,14 +1735,15 @@ fn encode_tiff(img: &DynamicImage, le: bool, mut entries: Vec<OutEntry>) -> Resu
         OutEntry { tag: 257, typ: 4, count: 1, value: OutValue::Bytes(long(h)) },
         OutEntry { tag: 258, typ: 3, count: channels.into(), value: OutValue::Bytes(bps) },
         OutEntry { tag: 259, typ: 3, count: 1, value: OutValue::Bytes(short(8)) },
-        OutEntry { tag: 262, typ: 3, count: 1, value: OutValue::Bytes(short(2)) },
+        // PhotometricInterpretation: BlackIsZero for grey, RGB for colour.
+        OutEntry { tag: 262, typ: 3, count: 1, value: OutValue::Bytes(short(if grey { 1 } else { 2 })) },
         OutEntry { tag: 273, typ: 4, count: offsets.len() as u32, value: OutValue::Offsets(offsets) },
         OutEntry { tag: 277, typ: 3, count: 1, value: OutValue::Bytes(short(channels)) },
         OutEntry { tag: 278, typ: 4, count: 1, value: OutValue::Bytes(long(rows_per_strip as u32)) },
         OutEntry { tag: 279, typ: 4, count: counts.len() as u32, value: OutValue::Offsets(counts) },
         OutEntry { tag: 284, typ: 3, count: 1, value: OutValue::Bytes(short(1)) },
     ]);
-    if channels == 4 {
+    if img.color().has_alpha() {
         entries.push(OutEntry { tag: 338, typ: 3, count: 1, value: OutValue::Bytes(short(2)) });
     }
     let at = tiffmeta::write_ifd(&mut buf, &entries, le, &mut Vec::new());

@@ -245,6 +245,55 @@ fn progressive_jpeg_and_grey_png_read_and_write() {
     assert_eq!(image::open(&w.path).unwrap().to_luma8(), grey.to_luma8());
 }
 
+/// The layout a written file holds (channels, bits), read back by the `image` crate.
+fn written_color(path: &Path) -> image::ColorType {
+    image::open(path).unwrap().color()
+}
+
+#[test]
+fn a_grey_photo_is_written_with_one_channel() {
+    let d = tempfile::tempdir().unwrap();
+    let luma = ImageBuffer::from_fn(40, 24, |x, y| Luma([(x * 6 + y) as u8]));
+    let grey = DynamicImage::ImageLuma8(luma.clone());
+    let mut grey_jpeg = Vec::new();
+    jpeg_encoder::Encoder::new(&mut grey_jpeg, 90)
+        .encode(luma.as_raw(), 40, 24, jpeg_encoder::ColorType::Luma)
+        .unwrap();
+    let deep =
+        DynamicImage::ImageLuma16(ImageBuffer::from_fn(40, 24, |x, y| Luma([(x * 1500 + y * 7) as u16])));
+    let with_alpha = DynamicImage::ImageLumaA8(ImageBuffer::from_fn(40, 24, |x, y| {
+        image::LumaA([(x * 6) as u8, (y * 10) as u8])
+    }));
+    let cases = [
+        ("g.jpg", grey_jpeg, image::ColorType::L8),
+        ("g.png", png_file(&grey, &[]), image::ColorType::L8),
+        ("d.png", png_file(&deep, &[]), image::ColorType::L16),
+        ("a.png", png_file(&with_alpha, &[]), image::ColorType::La8),
+        ("g.tiff", encode_tiff(&grey, true, Vec::new()).unwrap(), image::ColorType::L8),
+        ("d.tiff", encode_tiff(&deep, false, Vec::new()).unwrap(), image::ColorType::L16),
+    ];
+    for (name, data, color) in cases {
+        let mut photo = decode_bytes(Path::new(name), data, &Settings::default()).unwrap();
+        // A grey change (what the protection makes of a grey face) keeps it grey.
+        for p in photo.pixels.pixels_mut() {
+            let v = p[0].saturating_add(3);
+            *p = Rgb([v; 3]);
+        }
+        let w = write(&photo, d.path(), name, None, &Settings::default()).unwrap();
+        assert_eq!(written_color(&w.path), color, "{name}");
+        let back = read(&w.path, &Settings::default()).unwrap();
+        let err = back.pixels.pixels().zip(photo.pixels.pixels()).map(|(a, b)| a[0].abs_diff(b[0])).max();
+        let tolerance = if name.ends_with(".jpg") { 4 } else { 0 };
+        assert!(err.unwrap() <= tolerance, "{name}: pixels changed by up to {err:?}");
+        // WebP has no grey layout; a copy in colour is written in colour.
+        let webp = write(&photo, d.path(), name, Some(Format::Webp), &Settings::default()).unwrap();
+        assert!(written_color(&webp.path).has_color(), "{name} as WebP");
+        photo.pixels.put_pixel(3, 3, Rgb([200, 10, 10]));
+        let colour = write(&photo, d.path(), name, None, &Settings::default()).unwrap();
+        assert!(written_color(&colour.path).has_color(), "{name} with a coloured pixel");
+    }
+}
+
 #[test]
 fn twelve_bit_jpeg_is_a_clear_error() {
     let mut data = camera_jpeg(&gradient(16, 16), 1);
