@@ -139,11 +139,12 @@ pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
     }
 
     if let Some(state) = &config.paths.state_dir {
-        report.push(Level::Info, "state", describe_dir(state));
+        let (level, detail) = describe_dir(state);
+        report.push(level, "state", detail);
     }
     if let Some(socket) = &config.paths.socket {
-        let running = if socket.exists() { "present" } else { "absent: no daemon running" };
-        report.push(Level::Info, "socket", format!("{} ({running})", socket.display()));
+        let (level, detail) = describe_socket(socket);
+        report.push(level, "socket", detail);
     }
 
     if config.folders.is_empty() {
@@ -198,13 +199,67 @@ fn check_models(report: &mut Report, config: &Config) {
                     Err(e) => report.push(Level::Fail, what, e.clone()),
                 }
             }
+            for name in config.protect.weights.keys().filter(|n| !models.iter().any(|(e, _)| &&e.name == n)) {
+                report.push(
+                    Level::Fail,
+                    "config",
+                    format!(
+                        "protect.weights names {name:?}, which {} does not list",
+                        dir.join(MANIFEST).display()
+                    ),
+                );
+            }
+            if !models.iter().any(|(entry, _)| entry.role == crate::models::Role::Ensemble) {
+                report.push(
+                    Level::Fail,
+                    "generators",
+                    format!(
+                        "{} lists no `ensemble` model: there is nothing to protect against (`holdout` models only judge)",
+                        dir.join(MANIFEST).display()
+                    ),
+                );
+            }
         }
     }
 }
 
-fn describe_dir(path: &Path) -> String {
-    let state = if path.is_dir() { "exists" } else { "will be created" };
-    format!("{} ({state})", path.display())
+/// A folder veild makes when it is missing: fine unless something other than a folder is in the way.
+fn describe_dir(path: &Path) -> (Level, String) {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => (Level::Info, format!("{shown} (exists)")),
+        Ok(_) => (Level::Fail, format!("{shown}: not a folder")),
+        Err(_) => match blocked_by(path) {
+            Some(file) => {
+                (Level::Fail, format!("{shown}: cannot be created: {} is not a folder", file.display()))
+            }
+            None => (Level::Info, format!("{shown} (will be created)")),
+        },
+    }
+}
+
+/// The control socket: a socket there (a daemon, or a stale one it replaces), nothing there, or a
+/// file veild refuses to remove.
+fn describe_socket(path: &Path) -> (Level, String) {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => (Level::Info, format!("{shown} (present)")),
+        Ok(_) => (
+            Level::Fail,
+            format!("{shown} exists and is not a socket: veild will not start (it never removes it); set paths.socket to another path"),
+        ),
+        Err(_) => match path.parent().and_then(blocked_by) {
+            Some(file) => (Level::Fail, format!("{shown}: its folder cannot be created: {} is not a folder", file.display())),
+            None => (Level::Info, format!("{shown} (absent: no daemon running)")),
+        },
+    }
+}
+
+/// The nearest existing ancestor of a missing `path` (or `path` itself) when it is not a folder.
+fn blocked_by(path: &Path) -> Option<&Path> {
+    let found = path.ancestors().find(|a| std::fs::symlink_metadata(a).is_ok())?;
+    (!found.is_dir()).then_some(found)
 }
 
 fn check_folder(report: &mut Report, what: &str, path: &Path, needs_write: bool) {
@@ -261,6 +316,31 @@ mod tests {
         assert!(matches!(levels[..], [Level::Warn, Level::Ok | Level::Warn, Level::Fail]), "{levels:?}");
         assert!(report.checks[1].detail.contains(" free"), "{:?}", report.checks[1]);
         assert!(report.failed());
+    }
+
+    #[test]
+    fn state_and_socket_paths_blocked_by_a_file_fail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("afile");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(describe_dir(tmp.path()).0, Level::Info);
+        assert_eq!(
+            describe_dir(&tmp.path().join("a/b")),
+            (Level::Info, format!("{} (will be created)", tmp.path().join("a/b").display()))
+        );
+        assert_eq!(describe_dir(&file).0, Level::Fail);
+        let (level, detail) = describe_dir(&file.join("state"));
+        assert_eq!(level, Level::Fail);
+        assert!(detail.ends_with("afile is not a folder"), "{detail}");
+
+        assert_eq!(describe_socket(&tmp.path().join("run/veil.sock")).0, Level::Info);
+        let (level, detail) = describe_socket(&file);
+        assert_eq!(level, Level::Fail);
+        assert!(detail.contains("is not a socket"), "{detail}");
+        assert_eq!(describe_socket(&file.join("veil.sock")).0, Level::Fail);
+        let socket = tmp.path().join("veil.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        assert_eq!(describe_socket(&socket).0, Level::Info);
     }
 
     #[test]

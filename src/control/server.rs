@@ -33,6 +33,11 @@ pub enum ControlError {
     Lock { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {}: {source}", path.display())]
     Bind { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{} exists and is not a socket; veild does not remove it (set paths.socket to another path)",
+        path.display()
+    )]
+    NotASocket { path: PathBuf },
 }
 
 /// The listening socket, its folder (0700) and lock file; the socket file is removed on drop.
@@ -67,19 +72,22 @@ pub fn lock_pid_file(path: &Path) -> Result<std::fs::File, Option<std::io::Error
 }
 
 impl Listener {
-    /// Creates the socket's folder (0700, which must be ours), takes `<socket>.lock`, replaces a stale
-    /// socket (nobody answers on it) and listens (0600). Must be called on the async runtime.
+    /// Creates the socket's folder when missing (0700; an existing one, which must be ours, keeps its
+    /// mode), takes `<socket>.lock`, replaces a stale socket (nobody answers on it; anything else at
+    /// that path is left alone and refused) and listens (0600). Must be called on the async runtime.
     pub fn bind(socket: &Path) -> Result<Listener, ControlError> {
         let dir = socket.parent().unwrap_or(Path::new("."));
         let folder = |source| ControlError::Folder { path: dir.into(), source };
-        std::fs::create_dir_all(dir).map_err(folder)?;
+        if !dir.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(folder)?;
+        }
         let meta = std::fs::metadata(dir).map_err(folder)?;
         let me = unsafe { libc::geteuid() };
         use std::os::unix::fs::MetadataExt;
         if meta.uid() != me {
             return Err(ControlError::NotOwner { path: dir.into(), owner: meta.uid(), me });
         }
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(folder)?;
 
         let mut lock_path = socket.as_os_str().to_owned();
         lock_path.push(".lock");
@@ -91,7 +99,11 @@ impl Listener {
             }
             Err(Some(source)) => return Err(ControlError::Lock { path: lock_path, source }),
         };
-        if std::fs::symlink_metadata(socket).is_ok() {
+        if let Ok(found) = std::fs::symlink_metadata(socket) {
+            use std::os::unix::fs::FileTypeExt;
+            if !found.file_type().is_socket() {
+                return Err(ControlError::NotASocket { path: socket.into() });
+            }
             if std::os::unix::net::UnixStream::connect(socket).is_ok() {
                 return Err(ControlError::Running { socket: socket.into(), pid: "unknown".into() });
             }
@@ -436,12 +448,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let socket = d.path().join("run/veil/veil.sock");
         std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        std::fs::set_permissions(socket.parent().unwrap(), std::fs::Permissions::from_mode(0o750)).unwrap();
         // A socket file nobody listens on, as a killed daemon leaves it.
         drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
         let first = Listener::bind(&socket).unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&socket), 0o600);
-        assert_eq!(mode(socket.parent().unwrap()), 0o700);
+        // A folder that was there keeps its mode; one made for the socket is the user's alone.
+        assert_eq!(mode(socket.parent().unwrap()), 0o750);
+        let fresh = d.path().join("new/veil/veil.sock");
+        drop(Listener::bind(&fresh).unwrap());
+        assert_eq!(mode(fresh.parent().unwrap()), 0o700);
         // The same uid connecting is let in by the credentials check.
         let client = tokio::net::UnixStream::connect(&socket).await.unwrap();
         let (server, _) = first.listener.accept().await.unwrap();
@@ -455,5 +472,16 @@ mod tests {
         drop(first);
         assert!(!socket.exists());
         Listener::bind(&socket).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_never_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let notes = d.path().join("notes.txt");
+        std::fs::write(&notes, "precious").unwrap();
+        let e = Listener::bind(&notes).err().unwrap();
+        assert!(matches!(e, ControlError::NotASocket { .. }), "{e}");
+        assert!(e.to_string().contains("notes.txt exists and is not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&notes).unwrap(), "precious");
     }
 }
