@@ -96,6 +96,46 @@ impl Manifest {
 /// `Ok` when a file exists and loads, else why it does not.
 pub type Loads = Result<(), String>;
 
+/// A libtorch error's message without the C++ backtrace libtorch appends to it ("Exception raised
+/// from …" and its frames): what a person can act on.
+/// A TorchScript interpreter error keeps its first line and its last (the Python exception), not
+/// the two tracebacks between them.
+pub fn torch_message(e: &tch::TchError) -> String {
+    let text = e.to_string();
+    let text = text[..text.find("Exception raised from").unwrap_or(text.len())].trim_end();
+    if text.contains("Traceback of TorchScript") {
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        if let (Some(first), Some(last)) = (lines.next(), lines.next_back()) {
+            return format!("{first} {last}");
+        }
+    }
+    text.to_string()
+}
+
+/// Runs a loaded generator once on a blank face (`[1,3,S,S]` zeros, the first condition or none)
+/// and checks it answers Veil's interface: `forward(x: [N,3,S,S] in [-1,1], c: [N,C]) -> [N,3,S,S]`.
+/// Catches a file of the wrong kind (a classifier, another generator's size) when it is loaded
+/// rather than halfway through a photo.
+pub fn check_generator(module: &tch::CModule, entry: &ModelEntry, device: tch::Device) -> Result<(), String> {
+    let s = i64::from(entry.input_size);
+    let c = entry.attributes.len() as i64;
+    let x = tch::Tensor::zeros([1, 3, s, s], (tch::Kind::Float, device));
+    let cond = match entry.conditions.first() {
+        Some(first) => tch::Tensor::from_slice(first).view([1, c]).to_device(device),
+        None => tch::Tensor::zeros([1, c], (tch::Kind::Float, device)),
+    };
+    let interface = format!(
+        "does not answer Veil's interface forward(x: [1,3,{s},{s}], c: [1,{c}]) -> [1,3,{s},{s}] \
+         (see models/README.md, \"Bring your own generator\")"
+    );
+    let y = tch::no_grad(|| module.forward_ts(&[x, cond]))
+        .map_err(|e| format!("{interface}: {}", torch_message(&e)))?;
+    if y.size() != [1, 3, s, s] {
+        return Err(format!("{interface}: it returned {:?}", y.size()));
+    }
+    Ok(())
+}
+
 /// What a models folder holds and whether each file loads: what `veil doctor` and `veild` report.
 #[derive(Debug)]
 pub struct Inventory {
@@ -113,7 +153,7 @@ impl Inventory {
             .into_iter()
             .map(|path| {
                 let loaded = if path.is_file() {
-                    tch::Tensor::read_safetensors(&path).map(drop).map_err(|e| e.to_string())
+                    tch::Tensor::read_safetensors(&path).map(drop).map_err(|e| torch_message(&e))
                 } else {
                     Err("missing".to_string())
                 };
@@ -127,7 +167,15 @@ impl Inventory {
                 .map(|entry| {
                     let path = dir.join(&entry.file);
                     let loaded = if path.is_file() {
-                        tch::CModule::load(&path).map(drop).map_err(|e| e.to_string())
+                        tch::CModule::load(&path)
+                            .map_err(|e| torch_message(&e))
+                            .and_then(|mut m| {
+                                // As the engine runs it: fp32 (the files hold fp16), eval mode.
+                                m.to(tch::Device::Cpu, tch::Kind::Float, false);
+                                m.set_eval();
+                                check_generator(&m, &entry, tch::Device::Cpu)
+                            })
+                            .map_err(|e| format!("{}: {e}", path.display()))
                     } else {
                         Err(format!("missing file {}", path.display()))
                     };

@@ -79,6 +79,48 @@ fn tiny_fixtures_load_and_keep_the_interface() {
     assert_eq!(tch::no_grad(|| clf.forward_ts(&[x])).unwrap().size(), [2, 5]);
 }
 
+/// A model file of the wrong kind or a damaged one is caught when the models are loaded, named by
+/// its path, in a message without libtorch's C++ backtrace; the models beside it still check out.
+#[test]
+fn a_wrong_or_damaged_model_file_is_named_when_loaded() {
+    let fixtures = crate_dir().join("target/fixtures/models");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for entry in std::fs::read_dir(&fixtures).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    // The attribute classifier in StarGAN's place, and AttGAN cut short.
+    std::fs::copy(fixtures.join("classifier.pt"), dir.join("stargan.pt")).unwrap();
+    let attgan = std::fs::read(fixtures.join("attgan.pt")).unwrap();
+    std::fs::write(dir.join("attgan.pt"), &attgan[..1000]).unwrap();
+
+    let inventory = veil::models::Inventory::take(dir);
+    let generators = inventory.generators.unwrap();
+    for (entry, loaded) in &generators {
+        match entry.name.as_str() {
+            "stargan" | "attgan" => {
+                let e = loaded.as_ref().unwrap_err();
+                assert!(e.starts_with(&dir.join(&entry.file).display().to_string()), "{e}");
+                assert!(!e.contains("Exception raised from") && !e.contains("frame #"), "{e}");
+                if entry.name == "stargan" {
+                    assert!(e.contains("does not answer Veil's interface"), "{e}");
+                }
+            }
+            _ => assert!(loaded.is_ok(), "{}: {loaded:?}", entry.name),
+        }
+    }
+    let roles = [Role::Ensemble];
+    let e =
+        veil::protect::Ensemble::load(dir, &roles, Device::Cpu, &Default::default()).unwrap_err().to_string();
+    assert!(e.contains("stargan.pt") && e.contains("does not answer Veil's interface"), "{e}");
+    let weights = [("stargn".to_string(), 2.0)].into_iter().collect();
+    let e = veil::protect::Ensemble::load(&fixtures, &roles, Device::Cpu, &weights).unwrap_err().to_string();
+    assert!(e.contains("protect.weights names \"stargn\""), "{e}");
+}
+
 #[test]
 fn committed_zoo_loads_when_present() {
     let dir = crate_dir().join("models");

@@ -161,7 +161,10 @@ impl Runner<'_> {
         let y = self
             .module
             .forward_ts(&[input, c.to_kind(self.kind)])
-            .map_err(|e| ProtectError::Model { name: self.name.to_string(), message: e.to_string() })?
+            .map_err(|e| ProtectError::Model {
+                name: self.name.to_string(),
+                message: crate::models::torch_message(&e),
+            })?
             .to_kind(Kind::Float);
         if y.size() != x.size() {
             return Err(ProtectError::Model {
@@ -221,17 +224,26 @@ impl Ensemble {
         weights: &BTreeMap<String, f64>,
     ) -> Result<Ensemble, ProtectError> {
         let manifest = Manifest::load(dir)?;
+        if let Some(name) = weights.keys().find(|n| !manifest.models.iter().any(|m| &&m.name == n)) {
+            return Err(ProtectError::UnknownWeight {
+                name: name.clone(),
+                manifest: dir.join(crate::models::MANIFEST).display().to_string(),
+                known: manifest.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        }
         let mut generators = Vec::new();
         for entry in manifest.models.iter().filter(|m| roles.contains(&m.role)) {
             let err = |message: String| ProtectError::Model { name: entry.name.clone(), message };
             let path = dir.join(&entry.file);
             let mut module = CModule::load_on_device(&path, device)
-                .map_err(|e| err(format!("{}: {e}", path.display())))?;
+                .map_err(|e| err(format!("{}: {}", path.display(), crate::models::torch_message(&e))))?;
             module.to(device, Kind::Float, false);
             module.set_eval();
-            for (_, p) in module.named_parameters().map_err(|e| err(e.to_string()))? {
+            for (_, p) in module.named_parameters().map_err(|e| err(crate::models::torch_message(&e)))? {
                 let _ = p.set_requires_grad(false);
             }
+            crate::models::check_generator(&module, entry, device)
+                .map_err(|e| err(format!("{}: {e}", path.display())))?;
             let conditions = if entry.conditions.is_empty() {
                 Tensor::zeros([1, 0], (Kind::Float, device))
             } else {

@@ -36,6 +36,8 @@ pub enum ProtectError {
     Models(#[from] crate::models::ModelsError),
     #[error("the ensemble is empty: {0} lists no `ensemble` model")]
     EmptyEnsemble(String),
+    #[error("protect.weights names {name:?}, which {manifest} does not list (its models: {known})")]
+    UnknownWeight { name: String, manifest: String, known: String },
     #[error("image tensor must be [3,H,W] uint8, got {0:?}")]
     BadImage(Vec<i64>),
     #[error("an attack thread stopped without an answer (it panicked)")]
