@@ -422,9 +422,11 @@ pub fn run(
             let _ = std::fs::remove_file(&written.path);
             let protected = view(&back.pixels);
             let q = quality_by.entry(variant).or_default();
+            // The attacker's square, whatever its size (178 px on a CelebA-sized image).
+            let side = u32::try_from(clean.size()[3]).unwrap_or(0);
             let (a, b) = (
-                pipeline::from_tensor(&unit_to_u8(&clean), 178, 178),
-                pipeline::from_tensor(&unit_to_u8(&protected), 178, 178),
+                pipeline::from_tensor(&unit_to_u8(&clean), side, side),
+                pipeline::from_tensor(&unit_to_u8(&protected), side, side),
             );
             if let (Some(p), Some(s)) = (quality::psnr(&a, &b), quality::ssim(&a, &b)) {
                 q.images += 1;

@@ -156,6 +156,44 @@ fn eval_reports_every_generator_condition_and_defense_with_baselines_or_without(
     assert!(alone["quality"].get("noise").is_none(), "{}", alone["quality"]);
 }
 
+/// Faces that are not CelebA's 178×218: a 128 px aligned crop (a common preprocessing) and an image
+/// twice CelebA's size. Their PSNR/SSIM come from the attacker's square at its own size (it panicked
+/// under 178 px and read scrambled rows above it).
+#[test]
+fn eval_takes_aligned_faces_of_any_size() {
+    let Some(data) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = fixture_config(tmp.path());
+    let celeba = data.join("celeba");
+    let set = tmp.path().join("faces");
+    std::fs::create_dir_all(set.join("val")).unwrap();
+    let table = std::fs::read_to_string(celeba.join("attributes.csv")).unwrap();
+    let mut lines = table.lines();
+    let mut csv = format!("{}\n", lines.next().unwrap());
+    let rows: Vec<&str> = lines.filter(|l| l.starts_with("val,")).take(2).collect();
+    for (i, row) in rows.iter().enumerate() {
+        let file = row.split(',').nth(1).unwrap();
+        let img = image::open(celeba.join("val").join(file)).unwrap();
+        let img = if i == 0 {
+            img.crop_imm(0, 20, 178, 178).resize_exact(128, 128, image::imageops::FilterType::Triangle)
+        } else {
+            img.resize_exact(356, 436, image::imageops::FilterType::Triangle)
+        };
+        img.to_rgb8().save(set.join("val").join(file)).unwrap();
+        csv.push_str(row);
+        csv.push('\n');
+    }
+    std::fs::write(set.join("attributes.csv"), csv).unwrap();
+    let args = ["--config", cfg.to_str().unwrap(), "eval", "--json", "--preset", "fast", "--no-baselines"];
+    let o = veil(tmp.path(), &[&args[..], &["--data", set.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["images"], 2, "{r}");
+    let q = &r["quality"]["veil"];
+    let psnr = q["psnr"].as_f64().unwrap();
+    assert!(psnr > 28.0 && psnr < 45.0 && q["ssim"].as_f64().unwrap() > 0.8, "{q}");
+}
+
 #[test]
 fn protect_refuses_a_missing_path_clearly() {
     let tmp = tempfile::tempdir().unwrap();
