@@ -740,7 +740,7 @@ impl Core {
             Ok(h) => h,
             Err(e) => {
                 // Unreadable: record it like any failed photo, so it is named once.
-                let _ = self.store.observe(root, path, seen, &format!("unreadable-{}", path.display()));
+                let _ = self.store.observe(root, path, seen, &store::unreadable_hash(path));
                 let report =
                     Finish::Failed { error: format!("{}: cannot read: {e}", path.display()), retry: true };
                 return self.record(path, &report);
@@ -950,6 +950,10 @@ impl Core {
                 tracing::info!("{reason}: skipped")
             }
             (Ok(Some(Status::Done)), Finish::Done { output, .. }) => {
+                // A photo first found unreadable is known by its content from now on.
+                if let Err(e) = self.store.real_hash(path) {
+                    tracing::warn!("{}: cannot record its content's hash: {e}", path.display());
+                }
                 self.emit("done", path, Some(output), None)
             }
             (Ok(Some(Status::Pending)), Finish::Requeue) => self.emit("queued", path, None, None),

@@ -303,11 +303,12 @@ impl Store {
         StoreError::Sql { path: self.path.clone(), source }
     }
 
-    /// Whether the file needs hashing: false when its size and time are those recorded.
+    /// Whether the file needs hashing: false when its size and time are those recorded, and it was
+    /// not seen gone since (a photo moved out and back in is observed again, which clears that).
     pub fn is_known(&self, path: &Path, seen: Seen) -> Result<bool, StoreError> {
         let row: Option<(i64, i64)> = self
             .db
-            .query_row("SELECT size, mtime_ns FROM files WHERE path = ?1", [blob(path)], |r| {
+            .query_row("SELECT size, mtime_ns FROM files WHERE path = ?1 AND gone = 0", [blob(path)], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()
@@ -337,14 +338,16 @@ impl Store {
         output_dir: Option<&Path>,
     ) -> Result<Observed, StoreError> {
         let e = |e| self.err(e);
-        let old: Option<(String, Option<Vec<u8>>, bool, String)> = self
+        let old: Option<(String, Option<Vec<u8>>, bool, String, Option<Vec<u8>>)> = self
             .db
-            .query_row("SELECT hash, output, gone, status FROM files WHERE path = ?1", [blob(path)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
+            .query_row(
+                "SELECT hash, output, gone, status, replaces FROM files WHERE path = ?1",
+                [blob(path)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
             .optional()
             .map_err(e)?;
-        if let Some((old_hash, output, _, status)) = &old {
+        if let Some((old_hash, output, _, status, _)) = &old {
             // The same photo dropped again: nothing to do, unless its copy was deleted since.
             let copy_gone =
                 matches!(status.as_str(), "done" | "skipped") && copy_deleted_blob(output.as_deref());
@@ -358,10 +361,40 @@ impl Store {
                 return Ok(Observed::SameContent);
             }
         }
+        // New content under a known name: the photo was edited, and its new copy replaces the old
+        // one (or, when the edit before this one is still on its way, as a slow writer's half-saved
+        // file fails and waits, the copy that edit was to replace), unless the file was seen gone
+        // in between (another photo under the same name) or the old copy also stands for other
+        // files (same content under other names): then the new copy gets a name of its own and
+        // nothing is lost.
+        let earlier = match &old {
+            // A skipped twin's output is the other photo's copy, not its own.
+            Some((_, Some(output), false, status, _)) if status != "skipped" => Some(output),
+            Some((_, None, false, _, Some(replaces))) => Some(replaces),
+            _ => None,
+        };
+        let replaces = match earlier {
+            Some(copy) => {
+                let shared = self
+                    .db
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM files WHERE output = ?1 AND path != ?2)",
+                        params![copy, blob(path)],
+                        |r| r.get::<_, bool>(0),
+                    )
+                    .map_err(e)?;
+                (!shared).then(|| copy.clone())
+            }
+            None => None,
+        };
+        let replace = replaces.is_some();
         // Another file with this content in the same folder (so with the same output folder and
         // settings), done (its copy still there) or on its way? A photo dropped into two folders
-        // gets a copy in each folder's output.
-        let twin: Option<(Vec<u8>, Option<Vec<u8>>, String)> = {
+        // gets a copy in each folder's output. Not for an edit whose copy is to be replaced: that
+        // copy would go on showing the old picture.
+        let twin: Option<(Vec<u8>, Option<Vec<u8>>, String)> = if replace {
+            None
+        } else {
             let mut stmt = self
                 .db
                 .prepare_cached(
@@ -385,22 +418,6 @@ impl Store {
             }
             twin
         };
-        // New content under a known name: the photo was edited, and its new copy replaces the old
-        // one, unless the file was seen gone in between (another photo under the same name) or
-        // the old copy also stands for other files (same content under other names): then the
-        // new copy gets a name of its own and nothing is lost.
-        let replace = match &old {
-            Some((_, Some(output), false, _)) => !self
-                .db
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM files WHERE output = ?1 AND path != ?2)",
-                    params![output, blob(path)],
-                    |r| r.get::<_, bool>(0),
-                )
-                .map_err(e)?,
-            _ => false,
-        };
-        let replaces = old.as_ref().and_then(|(_, output, _, _)| output.clone()).filter(|_| replace);
         let (status, output, duplicate_of) = match &twin {
             Some((of, output, _)) => (Status::Skipped, output.clone(), Some(of.clone())),
             None => (Status::Pending, None, None),
@@ -495,6 +512,33 @@ impl Store {
             )
             .map(drop)
             .map_err(|e| self.err(e))
+    }
+
+    /// `path`, recorded under [`unreadable_hash`] and now read (its photo protected): its content's
+    /// hash replaces the placeholder, while the file keeps the size and time recorded with it (one
+    /// changed since is observed again as an edit). False when nothing was replaced.
+    pub fn real_hash(&self, path: &Path) -> Result<bool, StoreError> {
+        let e = |e| self.err(e);
+        let recorded: Option<(i64, i64)> = self
+            .db
+            .query_row(
+                "SELECT size, mtime_ns FROM files WHERE path = ?1 AND substr(hash, 1, ?2) = ?3",
+                params![blob(path), UNREADABLE.len() as i64, UNREADABLE],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(e)?;
+        let Some(recorded) = recorded else { return Ok(false) };
+        let now = crate::watch::stat(path).map(|s| (s.size as i64, s.mtime_ns));
+        let Some(hash) = hash_file(path).ok().filter(|_| now == Some(recorded)) else { return Ok(false) };
+        let n = self
+            .db
+            .execute(
+                "UPDATE files SET hash = ?2 WHERE path = ?1 AND size = ?3 AND mtime_ns = ?4",
+                params![blob(path), hash, recorded.0, recorded.1],
+            )
+            .map_err(e)?;
+        Ok(n > 0)
     }
 
     /// Records how a job ended; returns the row's new status (`None` when the row was dropped).
@@ -911,6 +955,15 @@ fn migrate(db: &Connection) -> rusqlite::Result<()> {
     db.execute_batch("CREATE UNIQUE INDEX IF NOT EXISTS files_id ON files(id)")
 }
 
+/// The hash recorded for a file that could not be read when it was found: it matches no other
+/// file's, so it is neither deduplicated nor followed through a rename until its real hash replaces
+/// it ([`Store::real_hash`]).
+pub fn unreadable_hash(path: &Path) -> String {
+    format!("{UNREADABLE}{}", path.display())
+}
+
+const UNREADABLE: &str = "unreadable-";
+
 /// The BLAKE3 hash of a file's content, as hex.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
     let mut hasher = blake3::Hasher::new();
@@ -970,6 +1023,78 @@ mod tests {
         s.sources_gone(f, &Default::default()).unwrap();
         assert_eq!(s.observe(f, c, seen(3), "h5").unwrap(), Observed::Queued);
         assert!(s.pending(10, &[]).unwrap().contains(&job(c, None)));
+    }
+
+    /// The links between a photo and its copy that a daemon's users broke by hand: a photo moved out
+    /// and back in, an edit saved slowly enough to fail halfway, an edit into another photo's
+    /// content, a photo first found unreadable.
+    #[test]
+    fn a_photo_keeps_its_copy_through_a_return_a_slow_save_and_a_twin_edit() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let f = Path::new("/in");
+        let done = |s: &Store, p: &Path, out: &str| {
+            s.set_running(p).unwrap();
+            let finish = Finish::Done { output: out.into(), faces: 1, seconds: 1.0, losses: vec![] };
+            s.finish(p, &finish).unwrap();
+        };
+        let job = |p: &Path, replaces: Option<&str>| PendingJob {
+            path: p.into(),
+            folder: f.into(),
+            output_dir: None,
+            earlier: replaces.map(|c| Earlier::Copy(c.into())),
+        };
+
+        // Moved out (seen gone) and back in with its size and time: looked at again, and the same
+        // content clears the mark, so the name keeps its copy.
+        let a = Path::new("/in/a.jpg");
+        s.observe(f, a, seen(1), "ha").unwrap();
+        done(&s, a, "/out/a.jpg");
+        s.sources_gone(f, &Default::default()).unwrap();
+        assert!(!s.is_known(a, seen(1)).unwrap(), "a photo seen gone is looked at again");
+        assert_eq!(s.observe(f, a, seen(1), "ha").unwrap(), Observed::SameContent);
+        assert!(s.is_known(a, seen(1)).unwrap());
+        assert_eq!(s.renamed_copy(a, Path::new("/in/a copy.jpg")).unwrap(), None, "a is not gone");
+
+        // Saved slowly: the half-written file fails and waits; the whole one still replaces the copy.
+        s.observe(f, a, seen(2), "half").unwrap();
+        assert_eq!(s.pending(10, &[]).unwrap(), vec![job(a, Some("/out/a.jpg"))]);
+        s.set_running(a).unwrap();
+        s.finish(a, &Finish::Failed { error: "truncated JPEG".into(), retry: true }).unwrap();
+        assert_eq!(s.observe(f, a, seen(3), "whole").unwrap(), Observed::Queued);
+        assert_eq!(s.pending(10, &[]).unwrap(), vec![job(a, Some("/out/a.jpg"))]);
+        done(&s, a, "/out/a.jpg");
+
+        // Edited into the content of another protected photo: its own copy is made again (the old
+        // one would go on showing the earlier picture), not skipped as that photo's twin.
+        let b = Path::new("/in/b.jpg");
+        s.observe(f, b, seen(1), "hb").unwrap();
+        done(&s, b, "/out/b.jpg");
+        assert_eq!(s.observe(f, a, seen(4), "hb").unwrap(), Observed::Queued);
+        assert_eq!(s.pending(10, &[]).unwrap(), vec![job(a, Some("/out/a.jpg"))]);
+        // A new name with that content is still a twin.
+        assert_eq!(
+            s.observe(f, Path::new("/in/c.jpg"), seen(1), "hb").unwrap(),
+            Observed::Duplicate { of: b.into() }
+        );
+
+        // Found unreadable, protected later: its real hash replaces the placeholder, unless the
+        // file changed since it was recorded.
+        let u = d.path().join("u.jpg");
+        std::fs::write(&u, b"photo").unwrap();
+        let now = crate::watch::stat(&u).unwrap();
+        s.observe(f, &u, now, &unreadable_hash(&u)).unwrap();
+        done(&s, &u, "/out/u.jpg");
+        assert!(s.real_hash(&u).unwrap());
+        assert!(!s.real_hash(&u).unwrap(), "no placeholder left");
+        let v = d.path().join("v.jpg");
+        std::fs::write(&v, b"photo").unwrap();
+        let twin = s.observe(f, &v, crate::watch::stat(&v).unwrap(), &hash_file(&v).unwrap()).unwrap();
+        assert_eq!(twin, Observed::Duplicate { of: u.clone() }, "known by its content");
+        let w = d.path().join("w.jpg");
+        std::fs::write(&w, b"old").unwrap();
+        s.observe(f, &w, seen(9), &unreadable_hash(&w)).unwrap();
+        assert!(!s.real_hash(&w).unwrap(), "changed since it was recorded");
     }
 
     #[test]
