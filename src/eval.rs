@@ -216,6 +216,7 @@ impl Options {
 }
 
 /// One image of the evaluation set with its attributes (column name → present).
+#[derive(Debug)]
 struct Sample {
     path: PathBuf,
     attributes: BTreeMap<String, bool>,
@@ -225,31 +226,48 @@ fn read_samples(data: &Path, split: &str, limit: Option<usize>) -> Result<Vec<Sa
     let path = data.join("attributes.csv");
     let text =
         std::fs::read_to_string(&path).map_err(|source| EvalError::Read { path: path.clone(), source })?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let bad = |message: String| EvalError::Attributes { path: path.clone(), message };
+    // A spreadsheet's "CSV UTF-8" starts with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim()));
+    let header: Vec<&str> =
+        lines.next().map(|(_, l)| l).unwrap_or_default().split(',').map(str::trim).collect();
     let col = |name: &str| header.iter().position(|h| *h == name);
     let (Some(split_col), Some(file_col)) = (col("split"), col("file")) else {
-        return Err(EvalError::Attributes { path, message: "needs `split` and `file` columns".into() });
+        return Err(bad("needs `split` and `file` columns".into()));
     };
     let mut out = Vec::new();
-    for line in lines {
-        let fields: Vec<&str> = line.split(',').collect();
-        if fields.len() != header.len() || fields[split_col] != split {
+    for (n, line) in lines.filter(|(_, l)| !l.is_empty()) {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.len() != header.len() {
+            return Err(bad(format!("line {n} has {} fields, the header {}", fields.len(), header.len())));
+        }
+        if fields[split_col] != split {
             continue;
         }
-        let attributes = header
-            .iter()
-            .zip(&fields)
-            .filter(|(h, _)| !matches!(**h, "split" | "file" | "identity"))
-            .map(|(h, v)| (h.to_string(), *v == "1"))
-            .collect();
+        let mut attributes = BTreeMap::new();
+        for (h, v) in
+            header.iter().zip(&fields).filter(|(h, _)| !matches!(**h, "split" | "file" | "identity"))
+        {
+            // CelebA writes 1 and -1; 0 for absent is common too.
+            let present = match *v {
+                "1" => true,
+                "-1" | "0" => false,
+                other => {
+                    return Err(bad(format!(
+                        "line {n}: {h} is {other:?}; expected 1 (present) or -1 or 0 (absent)"
+                    )))
+                }
+            };
+            attributes.insert(h.to_string(), present);
+        }
         out.push(Sample { path: data.join(split).join(fields[file_col]), attributes });
         if limit.is_some_and(|n| out.len() >= n) {
             break;
         }
     }
     if out.is_empty() {
-        return Err(EvalError::Attributes { path, message: format!("no image in split {split:?}") });
+        return Err(bad(format!("no image in split {split:?}")));
     }
     Ok(out)
 }
@@ -337,6 +355,16 @@ pub fn run(
     };
 
     let samples = read_samples(&opts.data, &opts.split, opts.limit)?;
+    // The paper's conditions come from each image's true attributes: a generator's attribute the
+    // table lacks would be taken as absent on every image.
+    for m in &manifest.models {
+        if let Some(a) = m.attributes.iter().find(|a| !samples[0].attributes.contains_key(*a)) {
+            return Err(EvalError::Attributes {
+                path: opts.data.join("attributes.csv"),
+                message: format!("has no {a} column, which generator {} is conditioned on", m.name),
+            });
+        }
+    }
     let params = pipeline.params(opts.preset);
     let no_spread = Params { spread: vec![spread::Transform::Identity], ..params.clone() };
     let tmp = tempfile::tempdir().map_err(EvalError::Temp)?;
@@ -636,6 +664,30 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attributes_csv_is_read_strictly_and_named_in_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let read = |text: &str| {
+            std::fs::write(d.path().join("attributes.csv"), text).unwrap();
+            read_samples(d.path(), "val", None).map_err(|e| e.to_string())
+        };
+        // A byte-order mark, CRLF line ends, blank lines and spaces are taken; 0 and -1 are absent.
+        let ok = read(
+            "\u{feff}split,file,Male,Young\r\nval,a.jpg,1,-1\r\n\r\ntrain,b.jpg, 0,1\r\nval,c.jpg,0,1\r\n",
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].path, d.path().join("val/a.jpg"));
+        assert_eq!(ok[0].attributes, [("Male".to_string(), true), ("Young".to_string(), false)].into());
+        assert!(!ok[1].attributes["Male"]);
+        let e = read("split,file,Male\nval,a.jpg,1\nval,b.jpg\n").unwrap_err();
+        assert!(e.contains("attributes.csv: line 3 has 2 fields, the header 3"), "{e}");
+        let e = read("split,file,Male\nval,a.jpg,yes\n").unwrap_err();
+        assert!(e.contains("line 2: Male is \"yes\""), "{e}");
+        let e = read("split,file,Male\ntrain,a.jpg,1\n").unwrap_err();
+        assert!(e.contains("no image in split \"val\""), "{e}");
+    }
 
     #[test]
     fn paper_conditions_follow_the_true_attributes() {

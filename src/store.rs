@@ -338,7 +338,9 @@ impl Store {
         output_dir: Option<&Path>,
     ) -> Result<Observed, StoreError> {
         let e = |e| self.err(e);
-        let old: Option<(String, Option<Vec<u8>>, bool, String, Option<Vec<u8>>)> = self
+        // (hash, output, gone, status, replaces)
+        type Row = (String, Option<Vec<u8>>, bool, String, Option<Vec<u8>>);
+        let old: Option<Row> = self
             .db
             .query_row(
                 "SELECT hash, output, gone, status, replaces FROM files WHERE path = ?1",

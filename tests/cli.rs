@@ -220,6 +220,34 @@ fn bench_refuses_zero_runs_instead_of_reporting_nan() {
 }
 
 #[test]
+fn bad_arguments_are_refused_before_any_work() {
+    let home = Home::new();
+    // An out-of-range --tilt is a usage error (exit status 2), named.
+    for tilt in ["1000", "NaN", "-91"] {
+        let out = home.veil(&["eval", "--data", "/nowhere", "--tilt", tilt]);
+        assert_eq!(out.status.code(), Some(2), "{tilt}: {}", stderr(&out));
+        assert!(stderr(&out).contains("between -90 and 90 degrees"), "{}", stderr(&out));
+    }
+    // A preview sheet is a PNG: another extension, or a folder, is refused before the photo is read.
+    let photo = home.write("p.jpg", "not read");
+    for sheet in ["sheet.jpg", "."] {
+        let out = home.veil(&["preview", photo.to_str().unwrap(), "--out", sheet]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(".png"), "{}", stderr(&out));
+    }
+    assert!(!home.path().join("sheet.jpg").exists());
+    // A service whose veild could not start is not installed.
+    let missing = home.path().join("nope.toml");
+    let out = home.veil(&["--config", missing.to_str().unwrap(), "service", "install", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("veild would not start with this configuration"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nope.toml"), "{}", stderr(&out));
+    let broken = home.write("broken.toml", "[engine\n");
+    let out = home.veil(&["--config", broken.to_str().unwrap(), "service", "install", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+}
+
+#[test]
 fn protect_names_an_out_that_is_a_file() {
     let home = Home::new();
     let file = home.path().join("not-a-folder");

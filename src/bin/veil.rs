@@ -83,7 +83,7 @@ enum Command {
         seed: u64,
         /// Turn each photo by this many degrees before protecting it (a tilted head); the attacker
         /// turns it upright again before cropping.
-        #[arg(long, value_name = "DEGREES", default_value_t = 0.0, allow_negative_numbers = true)]
+        #[arg(long, value_name = "DEGREES", default_value_t = 0.0, allow_negative_numbers = true, value_parser = tilt_degrees)]
         tilt: f64,
         /// Run Veil's attack only, without the baselines (±ε noise, single condition, no spread):
         /// about a third of the time.
@@ -303,9 +303,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             protect(&config, &paths, out_dir, preset, json, &mut out)
         }
         Command::Eval { data, split, limit, preset, seed, tilt, no_baselines, json } => {
-            if !tilt.is_finite() || tilt.abs() > 90.0 {
-                anyhow::bail!("--tilt must be between -90 and 90 degrees, got {tilt}");
-            }
             let (config, _) = effective_config(cli.config.as_deref())?;
             let pipeline = load_pipeline(&config)?;
             let limit = limit.map(|n| n as usize);
@@ -360,6 +357,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{}: is the photo itself; the sheet would replace it (name another file with --out)",
                     sheet.display()
                 );
+            }
+            if !sheet.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+                anyhow::bail!(
+                    "{}: the sheet is written as a PNG; give --out a name ending in .png",
+                    sheet.display()
+                );
+            }
+            if sheet.is_dir() {
+                anyhow::bail!("{}: is a folder; give --out a file name ending in .png", sheet.display());
             }
             if std::fs::symlink_metadata(&sheet).is_ok() && !force {
                 return Err(preview::PreviewError::Exists { path: sheet }.into());
@@ -441,6 +447,11 @@ fn service(
     config: Option<&std::path::Path>,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
+    if let ServiceCommand::Install { .. } = command {
+        // A unit whose veild exits at once on its configuration would only restart, again and again.
+        effective_config(config)
+            .context("veild would not start with this configuration; nothing installed")?;
+    }
     let setup = Setup::for_current_user(Manager::native(), config)?;
     match command {
         ServiceCommand::Install { dry_run: true, .. } => {
@@ -570,6 +581,15 @@ fn event_line(event: &control::Event, path: String) -> String {
 }
 
 /// The configuration in effect (`--config` or the platform file, else the defaults), resolved.
+/// `--tilt`: degrees from -90 to 90 (a bad value is a usage error, exit status 2).
+fn tilt_degrees(s: &str) -> Result<f64, String> {
+    let t: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of degrees"))?;
+    if !t.is_finite() || t.abs() > 90.0 {
+        return Err("must be between -90 and 90 degrees".into());
+    }
+    Ok(t)
+}
+
 fn effective_config(path: Option<&std::path::Path>) -> anyhow::Result<(Config, veil::config::Source)> {
     let dirs = Dirs::from_env()?;
     let (config, source) = Config::load(path, &dirs)?;
