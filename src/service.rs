@@ -102,10 +102,18 @@ pub async fn run(
     let (tx, rx) = mpsc::channel::<Msg>();
     let reports = tx.clone();
     let engine_config = config.clone();
+    let told = tx.clone();
     let worker = tokio::task::spawn_blocking(move || {
         Worker::start(
             QUEUE,
-            move || worker::protector(&engine_config),
+            move || {
+                let protector = worker::protector(&engine_config)?;
+                if let Some(reason) = protector.unavailable() {
+                    // For `veil status`, which would otherwise call the daemon idle.
+                    let _ = told.send(Msg::Unavailable(reason.to_string()));
+                }
+                Ok(protector)
+            },
             move |r| {
                 let _ = reports.send(Msg::Report(r));
             },
@@ -291,6 +299,8 @@ enum Msg {
     /// A configuration read again; the reply, when the control socket asked.
     Reload(Box<Config>, Option<tokio::sync::oneshot::Sender<Reply>>),
     Control(Command, tokio::sync::oneshot::Sender<Reply>),
+    /// The engine could not load its models: no photo can be protected (the reason).
+    Unavailable(String),
     Shutdown,
 }
 
@@ -453,6 +463,9 @@ impl Core {
             Msg::Control(command, reply) => {
                 let _ = reply.send(self.command(command));
             }
+            Msg::Unavailable(reason) => self.remember(format!(
+                "photos cannot be protected: {reason}; they wait, and nothing is written until the models load (see `veil doctor`)"
+            )),
             Msg::Shutdown => {}
         }
     }

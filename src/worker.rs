@@ -102,6 +102,11 @@ pub trait Protector: Send {
             done(Report { job, result });
         }
     }
+
+    /// Why this protector protects nothing (its models did not load), if so.
+    fn unavailable(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Where [`Protector::protect_stream`] hands each job's report.
@@ -228,6 +233,10 @@ impl Protector for Unavailable {
             ErrorKind::Transient,
             format!("{}: not protected: {}", job.source.display(), self.reason),
         ))
+    }
+
+    fn unavailable(&self) -> Option<&str> {
+        Some(&self.reason)
     }
 }
 

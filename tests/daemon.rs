@@ -10,7 +10,7 @@ use std::{
 };
 
 mod common;
-use common::{output_within, Daemon, Home, REFUSED_LIMIT};
+use common::{output_within, Daemon, Home, CLI_LIMIT, REFUSED_LIMIT};
 
 impl Home {
     fn start(&self) -> Daemon {
@@ -846,6 +846,17 @@ fn without_models_nothing_unprotected_is_written_and_the_reason_is_recorded() {
     let d = home.start();
     std::fs::write(home.path().join("In/a.png"), photo(1, 8, "a.png")).unwrap();
     d.wait_log("not protected", Duration::from_secs(30));
+    // `veil status` says why, not just "idle" or "waiting".
+    let shown = output_within(
+        home.command(env!("CARGO_BIN_EXE_veil")).args([
+            "--config",
+            home.config_path().to_str().unwrap(),
+            "status",
+        ]),
+        CLI_LIMIT,
+    );
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("last errors:\n  photos cannot be protected: "), "{shown}");
     let (status, log) = d.stop();
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("photos cannot be protected"), "{log}");
