@@ -575,6 +575,9 @@ impl Config {
         if let Some(p) = &config.paths.socket {
             places.push(("paths.socket".into(), p));
         }
+        if let Some(p) = &config.models.dir {
+            places.push(("models.dir".into(), p));
+        }
         for (key, value) in places {
             if value.is_relative() && !value.starts_with("~") {
                 let shown = value.display().to_string();
@@ -732,6 +735,8 @@ mod tests {
         assert!(msg.contains("\"Protected\" is a relative path") && msg.contains("\"~/Protected\""), "{msg}");
         let msg = parse("[paths]\nstate_dir = 'state'\n").unwrap_err().to_string();
         assert!(msg.contains("line 2") && msg.contains("`paths.state_dir`"), "{msg}");
+        let msg = parse("[models]\ndir = \"models\"\n").unwrap_err().to_string();
+        assert!(msg.contains("line 2") && msg.contains("`models.dir`"), "{msg}");
         assert!(parse("[[folders]]\npath = \"~/In\"\noutput = \"/srv/out\"\n").is_ok());
     }
 
