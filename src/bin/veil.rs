@@ -113,7 +113,7 @@ enum Command {
         no_four_faces: bool,
         /// Also time this many 12 MP one-face photos handed over together, as `veild` does (default:
         /// two of the engine's photo batches, so one is read and written while the other is attacked:
-        /// 16 on a GPU; none when the engine takes one photo at a time, as on a CPU).
+        /// 16 on a GPU; none when the engine takes one photo at a time, as on a CPU); 1 leaves it out.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
         photos: Option<u16>,
         #[arg(long)]
