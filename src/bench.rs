@@ -180,7 +180,9 @@ impl Report {
 fn jpegs_in(dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
     let err = |message: String| BenchError::Data { path: dir.to_path_buf(), message };
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| err(format!("{e} (the photos are built from Veil's test data: point --data at its folder)")))?
+        .map_err(|e| {
+            err(format!("{e} (the photos are built from Veil's test data: point --data at its folder)"))
+        })?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")))

@@ -1563,8 +1563,40 @@ fn without_xmp_gps(meta: &Meta, same: bool) -> Meta {
         Native::Png { chunks } => {
             chunks.retain_mut(|(kind, raw)| {
                 let data = raw.get(8..raw.len().saturating_sub(4)).unwrap_or_default();
-                if kind != b"iTXt" || !data.starts_with(b"XML:com.adobe.xmp\0") {
+                if !matches!(&*kind, b"tEXt" | b"zTXt" | b"iTXt") {
                     return true;
+                }
+                let keyword = data.split(|&b| b == 0).next().unwrap_or_default();
+                // ImageMagick's hex-coded copies of the EXIF and XMP blocks ("Raw profile type exif",
+                // "APP1", "xmp"): GPS would travel in them.
+                let raw_profile = keyword
+                    .strip_prefix(b"Raw profile type ")
+                    .is_some_and(|t| [&b"exif"[..], b"app1", b"xmp"].iter().any(|k| t.eq_ignore_ascii_case(k)));
+                if raw_profile {
+                    tracing::info!(
+                        "dropped the PNG chunk \"{}\": a raw EXIF/XMP profile, which may hold GPS (imageio.metadata = \"keep-no-gps\")",
+                        String::from_utf8_lossy(keyword)
+                    );
+                    return false;
+                }
+                if keyword != b"XML:com.adobe.xmp" {
+                    return true;
+                }
+                if kind == b"zTXt" {
+                    tracing::info!("dropped a compressed XMP chunk (imageio.metadata = \"keep-no-gps\")");
+                    return false;
+                }
+                if kind == b"tEXt" {
+                    let packet = &data[keyword.len() + 1..];
+                    return match scrub_xmp("chunk", packet) {
+                        Some(x) => {
+                            let mut new = Vec::with_capacity(raw.len());
+                            png::put_chunk(&mut new, b"tEXt", &[keyword, &[0], &x].concat());
+                            *raw = new;
+                            true
+                        }
+                        None => false,
+                    };
                 }
                 let Some(packet) = png::xmp(data) else {
                     tracing::info!("dropped a compressed XMP chunk (imageio.metadata = \"keep-no-gps\")");
@@ -1626,6 +1658,14 @@ fn scrub_xmp(where_: &str, packet: &[u8]) -> Option<Vec<u8>> {
 /// (dropped when unreadable), the extended XMP parts dropped when any of them mentions GPS; every
 /// other segment as it was.
 fn jpeg_xmp_without_gps(segments: &mut Vec<(u8, Vec<u8>)>) {
+    // A second EXIF segment (some editors write one) loses its GPS block as the first does; the
+    // first is replaced by the prepared EXIF, or was scrubbed in place already.
+    for (_, p) in segments.iter_mut().filter(|(m, p)| *m == jpeg::APP1 && p.starts_with(jpeg::EXIF_ID)) {
+        if tiffmeta::remove_gps(&mut p[jpeg::EXIF_ID.len()..]) {
+            tracing::info!("removed the GPS IFD of an EXIF segment (imageio.metadata = \"keep-no-gps\")");
+        }
+    }
+    segments.retain_mut(|(marker, p)| *marker != 0xED || !p.starts_with(irb::ID) || irb_without_gps(p));
     let extended = |p: &[u8]| p.starts_with(jpeg::XMP_EXT_ID);
     let ext_gps = segments
         .iter()
@@ -1651,6 +1691,38 @@ fn jpeg_xmp_without_gps(segments: &mut Vec<(u8, Vec<u8>)>) {
             None => false,
         }
     });
+}
+
+/// `keep-no-gps` on a Photoshop APP13 block, in place (its length kept): the EXIF resource (0x0422)
+/// loses its GPS IFD and the XMP resource (0x0424) its GPS properties, padded with spaces. False
+/// when the block must be dropped: it mentions GPS and cannot be parsed, or its XMP cannot.
+fn irb_without_gps(p: &mut [u8]) -> bool {
+    let Some(resources) = irb::parse(p) else { return !xmp::mentions_gps(p) };
+    for r in resources {
+        let data = &mut p[r.data.clone()];
+        match r.id {
+            0x0422 if tiffmeta::remove_gps(data) => {
+                tracing::info!(
+                    "removed the GPS IFD of Photoshop's EXIF copy (imageio.metadata = \"keep-no-gps\")"
+                );
+            }
+            0x0424 => match xmp::remove_gps(data) {
+                xmp::Scrubbed::Unchanged => {}
+                xmp::Scrubbed::Removed(x) => {
+                    tracing::info!("removed the GPS properties of Photoshop's XMP copy (imageio.metadata = \"keep-no-gps\")");
+                    let n = x.len();
+                    data[..n].copy_from_slice(&x);
+                    data[n..].fill(b' ');
+                }
+                xmp::Scrubbed::Unreadable => {
+                    tracing::warn!("dropped the Photoshop (APP13) block: its XMP copy mentions GPS but cannot be parsed (imageio.metadata = \"keep-no-gps\")");
+                    return false;
+                }
+            },
+            _ => {}
+        }
+    }
+    true
 }
 
 /// A no-face copy of a JPEG under `keep-no-gps`, without re-encoding: the source's segments as

@@ -698,6 +698,76 @@ fn assert_no_gps_but_make(xmp: &[u8], what: &str) {
     assert!(text.contains("exif:Make='Jolla'"), "{what}: {text}");
 }
 
+/// A Photoshop image resource block (APP13 payload) holding `resources` (id, data).
+fn irb_block(resources: &[(u16, &[u8])]) -> Vec<u8> {
+    let mut out = irb::ID.to_vec();
+    for (id, data) in resources {
+        out.extend_from_slice(b"8BIM");
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            out.push(0);
+        }
+    }
+    out
+}
+
+/// The second EXIF segment, Photoshop's EXIF and XMP copies (APP13), a PNG's plain-text XMP and
+/// ImageMagick's raw EXIF profile: places GPS travelled through `keep-no-gps` untouched.
+#[test]
+fn keep_no_gps_reaches_the_less_common_places_gps_hides() {
+    let d = tempfile::tempdir().unwrap();
+    let no_gps = Settings { metadata: MetadataPolicy::KeepNoGps, ..Settings::default() };
+    // The GPS latitude 48/1 51/1 2921/100 as `exif_blob_with` stores it.
+    let latitude: Vec<u8> = [48u32, 1, 51, 1, 2921, 100].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let has_latitude = |b: &[u8]| b.windows(latitude.len()).any(|w| w == latitude.as_slice());
+    let exif = [jpeg::EXIF_ID, &exif_blob_with(1, &[])].concat();
+    let iptc: &[u8] = b"\x1c\x02\x78\x00\x07Caption";
+    let irb = irb_block(&[(0x0404, iptc), (0x0422, &exif_blob_with(1, &[])), (0x0424, GPS_XMP)]);
+    let enc = encode_jpeg(&gradient(32, 24), 90, Chroma::Full, false).unwrap();
+    let carried = vec![(jpeg::APP1, exif.clone()), (jpeg::APP1, exif), (0xED, irb)];
+    let src = d.path().join("two.jpg");
+    std::fs::write(&src, jpeg::splice(&enc, &carried).unwrap()).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    let written = write(&photo, d.path(), "two.jpg", None, &no_gps).unwrap();
+    let unchanged = write_unchanged(&photo, d.path(), "same.jpg", None, &no_gps).unwrap();
+    for w in [written, unchanged] {
+        let data = std::fs::read(&w.path).unwrap();
+        assert!(!has_latitude(&data), "{}: GPS left", w.path.display());
+        let segs = header_segments(&data);
+        assert_eq!(segs.iter().filter(|(_, p)| p.starts_with(jpeg::EXIF_ID)).count(), 2);
+        let (_, block) = segs.iter().find(|(m, _)| *m == 0xED).unwrap();
+        assert!(block.windows(iptc.len()).any(|w| w == iptc), "IPTC lost");
+        let r = irb::parse(block).unwrap();
+        let x = r.iter().find(|r| r.id == 0x0424).unwrap();
+        assert_no_gps_but_make(&block[x.data.clone()], "Photoshop's XMP");
+    }
+    // Kept as they were under `keep`.
+    let kept = write(&photo, d.path(), "two.jpg", None, &Settings::default()).unwrap();
+    assert!(has_latitude(&std::fs::read(&kept.path).unwrap()));
+
+    // PNG: XMP in a plain tEXt chunk is edited; ImageMagick's hex EXIF profile is dropped.
+    let hex: String = exif_blob_with(1, &[]).iter().map(|b| format!("{b:02x}")).collect();
+    let profile = format!("\nexif\n{}\n{hex}\n", hex.len() / 2);
+    let text = |key: &str, value: &[u8]| (b"tEXt", [key.as_bytes(), &[0], value].concat());
+    let (xk, xv) = text("XML:com.adobe.xmp", GPS_XMP);
+    let (pk, pv) = text("Raw profile type exif", profile.as_bytes());
+    let (ck, cv) = text("Comment", b"beach");
+    let src = png_file(&DynamicImage::ImageRgb8(gradient(12, 8)), &[(xk, xv), (pk, pv), (ck, cv)]);
+    std::fs::write(d.path().join("m.png"), src).unwrap();
+    let photo = read(&d.path().join("m.png"), &Settings::default()).unwrap();
+    let w = write(&photo, d.path(), "m.png", None, &no_gps).unwrap();
+    let out = std::fs::read(&w.path).unwrap();
+    let chunks = png::parse(&out).unwrap();
+    let texts: Vec<&[u8]> =
+        chunks.iter().filter(|c| &c.kind == b"tEXt").map(|c| &out[c.data.clone()]).collect();
+    assert_eq!(texts.len(), 2, "the XMP and the comment stay, the raw profile goes");
+    assert_no_gps_but_make(texts[0], "PNG tEXt XMP");
+    assert_eq!(texts[1], b"Comment\0beach");
+}
+
 #[test]
 fn keep_no_gps_removes_the_xmp_coordinates_in_every_container() {
     let d = tempfile::tempdir().unwrap();

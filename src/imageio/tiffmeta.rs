@@ -188,6 +188,24 @@ pub fn remove_gps(blob: &mut [u8]) -> bool {
         }
         zero_ranges.push((gps_ifd.pos, gps_ifd.next_ptr_pos + 4 - gps_ifd.pos));
     }
+    // A malformed file's GPS pointer may lead into another IFD (its Exif IFD, say): bytes the other
+    // IFDs use are not the GPS block's to zero; the pointer alone goes.
+    let mut others = vec![ifd0.clone()];
+    let sub = |ifd: &Ifd, tag| t.find(ifd, tag).and_then(|e| t.scalar(&e)).and_then(|o| t.ifd(o as usize));
+    if let Some(exif) = sub(&ifd0, EXIF_IFD) {
+        others.extend(sub(&exif, INTEROP_IFD));
+        others.push(exif);
+    }
+    others.extend(t.ifd1());
+    let used: Vec<(usize, usize)> = others
+        .iter()
+        .flat_map(|ifd| {
+            let table = (ifd.pos, ifd.next_ptr_pos + 4 - ifd.pos);
+            ifd.entries.iter().filter(|e| !e.inline()).map(|e| (e.value_pos, e.value_len)).chain([table])
+        })
+        .collect();
+    let overlaps = |(p, l): (usize, usize)| used.iter().any(|&(q, m)| p < q + m && q < p + l);
+    zero_ranges.retain(|&r| !overlaps(r));
     let n = t.u16_at(ifd0.pos).unwrap_or(0) as usize;
     let end = ifd0.next_ptr_pos + 4;
     // Shift the entries after the GPS entry and the next-IFD pointer up by one entry.
@@ -480,6 +498,35 @@ mod tests {
         assert!(before.windows(24).any(|w| w == rational.as_slice()));
         assert!(!b.windows(24).any(|w| w == rational.as_slice()));
         assert!(!remove_gps(&mut b));
+    }
+
+    /// A malformed camera file whose GPS pointer leads to its Exif IFD: the pointer goes, the Exif
+    /// IFD and its values stay whole.
+    #[test]
+    fn a_gps_pointer_into_the_exif_ifd_takes_nothing_of_it() {
+        let le = true;
+        let mut b = header(le);
+        let date = OutEntry {
+            tag: 0x9003,
+            typ: 2,
+            count: 20,
+            value: OutValue::Bytes(b"2004:01:02 03:04:05\0".to_vec()),
+        };
+        let exif = write_ifd(&mut b, &[date], le, &mut Vec::new());
+        let at = |v: usize| OutValue::Bytes((v as u32).to_le_bytes().to_vec());
+        let ifd0 = vec![
+            OutEntry { tag: EXIF_IFD, typ: 4, count: 1, value: at(exif) },
+            OutEntry { tag: GPS_IFD, typ: 4, count: 0, value: at(exif) },
+        ];
+        let p0 = write_ifd(&mut b, &ifd0, le, &mut Vec::new());
+        set_ifd0(&mut b, p0, le);
+        let before = b.clone();
+        assert!(remove_gps(&mut b));
+        let t = Tiff::new(&b).unwrap();
+        let ifd0 = t.ifd(t.ifd0_offset().unwrap()).unwrap();
+        assert_eq!(ifd0.entries.iter().map(|e| e.tag).collect::<Vec<_>>(), vec![EXIF_IFD]);
+        assert_eq!(b[exif..p0.min(b.len())], before[exif..p0.min(before.len())], "the Exif IFD was zeroed");
+        assert!(b.windows(19).any(|w| w == b"2004:01:02 03:04:05"));
     }
 
     #[test]
