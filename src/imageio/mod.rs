@@ -483,6 +483,10 @@ fn decode(
         Format::Png => {
             let chunks = png::parse(&bytes).map_err(corrupt)?;
             png::check_bombs(&bytes, &chunks).map_err(corrupt)?;
+            // An APNG's other frames would be dropped without a word, their faces unprotected.
+            if chunks.iter().any(|c| &c.kind == b"acTL") {
+                return Err(ImageError::Unsupported { path: path.into(), what: "animated PNG (APNG)".into() });
+            }
             png_meta(&bytes, &chunks)
         }
         Format::Webp => {

@@ -295,6 +295,18 @@ fn a_grey_photo_is_written_with_one_channel() {
 }
 
 #[test]
+fn an_animated_png_is_refused_by_name() {
+    let still = png_file(&DynamicImage::ImageRgb8(gradient(12, 8)), &[]);
+    // acTL: 2 frames, played once (an APNG's other frames follow as fcTL/fdAT chunks).
+    let actl = [2u32.to_be_bytes(), 0u32.to_be_bytes()].concat();
+    let apng = png_file(&DynamicImage::ImageRgb8(gradient(12, 8)), &[(b"acTL", actl)]);
+    assert!(decode_bytes(Path::new("still.png"), still, &Settings::default()).is_ok());
+    let e = decode_bytes(Path::new("moving.png"), apng, &Settings::default()).unwrap_err();
+    assert!(matches!(e, ImageError::Unsupported { .. }), "{e}");
+    assert!(e.to_string().starts_with("moving.png: unsupported format: animated PNG"), "{e}");
+}
+
+#[test]
 fn twelve_bit_jpeg_is_a_clear_error() {
     let mut data = camera_jpeg(&gradient(16, 16), 1);
     let l = jpeg::parse(&data).unwrap();
