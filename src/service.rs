@@ -360,6 +360,8 @@ struct Core {
     /// folder), taken back once it is written, skipped or deleted: `veil status` shows what is wrong
     /// now.
     told: HashMap<PathBuf, Told>,
+    /// Folders a scan could not read, with what was told of each.
+    unreadable: HashMap<PathBuf, String>,
     /// The job database could not be written (its disk full, …): what was told (once), and when
     /// it is tried again. Meanwhile new photos stay candidates and nothing is dispatched.
     store_trouble: Option<StoreTrouble>,
@@ -413,6 +415,7 @@ impl Core {
             paused: false,
             errors: VecDeque::new(),
             told: HashMap::new(),
+            unreadable: HashMap::new(),
             store_trouble: None,
             refused: None,
         };
@@ -625,7 +628,31 @@ impl Core {
     /// Scans `dir` inside the folder `root`.
     fn scan(&mut self, root: &Path, dir: &Path) {
         let Some(folder) = self.folder(root) else { return };
-        let found = watch::scan(&folder.filter, dir);
+        let (found, unreadable) = watch::scan_all(&folder.filter, dir);
+        // Sub-folders that could not be read: told once (in `veil status` too), taken back once a
+        // scan reads them (or they are gone).
+        let read_now: Vec<PathBuf> = self
+            .unreadable
+            .keys()
+            .filter(|p| p.starts_with(dir) && !unreadable.iter().any(|(u, _)| u == *p))
+            .cloned()
+            .collect();
+        for p in read_now {
+            if let Some(told) = self.unreadable.remove(&p) {
+                tracing::info!("{} can be read again", p.display());
+                self.forget(&told);
+            }
+        }
+        for (d, e) in unreadable {
+            if !self.unreadable.contains_key(&d) {
+                let told = format!(
+                    "cannot read folder {}: {e}; the photos in it wait until it can be read",
+                    d.display()
+                );
+                self.warn(told.clone());
+                self.unreadable.insert(d, told);
+            }
+        }
         let present: HashSet<PathBuf> = found.iter().map(|(p, _)| p.clone()).collect();
         for (path, seen) in found {
             self.candidate(root, path, seen);

@@ -216,13 +216,26 @@ pub fn stat(path: &Path) -> Option<Seen> {
 /// The files under `dir` (inside `filter`'s folder) that the folder takes. Unreadable directories
 /// are logged and skipped; symbolic links to directories are not followed.
 pub fn scan(filter: &Filter, dir: &Path) -> Vec<(PathBuf, Seen)> {
+    let (found, unreadable) = scan_all(filter, dir);
+    for (d, e) in unreadable {
+        tracing::warn!("cannot read folder {}: {e}", d.display());
+    }
+    found
+}
+
+/// Directories a scan could not read, and why.
+pub type Unreadable = Vec<(PathBuf, std::io::Error)>;
+
+/// [`scan`], with the directories that could not be read and why, for the caller to tell.
+pub fn scan_all(filter: &Filter, dir: &Path) -> (Vec<(PathBuf, Seen)>, Unreadable) {
     let mut found = Vec::new();
+    let mut unreadable = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let entries = match std::fs::read_dir(&d) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!("cannot read folder {}: {e}", d.display());
+                unreadable.push((d, e));
                 continue;
             }
         };
@@ -243,7 +256,7 @@ pub fn scan(filter: &Filter, dir: &Path) -> Vec<(PathBuf, Seen)> {
             }
         }
     }
-    found
+    (found, unreadable)
 }
 
 /// What the events of a folder say.
@@ -421,6 +434,14 @@ mod tests {
         assert_eq!(found, [root.join("a.jpg"), root.join("sub/b.jpg")]);
         assert_eq!(stat(&root.join("a.jpg")).unwrap().size, 5);
         assert!(stat(&root.join("sub")).is_none());
+        // A folder that cannot be read is handed back with the reason (veild tells it once).
+        let (files, unreadable) = scan_all(&f, &root.join("gone"));
+        assert!(files.is_empty());
+        assert_eq!(unreadable.len(), 1);
+        assert_eq!(
+            (&unreadable[0].0, unreadable[0].1.kind()),
+            (&root.join("gone"), std::io::ErrorKind::NotFound)
+        );
     }
 
     #[test]

@@ -485,7 +485,10 @@ fn decode(
             png::check_bombs(&bytes, &chunks).map_err(corrupt)?;
             // An APNG's other frames would be dropped without a word, their faces unprotected.
             if chunks.iter().any(|c| &c.kind == b"acTL") {
-                return Err(ImageError::Unsupported { path: path.into(), what: "animated PNG (APNG)".into() });
+                return Err(ImageError::Unsupported {
+                    path: path.into(),
+                    what: "animated PNG (APNG)".into(),
+                });
             }
             png_meta(&bytes, &chunks)
         }
