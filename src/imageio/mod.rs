@@ -530,6 +530,9 @@ fn decode(
         r.decode().map_err(decode_err)?
     };
 
+    if format == Format::Tiff && tiff_associated_alpha(&bytes) {
+        unpremultiply(&mut img);
+    }
     let orientation = meta.exif.as_deref().and_then(tiffmeta::orientation).unwrap_or(1);
     if let Some(o) = image::metadata::Orientation::from_exif(orientation) {
         img.apply_orientation(o);
@@ -751,6 +754,37 @@ fn tiff_meta(path: &Path, data: &[u8]) -> Option<Meta> {
     }
     meta.native = Native::Tiff { le: t.le, entries };
     Some(meta)
+}
+
+/// Whether a TIFF's first image stores associated (premultiplied) alpha: ExtraSamples = 1.
+fn tiff_associated_alpha(data: &[u8]) -> bool {
+    let Some(t) = Tiff::new(data) else { return false };
+    let Some(ifd0) = t.ifd0_offset().and_then(|o| t.ifd(o)) else { return false };
+    t.find(&ifd0, 338).and_then(|e| t.scalar(&e)) == Some(1)
+}
+
+/// Premultiplied colour made straight (`c·max/α`, rounded), as the copy is written with
+/// unassociated alpha (ExtraSamples = 2) and protected on the colours a viewer shows.
+fn unpremultiply(img: &mut DynamicImage) {
+    fn straight<const N: usize, T: Copy + Into<u32> + TryFrom<u32>>(px: &mut [T; N], max: u32) {
+        let a: u32 = px[N - 1].into();
+        if a == 0 || a == max {
+            return;
+        }
+        for c in &mut px[..N - 1] {
+            let v = ((*c).into() * max + a / 2) / a;
+            if let Ok(v) = T::try_from(v.min(max)) {
+                *c = v;
+            }
+        }
+    }
+    match img {
+        DynamicImage::ImageRgba8(i) => i.pixels_mut().for_each(|p| straight(&mut p.0, 255)),
+        DynamicImage::ImageRgba16(i) => i.pixels_mut().for_each(|p| straight(&mut p.0, 65535)),
+        DynamicImage::ImageLumaA8(i) => i.pixels_mut().for_each(|p| straight(&mut p.0, 255)),
+        DynamicImage::ImageLumaA16(i) => i.pixels_mut().for_each(|p| straight(&mut p.0, 65535)),
+        _ => {}
+    }
 }
 
 fn exif_blob(entries: &[OutEntry], le: bool) -> Vec<u8> {

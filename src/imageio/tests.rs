@@ -295,6 +295,22 @@ fn a_grey_photo_is_written_with_one_channel() {
 }
 
 #[test]
+fn a_tiff_with_premultiplied_alpha_is_read_with_straight_colours() {
+    // (200,160,120) at alpha 180, stored premultiplied: (141,113,85).
+    let img = DynamicImage::ImageRgba8(ImageBuffer::from_pixel(6, 4, Rgba([141, 113, 85, 180])));
+    let mut data = encode_tiff(&img, true, Vec::new()).unwrap();
+    let t = Tiff::new(&data).unwrap();
+    let extra = t.find(&t.ifd(t.ifd0_offset().unwrap()).unwrap(), 338).unwrap().value_pos;
+    data[extra..extra + 2].copy_from_slice(&1u16.to_le_bytes());
+    let photo = decode_bytes(Path::new("a.tiff"), data, &Settings::default()).unwrap();
+    assert_eq!(photo.pixels.get_pixel(2, 2).0, [200, 160, 120]);
+    // Written with straight alpha (ExtraSamples 2), the same colours.
+    let d = tempfile::tempdir().unwrap();
+    let w = write(&photo, d.path(), "a.tiff", None, &Settings::default()).unwrap();
+    assert_eq!(image::open(&w.path).unwrap().to_rgba8().get_pixel(2, 2).0, [200, 160, 120, 180]);
+}
+
+#[test]
 fn an_animated_png_is_refused_by_name() {
     let still = png_file(&DynamicImage::ImageRgb8(gradient(12, 8)), &[]);
     // acTL: 2 frames, played once (an APNG's other frames follow as fcTL/fdAT chunks).
