@@ -1612,7 +1612,7 @@ fn without_xmp_gps(meta: &Meta, same: bool) -> Meta {
                 // "APP1", "xmp"): GPS would travel in them.
                 let raw_profile = keyword
                     .strip_prefix(b"Raw profile type ")
-                    .is_some_and(|t| [&b"exif"[..], b"app1", b"xmp"].iter().any(|k| t.eq_ignore_ascii_case(k)));
+                    .is_some_and(|t| [&b"exif"[..], b"app1", b"xmp", b"8bim"].iter().any(|k| t.eq_ignore_ascii_case(k)));
                 if raw_profile {
                     tracing::info!(
                         "dropped the PNG chunk \"{}\": a raw EXIF/XMP profile, which may hold GPS (imageio.metadata = \"keep-no-gps\")",
@@ -1628,7 +1628,8 @@ fn without_xmp_gps(meta: &Meta, same: bool) -> Meta {
                     return false;
                 }
                 if kind == b"tEXt" {
-                    let packet = &data[keyword.len() + 1..];
+                    // A chunk without the NUL after its keyword holds no packet.
+                    let Some(packet) = data.get(keyword.len() + 1..) else { return false };
                     return match scrub_xmp("chunk", packet) {
                         Some(x) => {
                             let mut new = Vec::with_capacity(raw.len());
@@ -1738,7 +1739,11 @@ fn jpeg_xmp_without_gps(segments: &mut Vec<(u8, Vec<u8>)>) {
 /// loses its GPS IFD and the XMP resource (0x0424) its GPS properties, padded with spaces. False
 /// when the block must be dropped: it mentions GPS and cannot be parsed, or its XMP cannot.
 fn irb_without_gps(p: &mut [u8]) -> bool {
-    let Some(resources) = irb::parse(p) else { return !xmp::mentions_gps(p) };
+    let Some(resources) = irb::parse(p) else {
+        // Its EXIF copy's GPS block is binary: a block that cannot be read may hold one.
+        tracing::info!("dropped a Photoshop (APP13) block Veil cannot read: it may hold GPS (imageio.metadata = \"keep-no-gps\")");
+        return false;
+    };
     for r in resources {
         let data = &mut p[r.data.clone()];
         match r.id {

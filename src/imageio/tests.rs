@@ -794,6 +794,14 @@ fn keep_no_gps_reaches_the_less_common_places_gps_hides() {
     assert_eq!(texts.len(), 2, "the XMP and the comment stay, the raw profile goes");
     assert_no_gps_but_make(texts[0], "PNG tEXt XMP");
     assert_eq!(texts[1], b"Comment\0beach");
+    // A malformed text chunk (no NUL after the keyword) is dropped, not a panic.
+    let src =
+        png_file(&DynamicImage::ImageRgb8(gradient(12, 8)), &[(b"tEXt", b"XML:com.adobe.xmp".to_vec())]);
+    std::fs::write(d.path().join("bad.png"), src).unwrap();
+    let photo = read(&d.path().join("bad.png"), &Settings::default()).unwrap();
+    let w = write(&photo, d.path(), "bad.png", None, &no_gps).unwrap();
+    let out = std::fs::read(&w.path).unwrap();
+    assert!(!png::parse(&out).unwrap().iter().any(|c| &c.kind == b"tEXt"));
 }
 
 #[test]

@@ -9,6 +9,7 @@ pub const ORIENTATION: u16 = 0x0112;
 pub const EXIF_IFD: u16 = 0x8769;
 pub const GPS_IFD: u16 = 0x8825;
 pub const INTEROP_IFD: u16 = 0xA005;
+pub const MAKER_NOTE: u16 = 0x927C;
 pub const THUMB_OFFSET: u16 = 0x0201;
 pub const THUMB_LENGTH: u16 = 0x0202;
 
@@ -204,8 +205,14 @@ pub fn remove_gps(blob: &mut [u8]) -> bool {
             ifd.entries.iter().filter(|e| !e.inline()).map(|e| (e.value_pos, e.value_len)).chain([table])
         })
         .collect();
-    let overlaps = |(p, l): (usize, usize)| used.iter().any(|&(q, m)| p < q + m && q < p + l);
-    zero_ranges.retain(|&r| !overlaps(r));
+    // Byte by byte: a GPS range another IFD's value runs over keeps only the bytes that value uses.
+    let zero_ranges: Vec<(usize, usize)> = zero_ranges
+        .into_iter()
+        .flat_map(|(p, l)| {
+            (p..p.saturating_add(l)).filter(|&b| !used.iter().any(|&(q, m)| q <= b && b < q + m))
+        })
+        .map(|b| (b, 1))
+        .collect();
     let n = t.u16_at(ifd0.pos).unwrap_or(0) as usize;
     let end = ifd0.next_ptr_pos + 4;
     // Shift the entries after the GPS entry and the next-IFD pointer up by one entry.
@@ -338,7 +345,16 @@ pub fn copy_ifd(t: &Tiff, pos: usize, skip: &dyn Fn(u16) -> bool, depth: u8) -> 
             if depth >= 3 {
                 continue;
             }
-            OutValue::Ifd(copy_ifd(t, sub as usize, &|_| false, depth + 1))
+            // A maker note is the camera maker's own structure, most often with offsets from the
+            // start of the TIFF data: moved into a rebuilt IFD they would point at other bytes.
+            let maker_note = |tag| {
+                let found = tag == MAKER_NOTE;
+                if found {
+                    tracing::info!("dropped the EXIF maker note: the TIFF is rewritten, and its offsets would point wrong");
+                }
+                found
+            };
+            OutValue::Ifd(copy_ifd(t, sub as usize, &maker_note, depth + 1))
         } else {
             OutValue::Bytes(t.data[e.value_pos..e.value_pos + e.value_len].to_vec())
         };
