@@ -243,7 +243,7 @@ fn describe_dir(path: &Path) -> (Level, String) {
 fn describe_socket(path: &Path) -> (Level, String) {
     use std::os::unix::fs::FileTypeExt;
     let shown = path.display();
-    match std::fs::symlink_metadata(path) {
+    let (level, detail) = match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => (Level::Info, format!("{shown} (present)")),
         Ok(_) => (
             Level::Fail,
@@ -253,6 +253,19 @@ fn describe_socket(path: &Path) -> (Level, String) {
             Some(file) => (Level::Fail, format!("{shown}: its folder cannot be created: {} is not a folder", file.display())),
             None => (Level::Info, format!("{shown} (absent: no daemon running)")),
         },
+    };
+    use std::os::unix::fs::MetadataExt;
+    let open = path
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.mode())
+        .filter(|m| m & 0o022 != 0 && m & 0o1000 == 0);
+    match open {
+        Some(mode) if level != Level::Fail => (
+            Level::Fail,
+            format!("{shown}: its folder (mode {:o}) can be written by others, who could replace the socket; veild refuses it", mode & 0o7777),
+        ),
+        _ => (level, detail),
     }
 }
 

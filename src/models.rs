@@ -118,11 +118,14 @@ pub fn torch_message(e: &tch::TchError) -> String {
 /// rather than halfway through a photo.
 pub fn check_generator(module: &tch::CModule, entry: &ModelEntry, device: tch::Device) -> Result<(), String> {
     let s = i64::from(entry.input_size);
-    let c = entry.attributes.len() as i64;
     let x = tch::Tensor::zeros([1, 3, s, s], (tch::Kind::Float, device));
-    let cond = match entry.conditions.first() {
-        Some(first) => tch::Tensor::from_slice(first).view([1, c]).to_device(device),
-        None => tch::Tensor::zeros([1, c], (tch::Kind::Float, device)),
+    // What the engine hands it: the first attacked condition, or `[1,0]` when none is listed.
+    let (c, cond) = match entry.conditions.first() {
+        Some(first) => {
+            let c = first.len() as i64;
+            (c, tch::Tensor::from_slice(first).view([1, c]).to_device(device))
+        }
+        None => (0, tch::Tensor::zeros([1, 0], (tch::Kind::Float, device))),
     };
     let interface = format!(
         "does not answer Veil's interface forward(x: [1,3,{s},{s}], c: [1,{c}]) -> [1,3,{s},{s}] \

@@ -467,7 +467,7 @@ impl Core {
                 let _ = reply.send(self.command(command));
             }
             Msg::Unavailable(reason) => self.remember(format!(
-                "photos cannot be protected: {reason}; they wait, and nothing is written until the models load (see `veil doctor`)"
+                "photos cannot be protected: {reason}; nothing is written: each photo is tried a few times, then marked failed (fix the models, see `veil doctor`, restart veild, then `veil retry --all`)"
             )),
             Msg::Shutdown => {}
         }
@@ -634,7 +634,7 @@ impl Core {
         let read_now: Vec<PathBuf> = self
             .unreadable
             .keys()
-            .filter(|p| p.starts_with(dir) && !unreadable.iter().any(|(u, _)| u == *p))
+            .filter(|p| p.starts_with(dir) && !unreadable.iter().any(|(u, _)| p.starts_with(u)))
             .cloned()
             .collect();
         for p in read_now {
@@ -643,7 +643,8 @@ impl Core {
                 self.forget(&told);
             }
         }
-        for (d, e) in unreadable {
+        // A folder gone during the walk is not unreadable: its files are gone with it.
+        for (d, e) in unreadable.into_iter().filter(|(_, e)| e.kind() != std::io::ErrorKind::NotFound) {
             if !self.unreadable.contains_key(&d) {
                 let told = format!(
                     "cannot read folder {}: {e}; the photos in it wait until it can be read",

@@ -531,8 +531,12 @@ impl Store {
             .optional()
             .map_err(e)?;
         let Some(recorded) = recorded else { return Ok(false) };
-        let now = crate::watch::stat(path).map(|s| (s.size as i64, s.mtime_ns));
-        let Some(hash) = hash_file(path).ok().filter(|_| now == Some(recorded)) else { return Ok(false) };
+        let now = || crate::watch::stat(path).map(|s| (s.size as i64, s.mtime_ns));
+        // Unchanged before and after the hash: the hash is of the content recorded.
+        let unchanged = now() == Some(recorded);
+        let Some(hash) = hash_file(path).ok().filter(|_| unchanged && now() == Some(recorded)) else {
+            return Ok(false);
+        };
         let n = self
             .db
             .execute(

@@ -132,7 +132,7 @@ pub fn protector(config: &Config) -> Result<Box<dyn Protector>, String> {
         Ok(p) => p,
         Err(e) => {
             let reason = e.to_string();
-            tracing::error!("photos cannot be protected: {reason}; they are recorded and retried, and nothing is written until the models load (see `veil doctor`)");
+            tracing::error!("photos cannot be protected: {reason}; nothing is written: each photo is recorded, tried a few times, then marked failed (fix the models, see `veil doctor`, restart veild, then `veil retry --all`)");
             return Ok(Box::new(Unavailable { reason }));
         }
     };

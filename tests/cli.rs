@@ -230,7 +230,8 @@ fn bad_arguments_are_refused_before_any_work() {
     }
     // A preview sheet is a PNG: another extension, or a folder, is refused before the photo is read.
     let photo = home.write("p.jpg", "not read");
-    for sheet in ["sheet.jpg", "."] {
+    std::fs::create_dir_all(home.path().join("x.png")).unwrap();
+    for sheet in ["sheet.jpg", home.path().join("x.png").to_str().unwrap()] {
         let out = home.veil(&["preview", photo.to_str().unwrap(), "--out", sheet]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(stderr(&out).contains(".png"), "{}", stderr(&out));

@@ -38,6 +38,12 @@ pub enum ControlError {
         path.display()
     )]
     NotASocket { path: PathBuf },
+    #[error(
+        "the socket folder {} (mode {mode:o}) can be written by others, who could replace the socket; \
+         make it yours alone (chmod go-w) or set paths.socket elsewhere",
+        path.display()
+    )]
+    OpenFolder { path: PathBuf, mode: u32 },
 }
 
 /// The listening socket, its folder (0700) and lock file; the socket file is removed on drop.
@@ -88,6 +94,17 @@ impl Listener {
         if meta.uid() != me {
             return Err(ControlError::NotOwner { path: dir.into(), owner: meta.uid(), me });
         }
+        // Others who may write there could replace the socket with their own (unless the sticky
+        // bit keeps them to their own files, as in /tmp).
+        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            return Err(ControlError::OpenFolder { path: dir.into(), mode: meta.mode() & 0o7777 });
+        }
+        if let Ok(found) = std::fs::symlink_metadata(socket) {
+            use std::os::unix::fs::FileTypeExt;
+            if !found.file_type().is_socket() {
+                return Err(ControlError::NotASocket { path: socket.into() });
+            }
+        }
 
         let mut lock_path = socket.as_os_str().to_owned();
         lock_path.push(".lock");
@@ -102,6 +119,7 @@ impl Listener {
         if let Ok(found) = std::fs::symlink_metadata(socket) {
             use std::os::unix::fs::FileTypeExt;
             if !found.file_type().is_socket() {
+                // Put there since the check above.
                 return Err(ControlError::NotASocket { path: socket.into() });
             }
             if std::os::unix::net::UnixStream::connect(socket).is_ok() {
@@ -483,5 +501,14 @@ mod tests {
         assert!(matches!(e, ControlError::NotASocket { .. }), "{e}");
         assert!(e.to_string().contains("notes.txt exists and is not a socket"), "{e}");
         assert_eq!(std::fs::read_to_string(&notes).unwrap(), "precious");
+        assert!(!d.path().join("notes.txt.lock").exists(), "a lock file left beside it");
+        // A folder others may write to (without the sticky bit) is refused; /tmp's kind is not.
+        let open = d.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = Listener::bind(&open.join("veil.sock")).err().unwrap();
+        assert!(matches!(e, ControlError::OpenFolder { .. }), "{e}");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        drop(Listener::bind(&open.join("veil.sock")).unwrap());
     }
 }

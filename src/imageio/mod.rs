@@ -1534,8 +1534,13 @@ fn encode(
                     }
                 }
                 _ => {
-                    if let Some(icc) = &meta.icc {
-                        carried.push((*b"ICCP", icc.clone()));
+                    // A grey photo's profile (colour space GRAY) does not describe the RGB copy.
+                    match &meta.icc {
+                        Some(icc) if icc.get(16..20) == Some(b"GRAY") => {
+                            tracing::info!("dropped the grey ICC profile: the WebP copy is written in RGB")
+                        }
+                        Some(icc) => carried.push((*b"ICCP", icc.clone())),
+                        None => {}
                     }
                     if let Some(e) = exif {
                         carried.push((*b"EXIF", e));

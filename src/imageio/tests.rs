@@ -292,6 +292,17 @@ fn a_grey_photo_is_written_with_one_channel() {
         let colour = write(&photo, d.path(), name, None, &Settings::default()).unwrap();
         assert!(written_color(&colour.path).has_color(), "{name} with a coloured pixel");
     }
+    // A grey ICC profile stays with a one-channel copy, and is not put into an RGB WebP.
+    let mut profile = vec![0u8; 128];
+    profile[16..20].copy_from_slice(b"GRAY");
+    let src = png_file(&grey, &[(b"iCCP", png::iccp_data(&profile))]);
+    let photo = decode_bytes(Path::new("icc.png"), src, &Settings::default()).unwrap();
+    let png_copy = write(&photo, d.path(), "icc.png", None, &Settings::default()).unwrap();
+    let data = std::fs::read(&png_copy.path).unwrap();
+    assert!(png::parse(&data).unwrap().iter().any(|c| &c.kind == b"iCCP"));
+    let webp_copy = write(&photo, d.path(), "icc.png", Some(Format::Webp), &Settings::default()).unwrap();
+    let data = std::fs::read(&webp_copy.path).unwrap();
+    assert!(!webp::parse(&data).unwrap().iter().any(|c| &c.kind == b"ICCP"));
 }
 
 #[test]
