@@ -92,6 +92,9 @@ fn dry_run_prints_the_unit_and_writes_nothing() {
 fn install_without_a_user_manager_writes_the_unit_and_says_what_to_run() {
     let home = Home::new();
     let missing = Path::new("/nonexistent/systemctl");
+    // The configuration must load (every key has a default): a unit whose veild exits at once on it
+    // is not installed.
+    std::fs::write(home.path().join("my.toml"), "").unwrap();
     let out = stdout(&home.veil(missing, &["--config", "my.toml", "service", "install"]));
     assert!(out.contains(&format!("wrote {}", home.unit().display())), "{out}");
     assert!(
