@@ -290,6 +290,8 @@ pub fn from_image(e: imageio::ImageError) -> JobError {
         | E::DiskFull { .. }
         | E::NoSpace { .. } => ErrorKind::Output,
         E::Write { .. } => ErrorKind::Transient,
+        // Still being written, most likely: tried again (and again when it changes).
+        e if e.may_be_incomplete() => ErrorKind::Transient,
         _ => ErrorKind::Permanent,
     };
     JobError::new(kind, e.to_string())

@@ -273,6 +273,20 @@ pub enum ImageError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
+impl ImageError {
+    /// What a file still being written reads as: empty (a download's placeholder) or cut short (a
+    /// slow copy). `veild` tries such a file again before calling it failed.
+    pub fn may_be_incomplete(&self) -> bool {
+        match self {
+            ImageError::Corrupt { message, .. } => message.starts_with("truncated"),
+            ImageError::Unsupported { what, .. } => what == EMPTY,
+            _ => false,
+        }
+    }
+}
+
+const EMPTY: &str = "the file is empty";
+
 /// A decoded photo: upright pixels to protect, and what it takes to write it back.
 #[derive(Debug, Clone)]
 pub struct Photo {
@@ -445,7 +459,7 @@ fn sniff(path: &Path, b: &[u8]) -> Result<Format, ImageError> {
     } else if b.starts_with(b"BM") {
         "BMP".to_string()
     } else if b.is_empty() {
-        "the file is empty".to_string()
+        EMPTY.to_string()
     } else {
         "not a JPEG, PNG, WebP or TIFF file".to_string()
     };

@@ -222,6 +222,16 @@ fn truncated_jpeg_is_a_clear_error() {
     let err = read(&src, &Settings::default()).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("cut.jpg") && msg.contains("truncated JPEG"), "{msg}");
+    // What a file still being written looks like (veild tries it again), unlike a broken one.
+    assert!(err.may_be_incomplete());
+    let png = png_file(&DynamicImage::ImageRgb8(gradient(12, 8)), &[]);
+    let cut = decode_bytes(Path::new("cut.png"), png[..png.len() - 20].to_vec(), &Settings::default());
+    assert!(cut.unwrap_err().may_be_incomplete());
+    assert!(decode_bytes(Path::new("empty.jpg"), Vec::new(), &Settings::default())
+        .unwrap_err()
+        .may_be_incomplete());
+    let text = decode_bytes(Path::new("text.jpg"), b"not a photo".to_vec(), &Settings::default());
+    assert!(!text.unwrap_err().may_be_incomplete());
 }
 
 #[test]
