@@ -33,14 +33,25 @@ pub enum LoggingError {
     AlreadyInstalled,
 }
 
+/// `filter` with the notify crate held to warnings, unless it names notify or is that quiet already.
+fn with_notify_quiet(filter: &str) -> String {
+    let quiet_already = ["off", "error", "warn"].iter().any(|l| filter.starts_with(l));
+    if filter.contains("notify") || quiet_already {
+        filter.to_string()
+    } else {
+        format!("{filter},notify=warn")
+    }
+}
+
 /// Installs the global subscriber. `default_filter` applies when `VEIL_LOG` is unset.
 pub fn init(default_filter: &LogFilter) -> Result<Sink, LoggingError> {
     let filter = match std::env::var(ENV_FILTER) {
         Ok(value) => EnvFilter::builder()
             .parse(&value)
             .map_err(|e| LoggingError::BadEnvFilter { value, message: e.to_string() })?,
-        // Already checked when the configuration was read.
-        Err(_) => EnvFilter::builder().parse_lossy(default_filter.as_str()),
+        // Already checked when the configuration was read. The notify crate's info lines (a watch
+        // it could not remove from a folder already gone) say nothing a user can act on.
+        Err(_) => EnvFilter::builder().parse_lossy(with_notify_quiet(default_filter.as_str())),
     };
     if systemd_journal_logger::connected_to_journal() {
         let journal = JournalLog::new().map_err(LoggingError::Journal)?;
@@ -154,5 +165,19 @@ mod describe_tests {
         let context = anyhow::Error::new(gone()).context("reading b.toml");
         assert_eq!(describe(&context), "reading b.toml: No such file or directory");
         assert_eq!(describe(&anyhow::anyhow!("plain")), "plain");
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::with_notify_quiet;
+
+    #[test]
+    fn notify_is_held_to_warnings_unless_the_filter_says_otherwise() {
+        assert_eq!(with_notify_quiet("info"), "info,notify=warn");
+        assert_eq!(with_notify_quiet("debug,veil=trace"), "debug,veil=trace,notify=warn");
+        assert_eq!(with_notify_quiet("info,notify=debug"), "info,notify=debug");
+        assert_eq!(with_notify_quiet("warn"), "warn");
+        assert_eq!(with_notify_quiet("off"), "off");
     }
 }
