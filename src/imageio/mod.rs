@@ -1068,6 +1068,12 @@ fn merge_deep(new: &RgbImage, deep: &ImageBuffer<Rgb<u16>, Vec<u16>>) -> ImageBu
     })
 }
 
+/// Whether two sizes have the same shape, to 5 % (a small thumbnail's rounding stays within it).
+fn same_shape(a: (u32, u32), b: (u32, u32)) -> bool {
+    let ratio = |(w, h): (u32, u32)| f64::from(w.max(1)) / f64::from(h.max(1));
+    (ratio(a) / ratio(b) - 1.0).abs() <= 0.05
+}
+
 /// The EXIF structure to write: GPS removed when asked, thumbnail regenerated from `stored`.
 fn prepare_exif(blob: &[u8], s: &Settings, stored: &Stored<'_>, max_len: usize) -> Option<Vec<u8>> {
     if s.metadata == MetadataPolicy::Strip {
@@ -1084,10 +1090,14 @@ fn prepare_exif(blob: &[u8], s: &Settings, stored: &Stored<'_>, max_len: usize) 
         }
         (_, Some(th)) => {
             let old = &blob[th.offset..th.offset + th.len];
-            let (tw, th_h) = jpeg::dimensions(old).unwrap_or_else(|| {
-                let (w, h) = stored.dimensions();
-                fit(w, h, 160)
-            });
+            // The old thumbnail's size, unless its shape is not the photo's (a spliced file): then
+            // the photo's shape within the old thumbnail's longer side.
+            let (w, h) = stored.dimensions();
+            let (tw, th_h) = match jpeg::dimensions(old) {
+                Some((ow, oh)) if same_shape((ow, oh), (w, h)) => (ow, oh),
+                Some((ow, oh)) => fit(w, h, ow.max(oh)),
+                None => fit(w, h, 160),
+            };
             let small = stored.thumbnail(tw.max(1), th_h.max(1));
             let replaced = [90u8, 75, 60, 40].iter().any(|&q| {
                 encode_jpeg(&small, q, Chroma::Half, false)

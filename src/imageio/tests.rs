@@ -214,6 +214,21 @@ fn cmyk_jpeg_decodes_and_drops_its_cmyk_profile() {
 }
 
 #[test]
+fn a_thumbnail_of_another_shape_is_regenerated_in_the_photos_shape() {
+    // A 40×64 photo whose EXIF thumbnail is 16×12 (a spliced file): the new one is 10×16, not the
+    // photo squashed into 16×12; one of the same shape keeps its size (the camera test above).
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tall.jpg");
+    std::fs::write(&src, camera_jpeg(&gradient(40, 64), 1)).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    let w = write(&photo, d.path(), "tall.jpg", None, &Settings::default()).unwrap();
+    let segs = header_segments(&std::fs::read(&w.path).unwrap());
+    let (_, exif) = segs.iter().find(|(_, p)| p.starts_with(jpeg::EXIF_ID)).unwrap();
+    let th = tiffmeta::thumbnail(&exif[6..]).1.unwrap();
+    assert_eq!(jpeg::dimensions(&exif[6 + th.offset..6 + th.offset + th.len]), Some((10, 16)));
+}
+
+#[test]
 fn truncated_jpeg_is_a_clear_error() {
     let d = tempfile::tempdir().unwrap();
     let data = camera_jpeg(&gradient(64, 64), 1);
