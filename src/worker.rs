@@ -451,10 +451,15 @@ mod tests {
         assert_eq!(done.output, out.join("p.png"));
         assert_eq!(image::open(&done.output).unwrap().to_rgb8().get_pixel(3, 2).0, [10, 20, 30]);
 
-        std::fs::write(&src, b"\x89PNG\r\n\x1a\nbroken").unwrap();
+        std::fs::write(&src, b"not a photo at all").unwrap();
         let e = CopyProtector.protect(&job).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Permanent);
         assert!(e.message.contains("p.png"), "{e}");
+        // Cut short, as a file still being written reads: tried again.
+        std::fs::write(&src, b"\x89PNG\r\n\x1a\nbroken").unwrap();
+        let e = CopyProtector.protect(&job).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(e.message.contains("p.png") && e.message.contains("truncated PNG"), "{e}");
         std::fs::remove_file(&src).unwrap();
         assert_eq!(CopyProtector.protect(&job).unwrap_err().kind, ErrorKind::Gone);
         std::fs::write(&src, std::fs::read(&done.output).unwrap()).unwrap();
