@@ -7,6 +7,7 @@ use std::{fmt, path::Path};
 
 use crate::{
     config::{Config, Source},
+    control::server::check_place,
     engine::{self, CudaStatus},
     models::{Inventory, MANIFEST},
     paths::Dirs,
@@ -166,7 +167,7 @@ pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
 fn check_models(report: &mut Report, config: &Config) {
     let Some(dir) = config.models.dir.as_deref() else { return };
     report.push(Level::Info, "models", dir.display().to_string());
-    let inventory = Inventory::take(dir);
+    let inventory = Inventory::check(dir);
     let broken: Vec<String> = inventory
         .detector
         .iter()
@@ -238,34 +239,22 @@ fn describe_dir(path: &Path) -> (Level, String) {
     }
 }
 
-/// The control socket: a socket there (a daemon, or a stale one it replaces), nothing there, or a
-/// file veild refuses to remove.
+/// The control socket: its place as veild would take it ([`check_place`]), then a socket there (a
+/// daemon, or a stale one it replaces) or nothing, whose folder can be made.
 fn describe_socket(path: &Path) -> (Level, String) {
-    use std::os::unix::fs::FileTypeExt;
     let shown = path.display();
-    let (level, detail) = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => (Level::Info, format!("{shown} (present)")),
-        Ok(_) => (
+    if let Err(e) = check_place(path) {
+        return (Level::Fail, format!("{e}: veild will not start"));
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        return (Level::Info, format!("{shown} (present)"));
+    }
+    match path.parent().and_then(blocked_by) {
+        Some(file) => (
             Level::Fail,
-            format!("{shown} exists and is not a socket: veild will not start (it never removes it); set paths.socket to another path"),
+            format!("{shown}: its folder cannot be created: {} is not a folder", file.display()),
         ),
-        Err(_) => match path.parent().and_then(blocked_by) {
-            Some(file) => (Level::Fail, format!("{shown}: its folder cannot be created: {} is not a folder", file.display())),
-            None => (Level::Info, format!("{shown} (absent: no daemon running)")),
-        },
-    };
-    use std::os::unix::fs::MetadataExt;
-    let open = path
-        .parent()
-        .and_then(|p| std::fs::metadata(p).ok())
-        .map(|m| m.mode())
-        .filter(|m| m & 0o022 != 0 && m & 0o1000 == 0);
-    match open {
-        Some(mode) if level != Level::Fail => (
-            Level::Fail,
-            format!("{shown}: its folder (mode {:o}) can be written by others, who could replace the socket; veild refuses it", mode & 0o7777),
-        ),
-        _ => (level, detail),
+        None => (Level::Info, format!("{shown} (absent: no daemon running)")),
     }
 }
 

@@ -150,8 +150,19 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Looks at `dir` and loads every file it names on the CPU (nothing is kept).
+    /// Looks at `dir` and loads every file it names on the CPU (nothing is kept): what `veild`
+    /// reports at start, before its engine loads (and checks) the generators it runs.
     pub fn take(dir: &Path) -> Inventory {
+        Inventory::read(dir, false)
+    }
+
+    /// [`Inventory::take`], each generator also run once as [`check_generator`] runs it: what
+    /// `veil doctor` reports, so a file of the wrong kind is named before anything uses it.
+    pub fn check(dir: &Path) -> Inventory {
+        Inventory::read(dir, true)
+    }
+
+    fn read(dir: &Path, run: bool) -> Inventory {
         let detector = mtcnn_files(dir)
             .into_iter()
             .map(|path| {
@@ -173,6 +184,9 @@ impl Inventory {
                         tch::CModule::load(&path)
                             .map_err(|e| torch_message(&e))
                             .and_then(|mut m| {
+                                if !run {
+                                    return Ok(());
+                                }
                                 // As the engine runs it: fp32 (the files hold fp16), eval mode.
                                 m.to(tch::Device::Cpu, tch::Kind::Float, false);
                                 m.set_eval();

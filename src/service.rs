@@ -466,9 +466,7 @@ impl Core {
             Msg::Control(command, reply) => {
                 let _ = reply.send(self.command(command));
             }
-            Msg::Unavailable(reason) => self.remember(format!(
-                "photos cannot be protected: {reason}; nothing is written: each photo is tried a few times, then marked failed (fix the models, see `veil doctor`, restart veild, then `veil retry --all`)"
-            )),
+            Msg::Unavailable(reason) => self.remember(worker::cannot_protect(&reason)),
             Msg::Shutdown => {}
         }
     }

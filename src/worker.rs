@@ -132,7 +132,7 @@ pub fn protector(config: &Config) -> Result<Box<dyn Protector>, String> {
         Ok(p) => p,
         Err(e) => {
             let reason = e.to_string();
-            tracing::error!("photos cannot be protected: {reason}; nothing is written: each photo is recorded, tried a few times, then marked failed (fix the models, see `veil doctor`, restart veild, then `veil retry --all`)");
+            tracing::error!("{}", cannot_protect(&reason));
             return Ok(Box::new(Unavailable { reason }));
         }
     };
@@ -140,6 +140,14 @@ pub fn protector(config: &Config) -> Result<Box<dyn Protector>, String> {
     tracing::info!("protection engine loaded on {}: {}", crate::engine::describe(device), names.join(", "));
     let rng = Rng::new(config.protect.seed());
     Ok(Box::new(PipelineProtector { pipeline, rng }))
+}
+
+/// What `veild` tells (in its log and `veil status`) of an engine whose models did not load.
+pub fn cannot_protect(reason: &str) -> String {
+    format!(
+        "photos cannot be protected: {reason}; nothing is written: each photo is tried a few times, then \
+         marked failed (fix the models, see `veil doctor`, restart veild, then `veil retry --all`)"
+    )
 }
 
 /// The real engine: [`Pipeline::protect_files`] for each batch of jobs.

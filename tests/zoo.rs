@@ -97,7 +97,7 @@ fn a_wrong_or_damaged_model_file_is_named_when_loaded() {
     let attgan = std::fs::read(fixtures.join("attgan.pt")).unwrap();
     std::fs::write(dir.join("attgan.pt"), &attgan[..1000]).unwrap();
 
-    let inventory = veil::models::Inventory::take(dir);
+    let inventory = veil::models::Inventory::check(dir);
     let generators = inventory.generators.unwrap();
     for (entry, loaded) in &generators {
         match entry.name.as_str() {

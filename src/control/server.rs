@@ -77,6 +77,25 @@ pub fn lock_pid_file(path: &Path) -> Result<std::fs::File, Option<std::io::Error
     Ok(file)
 }
 
+/// Whether `socket` can be a control socket as its place stands now: its folder, where there is
+/// one, not writable by others (they could replace the socket with their own, unless the sticky bit
+/// keeps them to their own files, as in /tmp), and nothing but a socket at the path (anything else
+/// is never removed). `veil doctor` asks the same.
+pub fn check_place(socket: &Path) -> Result<(), ControlError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if let Some(dir) = socket.parent() {
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+                return Err(ControlError::OpenFolder { path: dir.into(), mode: meta.mode() & 0o7777 });
+            }
+        }
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(found) if !found.file_type().is_socket() => Err(ControlError::NotASocket { path: socket.into() }),
+        _ => Ok(()),
+    }
+}
+
 impl Listener {
     /// Creates the socket's folder when missing (0700; an existing one, which must be ours, keeps its
     /// mode), takes `<socket>.lock`, replaces a stale socket (nobody answers on it; anything else at
@@ -94,17 +113,7 @@ impl Listener {
         if meta.uid() != me {
             return Err(ControlError::NotOwner { path: dir.into(), owner: meta.uid(), me });
         }
-        // Others who may write there could replace the socket with their own (unless the sticky
-        // bit keeps them to their own files, as in /tmp).
-        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
-            return Err(ControlError::OpenFolder { path: dir.into(), mode: meta.mode() & 0o7777 });
-        }
-        if let Ok(found) = std::fs::symlink_metadata(socket) {
-            use std::os::unix::fs::FileTypeExt;
-            if !found.file_type().is_socket() {
-                return Err(ControlError::NotASocket { path: socket.into() });
-            }
-        }
+        check_place(socket)?;
 
         let mut lock_path = socket.as_os_str().to_owned();
         lock_path.push(".lock");
@@ -116,12 +125,9 @@ impl Listener {
             }
             Err(Some(source)) => return Err(ControlError::Lock { path: lock_path, source }),
         };
-        if let Ok(found) = std::fs::symlink_metadata(socket) {
-            use std::os::unix::fs::FileTypeExt;
-            if !found.file_type().is_socket() {
-                // Put there since the check above.
-                return Err(ControlError::NotASocket { path: socket.into() });
-            }
+        if std::fs::symlink_metadata(socket).is_ok() {
+            // Again: something else may have been put there since.
+            check_place(socket)?;
             if std::os::unix::net::UnixStream::connect(socket).is_ok() {
                 return Err(ControlError::Running { socket: socket.into(), pid: "unknown".into() });
             }

@@ -1237,15 +1237,6 @@ fn encode_jpeg_reusing(
     encode_jpeg_strips(img, quality, chroma, threads, plan, done)
 }
 
-/// RGB rows (`raw`, `width` pixels wide) as one baseline JPEG, with optimized (`optimize`, 4:4:4 only)
-/// or standard Huffman tables; at 4:2:0 with each 2×2 block's colour averaged
-/// ([`jpeg::Averaged420`]), as libjpeg writes it. `veil eval`'s JPEG defenses use it too.
-///
-/// A 4:2:0 JPEG always gets the standard tables: `jpeg-encoder` writes optimized tables only in
-/// one scan per component (non-interleaved), which `image` 0.25's decoder (zune-jpeg 0.5.15) turns
-/// into garbage at 4:2:0 (zune-image issue 422; Veil itself reads such files with `jpeg-decoder`,
-/// see [`jpeg::is_non_interleaved`], but other programs built on `image` would not). Interleaved,
-/// as libjpeg writes it by default, every decoder reads it.
 /// A one-component JPEG, with optimized Huffman tables (one core: a third of an RGB photo's work).
 fn encode_jpeg_grey(img: &image::GrayImage, quality: u8) -> Result<Vec<u8>, String> {
     let (w, h) = img.dimensions();
@@ -1258,6 +1249,15 @@ fn encode_jpeg_grey(img: &image::GrayImage, quality: u8) -> Result<Vec<u8>, Stri
     Ok(out)
 }
 
+/// RGB rows (`raw`, `width` pixels wide) as one baseline JPEG, with optimized (`optimize`, 4:4:4 only)
+/// or standard Huffman tables; at 4:2:0 with each 2×2 block's colour averaged
+/// ([`jpeg::Averaged420`]), as libjpeg writes it. `veil eval`'s JPEG defenses use it too.
+///
+/// A 4:2:0 JPEG always gets the standard tables: `jpeg-encoder` writes optimized tables only in
+/// one scan per component (non-interleaved), which `image` 0.25's decoder (zune-jpeg 0.5.15) turns
+/// into garbage at 4:2:0 (zune-image issue 422; Veil itself reads such files with `jpeg-decoder`,
+/// see [`jpeg::is_non_interleaved`], but other programs built on `image` would not). Interleaved,
+/// as libjpeg writes it by default, every decoder reads it.
 pub(crate) fn encode_jpeg_piece(
     raw: &[u8],
     width: u16,
@@ -1629,7 +1629,7 @@ fn without_xmp_gps(meta: &Meta, same: bool) -> Meta {
         return m;
     }
     match &mut m.native {
-        Native::Jpeg { segments, .. } => jpeg_xmp_without_gps(segments),
+        Native::Jpeg { segments, .. } => jpeg_without_gps(segments),
         Native::Png { chunks } => {
             chunks.retain_mut(|(kind, raw)| {
                 let data = raw.get(8..raw.len().saturating_sub(4)).unwrap_or_default();
@@ -1725,12 +1725,12 @@ fn scrub_xmp(where_: &str, packet: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// `keep-no-gps` on JPEG segments (marker, payload): the XMP segment without its GPS properties
+/// `keep-no-gps` on JPEG segments (marker, payload): every EXIF segment without its GPS IFD (some
+/// editors write a second one; a re-encoded copy replaces the first with the prepared EXIF), the
+/// Photoshop block as [`irb_without_gps`] leaves it, the XMP segment without its GPS properties
 /// (dropped when unreadable), the extended XMP parts dropped when any of them mentions GPS; every
 /// other segment as it was.
-fn jpeg_xmp_without_gps(segments: &mut Vec<(u8, Vec<u8>)>) {
-    // A second EXIF segment (some editors write one) loses its GPS block as the first does; the
-    // first is replaced by the prepared EXIF, or was scrubbed in place already.
+fn jpeg_without_gps(segments: &mut Vec<(u8, Vec<u8>)>) {
     for (_, p) in segments.iter_mut().filter(|(m, p)| *m == jpeg::APP1 && p.starts_with(jpeg::EXIF_ID)) {
         if tiffmeta::remove_gps(&mut p[jpeg::EXIF_ID.len()..]) {
             tracing::info!("removed the GPS IFD of an EXIF segment (imageio.metadata = \"keep-no-gps\")");
@@ -1801,8 +1801,8 @@ fn irb_without_gps(p: &mut [u8]) -> bool {
 }
 
 /// A no-face copy of a JPEG under `keep-no-gps`, without re-encoding: the source's segments as
-/// [`jpeg::unchanged`] keeps them, the first EXIF's GPS IFD removed in place
-/// ([`tiffmeta::remove_gps`]) and the XMP as [`jpeg_xmp_without_gps`] leaves it, then the scans.
+/// [`jpeg::unchanged`] keeps them, with GPS removed as [`jpeg_without_gps`] removes it (in place,
+/// [`tiffmeta::remove_gps`], for the EXIF), then the scans.
 /// `None` when an embedded thumbnail (EXIF's, or one in Photoshop's APP13) carries metadata of its
 /// own, which only a copy written afresh (thumbnails regenerated) is sure to leave behind.
 fn unchanged_without_gps(data: &[u8], layout: &jpeg::Layout) -> Option<Vec<u8>> {
@@ -1813,22 +1813,18 @@ fn unchanged_without_gps(data: &[u8], layout: &jpeg::Layout) -> Option<Vec<u8>> 
         .collect();
     let nested =
         |b: &[u8]| [jpeg::EXIF_ID, jpeg::XMP_ID].iter().any(|id| b.windows(id.len()).any(|w| w == *id));
-    if let Some((_, p)) = segments.iter_mut().find(|(m, p)| *m == jpeg::APP1 && p.starts_with(jpeg::EXIF_ID))
-    {
-        let blob = &mut p[jpeg::EXIF_ID.len()..];
+    if let Some((_, p)) = segments.iter().find(|(m, p)| *m == jpeg::APP1 && p.starts_with(jpeg::EXIF_ID)) {
+        let blob = &p[jpeg::EXIF_ID.len()..];
         if let (_, Some(th)) = tiffmeta::thumbnail(blob) {
             if nested(&blob[th.offset..th.offset + th.len]) {
                 return None;
             }
         }
-        if tiffmeta::remove_gps(blob) {
-            tracing::info!("removed the GPS IFD (imageio.metadata = \"keep-no-gps\")");
-        }
     }
     if segments.iter().any(|(m, p)| *m == 0xED && nested(p)) {
         return None;
     }
-    jpeg_xmp_without_gps(&mut segments);
+    jpeg_without_gps(&mut segments);
     Some(jpeg::assemble(data, layout, &segments))
 }
 
@@ -1842,20 +1838,19 @@ fn encode_tiff(img: &DynamicImage, le: bool, mut entries: Vec<OutEntry>) -> Resu
         (img.color().bits_per_pixel() / u16::from(img.color().channel_count())),
     );
     let grey = !img.color().has_color();
+    // The image's own samples, in its channel order; 16-bit ones in the file's byte order.
+    let words = |v: &[u16]| -> Vec<u8> {
+        v.iter().flat_map(|v| if le { v.to_le_bytes() } else { v.to_be_bytes() }).collect()
+    };
     let samples: Vec<u8> = match img {
-        DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgba16(_) => {
-            let words: Vec<u16> =
-                if channels == 4 { img.to_rgba16().into_raw() } else { img.to_rgb16().into_raw() };
-            words.iter().flat_map(|v| if le { v.to_le_bytes() } else { v.to_be_bytes() }).collect()
-        }
-        DynamicImage::ImageLuma16(_) | DynamicImage::ImageLumaA16(_) => {
-            let words: Vec<u16> =
-                if channels == 2 { img.to_luma_alpha16().into_raw() } else { img.to_luma16().into_raw() };
-            words.iter().flat_map(|v| if le { v.to_le_bytes() } else { v.to_be_bytes() }).collect()
-        }
-        DynamicImage::ImageRgba8(i) => i.as_raw().clone(),
-        DynamicImage::ImageLuma8(i) => i.as_raw().clone(),
-        DynamicImage::ImageLumaA8(i) => i.as_raw().clone(),
+        DynamicImage::ImageRgb16(i) => words(i.as_raw()),
+        DynamicImage::ImageRgba16(i) => words(i.as_raw()),
+        DynamicImage::ImageLuma16(i) => words(i.as_raw()),
+        DynamicImage::ImageLumaA16(i) => words(i.as_raw()),
+        DynamicImage::ImageRgb8(_)
+        | DynamicImage::ImageRgba8(_)
+        | DynamicImage::ImageLuma8(_)
+        | DynamicImage::ImageLumaA8(_) => img.as_bytes().to_vec(),
         other => other.to_rgb8().into_raw(),
     };
     let row = w as usize * channels as usize * (bits as usize / 8);
