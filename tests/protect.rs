@@ -238,6 +238,68 @@ fn faces_attacked_together_each_stay_in_bound_and_are_each_disrupted() {
     }
 }
 
+/// `img: [3,H,W]` uint8 enlarged `f` times (bicubic), as a camera photo's face is larger than
+/// CelebA's.
+fn enlarged(img: &Tensor, f: i64) -> Tensor {
+    let (h, w) = (img.size()[1], img.size()[2]);
+    img.to_kind(Kind::Float)
+        .unsqueeze(0)
+        .upsample_bicubic2d([h * f, w * f], false, None, None)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .squeeze_dim(0)
+}
+
+#[test]
+fn a_large_face_attacked_at_a_capped_size_stays_in_bound_and_is_disrupted_as_at_full_size() {
+    let ens = ensemble();
+    // CelebA enlarged 3 times: a 534 px face, over 4 times the fixtures' 32 px input, so `detail`
+    // 4 attacks it at 128 px and enlarges the perturbation.
+    let face = Region { x: 0, y: 60, w: 534, h: 534 };
+    let unit = |img: &Tensor| {
+        protect::to_unit(&img.narrow(1, face.y, face.h).narrow(2, face.x, face.w), Device::Cpu)
+    };
+    let mean_mse = |clean: &Tensor, prot: &Tensor| {
+        let per = ens.mse_per_condition(&unit(clean), &unit(prot), Transform::Identity).unwrap();
+        let vals: Vec<f64> = per.iter().flat_map(|(_, v)| v.clone()).collect();
+        vals.iter().sum::<f64>() / vals.len() as f64
+    };
+    let (mut capped, mut full, mut noise_sum) = (0.0, 0.0, 0.0);
+    for (i, img) in faces(3).iter().enumerate() {
+        let big = enlarged(img, 3);
+        let p = Params::preset(Preset::Fast);
+        assert_eq!(p.detail, 4.0);
+        let run = |p: &Params| {
+            protect::protect_pixels(&ens, &big, &[Target::face(face)], p, &mut Rng::new(i as u64)).unwrap().0
+        };
+        let prot = run(&p);
+        let diff = (prot.to_kind(Kind::Int64) - big.to_kind(Kind::Int64)).abs();
+        let max = diff.max().int64_value(&[]);
+        assert!(max <= protect::max_levels(p.epsilon), "face {i}: a byte moved by {max}");
+        assert_eq!(diff.narrow(1, 0, face.y).sum(Kind::Int64).int64_value(&[]), 0, "face {i}: moved above");
+        let inside =
+            diff.narrow(1, face.y, face.h).ne(0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!(inside > 0.5, "face {i}: only {inside} of the face pixels changed");
+        let sign =
+            protect::with_torch_seed(i as i64, || Tensor::randint(2, big.size(), (Kind::Int64, Device::Cpu)));
+        let noisy =
+            (big.to_kind(Kind::Int64) + (sign * 2 - 1) * protect::max_levels(p.epsilon)).clamp(0, 255);
+        let (c, f, n) = (
+            mean_mse(&big, &prot),
+            mean_mse(&big, &run(&Params { detail: 0.0, ..p })),
+            mean_mse(&big, &noisy.to_kind(Kind::Uint8)),
+        );
+        println!("face {i}: capped {c:.5}, full size {f:.5}, noise {n:.5}");
+        (capped, full, noise_sum) = (capped + c, full + f, noise_sum + n);
+    }
+    if full == 0.0 {
+        return;
+    }
+    assert!(capped > 3.0 * noise_sum, "capped {capped} vs noise {noise_sum}");
+    assert!(capped > 0.8 * full, "capped {capped} vs full size {full}");
+}
+
 #[test]
 fn same_seed_same_protection() {
     let ens = ensemble();
@@ -376,7 +438,9 @@ fn a_coarse_part_leaves_more_of_the_perturbation_past_a_blur() {
     }
     let (mut two, mut one) = ((0.0, 0.0), (0.0, 0.0));
     for (i, img) in imgs.iter().enumerate() {
-        let p = Params::preset(Preset::Balanced);
+        // At the face's own resolution: with `detail` on, the 178 px face is attacked at 128 px (4
+        // times the fixtures' input) and its perturbation enlarged, which already smooths both.
+        let p = Params { detail: 0.0, ..Params::preset(Preset::Balanced) };
         let (a, b) = energy(img, &protect(&ens, img, &Params { coarse: 2, ..p.clone() }, i as u64));
         let (c, d) = energy(img, &protect(&ens, img, &Params { coarse: 1, ..p }, i as u64));
         two = (two.0 + a, two.1 + b);

@@ -94,6 +94,14 @@ impl Region {
         Region { x: self.x - x, y: self.y - y, ..*self }
     }
 
+    /// The same region in the image scaled by `sx` across and `sy` down.
+    fn resized(&self, sx: f64, sy: f64) -> Region {
+        let (x, y) = ((self.x as f64 * sx).round() as i64, (self.y as f64 * sy).round() as i64);
+        let r = ((self.x + self.w) as f64 * sx).round() as i64;
+        let b = ((self.y + self.h) as f64 * sy).round() as i64;
+        Region { x, y, w: (r - x).max(1), h: (b - y).max(1) }
+    }
+
     /// Grown by `px` pixels on every side.
     fn grown_by(&self, px: i64) -> Region {
         Region { x: self.x - px, y: self.y - px, w: self.w + 2 * px, h: self.h + 2 * px }
@@ -119,6 +127,17 @@ impl Aligned {
     /// An upright crop.
     pub fn upright(square: Region) -> Aligned {
         Aligned { square, angle: 0.0 }
+    }
+
+    /// The same crop in the image scaled by `sx` across and `sy` down: its center moved there, still
+    /// a square, its side scaled by their mean.
+    fn resized(&self, sx: f64, sy: f64) -> Aligned {
+        let r = &self.square;
+        let side = ((r.w as f64 * (sx + sy) / 2.0).round() as i64).max(1);
+        let cx = (r.x as f64 + r.w as f64 / 2.0) * sx;
+        let cy = (r.y as f64 + r.h as f64 / 2.0) * sy;
+        let (x, y) = ((cx - side as f64 / 2.0).round() as i64, (cy - side as f64 / 2.0).round() as i64);
+        Aligned { square: Region { x, y, w: side, h: side }, angle: self.angle }
     }
 
     /// The smallest rectangle around the turned square.
@@ -289,7 +308,10 @@ pub fn feather_mask(h: i64, w: i64, feather: f64, device: Device) -> Tensor {
 
 /// `[3,H,W]` uint8 → `[1,3,H,W]` float in [-1,1] on `device`.
 pub fn to_unit(pixels: &Tensor, device: Device) -> Tensor {
-    (pixels.to_device(device).to_kind(Kind::Float) / 127.5 - 1.0).unsqueeze(0)
+    // In place after the conversion: one float copy of a large crop, not three.
+    let mut x = pixels.to_device(device).to_kind(Kind::Float);
+    let _ = x.divide_scalar_(127.5).subtract_scalar_(1.0);
+    x.unsqueeze(0)
 }
 
 /// Largest change in 8-bit levels that stays within ε after rounding.
@@ -727,6 +749,20 @@ fn attack_batch_targets(
     Ok((advs, targets))
 }
 
+/// The size `(h, w)` at which `context` is attacked when its `face` is larger than `detail` times
+/// `input` (the ensemble's largest generator input): shrunk so the face's longer side is that;
+/// `None` when the face is not larger (or `detail` is 0), so it is attacked at its own resolution.
+fn attack_size(face: &Region, context: &Region, input: i64, detail: f64) -> Option<(i64, i64)> {
+    let most = detail * input as f64;
+    let side = face.w.max(face.h) as f64;
+    if detail <= 0.0 || input <= 0 || side <= most {
+        return None;
+    }
+    let s = most / side;
+    let shrunk = |len: i64| ((len as f64 * s).round() as i64).max(1);
+    Some((shrunk(context.h), shrunk(context.w)))
+}
+
 /// Whether `x: [1,3,h,w]` is grey: its three channels equal everywhere.
 fn is_grey(x: &Tensor) -> bool {
     let c = |i: i64| x.narrow(1, i, 1);
@@ -797,40 +833,101 @@ pub fn protect_many(
             .zip(&contexts)
             .map(|((i, _), c)| images[*i].0.narrow(1, c.y, c.h).narrow(2, c.x, c.w))
             .collect();
-        let xs: Vec<Tensor> = crops.iter().map(|c| to_unit(c, ensemble.device)).collect();
-        // The feather mask of the extent, zero in the context around it.
+        // The size (h, w) each context is attacked at when its face is larger than `params.detail`
+        // allows; `None`: at its own.
+        let input = ensemble.generators.iter().map(|g| g.input_size).max().unwrap_or(0);
+        let shrink: Vec<Option<(i64, i64)>> =
+            faces.iter().zip(&contexts).map(|(f, c)| attack_size(f, c, input, params.detail)).collect();
+        // [1,3,h,w] in [-1,1]: the context at the size it is attacked at.
+        let xs: Vec<Tensor> = crops
+            .iter()
+            .zip(&shrink)
+            .map(|(c, size)| {
+                let x = to_unit(c, ensemble.device);
+                match size {
+                    Some((h, w)) => spread::resize(&x, *h, *w),
+                    None => x,
+                }
+            })
+            .collect();
+        // The feather mask of the extent, zero in the context around it, at the attack's size.
         let masks: Vec<Tensor> = contexts
             .iter()
             .zip(&extents)
-            .map(|(c, e)| {
+            .zip(&shrink)
+            .map(|((c, e), size)| {
                 let feathered = feather_mask(e.h, e.w, params.feather, ensemble.device);
-                if (e.w, e.h) == (c.w, c.h) {
-                    return feathered;
+                let m = if (e.w, e.h) == (c.w, c.h) {
+                    feathered
+                } else {
+                    let m = Tensor::zeros([1, 1, c.h, c.w], (Kind::Float, ensemble.device));
+                    crop(&m, e).copy_(&feathered);
+                    m
+                };
+                match size {
+                    Some((h, w)) => spread::resize(&m, *h, *w),
+                    None => m,
                 }
-                let m = Tensor::zeros([1, 1, c.h, c.w], (Kind::Float, ensemble.device));
-                crop(&m, e).copy_(&feathered);
-                m
             })
             .collect();
-        let (advs, targets) = attack_batch_targets(ensemble, &xs, &masks, &faces, &aligned, params, rng)?;
+        let scaled = |n: usize| -> (f64, f64) {
+            match shrink[n] {
+                Some((h, w)) => (w as f64 / contexts[n].w as f64, h as f64 / contexts[n].h as f64),
+                None => (1.0, 1.0),
+            }
+        };
+        let attacked_faces: Vec<Region> = faces
+            .iter()
+            .enumerate()
+            .map(|(n, f)| {
+                let (sx, sy) = scaled(n);
+                let (w, h) = (xs[n].size()[3], xs[n].size()[2]);
+                f.resized(sx, sy).clip(w, h).unwrap_or(Region { x: 0, y: 0, w, h })
+            })
+            .collect();
+        let attacked_aligned: Vec<Vec<Aligned>> = aligned
+            .iter()
+            .enumerate()
+            .map(|(n, crops)| {
+                let (sx, sy) = scaled(n);
+                crops.iter().map(|a| a.resized(sx, sy)).collect()
+            })
+            .collect();
+        let (advs, mut targets) =
+            attack_batch_targets(ensemble, &xs, &masks, &attacked_faces, &attacked_aligned, params, rng)?;
         // Quantize: whole 8-bit levels, at most floor(ε·127.5) away from the original byte. Outside
-        // the extent the mask is zero, so nothing moves there.
+        // the extent the mask is zero, so nothing moves there; a perturbation found at a smaller
+        // size is enlarged to the context's pixels first, and only its extent is kept.
         let protected: Vec<Tensor> = tch::no_grad(|| {
             crops
                 .iter()
                 .zip(&xs)
                 .zip(&advs)
                 .zip(&extents)
-                .map(|(((crop_u8, x), x_adv), f)| {
-                    let delta = ((x_adv - x) * 127.5).round().clamp(-levels, levels);
-                    let orig = crop_u8.to_device(ensemble.device).to_kind(Kind::Float).unsqueeze(0);
-                    let out = (orig + delta).clamp(0.0, 255.0).squeeze_dim(0).to_kind(Kind::Uint8);
-                    out.narrow(1, f.y, f.h).narrow(2, f.x, f.w)
+                .zip(&shrink)
+                .map(|((((crop_u8, x), x_adv), e), size)| {
+                    let (h, w) = (crop_u8.size()[1], crop_u8.size()[2]);
+                    let delta = x_adv - x;
+                    let delta = match size {
+                        Some(_) => delta.upsample_bilinear2d([h, w], false, None, None),
+                        None => delta,
+                    };
+                    let mut delta = crop(&delta, e) * 127.5;
+                    let _ = delta.round_().clamp_(-levels, levels);
+                    let orig = crop_u8
+                        .narrow(1, e.y, e.h)
+                        .narrow(2, e.x, e.w)
+                        .to_device(ensemble.device)
+                        .to_kind(Kind::Float)
+                        .unsqueeze(0);
+                    let mut out = orig + delta;
+                    let _ = out.clamp_(0.0, 255.0);
+                    out.squeeze_dim(0).to_kind(Kind::Uint8)
                 })
                 .collect()
         });
         // The disruption reached by the quantized faces (Veil's own crops), against the clean outputs
-        // the attack used.
+        // the attack used; of the face's own pixels where it was attacked at a smaller size.
         let units: Vec<Tensor> = protected
             .iter()
             .zip(&faces)
@@ -839,6 +936,14 @@ pub fn protect_many(
                 to_unit(&p.narrow(1, f.y - e.y, f.h).narrow(2, f.x - e.x, f.w), ensemble.device)
             })
             .collect();
+        if shrink.iter().any(Option::is_some) {
+            let own: Vec<Tensor> = crops
+                .iter()
+                .zip(&faces)
+                .map(|(c, f)| to_unit(&c.narrow(1, f.y, f.h).narrow(2, f.x, f.w), ensemble.device))
+                .collect();
+            targets = clean_outputs(ensemble, &own)?;
+        }
         let losses = tch::no_grad(|| ensemble.disruption_batch(&units, &targets))?;
         for (((i, target), protected), losses) in chunk.iter().zip(&protected).zip(losses) {
             let (w, h) = size_of(*i);
@@ -865,6 +970,36 @@ mod tests {
         focused_loss(&out, &target, focus).backward();
         let g = out.grad().select(1, 0).select(1, 0).select(1, 0);
         (0..a.len() as i64).map(|r| g.double_value(&[r])).collect()
+    }
+
+    #[test]
+    fn only_a_face_larger_than_detail_times_the_input_is_attacked_shrunk() {
+        let face = Region { x: 100, y: 50, w: 800, h: 1000 };
+        let context = Region { x: 0, y: 0, w: 1200, h: 1600 };
+        // 4 × 128 = 512 px for the face's longer side (1000): everything scaled by 0.512.
+        assert_eq!(attack_size(&face, &context, 128, 4.0), Some((819, 614)));
+        // Small enough already, off, or no generator input to go by: its own resolution.
+        assert_eq!(attack_size(&face, &context, 128, 8.0), None);
+        assert_eq!(attack_size(&Region { w: 512, h: 512, ..face }, &context, 128, 4.0), None);
+        assert_eq!(attack_size(&face, &context, 128, 0.0), None);
+        assert_eq!(attack_size(&face, &context, 0, 4.0), None);
+        // A context never shrinks to nothing.
+        let sliver = Region { x: 0, y: 0, w: 10_000, h: 1 };
+        assert_eq!(attack_size(&Region { w: 10_000, ..sliver }, &sliver, 32, 1.0), Some((1, 32)));
+    }
+
+    #[test]
+    fn a_region_and_an_aligned_crop_scale_with_the_image() {
+        let r = Region { x: 10, y: 21, w: 100, h: 51 };
+        // Edges are scaled and rounded, so a region's far edge lands where the image's does.
+        assert_eq!(r.resized(0.5, 0.5), Region { x: 5, y: 11, w: 50, h: 25 });
+        assert_eq!(r.resized(2.0, 3.0), Region { x: 20, y: 63, w: 200, h: 153 });
+        assert_eq!(Region { x: 0, y: 0, w: 3, h: 3 }.resized(0.1, 0.1).w, 1);
+        // An aligned crop keeps its center (in scaled coordinates), its angle and its squareness.
+        let a = Aligned { square: Region { x: 100, y: 200, w: 300, h: 300 }, angle: 0.25 };
+        let b = a.resized(0.5, 0.5);
+        assert_eq!(b.square, Region { x: 50, y: 100, w: 150, h: 150 });
+        assert_eq!(b.angle, 0.25);
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub struct ProtectConfig {
     /// [`Params::coarse`]); 1 turns it off; unset, the preset's.
     #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "coarse")]
     pub coarse: Option<u32>,
+    /// A face larger than `detail` times the largest generator input (512 px for 128 px generators)
+    /// is attacked at that size, and its perturbation enlarged to the photo's pixels (see
+    /// [`Params::detail`]); 0 attacks every face at its own resolution.
+    #[serde(deserialize_with = "detail")]
+    pub detail: f64,
     pub no_face: NoFace,
     /// Loss weight per generator name (default 1.0).
     #[serde(deserialize_with = "weights")]
@@ -70,6 +75,7 @@ impl Default for ProtectConfig {
             focus: None,
             mix: None,
             coarse: None,
+            detail: DEFAULT_DETAIL,
             no_face: NoFace::Copy,
             weights: BTreeMap::new(),
         }
@@ -230,7 +236,18 @@ pub struct Params {
     /// coarse part's smooth patterns survive blur and downscaling, which a fine sign pattern does
     /// not. 1: one part, as the paper.
     pub coarse: u32,
+    /// Faces whose crop is larger than `detail` × the largest generator input are attacked on a
+    /// copy shrunk to that size (antialiased, as the generators' own resize), and the perturbation
+    /// found there is enlarged bilinearly to the face's pixels; 0: every face at its own resolution.
+    /// Every view the attack models (framing, resize to the generator, the spread's transforms)
+    /// ends at the generator's input size, so finer detail is averaged away by the attacker's own
+    /// resize, while a face attacked at full resolution costs memory and time in proportion to its
+    /// pixels.
+    pub detail: f64,
 }
+
+/// The default [`Params::detail`]: 4 times the generator input.
+pub const DEFAULT_DETAIL: f64 = 4.0;
 
 impl Params {
     /// The preset's parameters; `auto` unresolved means `balanced`.
@@ -255,6 +272,7 @@ impl Params {
             focus: 1.0,
             mix: true,
             coarse: 2,
+            detail: DEFAULT_DETAIL,
         }
     }
 }
@@ -290,6 +308,7 @@ impl ProtectConfig {
         if let Some(c) = self.coarse {
             p.coarse = c;
         }
+        p.detail = self.detail;
         p.framing.aligned = self.aligned;
         if !self.framing {
             p.framing = Framing::NONE;
@@ -333,6 +352,15 @@ fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 
 fn coarse<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     closed(d, 1, 16, "coarse").map(Some)
+}
+
+fn detail<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v == 0.0 || (1.0..=64.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!("detail must be 0 (off) or between 1 and 64, got {v}")))
+    }
 }
 
 fn focus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -413,6 +441,11 @@ mod tests {
         assert!(!parse("mix = false").unwrap().params(None).mix);
         assert_eq!(parse("").unwrap().params(None).coarse, 2);
         assert_eq!(parse("coarse = 1").unwrap().params(None).coarse, 1);
+        assert_eq!(parse("").unwrap().params(None).detail, 4.0);
+        assert_eq!(parse("detail = 0").unwrap().params(None).detail, 0.0);
+        assert_eq!(parse("detail = 2.5").unwrap().params(None).detail, 2.5);
+        let err = parse("detail = 0.5").unwrap_err();
+        assert!(err.contains("detail must be 0 (off) or between 1 and 64, got 0.5"), "{err}");
         let err = parse("coarse = 0").unwrap_err();
         assert!(err.contains("coarse must be between 1 and 16, got 0"), "{err}");
     }
