@@ -42,6 +42,8 @@ pub enum EvalError {
     Image(#[from] imageio::ImageError),
     #[error("cannot create a temporary folder: {0}")]
     Temp(std::io::Error),
+    #[error("cannot enlarge {}: {message}", path.display())]
+    Enlarge { path: PathBuf, message: String },
     #[error("the JPEG defense failed: {message}")]
     Defense { message: String },
     #[error("generator {name}: {message}")]
@@ -182,6 +184,8 @@ pub struct Report {
     pub split: String,
     /// Degrees each photo was turned before protection (`Options::tilt`).
     pub tilt: f64,
+    /// How many times each photo was enlarged before protection (`Options::upscale`).
+    pub upscale: u32,
     /// The variants run, in table order (`Options::baselines`).
     pub variants: Vec<Variant>,
     pub rows: Vec<Row>,
@@ -199,6 +203,11 @@ pub struct Options {
     /// Degrees to turn each photo before protecting it, as a tilted head would be: the attacker
     /// turns it back (aligns it) before taking the aligned crop. 0 leaves photos as they are.
     pub tilt: f64,
+    /// Enlarge each photo this many times (Catmull-Rom) before protecting it, so its face is as
+    /// large as in a camera photo (CelebA's 178×218 at 6 is 1068×1308, the face about 600 px); the
+    /// attacker's aligned crop is enlarged with it and resized to each generator's input as
+    /// always. 1 leaves photos as they are.
+    pub upscale: u32,
     /// Also run the baselines (±ε noise, single condition, no spread); `false` runs Veil's attack
     /// only, in about a third of the time.
     pub baselines: bool,
@@ -305,11 +314,13 @@ fn paper_conditions(attributes: &[String], truth: &BTreeMap<String, bool>) -> Ve
 }
 
 /// The attacker's view of a decoded photo: the central aligned square (rows 20..198 of a 178×218
-/// CelebA image; the central square otherwise) as `[1,3,s,s] in [-1,1]`.
+/// CelebA image, scaled with the image when it was enlarged a whole number of times; the central
+/// square otherwise) as `[1,3,s,s] in [-1,1]`.
 fn aligned_crop(img: &image::RgbImage, device: Device) -> Tensor {
     let (w, h) = img.dimensions();
-    let (x, y, s) = if (w, h) == (178, 218) {
-        (0, 20, 178)
+    let (x, y, s) = if w % 178 == 0 && w / 178 * 218 == h {
+        let f = w / 178;
+        (0, 20 * f, 178 * f)
     } else {
         let s = w.min(h);
         ((w - s) / 2, (h - s) / 2, s)
@@ -380,6 +391,16 @@ pub fn run(
 
     for (done, sample) in samples.iter().enumerate() {
         let mut photo = imageio::read(&sample.path, &config.imageio)?;
+        if opts.upscale > 1 {
+            // Enlarged, then read as a photo of its own (a lossless PNG), as a camera file would be.
+            let (w, h) = photo.pixels.dimensions();
+            let (f, filter) = (opts.upscale, image::imageops::FilterType::CatmullRom);
+            let big = image::imageops::resize(&photo.pixels, w * f, h * f, filter);
+            let path = tmp.path().join(format!("enlarged-{done}.png"));
+            big.save(&path)
+                .map_err(|e| EvalError::Enlarge { path: sample.path.clone(), message: e.to_string() })?;
+            photo = imageio::read(&path, &config.imageio)?;
+        }
         if opts.tilt != 0.0 {
             photo.pixels = turned(&photo.pixels, opts.tilt);
         }
@@ -497,6 +518,7 @@ pub fn run(
         preset: pipeline.preset(opts.preset),
         split: opts.split.clone(),
         tilt: opts.tilt,
+        upscale: opts.upscale,
         variants,
         rows: rows.into_values().collect(),
         quality: quality_by,
@@ -567,6 +589,9 @@ impl Report {
             "Disruption on {} {} images (preset {}), % of faces with MSE ≥ {THRESHOLD} and mean MSE; {} without a detected face.",
             self.images, self.split, self.preset, self.no_face
         );
+        if self.upscale > 1 {
+            let _ = writeln!(s, "Each photo enlarged {} times before protection.", self.upscale);
+        }
         if self.tilt != 0.0 {
             let _ =
                 writeln!(s, "Each photo turned by {}° before protection and back before judging.", self.tilt);
@@ -653,6 +678,7 @@ impl Report {
             "split": self.split,
             "preset": self.preset.to_string(),
             "tilt": self.tilt,
+            "upscale": self.upscale,
             "threshold": THRESHOLD,
             "rows": rows,
             "quality": quality,

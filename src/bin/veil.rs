@@ -85,6 +85,11 @@ enum Command {
         /// turns it upright again before cropping.
         #[arg(long, value_name = "DEGREES", default_value_t = 0.0, allow_negative_numbers = true, value_parser = tilt_degrees)]
         tilt: f64,
+        /// Enlarge each photo this many times before protecting it, so its face is as large as in a
+        /// camera photo (6: CelebA's 178×218 becomes 1068×1308); the attacker's crop is enlarged
+        /// with it
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        upscale: u32,
         /// Run Veil's attack only, without the baselines (±ε noise, single condition, no spread):
         /// about a third of the time.
         #[arg(long)]
@@ -302,14 +307,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (config, _) = effective_config(cli.config.as_deref())?;
             protect(&config, &paths, out_dir, preset, json, &mut out)
         }
-        Command::Eval { data, split, limit, preset, seed, tilt, no_baselines, json } => {
+        Command::Eval { data, split, limit, preset, seed, tilt, upscale, no_baselines, json } => {
             let (config, _) = effective_config(cli.config.as_deref())?;
             let pipeline = load_pipeline(&config)?;
             let limit = limit.map(|n| n as usize);
             let bar = progress(limit.unwrap_or(0) as u64);
             let report = eval::run(
                 &pipeline,
-                &eval::Options { data, split, limit, preset, seed, tilt, baselines: !no_baselines },
+                &eval::Options { data, split, limit, preset, seed, tilt, upscale, baselines: !no_baselines },
                 |done, total| {
                     bar.set_length(total as u64);
                     bar.set_position(done as u64);
