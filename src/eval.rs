@@ -716,6 +716,24 @@ mod tests {
     }
 
     #[test]
+    fn the_attackers_square_of_an_enlarged_celeba_photo_scales_with_it() {
+        // Rows 20..198 of 178×218, and rows 60..594 of the same photo at 3 times: the same face.
+        let small = image::RgbImage::from_fn(178, 218, |_, y| {
+            image::Rgb([if (20..198).contains(&y) { 200 } else { 0 }; 3])
+        });
+        let big = image::imageops::resize(&small, 534, 654, image::imageops::FilterType::Nearest);
+        let (a, b) = (aligned_crop(&small, Device::Cpu), aligned_crop(&big, Device::Cpu));
+        assert_eq!(a.size(), [1, 3, 178, 178]);
+        assert_eq!(b.size(), [1, 3, 534, 534]);
+        for x in [&a, &b] {
+            assert!(x.min().double_value(&[]) > 0.5, "a row outside the face was taken");
+        }
+        // Any other size: the central square.
+        let other = image::RgbImage::new(300, 200);
+        assert_eq!(aligned_crop(&other, Device::Cpu).size(), [1, 3, 200, 200]);
+    }
+
+    #[test]
     fn paper_conditions_follow_the_true_attributes() {
         let attrs: Vec<String> =
             ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"].map(String::from).to_vec();

@@ -228,6 +228,12 @@ fn bad_arguments_are_refused_before_any_work() {
         assert_eq!(out.status.code(), Some(2), "{tilt}: {}", stderr(&out));
         assert!(stderr(&out).contains("between -90 and 90 degrees"), "{}", stderr(&out));
     }
+    // So is an --upscale outside 1..=16.
+    for upscale in ["0", "17"] {
+        let out = home.veil(&["eval", "--data", "/nowhere", "--upscale", upscale]);
+        assert_eq!(out.status.code(), Some(2), "{upscale}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--upscale <N>"), "{}", stderr(&out));
+    }
     // A preview sheet is a PNG: another extension, or a folder, is refused before the photo is read.
     let photo = home.write("p.jpg", "not read");
     std::fs::create_dir_all(home.path().join("x.png")).unwrap();
