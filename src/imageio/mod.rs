@@ -10,7 +10,7 @@
 //! orientation (the Orientation tag is unchanged, so viewers show the copy as they showed the
 //! original), re-encodes in the input's format (or another, per folder), re-inserts the metadata
 //! segments byte for byte (EXIF with maker notes and GPS, XMP, ICC, IPTC, comments; PNG and WebP
-//! chunks; TIFF tags), regenerates the EXIF thumbnail from the protected pixels, and writes the file
+//! chunks; TIFF tags; a comment between JPEG and PNG, as a COM segment or `Comment` text), regenerates the EXIF thumbnail from the protected pixels, and writes the file
 //! atomically: hidden temporary name, `fsync`, rename that never clobbers (`photo (1).jpg`) unless
 //! `replace_existing` says so, `fsync` of the directory. No partial file is ever left behind.
 //!
@@ -321,6 +321,9 @@ struct Meta {
     exif: Option<Vec<u8>>,
     icc: Option<Vec<u8>>,
     xmp: Option<Vec<u8>>,
+    /// The photo's comment (JPEG's first COM segment, PNG's `Comment` text), carried when the copy
+    /// is written in the other of the two formats; within one format it travels with the rest.
+    comment: Option<String>,
     native: Native,
 }
 
@@ -645,8 +648,17 @@ fn jpeg_meta(data: &[u8], layout: &jpeg::Layout) -> Meta {
             jpeg::APP2 if p.starts_with(jpeg::MPF_ID) => false,
             // Adobe's segment describes the colour transform of the old encoding.
             jpeg::APP14 => false,
-            0xE0..=0xEF | jpeg::COM => true,
-            _ => false,
+            jpeg::COM => {
+                if meta.comment.is_none() {
+                    // UTF-8 as most writers now use; otherwise Latin-1, as older cameras wrote it.
+                    meta.comment = Some(
+                        String::from_utf8(p.to_vec())
+                            .unwrap_or_else(|_| p.iter().map(|&c| char::from(c)).collect()),
+                    );
+                }
+                true
+            }
+            m => (0xE0..=0xEF).contains(&m),
         };
         if keep {
             segments.push((s.marker, p.to_vec()));
@@ -671,7 +683,10 @@ fn png_meta(data: &[u8], chunks: &[png::Chunk]) -> Meta {
         match &c.kind {
             b"eXIf" if meta.exif.is_none() => meta.exif = Some(d.to_vec()),
             b"iCCP" if meta.icc.is_none() => meta.icc = png::icc(d),
-            b"iTXt" if meta.xmp.is_none() => meta.xmp = png::xmp(d).map(<[u8]>::to_vec),
+            b"iTXt" if meta.xmp.is_none() && png::xmp(d).is_some() => {
+                meta.xmp = png::xmp(d).map(<[u8]>::to_vec)
+            }
+            b"tEXt" | b"zTXt" | b"iTXt" if meta.comment.is_none() => meta.comment = png::comment(&c.kind, d),
             _ => {}
         }
         if png::carry(&c.kind, false) {
@@ -1493,6 +1508,10 @@ fn encode(
                     for p in meta.icc.as_deref().map(jpeg::icc_segments).unwrap_or_default() {
                         carried.push((jpeg::APP2, p));
                     }
+                    if let Some(c) = meta.comment.as_ref().filter(|c| !strip && c.len() <= jpeg::MAX_PAYLOAD)
+                    {
+                        carried.push((jpeg::COM, c.as_bytes().to_vec()));
+                    }
                 }
             }
             jpeg::splice(&encoded, &carried)
@@ -1529,6 +1548,10 @@ fn encode(
                     }
                     if let Some(x) = meta.xmp.as_ref().filter(|_| !strip) {
                         carried.push(png::Carried::New(*b"iTXt", png::xmp_data(x)));
+                    }
+                    if let Some(c) = meta.comment.as_ref().filter(|_| !strip) {
+                        let (kind, data) = png::comment_chunk(c);
+                        carried.push(png::Carried::New(kind, data));
                     }
                 }
             }

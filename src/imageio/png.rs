@@ -149,6 +149,58 @@ pub fn xmp_data(packet: &[u8]) -> Vec<u8> {
     d
 }
 
+/// The keyword under which PNG writers (exiftool, ImageMagick, GIMP) store a photo's comment.
+const COMMENT: &[u8] = b"Comment";
+
+/// The text of a tEXt, zTXt or iTXt chunk whose keyword is `Comment`: Latin-1 in tEXt and zTXt,
+/// UTF-8 in iTXt; a compressed one inflated up to [`MAX_INFLATED`]. `None` for another keyword or a
+/// malformed chunk.
+pub fn comment(kind: &[u8; 4], d: &[u8]) -> Option<String> {
+    let rest = d.strip_prefix(COMMENT)?.strip_prefix(b"\0")?;
+    let inflate = |z: &[u8]| {
+        let mut out = Vec::new();
+        flate2::read::ZlibDecoder::new(z).take(MAX_INFLATED).read_to_end(&mut out).ok().map(|_| out)
+    };
+    let latin1 = |b: &[u8]| b.iter().map(|&c| char::from(c)).collect::<String>();
+    match kind {
+        b"tEXt" => Some(latin1(rest)),
+        b"zTXt" => inflate(compressed_part(kind, d)?).map(|t| latin1(&t)),
+        b"iTXt" => {
+            let text = if rest.first() == Some(&1) {
+                inflate(compressed_part(kind, d)?)?
+            } else {
+                let after = rest.get(2..)?;
+                let lang = after.iter().position(|&b| b == 0)?;
+                let after = after.get(lang + 1..)?;
+                let key = after.iter().position(|&b| b == 0)?;
+                after.get(key + 1..)?.to_vec()
+            };
+            String::from_utf8(text).ok()
+        }
+        _ => None,
+    }
+}
+
+/// A text chunk holding `text` as the photo's comment: tEXt when Latin-1 holds it, else iTXt
+/// (UTF-8, uncompressed).
+pub fn comment_chunk(text: &str) -> ([u8; 4], Vec<u8>) {
+    let mut d = [COMMENT, b"\0"].concat();
+    let latin1: Option<Vec<u8>> =
+        text.chars().map(|c| u8::try_from(u32::from(c)).ok().filter(|&b| b != 0)).collect();
+    match latin1 {
+        Some(bytes) => {
+            d.extend_from_slice(&bytes);
+            (*b"tEXt", d)
+        }
+        None => {
+            // Not compressed, no language, no translated keyword.
+            d.extend_from_slice(b"\0\0\0\0");
+            d.extend_from_slice(text.as_bytes());
+            (*b"iTXt", d)
+        }
+    }
+}
+
 /// Builds the output: signature, the encoder's IHDR, the carried chunks (raw bytes, or data to
 /// which a CRC is added), then the encoder's IDAT chunks and IEND.
 pub fn splice(encoded: &[u8], carried: &[Carried]) -> Result<Vec<u8>, String> {

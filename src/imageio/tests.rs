@@ -550,6 +550,78 @@ fn other_output_format_carries_exif_icc_xmp() {
 }
 
 #[test]
+fn a_comment_crosses_between_jpeg_and_png() {
+    let d = tempfile::tempdir().unwrap();
+    // The camera JPEG's COM segment becomes a PNG `Comment` text chunk, and back.
+    let src = d.path().join("cam.jpg");
+    std::fs::write(&src, camera_jpeg(&gradient(32, 24), 1)).unwrap();
+    let photo = read(&src, &Settings::default()).unwrap();
+    let w = write(&photo, d.path(), "cam.jpg", Some(Format::Png), &Settings::default()).unwrap();
+    let out = std::fs::read(&w.path).unwrap();
+    let texts: Vec<(&[u8], &[u8])> = png::parse(&out)
+        .unwrap()
+        .into_iter()
+        .filter(|c| !matches!(&c.kind, b"IHDR" | b"IDAT" | b"IEND" | b"iCCP" | b"eXIf"))
+        .map(|c| (&out[c.raw.start + 4..c.raw.start + 8], &out[c.data.clone()]))
+        .collect();
+    assert!(texts.contains(&(&b"tEXt"[..], &b"Comment\0a comment"[..])), "{texts:?}");
+    let png_photo = read(&w.path, &Settings::default()).unwrap();
+    let back = write(&png_photo, d.path(), "again.png", Some(Format::Jpeg), &Settings::default()).unwrap();
+    let segs = header_segments(&std::fs::read(&back.path).unwrap());
+    assert!(segs.contains(&(jpeg::COM, b"a comment".to_vec())), "{segs:?}");
+    // A comment Latin-1 cannot hold goes into iTXt (UTF-8); zTXt and compressed iTXt are read too;
+    // an old camera's Latin-1 COM is read as Latin-1.
+    let zlib = |t: &[u8]| {
+        use std::io::Write;
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(t).unwrap();
+        e.finish().unwrap()
+    };
+    let cases: [(&[u8; 4], Vec<u8>, &str); 4] = [
+        (b"iTXt", [&b"Comment\0\0\0\0\0"[..], "東京の海".as_bytes()].concat(), "東京の海"),
+        (b"zTXt", [&b"Comment\0\0"[..], &zlib(b"caf\xe9")].concat(), "café"),
+        (b"iTXt", [&b"Comment\0\x01\0en\0\0"[..], &zlib("Zürich".as_bytes())].concat(), "Zürich"),
+        (b"tEXt", b"Title\0not a comment".to_vec(), ""),
+    ];
+    for (i, (kind, data, want)) in cases.into_iter().enumerate() {
+        let src = png_file(&DynamicImage::ImageRgb8(gradient(12, 8)), &[(kind, data)]);
+        let path = d.path().join(format!("t{i}.png"));
+        std::fs::write(&path, src).unwrap();
+        let photo = read(&path, &Settings::default()).unwrap();
+        let w =
+            write(&photo, d.path(), format!("t{i}.png"), Some(Format::Jpeg), &Settings::default()).unwrap();
+        let coms: Vec<Vec<u8>> = header_segments(&std::fs::read(&w.path).unwrap())
+            .into_iter()
+            .filter(|(m, _)| *m == jpeg::COM)
+            .map(|(_, p)| p)
+            .collect();
+        let expect: Vec<Vec<u8>> = if want.is_empty() { vec![] } else { vec![want.as_bytes().to_vec()] };
+        assert_eq!(coms, expect, "case {i}");
+        if i == 0 {
+            // And back into PNG, still UTF-8.
+            let again = read(&w.path, &Settings::default()).unwrap();
+            let w = write(&again, d.path(), "t0b.png", Some(Format::Png), &Settings::default()).unwrap();
+            let out = std::fs::read(&w.path).unwrap();
+            let c = png::parse(&out).unwrap().into_iter().find(|c| &c.kind == b"iTXt").unwrap();
+            assert_eq!(png::comment(b"iTXt", &out[c.data.clone()]).as_deref(), Some("東京の海"));
+        }
+    }
+    let latin = jpeg::splice(
+        &encode_jpeg(&gradient(16, 16), 90, Chroma::Half, false).unwrap(),
+        &[(jpeg::COM, b"Kamera \xa9 2004".to_vec())],
+    )
+    .unwrap();
+    std::fs::write(d.path().join("old.jpg"), latin).unwrap();
+    let photo = read(&d.path().join("old.jpg"), &Settings::default()).unwrap();
+    assert_eq!(photo.meta.comment.as_deref(), Some("Kamera © 2004"));
+    // `strip` drops it, as every other description of the photo.
+    let strip = Settings { metadata: MetadataPolicy::Strip, ..Settings::default() };
+    let w = write(&photo, d.path(), "old.jpg", Some(Format::Png), &strip).unwrap();
+    let out = std::fs::read(&w.path).unwrap();
+    assert!(!png::parse(&out).unwrap().iter().any(|c| matches!(&c.kind, b"tEXt" | b"iTXt")));
+}
+
+#[test]
 fn an_unchanged_jpeg_copy_is_the_original_up_to_its_end_and_other_copies_are_written_afresh() {
     let d = tempfile::tempdir().unwrap();
     let camera = camera_jpeg(&gradient(64, 48), 6);
