@@ -1006,6 +1006,30 @@ fn stored_image(photo: &Photo, format: Format, orientation: u8) -> Stored<'_> {
     let turn = image::metadata::Orientation::from_exif(inverse(orientation))
         .filter(|o| *o != image::metadata::Orientation::NoTransforms);
     let grey = photo.grey && format != Format::Webp && is_grey(&photo.pixels);
+    if let Some(alpha) = photo.alpha.as_ref().filter(|_| format == Format::Jpeg) {
+        // JPEG has no alpha: the copy shows the transparent areas over white, as exporters flatten
+        // them, not whatever colour happens to be stored under them.
+        tracing::info!("flattening the transparent areas onto white: a JPEG copy has no alpha");
+        let a = alpha.to_luma8();
+        let mut flat = photo.pixels.clone();
+        for (p, al) in flat.pixels_mut().zip(a.pixels()) {
+            let al = u32::from(al[0]);
+            for c in p.0.iter_mut() {
+                *c = ((u32::from(*c) * al + 255 * (255 - al) + 127) / 255) as u8;
+            }
+        }
+        let mut img = if grey {
+            // Still three equal channels after the white: one channel, as a grey photo's copy is.
+            let (w, h) = flat.dimensions();
+            DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| Luma([flat.get_pixel(x, y)[0]])))
+        } else {
+            DynamicImage::ImageRgb8(flat)
+        };
+        if let Some(o) = turn {
+            img.apply_orientation(o);
+        }
+        return Stored::Image(img);
+    }
     if !keep_alpha && !keep_deep && !grey && turn.is_none() {
         return Stored::Pixels(&photo.pixels);
     }

@@ -550,6 +550,38 @@ fn other_output_format_carries_exif_icc_xmp() {
 }
 
 #[test]
+fn a_transparent_png_written_as_jpeg_is_flattened_onto_white() {
+    let d = tempfile::tempdir().unwrap();
+    // Left third opaque red, middle half-transparent red, right third transparent with black under it.
+    let img = image::RgbaImage::from_fn(48, 16, |x, _| match x {
+        0..16 => image::Rgba([200, 0, 0, 255]),
+        16..32 => image::Rgba([200, 0, 0, 128]),
+        _ => image::Rgba([0, 0, 0, 0]),
+    });
+    let path = d.path().join("logo.png");
+    std::fs::write(&path, png_file(&DynamicImage::ImageRgba8(img), &[])).unwrap();
+    let photo = read(&path, &Settings::default()).unwrap();
+    let w = write(&photo, d.path(), "logo.png", Some(Format::Jpeg), &Settings::default()).unwrap();
+    // Read back by Veil's reader: a small JPEG is written one scan per component, which `image`
+    // alone misreads.
+    let out = read(&w.path, &Settings::default()).unwrap().pixels;
+    let at = |x: u32| out.get_pixel(x, 8).0.map(i32::from);
+    let near = |got: [i32; 3], want: [i32; 3]| got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 6);
+    assert!(near(at(8), [200, 0, 0]), "opaque: {:?}", at(8));
+    assert!(near(at(24), [227, 127, 127]), "half: {:?}", at(24));
+    assert!(near(at(40), [255, 255, 255]), "transparent: {:?}", at(40));
+    // A grey one stays one grey channel.
+    let grey = image::GrayAlphaImage::from_fn(16, 16, |x, _| image::LumaA([60, if x < 8 { 255 } else { 0 }]));
+    std::fs::write(d.path().join("g.png"), png_file(&DynamicImage::ImageLumaA8(grey), &[])).unwrap();
+    let photo = read(&d.path().join("g.png"), &Settings::default()).unwrap();
+    let w = write(&photo, d.path(), "g.png", Some(Format::Jpeg), &Settings::default()).unwrap();
+    assert_eq!(written_color(&w.path), image::ColorType::L8);
+    let out = read(&w.path, &Settings::default()).unwrap().pixels;
+    let (left, right) = (out.get_pixel(2, 8)[0], out.get_pixel(13, 8)[0]);
+    assert!(left.abs_diff(60) <= 4 && right >= 250, "{left} {right}");
+}
+
+#[test]
 fn a_comment_crosses_between_jpeg_and_png() {
     let d = tempfile::tempdir().unwrap();
     // The camera JPEG's COM segment becomes a PNG `Comment` text chunk, and back.
