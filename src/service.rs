@@ -90,7 +90,7 @@ pub async fn run(
     let _lock = lock(&state_dir, &socket)?;
     let listener = server::Listener::bind(&socket)?;
     let (store, recovered) = Store::open(&state_dir)?;
-    create_folders(&config.folders, &store)?;
+    create_folders(&config.folders, &store)?.keep(&store);
     if config.folders.is_empty() {
         tracing::warn!("no folders configured: nothing to watch");
     }
@@ -226,16 +226,19 @@ fn loaded_models(inventory: &Inventory) -> Vec<String> {
     out
 }
 
-/// Checks the folders of a configuration, then makes those missing that are new: a configuration
-/// refused has no effect on the disk. A folder that was there at an earlier start or reload (the
+/// Checks the folders of a configuration, then makes those missing that are new; [`Made::keep`]
+/// takes them on once the configuration is, [`Made::undo`] removes what was made when it is refused
+/// after all, so a configuration refused has no effect on the disk, even when one of its folders
+/// cannot be made after others were. A folder that was there at an earlier start or reload (the
 /// store remembers) and is missing now is gone, not new: its drive may not be mounted yet, and a
 /// folder made in its place would fill the wrong disk and be hidden once the drive is mounted. It
 /// is left missing: a watched folder is watched once it is back, an output's photos wait for it.
-fn create_folders(folders: &[FolderConfig], store: &Store) -> Result<(), ServiceError> {
+fn create_folders<'a>(folders: &'a [FolderConfig], store: &Store) -> Result<Made<'a>, ServiceError> {
     for folder in folders {
         watch::check_output(folder)?;
     }
     watch::check_outputs(folders)?;
+    let mut made = Made { folders, dirs: Vec::new(), there: Vec::new() };
     for folder in folders {
         for dir in [&folder.path, &folder.output] {
             if !dir.exists() {
@@ -252,26 +255,66 @@ fn create_folders(folders: &[FolderConfig], store: &Store) -> Result<(), Service
                     );
                     continue;
                 }
-                std::fs::create_dir_all(dir)
-                    .map_err(|source| ServiceError::Folder { path: dir.clone(), source })?;
+                if let Err(source) = made.make(dir) {
+                    made.undo();
+                    return Err(ServiceError::Folder { path: dir.clone(), source });
+                }
             }
+            made.there.push(dir.clone());
+        }
+    }
+    Ok(made)
+}
+
+/// What [`create_folders`] made, and the folders it found or made there.
+#[must_use = "keep or undo the folders made"]
+struct Made<'a> {
+    folders: &'a [FolderConfig],
+    /// Every folder made, parents before their children.
+    dirs: Vec<PathBuf>,
+    there: Vec<PathBuf>,
+}
+
+impl Made<'_> {
+    /// Makes `dir` and the parents it lacks, noting each.
+    fn make(&mut self, dir: &Path) -> std::io::Result<()> {
+        let missing: Vec<PathBuf> =
+            dir.ancestors().take_while(|a| !a.exists()).map(Path::to_path_buf).collect();
+        std::fs::create_dir_all(dir)?;
+        self.dirs.extend(missing.into_iter().rev());
+        Ok(())
+    }
+
+    /// Removes the folders made, children first; one that holds something by now stays.
+    fn undo(self) {
+        for dir in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+
+    /// The configuration is taken: its folders are remembered as there, and Veil's unfinished
+    /// temporary files are cleared from its outputs.
+    fn keep(self, store: &Store) {
+        for dir in &self.there {
             if let Err(e) = store.folder_is_there(dir) {
                 tracing::warn!("{e}");
             }
         }
-    }
-    for folder in folders {
-        let stale = watch::remove_stale_temporaries(&folder.output);
-        if stale > 0 {
-            tracing::info!("removed {stale} unfinished temporary file(s) from {}", folder.output.display());
+        for folder in self.folders {
+            let stale = watch::remove_stale_temporaries(&folder.output);
+            if stale > 0 {
+                tracing::info!(
+                    "removed {stale} unfinished temporary file(s) from {}",
+                    folder.output.display()
+                );
+            }
+            tracing::info!(
+                "share folder {} -> protected copies in {}",
+                folder.path.display(),
+                folder.output.display()
+            );
         }
-        tracing::info!(
-            "share folder {} -> protected copies in {}",
-            folder.path.display(),
-            folder.output.display()
-        );
     }
-    Ok(())
 }
 
 /// Holds an exclusive `flock` on `veild.lock` in the state folder while the service runs; the file
@@ -1412,14 +1455,16 @@ impl Core {
     }
 
     fn reload(&mut self, config: Config) -> Result<(), ApiError> {
-        if let Err(e) = create_folders(&config.folders, &self.store) {
-            return Err(self.refuse(e));
-        }
+        let folders = config.folders.clone();
+        let made = match create_folders(&folders, &self.store) {
+            Ok(made) => made,
+            Err(e) => return Err(self.refuse(e)),
+        };
         let protect_changed = config.protect != self.config.protect || config.engine != self.config.engine;
         let old = std::mem::replace(&mut self.config, config);
-        let folders = self.config.folders.clone();
         match self.set_folders(&folders) {
             Ok(added) => {
+                made.keep(&self.store);
                 for root in added {
                     self.scan(&root, &root.clone());
                 }
@@ -1436,6 +1481,7 @@ impl Core {
             }
             Err(e) => {
                 self.config = old;
+                made.undo();
                 Err(self.refuse(e))
             }
         }

@@ -325,6 +325,23 @@ fn each_folder_gets_its_own_copy_a_refused_config_leaves_no_trace_and_a_folder_t
     d.signal(libc::SIGHUP);
     d.wait_log("not applied", Duration::from_secs(20));
     assert!(!home.path().join("Out/x").exists() && !home.path().join("Elsewhere").exists(), "{}", d.log());
+    // Refused part-way: the new folders made before one that cannot be (its parent is a file) are
+    // removed again, the parents made for them too.
+    std::fs::write(home.path().join("blocker"), b"a file").unwrap();
+    home.configure(
+        "settle_seconds = 0.3",
+        &[("In", "Out"), ("Fresh", "New/deep/FreshOut"), ("In3", "blocker/out")],
+    );
+    d.signal(libc::SIGHUP);
+    let start = Instant::now();
+    while d.log().matches("not applied").count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for gone in ["Fresh", "New", "In3"] {
+        assert!(!home.path().join(gone).exists(), "{gone} left behind: {}", d.log());
+    }
+    assert!(d.log().contains("blocker/out"), "the error names the folder: {}", d.log());
 
     // In2 taken out of the configuration: its waiting photo is let go, and nothing is left to do.
     home.configure("settle_seconds = 0.3", &two[..1]);
