@@ -907,21 +907,18 @@ pub fn protect_many(
                 .zip(&shrink)
                 .map(|((((crop_u8, x), x_adv), e), size)| {
                     let (h, w) = (crop_u8.size()[1], crop_u8.size()[2]);
+                    // [1,3,h,w] in 8-bit levels, worked on in place: a large face's context holds
+                    // hundreds of MB a float copy.
                     let delta = x_adv - x;
-                    let delta = match size {
+                    let mut delta = match size {
                         Some(_) => delta.upsample_bilinear2d([h, w], false, None, None),
                         None => delta,
                     };
-                    let mut delta = crop(&delta, e) * 127.5;
-                    let _ = delta.round_().clamp_(-levels, levels);
-                    let orig = crop_u8
-                        .narrow(1, e.y, e.h)
-                        .narrow(2, e.x, e.w)
-                        .to_device(ensemble.device)
-                        .to_kind(Kind::Float)
-                        .unsqueeze(0);
-                    let mut out = orig + delta;
-                    let _ = out.clamp_(0.0, 255.0);
+                    let _ = delta.multiply_scalar_(127.5).round_().clamp_(-levels, levels);
+                    let orig = crop_u8.narrow(1, e.y, e.h).narrow(2, e.x, e.w).to_device(ensemble.device);
+                    // The extent's view of δ takes the original bytes in (promoted to float).
+                    let mut out = crop(&delta, e);
+                    let _ = out.g_add_(&orig.unsqueeze(0)).clamp_(0.0, 255.0);
                     out.squeeze_dim(0).to_kind(Kind::Uint8)
                 })
                 .collect()
