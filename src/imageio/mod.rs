@@ -651,10 +651,7 @@ fn jpeg_meta(data: &[u8], layout: &jpeg::Layout) -> Meta {
             jpeg::COM => {
                 if meta.comment.is_none() {
                     // UTF-8 as most writers now use; otherwise Latin-1, as older cameras wrote it.
-                    meta.comment = Some(
-                        String::from_utf8(p.to_vec())
-                            .unwrap_or_else(|_| p.iter().map(|&c| char::from(c)).collect()),
-                    );
+                    meta.comment = Some(String::from_utf8(p.to_vec()).unwrap_or_else(|_| latin1(p)));
                 }
                 true
             }
@@ -673,6 +670,11 @@ fn jpeg_meta(data: &[u8], layout: &jpeg::Layout) -> Meta {
     meta.icc = jpeg::icc_profile(data, layout);
     meta.native = Native::Jpeg { segments, cmyk };
     meta
+}
+
+/// Latin-1 bytes as text (each byte its own code point).
+fn latin1(b: &[u8]) -> String {
+    b.iter().map(|&c| char::from(c)).collect()
 }
 
 fn png_meta(data: &[u8], chunks: &[png::Chunk]) -> Meta {
@@ -1006,9 +1008,10 @@ fn stored_image(photo: &Photo, format: Format, orientation: u8) -> Stored<'_> {
     let turn = image::metadata::Orientation::from_exif(inverse(orientation))
         .filter(|o| *o != image::metadata::Orientation::NoTransforms);
     let grey = photo.grey && format != Format::Webp && is_grey(&photo.pixels);
-    if let Some(alpha) = photo.alpha.as_ref().filter(|_| format == Format::Jpeg) {
-        // JPEG has no alpha: the copy shows the transparent areas over white, as exporters flatten
-        // them, not whatever colour happens to be stored under them.
+    // JPEG has no alpha: the copy shows the transparent areas over white, as exporters flatten them,
+    // not whatever colour happens to be stored under them. The flattened pixels go on as the new
+    // ones (a grey photo stays grey: white keeps three channels equal).
+    let flat = photo.alpha.as_ref().filter(|_| format == Format::Jpeg).map(|alpha| {
         tracing::info!("flattening the transparent areas onto white: a JPEG copy has no alpha");
         let a = alpha.to_luma8();
         let mut flat = photo.pixels.clone();
@@ -1018,26 +1021,20 @@ fn stored_image(photo: &Photo, format: Format, orientation: u8) -> Stored<'_> {
                 *c = ((u32::from(*c) * al + 255 * (255 - al) + 127) / 255) as u8;
             }
         }
-        let mut img = if grey {
-            // Still three equal channels after the white: one channel, as a grey photo's copy is.
-            let (w, h) = flat.dimensions();
-            DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| Luma([flat.get_pixel(x, y)[0]])))
-        } else {
-            DynamicImage::ImageRgb8(flat)
-        };
-        if let Some(o) = turn {
-            img.apply_orientation(o);
-        }
-        return Stored::Image(img);
-    }
+        flat
+    });
+    let px = flat.as_ref().unwrap_or(&photo.pixels);
     if !keep_alpha && !keep_deep && !grey && turn.is_none() {
-        return Stored::Pixels(&photo.pixels);
+        return match flat {
+            Some(flat) => Stored::Image(DynamicImage::ImageRgb8(flat)),
+            None => Stored::Pixels(&photo.pixels),
+        };
     }
     let mut img = if grey {
-        grey_image(photo, keep_alpha, keep_deep)
+        grey_image(photo, px, keep_alpha, keep_deep)
     } else if keep_deep {
-        let deep = photo.deep.as_ref().map(|d| merge_deep(&photo.pixels, d));
-        let rgb = deep.unwrap_or_else(|| DynamicImage::ImageRgb8(photo.pixels.clone()).into_rgb16());
+        let deep = photo.deep.as_ref().map(|d| merge_deep(px, d));
+        let rgb = deep.unwrap_or_else(|| DynamicImage::ImageRgb8(px.clone()).into_rgb16());
         if keep_alpha {
             let a = photo.alpha.as_ref().map(|a| a.to_luma16());
             DynamicImage::ImageRgba16(ImageBuffer::from_fn(rgb.width(), rgb.height(), |x, y| {
@@ -1050,14 +1047,13 @@ fn stored_image(photo: &Photo, format: Format, orientation: u8) -> Stored<'_> {
         }
     } else if keep_alpha {
         let a = photo.alpha.as_ref().map(|a| a.to_luma8());
-        let px = &photo.pixels;
         DynamicImage::ImageRgba8(ImageBuffer::from_fn(px.width(), px.height(), |x, y| {
             let p = px.get_pixel(x, y);
             let al = a.as_ref().map_or(u8::MAX, |a| a.get_pixel(x, y)[0]);
             Rgba([p[0], p[1], p[2], al])
         }))
     } else {
-        DynamicImage::ImageRgb8(photo.pixels.clone())
+        DynamicImage::ImageRgb8(flat.unwrap_or_else(|| photo.pixels.clone()))
     };
     if let Some(o) = turn {
         img.apply_orientation(o);
@@ -1070,10 +1066,9 @@ fn is_grey(pixels: &RgbImage) -> bool {
     pixels.as_raw().chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2])
 }
 
-/// The pixels of a grey photo (every pixel's channels equal) as one channel, with the original's
-/// alpha and 16-bit values as `stored_image` keeps them.
-fn grey_image(photo: &Photo, keep_alpha: bool, keep_deep: bool) -> DynamicImage {
-    let px = &photo.pixels;
+/// A grey photo's pixels `px` (every pixel's channels equal: its new ones, or those flattened onto
+/// white) as one channel, with the original's alpha and 16-bit values as `stored_image` keeps them.
+fn grey_image(photo: &Photo, px: &RgbImage, keep_alpha: bool, keep_deep: bool) -> DynamicImage {
     let (w, h) = px.dimensions();
     if keep_deep {
         let deep = photo.deep.as_ref().map(|d| merge_deep(px, d));

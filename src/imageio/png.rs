@@ -4,6 +4,8 @@
 use std::io::Read;
 use std::ops::Range;
 
+use super::latin1;
+
 pub const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// The most a single compressed chunk (zTXt, iTXt, iCCP) may inflate to. Real text and ICC
@@ -44,21 +46,30 @@ pub fn parse(data: &[u8]) -> Result<Vec<Chunk>, String> {
 
 /// The compressed part of a zTXt, iTXt or iCCP chunk, if it has one.
 fn compressed_part<'a>(kind: &[u8; 4], d: &'a [u8]) -> Option<&'a [u8]> {
-    let nul = d.iter().position(|&b| b == 0)?;
     match kind {
-        b"zTXt" | b"iCCP" => d.get(nul + 2..),
-        b"iTXt" => {
-            if d.get(nul + 1) != Some(&1) {
-                return None;
-            }
-            let rest = d.get(nul + 3..)?;
-            let lang = rest.iter().position(|&b| b == 0)?;
-            let rest = rest.get(lang + 1..)?;
-            let key = rest.iter().position(|&b| b == 0)?;
-            rest.get(key + 1..)
-        }
+        b"zTXt" | b"iCCP" => d.get(d.iter().position(|&b| b == 0)? + 2..),
+        b"iTXt" => itxt(d).filter(|&(_, flag, _)| flag == 1).map(|(_, _, text)| text),
         _ => None,
     }
+}
+
+/// An iTXt chunk's keyword, compression flag (1: compressed) and text, as stored (past the
+/// compression method, language tag and translated keyword).
+fn itxt(d: &[u8]) -> Option<(&[u8], u8, &[u8])> {
+    let nul = d.iter().position(|&b| b == 0)?;
+    let flag = *d.get(nul + 1)?;
+    let rest = d.get(nul + 3..)?;
+    let lang = rest.iter().position(|&b| b == 0)?;
+    let rest = rest.get(lang + 1..)?;
+    let key = rest.iter().position(|&b| b == 0)?;
+    Some((&d[..nul], flag, rest.get(key + 1..)?))
+}
+
+/// A zlib stream inflated, bounded by [`MAX_INFLATED`]; `None` when it is corrupt.
+fn inflate(z: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::ZlibDecoder::new(z).take(MAX_INFLATED).read_to_end(&mut out).ok()?;
+    Some(out)
 }
 
 /// Inflates every compressed chunk up to [`MAX_INFLATED`] bytes; one that inflates further is a
@@ -113,23 +124,12 @@ pub fn put_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 
 /// The XMP packet of an iTXt `XML:com.adobe.xmp` chunk (uncompressed ones only).
 pub fn xmp(d: &[u8]) -> Option<&[u8]> {
-    let rest = d.strip_prefix(b"XML:com.adobe.xmp\0")?;
-    if rest.first() != Some(&0) {
-        return None;
-    }
-    let rest = rest.get(2..)?;
-    let lang = rest.iter().position(|&b| b == 0)?;
-    let rest = rest.get(lang + 1..)?;
-    let key = rest.iter().position(|&b| b == 0)?;
-    rest.get(key + 1..)
+    itxt(d).filter(|&(key, flag, _)| key == b"XML:com.adobe.xmp" && flag == 0).map(|(_, _, text)| text)
 }
 
 /// The ICC profile of an iCCP chunk, inflated (bounded by [`MAX_INFLATED`]).
 pub fn icc(d: &[u8]) -> Option<Vec<u8>> {
-    let z = compressed_part(b"iCCP", d)?;
-    let mut out = Vec::new();
-    flate2::read::ZlibDecoder::new(z).take(MAX_INFLATED).read_to_end(&mut out).ok()?;
-    Some(out)
+    inflate(compressed_part(b"iCCP", d)?)
 }
 
 /// An iCCP chunk's data for `profile`.
@@ -157,23 +157,13 @@ const COMMENT: &[u8] = b"Comment";
 /// malformed chunk.
 pub fn comment(kind: &[u8; 4], d: &[u8]) -> Option<String> {
     let rest = d.strip_prefix(COMMENT)?.strip_prefix(b"\0")?;
-    let inflate = |z: &[u8]| {
-        let mut out = Vec::new();
-        flate2::read::ZlibDecoder::new(z).take(MAX_INFLATED).read_to_end(&mut out).ok().map(|_| out)
-    };
-    let latin1 = |b: &[u8]| b.iter().map(|&c| char::from(c)).collect::<String>();
     match kind {
         b"tEXt" => Some(latin1(rest)),
         b"zTXt" => inflate(compressed_part(kind, d)?).map(|t| latin1(&t)),
         b"iTXt" => {
-            let text = if rest.first() == Some(&1) {
-                inflate(compressed_part(kind, d)?)?
-            } else {
-                let after = rest.get(2..)?;
-                let lang = after.iter().position(|&b| b == 0)?;
-                let after = after.get(lang + 1..)?;
-                let key = after.iter().position(|&b| b == 0)?;
-                after.get(key + 1..)?.to_vec()
+            let text = match itxt(d)? {
+                (_, 1, z) => inflate(z)?,
+                (_, _, text) => text.to_vec(),
             };
             String::from_utf8(text).ok()
         }
