@@ -15,7 +15,10 @@ framing per condition, ENS=1 add the other ensemble generators, LF=f a coarse pa
 the fine part's gradient with a Gaussian of k px (k odd, σ k/4: reference.gaussian) before its sign
 (TI-FGSM), LF2=f a second coarse part at 1/f, TAU the focused loss's threshold (0.05), FOC its focus
 (1), RN=1 give each condition row's gradient (at StarGAN's input) the same norm, CS=i,j attack only
-those rows of the manifest's conditions.
+those rows of the manifest's conditions. LUMA=1 makes the fine part grey (one plane, the same
+change to R, G and B: luma only, which 4:2:0 chroma subsampling leaves alone), LUMA=2 the coarse part
+too. The defenses include real JPEG q75 round trips at the generator's size (Pillow, 4:2:0 and
+4:4:4), as `veil eval` runs them.
 """
 import sys, random, math, time, os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +58,21 @@ def crop(x):
 def rs(x):
     return F.interpolate(x, size=(S, S), mode="bilinear", antialias=True) if x.shape[-1] != S else x
 spreadT = R.spread(["identity", "gaussian", "box", "resize", "jpeg"], False)
-DEF = {"none": ("identity", None), "blur": ("gaussian", 1.5), "jpeg": ("jpeg", 75), "resize": ("resize", 0.5)}
+DEF = {"none": ("identity", None), "blur": ("gaussian", 1.5), "jpeg": ("jpeg", 75), "resize": ("resize", 0.5),
+       "jpeg420": ("pil", 2), "jpeg444": ("pil", 0)}
+LUMA = int(os.environ.get("LUMA", "0"))
+def pil_jpeg(x, subsampling):
+    """x [1,3,S,S] in [-1,1] through Pillow's JPEG at quality 75 and back."""
+    import io
+    import numpy as np
+    from PIL import Image
+    a = ((x[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=75, subsampling=subsampling)
+    b = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return torch.from_numpy(b.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+def defend(t, x):
+    return pil_jpeg(x, t[1]) if t[0] == "pil" else R.apply(t, x)
 
 MU = float(os.environ.get("MU", "0"))
 FOC = float(os.environ.get("FOC", "1"))
@@ -69,14 +86,14 @@ def attack(x, variant, eps=0.05, step=float(os.environ.get('STEP', '0.01')), ite
     xs = x.expand(K, -1, -1, -1)
     LF = int(os.environ.get("LF", "0"))
     H, W = x.shape[2], x.shape[3]
-    dlo = torch.empty(1, 3, max(1, H // LF), max(1, W // LF)).uniform_(-eps, eps) if LF else None
-    delta = torch.empty_like(x).uniform_(-eps, eps)
+    dlo = torch.empty(1, 1 if LUMA >= 2 else 3, max(1, H // LF), max(1, W // LF)).uniform_(-eps, eps) if LF else None
+    delta = torch.empty(1, 1 if LUMA else 3, H, W).uniform_(-eps, eps)
     if LF: delta = delta * 0
     LF2 = int(os.environ.get("LF2", "0"))
     dlo2 = torch.empty(1, 3, max(1, H // LF2), max(1, W // LF2)).uniform_(-eps, eps) if LF2 else None
     mom = [0.0, 0.0, 0.0]
     def total(delta, dlo):
-        out = delta
+        out = delta.expand(1, 3, H, W)
         if dlo is not None: out = out + F.interpolate(dlo, size=(H, W), mode="bilinear")
         if dlo2 is not None: out = out + F.interpolate(dlo2, size=(H, W), mode="bilinear")
         return out.clamp(-eps, eps)
@@ -148,7 +165,7 @@ for r in rows:
         xa = attack(x, v)
         with torch.no_grad():
             for dn, t in DEF.items():
-                a = G(R.apply(t, rs(crop(xa))).expand(5, -1, -1, -1), c); b = G(R.apply(t, rs(crop(x))).expand(5, -1, -1, -1), c)
+                a = G(defend(t, rs(crop(xa))).expand(5, -1, -1, -1), c); b = G(defend(t, rs(crop(x))).expand(5, -1, -1, -1), c)
                 res[v][dn].append((a - b).square().flatten(1).mean(1))
 print(f"{time.time()-t0:.0f}s", file=sys.stderr)
 for v in variants:
