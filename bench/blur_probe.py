@@ -2,7 +2,8 @@
 
     python bench/blur_probe.py VARIANT[,VARIANT...]      (from the repository root, with .venv)
 
-Attacks CelebA val faces (../shared/data/celeba, read in place) with zoo v0's StarGAN (models/) and
+Attacks CelebA val faces (../shared/data/celeba, read in place) with the committed StarGAN (models/;
+each result file names the zoo version it ran on) and
 reports, per defense (none, Gaussian blur k11 σ1.5, the JPEG q75 approximation, 0.5x resize), the %
 of face x paper-condition pairs with MSE >= 0.05 and the mean MSE. A quick way to try attack ideas
 before building them into Veil; not a substitute for `veil eval`. Variants: `one` (one transform per
