@@ -128,6 +128,16 @@ pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
 
     check_models(&mut report, &config);
 
+    // iPhones save HEIC by default: a build without libheif refuses such photos by name.
+    match crate::imageio::heic_support() {
+        Ok(lib) => report.push(Level::Ok, "formats", format!("JPEG, PNG, WebP, TIFF, HEIC/HEIF ({lib})")),
+        Err(why) => report.push(
+            Level::Warn,
+            "formats",
+            format!("JPEG, PNG, WebP, TIFF; HEIC/HEIF photos (as iPhones take them) are refused: {why}"),
+        ),
+    }
+
     if config.imageio.jpeg_chroma == crate::imageio::Chroma::Half {
         // bench/results/jpeg420-copies-cpu-2026-11-27.md: StarGAN disrupted on 78 % of 30 val faces
         // with 4:2:0 copies against 100 % with 4:4:4 ones.
@@ -379,5 +389,20 @@ mod tests {
         assert!(check.detail.contains("420") && check.detail.contains("444"), "{check:?}");
         std::fs::write(&file, "[imageio]\njpeg_chroma = \"444\"\n").unwrap();
         assert!(!run(Some(&file), &dirs).checks.iter().any(|c| c.what == "imageio"));
+    }
+
+    #[test]
+    fn heic_support_is_reported_as_built() {
+        let tmp = tempfile::tempdir().unwrap();
+        let report = run(None, &Dirs::for_tests(tmp.path()));
+        let check = report.checks.iter().find(|c| c.what == "formats").unwrap();
+        if cfg!(feature = "heic") {
+            // The build links libheif; the HEIC samples decode (tests/imageio.rs), so it has HEVC.
+            assert_eq!(check.level, Level::Ok, "{check:?}");
+            assert!(check.detail.contains("HEIC/HEIF (libheif 1."), "{check:?}");
+        } else {
+            assert_eq!(check.level, Level::Warn, "{check:?}");
+            assert!(check.detail.contains("refused") && check.detail.contains("libheif-dev"), "{check:?}");
+        }
     }
 }

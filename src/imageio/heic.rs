@@ -80,3 +80,19 @@ pub(super) fn decode(
         source_id,
     })
 }
+
+/// The system's libheif version when it can decode HEVC-coded HEIF (what HEIC photos are), else why
+/// not: libheif built without an HEVC decoder (libde265) opens the file and then fails on it.
+pub(super) fn support() -> Result<String, String> {
+    let lib = LibHeif::new();
+    let [major, minor, patch] = lib.version();
+    // SAFETY: a plain query of libheif's decoder table, which `LibHeif::new` has initialized.
+    let hevc = unsafe {
+        libheif_sys::heif_have_decoder_for_format(libheif_sys::heif_compression_format_heif_compression_HEVC)
+    };
+    if hevc != 0 {
+        Ok(format!("libheif {major}.{minor}.{patch}"))
+    } else {
+        Err(format!("libheif {major}.{minor}.{patch} has no HEVC decoder (install libde265 or its plugin)"))
+    }
+}

@@ -245,7 +245,7 @@ pub enum ImageError {
     #[error("{}: the image is {width}×{height} pixels, more than imageio.max_pixels ({max})", path.display())]
     TooManyPixels { path: PathBuf, width: u64, height: u64, max: u64 },
     #[error(
-        "{}: HEIC/HEIF is not supported by this build (export the photo as JPEG, or build Veil with `make build FEATURES=heic`, which needs libheif)",
+        "{}: HEIC/HEIF is not supported by this build (export the photo as JPEG, or install libheif-dev and pkg-config and build Veil again: `make build` then reads HEIC)",
         path.display()
     )]
     HeicNotSupported { path: PathBuf },
@@ -405,6 +405,15 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// Reads a photo. The file itself must not be a symbolic link.
+/// Whether this build reads HEIC/HEIF photos: `Ok` with the libheif that decodes them, or why not
+/// (built without the `heic` feature, or a libheif without an HEVC decoder).
+pub fn heic_support() -> Result<String, String> {
+    #[cfg(feature = "heic")]
+    return heic::support();
+    #[cfg(not(feature = "heic"))]
+    Err("this build has no libheif (install libheif-dev and pkg-config, then `make build` again)".into())
+}
+
 pub fn read(path: &Path, settings: &Settings) -> Result<Photo, ImageError> {
     let (bytes, id) = fsio::read_source(path, path, settings.max_file_bytes)?;
     decode(path, bytes, id, settings)

@@ -406,7 +406,8 @@ fn heic_and_unknown_formats_are_clear_errors() {
         );
     } else {
         assert!(
-            err.to_string().starts_with("x.heic: HEIC/HEIF is not supported by this build (export"),
+            err.to_string().starts_with("x.heic: HEIC/HEIF is not supported by this build (export")
+                && err.to_string().contains("install libheif-dev"),
             "{err}"
         );
     }
