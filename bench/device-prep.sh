@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Prepares the git-ignored `.device/` that bench/device-run.sh reads on the GPU machine, from a built
-# checkout (`make build`) and the data in ../shared/data (read in place, packed or copied only into
+# Prepares the git-ignored `.device/` that bench/device-run.sh reads on the GPU machine, from a set-up
+# checkout (`make setup`; it builds the binary itself, without HEIC) and the data in ../shared/data (read in place, packed or copied only into
 # `.device/`, which is never committed):
 #   .device/celeba128.tar.gz      the first LIMIT train faces (and the rest of the splits) at 128 px (pack.py)
-#   .device/bin/veil              the release binary, stripped
+#   .device/bin/veil              the release binary (built without HEIC: no libheif there), stripped
 #   .device/models/mtcnn/         the face detector's weights
 #   .device/data/celeba/          attributes.csv with the first 200 val rows, and their JPEGs (eval part)
 #   .device/data/portraits/src/   the portraits veil bench pastes into its 12 MP photos
@@ -15,7 +15,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 limit=${1:-10000}
 data=../shared/data
-[ -x target/release/veil ] || { echo "device-prep: target/release/veil is missing: run make build" >&2; exit 1; }
+# The GPU machine has no libheif, so its binary is built without HEIC (`make build` turns HEIC on
+# wherever libheif is installed; a later `make build` here turns it on again).
+make build FEATURES=
+if ldd target/release/veil | grep -q libheif; then
+  echo "device-prep: target/release/veil needs libheif, which the GPU machine lacks" >&2; exit 1
+fi
 [ -d models/mtcnn ] || { echo "device-prep: models/mtcnn is missing: run make setup" >&2; exit 1; }
 [ -f "$data/celeba/attributes.csv" ] || { echo "device-prep: $data/celeba/attributes.csv is missing" >&2; exit 1; }
 mkdir -p .device/bin .device/models .device/data/celeba/val .device/data/portraits/src .device/data/exif-samples/jpg/mobile

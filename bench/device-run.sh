@@ -7,6 +7,8 @@
 #   PART=eval: `veil doctor`, then `veil eval` on chunks of the val images with /tmp/zoo (left by a train
 #     call on the same, still warm machine) until END, and one chunk in fp16 if time is left. Writes
 #     log.txt, eval1-4.json and eval16.json. BENCH=1 runs the train part's bench first (on the new zoo).
+#   PROTECT='coarse = 3' (TOML lines) adds a [protect] section to the eval part's configuration, to
+#   measure a setting on the 200 faces.
 #   NOCLBF=1 skips the channels-last bf16 bench of the train part, NOFUSE=1 its benches with
 #   engine.fuse_clean forced on and off (BENCHJSON_fuse, _nofuse; the default is "auto").
 #   Training goes on from the committed zoo (INIT_DIR, default models/). MODELS, BATCH, STATE, LR_DECAY go to
@@ -119,8 +121,10 @@ fi
 if [ "$PART" = eval ]; then
   [ -f $Z/manifest.toml ] || { log "no zoo in $Z (the train part ran on another machine?)"; exit 1; }
   cp -a .device/models/mtcnn $Z/
-  toml $Z "" /tmp/veil.toml
-  toml $Z $'[engine]\nprecision = "fp16"\n' /tmp/veil16.toml
+  protect=""; [ -z "${PROTECT:-}" ] || protect=$'[protect]\n'"$PROTECT"$'\n'
+  toml $Z "$protect" /tmp/veil.toml
+  toml $Z "$protect"$'[engine]\nprecision = "fp16"\n' /tmp/veil16.toml
+  log "eval configuration:"; cat /tmp/veil.toml >>"$L"
   log "doctor"; $V --config /tmp/veil.toml doctor >>"$L" 2>&1
   src=$PWD/.device/data/celeba
   for i in 1 2 3 4; do
