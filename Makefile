@@ -44,7 +44,8 @@ fixtures: $(FIXTURES)/manifest.toml
 # Optional cargo features. `heic` (HEIC/HEIF photos, as iPhones take them, through the system's
 # libheif) is on wherever pkg-config finds libheif >= 1.14 (Debian/Ubuntu: libheif-dev); without it a
 # build refuses such photos by name. `make build FEATURES=` builds without it on any machine.
-FEATURES ?= $(shell pkg-config --atleast-version=1.14 libheif 2>/dev/null && echo heic)
+LIBHEIF = $(shell pkg-config --atleast-version=1.14 libheif 2>/dev/null && echo found)
+FEATURES ?= $(if $(LIBHEIF),heic)
 CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES))
 
 build: setup
@@ -77,7 +78,7 @@ deb: build
 # (tests/service.rs skips that check, saying so, where it is missing), and libheif's headers, so the
 # HEIC/HEIF path is built and tested (tests/imageio.rs reads the HEIC samples).
 CI_PACKAGES = $(if $(shell command -v systemd-analyze),,systemd) \
-  $(if $(shell pkg-config --atleast-version=1.14 libheif 2>/dev/null && echo y),,libheif-dev pkg-config)
+  $(if $(LIBHEIF),,libheif-dev pkg-config)
 ci-deps:
 	$(if $(strip $(CI_PACKAGES)),SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $(strip $(CI_PACKAGES)),@echo "ci-deps: nothing to install")

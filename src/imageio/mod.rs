@@ -404,7 +404,6 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// Reads a photo. The file itself must not be a symbolic link.
 /// Whether this build reads HEIC/HEIF photos: `Ok` with the libheif that decodes them, or why not
 /// (built without the `heic` feature, or a libheif without an HEVC decoder).
 pub fn heic_support() -> Result<String, String> {
@@ -414,6 +413,7 @@ pub fn heic_support() -> Result<String, String> {
     Err("this build has no libheif (install libheif-dev and pkg-config, then `make build` again)".into())
 }
 
+/// Reads a photo. The file itself must not be a symbolic link.
 pub fn read(path: &Path, settings: &Settings) -> Result<Photo, ImageError> {
     let (bytes, id) = fsio::read_source(path, path, settings.max_file_bytes)?;
     decode(path, bytes, id, settings)
