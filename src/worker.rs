@@ -298,6 +298,8 @@ pub fn from_image(e: imageio::ImageError) -> JobError {
         | E::DiskFull { .. }
         | E::NoSpace { .. } => ErrorKind::Output,
         E::Write { .. } => ErrorKind::Transient,
+        // A video or a text beside the photos: left alone, and not called a failure.
+        E::NotAPhoto { .. } => ErrorKind::Skip,
         // Still being written, most likely: tried again (and again when it changes).
         e if e.may_be_incomplete() => ErrorKind::Transient,
         _ => ErrorKind::Permanent,

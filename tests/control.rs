@@ -437,6 +437,49 @@ fn a_failed_photo_leaves_the_last_errors_once_fixed_or_deleted() {
 }
 
 #[test]
+fn files_that_are_no_photo_are_skipped_and_a_camera_raw_file_fails_by_name() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    let events = follow(&home.socket());
+    let input = home.path().join("In");
+    let mut seen = Vec::new();
+    // An editor's sidecar and a phone's video beside the photos: left alone, not failures.
+    std::fs::write(input.join("DSC_0001.xmp"), "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"/>\n").unwrap();
+    until(&events, "In/DSC_0001.xmp", "skipped", &mut seen);
+    std::fs::write(input.join("clip.mp4"), b"\0\0\0\x20ftypisom\0\0\x02\0isomiso2avc1mp41").unwrap();
+    until(&events, "In/clip.mp4", "skipped", &mut seen);
+    // A RAW file: a TIFF structure whose image is the sensor's colour filter array (Photometric
+    // 32803). Read as a TIFF it would have been "protected"; it is refused by name.
+    let mut nef = b"II*\0\x08\0\0\0\x01\0".to_vec();
+    nef.extend_from_slice(&[0x06, 0x01, 3, 0, 1, 0, 0, 0, 0x23, 0x80, 0, 0, 0, 0, 0, 0]);
+    std::fs::write(input.join("DSC_0001.NEF"), &nef).unwrap();
+    until(&events, "In/DSC_0001.NEF", "failed", &mut seen);
+
+    let status = home.veil_json(&["status"]);
+    let told: Vec<&str> =
+        status["last_errors"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
+    assert!(told.len() == 1 && told[0].contains("DSC_0001.NEF: a camera RAW file (NEF)"), "{status}");
+    assert_eq!(
+        (&status["counts"]["skipped"], &status["counts"]["failed"]),
+        (&json!(2), &json!(1)),
+        "{status}"
+    );
+    let (_, jobs) = get(&home.socket(), "/v1/jobs?status=skipped");
+    let errors: Vec<&str> =
+        jobs["jobs"].as_array().unwrap().iter().filter_map(|j| j["error"].as_str()).collect();
+    assert!(
+        errors.iter().any(
+            |e| e.ends_with("clip.mp4: a video (MP4/QuickTime), not a photo (Veil protects photos only)")
+        ),
+        "{jobs}"
+    );
+    assert!(errors.iter().any(|e| e.contains("DSC_0001.xmp: a text file, not a photo")), "{jobs}");
+    assert_eq!(std::fs::read_dir(home.path().join("Out")).unwrap().count(), 0);
+    d.stop();
+}
+
+#[test]
 fn veil_watch_into_a_pipe_prints_lines_and_a_refused_reload_leaves_the_errors_once_one_applies() {
     use std::io::BufRead;
     let home = Home::new();

@@ -29,6 +29,7 @@ mod heic;
 mod irb;
 mod jpeg;
 mod png;
+mod sniff;
 mod tiffmeta;
 mod webp;
 mod xmp;
@@ -251,6 +252,15 @@ pub enum ImageError {
     HeicNotSupported { path: PathBuf },
     #[error("{}: unsupported format: {what}", path.display())]
     Unsupported { path: PathBuf, what: String },
+    /// No photo at all (a video, a document, a text): `veild` leaves it alone.
+    #[error("{}: {what}, not a photo (Veil protects photos only)", path.display())]
+    NotAPhoto { path: PathBuf, what: String },
+    #[error(
+        "{}: a camera RAW file ({kind}): Veil protects developed photos ({}); export it as JPEG or TIFF from your photo editor and protect that",
+        path.display(),
+        sniff::READABLE
+    )]
+    CameraRaw { path: PathBuf, kind: String },
     #[error("{}: {message}", path.display())]
     Corrupt { path: PathBuf, message: String },
     #[error("{}: cannot decode the {format} image: {message}", path.display())]
@@ -279,13 +289,11 @@ impl ImageError {
     pub fn may_be_incomplete(&self) -> bool {
         match self {
             ImageError::Corrupt { message, .. } => message.starts_with("truncated"),
-            ImageError::Unsupported { what, .. } => what == EMPTY,
+            ImageError::Unsupported { what, .. } => what == sniff::EMPTY,
             _ => false,
         }
     }
 }
-
-const EMPTY: &str = "the file is empty";
 
 /// A decoded photo: upright pixels to protect, and what it takes to write it back.
 #[derive(Debug, Clone)]
@@ -439,45 +447,6 @@ pub fn decode_bytes(path: &Path, bytes: Vec<u8>, settings: &Settings) -> Result<
     decode(path, bytes, None, settings)
 }
 
-/// The major brand of an ISO-BMFF file when it is a HEIF (or AVIF) image.
-fn heif_brand(b: &[u8]) -> Option<&[u8]> {
-    let brand = b.get(8..12).filter(|_| b.get(4..8) == Some(&b"ftyp"[..]))?;
-    [&b"heic"[..], b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"]
-        .contains(&brand)
-        .then_some(brand)
-}
-
-fn sniff(path: &Path, b: &[u8]) -> Result<Format, ImageError> {
-    if b.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return Ok(Format::Jpeg);
-    }
-    if b.starts_with(png::SIGNATURE) {
-        return Ok(Format::Png);
-    }
-    if b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP" {
-        return Ok(Format::Webp);
-    }
-    if b.starts_with(b"II*\0") || b.starts_with(b"MM\0*") {
-        return Ok(Format::Tiff);
-    }
-    if let Some(brand) = heif_brand(b) {
-        if brand == b"avif" {
-            return Err(ImageError::Unsupported { path: path.into(), what: "AVIF".into() });
-        }
-        return Err(ImageError::HeicNotSupported { path: path.into() });
-    }
-    let what = if b.starts_with(b"GIF8") {
-        "GIF".to_string()
-    } else if b.starts_with(b"BM") {
-        "BMP".to_string()
-    } else if b.is_empty() {
-        EMPTY.to_string()
-    } else {
-        "not a JPEG, PNG, WebP or TIFF file".to_string()
-    };
-    Err(ImageError::Unsupported { path: path.into(), what })
-}
-
 fn decode(
     path: &Path,
     bytes: Vec<u8>,
@@ -486,10 +455,10 @@ fn decode(
 ) -> Result<Photo, ImageError> {
     let corrupt = |message: String| ImageError::Corrupt { path: path.into(), message };
     #[cfg(feature = "heic")]
-    if heif_brand(&bytes).is_some_and(|b| b != b"avif") {
+    if sniff::heif_brand(&bytes).is_some_and(|b| b != b"avif") {
         return heic::decode(path, bytes, source_id, s);
     }
-    let format = sniff(path, &bytes)?;
+    let format = sniff::format(path, &bytes)?;
     // A JPEG that `image`'s decoder misreads; `jpeg-decoder` reads it.
     let mut misread_by_image = false;
     let meta = match format {
