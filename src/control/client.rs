@@ -219,17 +219,21 @@ pub fn status_table(s: &StatusReport) -> String {
 }
 
 /// `veil jobs` as a human reads it.
+///
+/// The photo column is as wide as the page's longest path, and an error that starts with its photo's
+/// path (as every error names its file) is shown without it, beside that path.
 pub fn jobs_table(page: &JobsPage) -> String {
-    let mut out = format!("{:>6}  {:<8}  {:>5}  {:<40}  detail\n", "id", "status", "faces", "photo");
+    let width = page.jobs.iter().map(|j| j.path.chars().count()).max().unwrap_or(0).max(5);
+    let mut out = format!("{:>6}  {:<8}  {:>5}  {:<width$}  detail\n", "id", "status", "faces", "photo");
     for j in &page.jobs {
         let faces = j.faces.map_or("-".into(), |f| f.to_string());
         let detail = match (&j.error, &j.output) {
-            (Some(e), _) => e.clone(),
+            (Some(e), _) => e.strip_prefix(&format!("{}: ", j.path)).unwrap_or(e).to_string(),
             (None, Some(o)) if j.output_deleted => format!("-> {o} (deleted since)"),
             (None, Some(o)) => format!("-> {o}"),
             (None, None) => String::new(),
         };
-        out += &format!("{:>6}  {:<8}  {faces:>5}  {:<40}  {detail}\n", j.id, j.status, j.path);
+        out += &format!("{:>6}  {:<8}  {faces:>5}  {:<width$}  {detail}\n", j.id, j.status, j.path);
     }
     if let Some(next) = page.next {
         out += &format!("(more: --after {next})\n");
@@ -289,6 +293,38 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[1].ends_with("-> /out/1.jpg"), "{table}");
         assert!(lines[2].ends_with("-> /out/2.jpg (deleted since)"), "{table}");
+    }
+
+    #[test]
+    fn a_job_table_keeps_its_columns_under_long_paths_and_names_each_path_once() {
+        let long = format!("/home/ann/Pictures/Veil/To-Share/{}/IMG_0001.jpg", "Holidays".repeat(4));
+        let failed = crate::control::JobInfo {
+            id: 12,
+            path: long.clone(),
+            status: "failed".into(),
+            attempts: 1,
+            error: Some(format!("{long}: corrupt JPEG (truncated)")),
+            output: None,
+            output_deleted: false,
+            faces: None,
+            seconds: None,
+            updated: 0,
+        };
+        let short = crate::control::JobInfo {
+            id: 3,
+            path: "/in/é.jpg".into(),
+            error: Some("/elsewhere: x".into()),
+            ..failed.clone()
+        };
+        let table = jobs_table(&JobsPage { jobs: vec![short, failed], next: None });
+        let lines: Vec<&str> = table.lines().collect();
+        // Every line's detail starts in the same column (counted in characters: é is one).
+        let column =
+            |l: &str| l.chars().count() - l.rsplit("  ").next().unwrap().trim_start().chars().count();
+        assert!(lines.iter().all(|l| column(l) == column(lines[0])), "{table}");
+        assert!(lines[2].ends_with(&format!("{long}  corrupt JPEG (truncated)")), "{table}");
+        // An error about another path is shown whole.
+        assert!(lines[1].ends_with("  /elsewhere: x"), "{table}");
     }
 
     #[test]
