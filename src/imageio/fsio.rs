@@ -30,17 +30,13 @@ pub fn resolve_in_folder(folder: &Path, path: &Path) -> Result<PathBuf, ImageErr
 /// link, not blocking on a FIFO; checked to be a regular file no larger than `max` before reading.
 /// Returns the bytes and the file's (device, inode).
 pub fn read_source(shown: &Path, file: &Path, max: u64) -> Result<(Vec<u8>, FileId), ImageError> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(file)
-        .map_err(|source| {
-            if source.raw_os_error() == Some(libc::ELOOP) {
-                ImageError::Symlink { path: shown.into() }
-            } else {
-                ImageError::Open { path: shown.into(), source }
-            }
-        })?;
+    let f = open_source(file).map_err(|source| {
+        if source.raw_os_error() == Some(libc::ELOOP) {
+            ImageError::Symlink { path: shown.into() }
+        } else {
+            ImageError::Open { path: shown.into(), source }
+        }
+    })?;
     let meta = f.metadata().map_err(|source| ImageError::Open { path: shown.into(), source })?;
     if !meta.is_file() {
         return Err(ImageError::NotAFile { path: shown.into() });
@@ -57,6 +53,22 @@ pub fn read_source(shown: &Path, file: &Path, max: u64) -> Result<(Vec<u8>, File
         return Err(ImageError::FileTooLarge { path: shown.into(), size: bytes.len() as u64, max });
     }
     Ok((bytes, Some((meta.dev(), meta.ino()))))
+}
+
+/// Up to `n` bytes from the start of `file`, opened as [`read_source`] opens it (for a file too
+/// large to read whole, to tell what it is).
+pub fn read_head(file: &Path, n: u64) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    open_source(file).ok()?.take(n).read_to_end(&mut head).ok()?;
+    Some(head)
+}
+
+/// Read-only, without following a symbolic link, and without blocking on a FIFO.
+fn open_source(file: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(file)
 }
 
 /// A file's (device, inode), which tells the source apart from any output.

@@ -423,15 +423,26 @@ pub fn heic_support() -> Result<String, String> {
 
 /// Reads a photo. The file itself must not be a symbolic link.
 pub fn read(path: &Path, settings: &Settings) -> Result<Photo, ImageError> {
-    let (bytes, id) = fsio::read_source(path, path, settings.max_file_bytes)?;
+    let (bytes, id) = read_source(path, path, settings)?;
     decode(path, bytes, id, settings)
+}
+
+/// [`fsio::read_source`], where a file too large to read is first looked at: a video beside the
+/// photos (most are larger than `max_file_bytes`) is no photo, not a photo too large.
+fn read_source(path: &Path, file: &Path, settings: &Settings) -> Result<(Vec<u8>, fsio::FileId), ImageError> {
+    fsio::read_source(path, file, settings.max_file_bytes).map_err(|e| match e {
+        ImageError::FileTooLarge { .. } => fsio::read_head(file, sniff::HEAD as u64)
+            .and_then(|head| sniff::no_photo(path, &head))
+            .unwrap_or(e),
+        e => e,
+    })
 }
 
 /// Reads a photo found in a watched folder: a symbolic link is followed only when it (and every
 /// folder on the way) stays inside `folder`.
 pub fn read_in_folder(folder: &Path, path: &Path, settings: &Settings) -> Result<Photo, ImageError> {
     let target = fsio::resolve_in_folder(folder, path)?;
-    let (bytes, id) = fsio::read_source(path, &target, settings.max_file_bytes)?;
+    let (bytes, id) = read_source(path, &target, settings)?;
     decode(path, bytes, id, settings)
 }
 

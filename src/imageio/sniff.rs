@@ -65,13 +65,23 @@ pub(super) fn format(path: &Path, b: &[u8]) -> Result<Format, ImageError> {
     if let Some(image) = other_image(b) {
         return unsupported(image.into());
     }
+    no_photo(path, b).map_or_else(|| unsupported(format!("not a {READABLE} file")), Err)
+}
+
+/// How much of a file [`no_photo`] looks at.
+pub(super) const HEAD: usize = 4096;
+
+/// Why `b` (a file's first [`HEAD`] bytes or more) is not protected when it is no photo at all:
+/// [`ImageError::NotAPhoto`] under a name that is not a photo's, else unsupported.
+pub(super) fn no_photo(path: &Path, b: &[u8]) -> Option<ImageError> {
+    let unsupported = |what: String| ImageError::Unsupported { path: path.into(), what };
     match not_a_photo(b) {
         // A name that says photo: a broken photo, or one misnamed; either way the user wants to know.
         Some(kind) if has_photo_extension(path) => {
-            unsupported(format!("{kind} under a photo's name, not a {READABLE} file"))
+            Some(unsupported(format!("{kind} under a photo's name, not a {READABLE} file")))
         }
-        Some(kind) => Err(ImageError::NotAPhoto { path: path.into(), what: kind.into() }),
-        None => unsupported(format!("not a {READABLE} file")),
+        Some(kind) => Some(ImageError::NotAPhoto { path: path.into(), what: kind.into() }),
+        None => None,
     }
 }
 
@@ -160,7 +170,7 @@ fn other_image(b: &[u8]) -> Option<&'static str> {
         "Photoshop PSD"
     } else if ftyp_brand(b) == Some(b"avis") {
         "AVIF"
-    } else if is_text(b) && contains(&b[..b.len().min(4096)], b"<svg") {
+    } else if is_text(b) && contains(&b[..b.len().min(HEAD)], b"<svg") {
         "SVG (a drawing, not a photo)"
     } else {
         return None;
@@ -191,11 +201,11 @@ fn not_a_photo(b: &[u8]) -> Option<&'static str> {
 
 /// Whether the file starts as UTF-8 text (no control characters but tabs, line and page breaks).
 fn is_text(b: &[u8]) -> bool {
-    let head = &b[..b.len().min(4096)];
+    let head = &b[..b.len().min(HEAD)];
     let utf8 = match std::str::from_utf8(head) {
         Ok(_) => true,
-        // A character cut by the 4,096 bytes looked at.
-        Err(e) => e.error_len().is_none() && head.len() < b.len(),
+        // A character cut by the bytes looked at (the head of a longer file).
+        Err(e) => e.error_len().is_none() && head.len() == HEAD,
     };
     !head.is_empty()
         && utf8
@@ -290,9 +300,9 @@ mod tests {
         assert_eq!(e.to_string(), format!("x.bin: unsupported format: not a {READABLE} file"));
         // Binary with a control byte is no text; a long text cut inside a character still is.
         assert!(!is_text(b"abc\0def") && !is_text(b"\x1b[0m") && !is_text(b""));
-        let mut long = "é".repeat(3000).into_bytes();
-        long.truncate(4097);
-        assert!(is_text(&long));
+        let long = format!("a{}", "é".repeat(3000)).into_bytes();
+        assert!(std::str::from_utf8(&long[..HEAD]).is_err() && is_text(&long));
+        assert!(!is_text(&long[..HEAD - 2]), "cut inside a character before its end: not text");
     }
 
     #[test]

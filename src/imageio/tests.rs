@@ -395,6 +395,25 @@ fn limits_are_checked_from_the_header() {
 }
 
 #[test]
+fn a_video_too_large_to_read_is_no_photo_and_a_photo_too_large_is_refused_as_such() {
+    let d = tempfile::tempdir().unwrap();
+    let settings = Settings { max_file_bytes: 1000, ..Settings::default() };
+    let mut video = b"\0\0\0\x20ftypmp42\0\0\0\0mp42isom".to_vec();
+    video.resize(5000, 7);
+    std::fs::write(d.path().join("clip.mp4"), &video).unwrap();
+    let e = read(&d.path().join("clip.mp4"), &settings).unwrap_err();
+    assert!(matches!(e, ImageError::NotAPhoto { .. }), "{e}");
+    assert!(e
+        .to_string()
+        .ends_with("clip.mp4: a video (MP4/QuickTime), not a photo (Veil protects photos only)"));
+    let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    jpeg.resize(5000, 0);
+    std::fs::write(d.path().join("big.jpg"), &jpeg).unwrap();
+    let e = read_in_folder(d.path(), &d.path().join("big.jpg"), &settings).unwrap_err();
+    assert!(matches!(e, ImageError::FileTooLarge { size: 5000, max: 1000, .. }), "{e}");
+}
+
+#[test]
 fn heic_and_unknown_formats_are_clear_errors() {
     let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic".to_vec();
     let err = decode_bytes(Path::new("x.heic"), heic, &Settings::default()).unwrap_err();
