@@ -1246,7 +1246,9 @@ impl Core {
             return vec![fail("an output folder: Veil does not protect its own copies again")];
         }
         match pipeline::collect_photos(&[path.to_path_buf()], &outputs) {
-            Ok(photos) if photos.is_empty() => vec![fail("a folder with no photos in it")],
+            Ok(photos) if photos.is_empty() => {
+                vec![fail(&format!("a folder with {}", pipeline::no_photos_in(path, &outputs)))]
+            }
             Ok(photos) => photos.iter().map(|p| self.protect_file_now(p, output)).collect(),
             Err(e) => vec![fail(&e.to_string())],
         }

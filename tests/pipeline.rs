@@ -265,20 +265,30 @@ fn protect_takes_each_photo_once_mirrors_sub_folders_names_empty_folders_and_pri
     std::fs::create_dir_all(photos.join("sub")).unwrap();
     std::fs::copy(&portrait, photos.join("sub/x.jpg")).unwrap();
     let again = photos.join(".").join(latin.file_name().unwrap());
+    // A folder of camera RAW files: no photo Veil protects, and the message says what it passed over.
+    let raws = tmp.path().join("raws");
+    std::fs::create_dir_all(raws.join("day2")).unwrap();
+    for name in ["DSC_0001.NEF", "day2/DSC_0002.dng", ".DSC_0003.nef", "notes.txt"] {
+        std::fs::write(raws.join(name), b"II*\0").unwrap();
+    }
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
     cmd.env("HOME", tmp.path()).arg("--config").arg(&cfg).args(["protect", "--json", "--out"]).arg(&out);
     // The photo three times (its folder, itself, another path to it), and a folder with none.
-    let o = cmd.arg(&photos).arg(&latin).arg(&again).arg(&empty).output().unwrap();
+    let o = cmd.arg(&photos).arg(&latin).arg(&again).arg(&empty).arg(&raws).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("empty: no photos in it"), "{stderr}");
+    let raw_message =
+        "raws: no photos Veil can protect in it: 2 camera RAW files (export them as JPEG or TIFF";
+    assert!(stderr.contains(raw_message), "{stderr}");
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines.len(), 4, "{stdout}");
     assert!(lines[0]["error"].as_str().unwrap().contains("no photos in it"), "{stdout}");
-    assert!(lines[1]["source"].as_str().unwrap().ends_with("caf\u{fffd}.jpg"), "{stdout}");
-    assert_eq!(lines[1]["action"], "protected", "{stdout}");
+    assert!(lines[1]["error"].as_str().unwrap().contains("2 camera RAW files"), "{stdout}");
+    assert!(lines[2]["source"].as_str().unwrap().ends_with("caf\u{fffd}.jpg"), "{stdout}");
+    assert_eq!(lines[2]["action"], "protected", "{stdout}");
     // One copy, under the photo's own bytes; the sub-folder's photo in the same sub-folder there.
-    assert_eq!(lines[2]["output"].as_str().unwrap(), out.join("sub/x.jpg").to_str().unwrap());
+    assert_eq!(lines[3]["output"].as_str().unwrap(), out.join("sub/x.jpg").to_str().unwrap());
     let mut written: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
     written.sort();
     assert_eq!(written, [latin.file_name().unwrap(), std::ffi::OsStr::new("sub")]);

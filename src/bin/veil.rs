@@ -670,11 +670,11 @@ fn protect(
                 unusable += 1;
                 let is_output = outputs.iter().any(|o| same_file(o, path));
                 let why = if is_output {
-                    "an output folder: Veil does not protect its own copies again"
+                    "an output folder: Veil does not protect its own copies again".to_string()
                 } else {
-                    "no photos in it (hidden entries, symbolic links and output folders are not walked)"
+                    pipeline::no_photos_in(path, &outputs)
                 };
-                report_error(out, json, path, why)?;
+                report_error(out, json, path, &why)?;
             }
             Ok(found) => {
                 // The same path however it is spelled (hard links are two photos, as in a folder).

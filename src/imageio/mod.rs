@@ -412,6 +412,11 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// Whether a file named `*.ext` is a camera RAW file (`nef`, `dng`, `cr2`, …), which Veil refuses.
+pub fn is_raw_extension(ext: &str) -> bool {
+    sniff::RAW_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
+}
+
 /// Whether this build reads HEIC/HEIF photos: `Ok` with the libheif that decodes them, or why not
 /// (built without the `heic` feature, or a libheif without an HEVC decoder).
 pub fn heic_support() -> Result<String, String> {

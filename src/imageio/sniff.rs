@@ -14,7 +14,7 @@ pub const READABLE: &str =
 pub(super) const EMPTY: &str = "the file is empty";
 
 /// Extensions of camera RAW files (sensor data before development).
-const RAW_EXTENSIONS: &[&str] = &[
+pub(super) const RAW_EXTENSIONS: &[&str] = &[
     "3fr", "ari", "arw", "bay", "cr2", "cr3", "crw", "dcr", "dng", "erf", "fff", "iiq", "k25", "kdc", "mef",
     "mos", "mrw", "nef", "nrw", "orf", "pef", "raf", "raw", "rw2", "rwl", "sr2", "srf", "srw", "x3f",
 ];

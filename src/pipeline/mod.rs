@@ -162,12 +162,32 @@ pub fn collect_photos(paths: &[PathBuf], outputs: &[PathBuf]) -> Result<Vec<Path
         let meta =
             std::fs::symlink_metadata(p).map_err(|source| ImageError::Open { path: p.clone(), source })?;
         if meta.is_dir() {
-            walk(p, &meta, &outputs, &mut out)?;
+            walk(p, &meta, &outputs, Format::is_photo_extension, &mut out)?;
         } else {
             out.push(p.clone());
         }
     }
     Ok(out)
+}
+
+/// Why a walk of the folder `dir` found no photo ([`collect_photos`] gave none), for the user: the
+/// camera RAW files it passed over are counted, since those are photos to their owner.
+pub fn no_photos_in(dir: &Path, outputs: &[PathBuf]) -> String {
+    let outputs: Vec<(u64, u64)> =
+        outputs.iter().filter_map(|o| std::fs::metadata(o).ok()).map(|m| file_id(&m)).collect();
+    let mut raw = Vec::new();
+    if let Ok(meta) = std::fs::symlink_metadata(dir) {
+        // What cannot be read was told when the photos were looked for.
+        let _ = walk(dir, &meta, &outputs, imageio::is_raw_extension, &mut raw);
+    }
+    match raw.len() {
+        0 => "no photos in it (hidden entries, symbolic links and output folders are not walked)".into(),
+        n => format!(
+            "no photos Veil can protect in it: {n} camera RAW file{} (export {} as JPEG or TIFF and protect that)",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "it" } else { "them" }
+        ),
+    }
 }
 
 /// A file's identity: device and inode, whatever path leads to it.
@@ -177,11 +197,12 @@ fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
 }
 
 /// Walks `dir`, whose metadata the caller has already read, unless it is an output folder (one of
-/// the identities `outputs`).
+/// the identities `outputs`), for the files whose extension `takes`.
 fn walk(
     dir: &Path,
     meta: &std::fs::Metadata,
     outputs: &[(u64, u64)],
+    takes: fn(&str) -> bool,
     out: &mut Vec<PathBuf>,
 ) -> Result<(), ImageError> {
     use std::os::unix::ffi::OsStrExt;
@@ -201,10 +222,8 @@ fn walk(
             continue;
         }
         if meta.is_dir() {
-            walk(&p, &meta, outputs, out)?;
-        } else if meta.is_file()
-            && p.extension().and_then(|e| e.to_str()).is_some_and(Format::is_photo_extension)
-        {
+            walk(&p, &meta, outputs, takes, out)?;
+        } else if meta.is_file() && p.extension().and_then(|e| e.to_str()).is_some_and(takes) {
             out.push(p);
         }
     }
