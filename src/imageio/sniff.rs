@@ -111,7 +111,13 @@ fn camera_raw(path: &Path, b: &[u8]) -> Option<String> {
     if ftyp_brand(b) == Some(b"crx ") {
         return Some("Canon CR3".into());
     }
-    let tiff = Tiff::new(b)?;
+    let Some(tiff) = Tiff::new(b) else {
+        // Under a RAW file's name, whatever is not a photo Veil reads (a misnamed JPEG is one).
+        let photo = b.starts_with(&[0xFF, 0xD8, 0xFF])
+            || b.starts_with(super::png::SIGNATURE)
+            || b.get(8..12) == Some(b"WEBP");
+        return named.filter(|_| !photo);
+    };
     if b.get(8..10) == Some(b"CR") {
         return Some(named.unwrap_or_else(|| "Canon CR2".into()));
     }
@@ -273,6 +279,9 @@ mod tests {
         let rgb = tiff(&[short(262, 2)]);
         assert_eq!(what("scan.tiff", &rgb), "ok TIFF");
         assert!(what("scan.ARW", &rgb).contains("camera RAW file (ARW)"));
+        // A RAW name on other bytes (Canon's older CRW is no TIFF) is a RAW file; on a JPEG, a photo.
+        assert!(what("IMG_0001.CRW", b"II\x1a\0\0\0HEAPCCDR").contains("camera RAW file (CRW)"));
+        assert_eq!(what("IMG_0001.CRW", &[0xFF, 0xD8, 0xFF, 0xE0]), "ok JPEG");
     }
 
     #[test]
