@@ -34,6 +34,8 @@ mod tiffmeta;
 mod webp;
 mod xmp;
 
+pub use sniff::is_raw_extension;
+
 use std::{
     ffi::{OsStr, OsString},
     fmt,
@@ -410,11 +412,6 @@ pub fn bytes(n: u64) -> String {
         1_000_000..=999_999_999 => format!("{:.1} MB", n as f64 / 1e6),
         _ => format!("{:.1} GB", n as f64 / 1e9),
     }
-}
-
-/// Whether a file named `*.ext` is a camera RAW file (`nef`, `dng`, `cr2`, …), which Veil refuses.
-pub fn is_raw_extension(ext: &str) -> bool {
-    sniff::RAW_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
 }
 
 /// Whether this build reads HEIC/HEIF photos: `Ok` with the libheif that decodes them, or why not

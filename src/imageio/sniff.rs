@@ -14,7 +14,7 @@ pub const READABLE: &str =
 pub(super) const EMPTY: &str = "the file is empty";
 
 /// Extensions of camera RAW files (sensor data before development).
-pub(super) const RAW_EXTENSIONS: &[&str] = &[
+const RAW_EXTENSIONS: &[&str] = &[
     "3fr", "ari", "arw", "bay", "cr2", "cr3", "crw", "dcr", "dng", "erf", "fff", "iiq", "k25", "kdc", "mef",
     "mos", "mrw", "nef", "nrw", "orf", "pef", "raf", "raw", "rw2", "rwl", "sr2", "srf", "srw", "x3f",
 ];
@@ -35,22 +35,14 @@ fn ftyp_brand(b: &[u8]) -> Option<&[u8]> {
 /// The photo format of `b`, or why Veil does not protect it. HEIF is told apart by [`heif_brand`]
 /// before this is asked (it is refused here, in a build without libheif).
 pub(super) fn format(path: &Path, b: &[u8]) -> Result<Format, ImageError> {
-    // Before the TIFF header: most RAW files are TIFF structures around sensor data, whose first
+    let readable = readable(b);
+    // Before the TIFF is taken: most RAW files are TIFF structures around sensor data, whose first
     // picture is a thumbnail; protected as a TIFF, the copy would be that thumbnail.
-    if let Some(kind) = camera_raw(path, b) {
+    if let Some(kind) = camera_raw(path, b, readable) {
         return Err(ImageError::CameraRaw { path: path.into(), kind });
     }
-    if b.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return Ok(Format::Jpeg);
-    }
-    if b.starts_with(super::png::SIGNATURE) {
-        return Ok(Format::Png);
-    }
-    if b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP" {
-        return Ok(Format::Webp);
-    }
-    if Tiff::new(b).is_some() {
-        return Ok(Format::Tiff);
+    if let Some(format) = readable {
+        return Ok(format);
     }
     if let Some(brand) = heif_brand(b) {
         if brand == b"avif" {
@@ -66,6 +58,21 @@ pub(super) fn format(path: &Path, b: &[u8]) -> Result<Format, ImageError> {
         return unsupported(image.into());
     }
     no_photo(path, b).map_or_else(|| unsupported(format!("not a {READABLE} file")), Err)
+}
+
+/// The format Veil reads that `b` starts as (by its signature; a TIFF may still be a RAW file).
+fn readable(b: &[u8]) -> Option<Format> {
+    if b.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(Format::Jpeg)
+    } else if b.starts_with(super::png::SIGNATURE) {
+        Some(Format::Png)
+    } else if b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP" {
+        Some(Format::Webp)
+    } else if Tiff::new(b).is_some() {
+        Some(Format::Tiff)
+    } else {
+        None
+    }
 }
 
 /// How much of a file [`no_photo`] looks at.
@@ -90,12 +97,18 @@ fn extension(path: &Path) -> Option<String> {
 }
 
 fn has_photo_extension(path: &Path) -> bool {
-    extension(path).is_some_and(|e| Format::is_photo_extension(&e) || RAW_EXTENSIONS.contains(&e.as_str()))
+    extension(path).is_some_and(|e| Format::is_photo_extension(&e) || is_raw_extension(&e))
 }
 
-/// A camera RAW file: its kind as told to the user (`NEF`, `DNG`, `Canon CR3`, …).
-fn camera_raw(path: &Path, b: &[u8]) -> Option<String> {
-    let named = extension(path).filter(|e| RAW_EXTENSIONS.contains(&e.as_str())).map(|e| e.to_uppercase());
+/// Whether a file named `*.ext` is a camera RAW file (`nef`, `dng`, `cr2`, …), which Veil refuses.
+pub fn is_raw_extension(ext: &str) -> bool {
+    RAW_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
+}
+
+/// A camera RAW file: its kind as told to the user (`NEF`, `DNG`, `Canon CR3`, …). `readable` is
+/// what [`readable`] makes of `b`.
+fn camera_raw(path: &Path, b: &[u8], readable: Option<Format>) -> Option<String> {
+    let named = extension(path).filter(|e| is_raw_extension(e)).map(|e| e.to_uppercase());
     let magic = [
         (&b"IIRO"[..], "Olympus ORF"),
         (b"IIRS", "Olympus ORF"),
@@ -113,10 +126,7 @@ fn camera_raw(path: &Path, b: &[u8]) -> Option<String> {
     }
     let Some(tiff) = Tiff::new(b) else {
         // Under a RAW file's name, whatever is not a photo Veil reads (a misnamed JPEG is one).
-        let photo = b.starts_with(&[0xFF, 0xD8, 0xFF])
-            || b.starts_with(super::png::SIGNATURE)
-            || b.get(8..12) == Some(b"WEBP");
-        return named.filter(|_| !photo);
+        return named.filter(|_| readable.is_none());
     };
     if b.get(8..10) == Some(b"CR") {
         return Some(named.unwrap_or_else(|| "Canon CR2".into()));

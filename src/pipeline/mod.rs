@@ -155,8 +155,7 @@ impl Outcome {
 /// without a photo extension skipped), in a stable order. The folders `outputs` (the copies'
 /// folders, which may lie inside them) are never walked: that would protect the copies again.
 pub fn collect_photos(paths: &[PathBuf], outputs: &[PathBuf]) -> Result<Vec<PathBuf>, ImageError> {
-    let outputs: Vec<(u64, u64)> =
-        outputs.iter().filter_map(|o| std::fs::metadata(o).ok()).map(|m| file_id(&m)).collect();
+    let outputs = identities(outputs);
     let mut out = Vec::new();
     for p in paths {
         let meta =
@@ -173,8 +172,7 @@ pub fn collect_photos(paths: &[PathBuf], outputs: &[PathBuf]) -> Result<Vec<Path
 /// Why a walk of the folder `dir` found no photo ([`collect_photos`] gave none), for the user: the
 /// camera RAW files it passed over are counted, since those are photos to their owner.
 pub fn no_photos_in(dir: &Path, outputs: &[PathBuf]) -> String {
-    let outputs: Vec<(u64, u64)> =
-        outputs.iter().filter_map(|o| std::fs::metadata(o).ok()).map(|m| file_id(&m)).collect();
+    let outputs = identities(outputs);
     let mut raw = Vec::new();
     if let Ok(meta) = std::fs::symlink_metadata(dir) {
         // What cannot be read was told when the photos were looked for.
@@ -188,6 +186,11 @@ pub fn no_photos_in(dir: &Path, outputs: &[PathBuf]) -> String {
             if n == 1 { "it" } else { "them" }
         ),
     }
+}
+
+/// The identities of the folders `outputs` that exist, which a walk does not enter.
+fn identities(outputs: &[PathBuf]) -> Vec<(u64, u64)> {
+    outputs.iter().filter_map(|o| std::fs::metadata(o).ok()).map(|m| file_id(&m)).collect()
 }
 
 /// A file's identity: device and inode, whatever path leads to it.
