@@ -32,6 +32,8 @@ pub struct Config {
     pub imageio: crate::imageio::Settings,
     /// How `veild` notices new photos: settle time, periodic rescans, polling.
     pub watch: WatchConfig,
+    /// Desktop notifications from `veild`: when a batch of photos is done, or only on failures.
+    pub notify: NotifyConfig,
     /// Folders `veild` watches, each with the folder protected copies go to.
     pub folders: Vec<FolderConfig>,
 }
@@ -55,6 +57,47 @@ impl Default for WatchConfig {
             rescan_minutes: Bounded(10.0),
             poll_seconds: Bounded(10.0),
         }
+    }
+}
+
+/// The `[notify]` section: what `veild` tells the user's desktop (see [`crate::desktop`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    pub when: NotifyWhen,
+    /// Seconds with nothing left to protect before a batch is told (more photos may be coming).
+    pub quiet_seconds: Bounded<1, 600>,
+    /// A program to run instead of the platform's (`notify-send`, `osascript`), with its first
+    /// arguments; the title and the text are added as the last two. Empty: the platform's.
+    pub command: Vec<String>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig { when: NotifyWhen::Batches, quiet_seconds: Bounded(5.0), command: Vec::new() }
+    }
+}
+
+/// `notify.when`: which batches are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyWhen {
+    /// Once the photos that came together are all done: how many were protected, which failed.
+    #[default]
+    Batches,
+    /// Only a batch in which a photo failed or waits for its output folder.
+    Errors,
+    /// Never.
+    Off,
+}
+
+impl fmt::Display for NotifyWhen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NotifyWhen::Batches => "batches",
+            NotifyWhen::Errors => "errors",
+            NotifyWhen::Off => "off",
+        })
     }
 }
 
@@ -389,6 +432,7 @@ impl Default for Config {
             protect: crate::protect::ProtectConfig::default(),
             imageio: crate::imageio::Settings::default(),
             watch: WatchConfig::default(),
+            notify: NotifyConfig::default(),
             folders: vec![FolderConfig::new("~/Pictures/Veil/To-Share", "~/Pictures/Veil/Protected")],
         }
     }
@@ -611,6 +655,20 @@ impl Config {
             protect: self.protect.clone(),
             imageio: self.imageio.clone(),
             watch: self.watch.clone(),
+            notify: NotifyConfig {
+                command: (self.notify.command.iter().enumerate())
+                    .map(
+                        |(i, w)| {
+                            if i == 0 {
+                                home(Path::new(w)).to_string_lossy().into_owned()
+                            } else {
+                                w.clone()
+                            }
+                        },
+                    )
+                    .collect(),
+                ..self.notify.clone()
+            },
             folders: self
                 .folders
                 .iter()

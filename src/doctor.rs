@@ -138,6 +138,8 @@ pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
         ),
     }
 
+    check_notify(&mut report, &config.notify);
+
     if config.imageio.jpeg_chroma == crate::imageio::Chroma::Half {
         // bench/results/jpeg420-copies-cpu-2026-11-27.md: StarGAN disrupted on 78 % of 30 val faces
         // with 4:2:0 copies against 100 % with 4:4:4 ones.
@@ -172,6 +174,23 @@ pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
         report.push(Level::Fail, "watch", e.to_string());
     }
     report
+}
+
+/// Whether `veild`'s desktop notifications can be shown: the program that shows them is there.
+fn check_notify(report: &mut Report, config: &crate::config::NotifyConfig) {
+    use crate::{config::NotifyWhen, desktop::Sink};
+    if config.when == NotifyWhen::Off {
+        report.push(Level::Info, "notify", "off (notify.when = \"off\")");
+        return;
+    }
+    match Sink::choose(config) {
+        Ok(sink) => {
+            let (program, _) =
+                sink.command(&crate::desktop::Notice { title: String::new(), body: String::new() });
+            report.push(Level::Ok, "notify", format!("{} through {}", config.when, program.display()))
+        }
+        Err(why) => report.push(Level::Warn, "notify", format!("no desktop notifications: {why}")),
+    }
 }
 
 fn check_models(report: &mut Report, config: &Config) {

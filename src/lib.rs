@@ -27,6 +27,7 @@
 //! - [`worker`]: the engine thread and the [`worker::Protector`] it runs photos through.
 //! - [`systemd`]: `sd_notify` (ready, status, watchdog).
 //! - [`service_unit`]: `veil service install`: the systemd user unit or launchd agent for `veild`.
+//! - [`desktop`]: `veild`'s desktop notifications: one per batch of photos, with what failed and why.
 //! - [`control`]: the control socket (HTTP/1.1 + JSON under `/v1/`) and the client `veil` uses.
 //!
 //! The binaries in `src/bin/` only parse arguments, wire these together and print errors.
@@ -34,6 +35,7 @@
 pub mod bench;
 pub mod config;
 pub mod control;
+pub mod desktop;
 pub mod doctor;
 pub mod engine;
 pub mod eval;

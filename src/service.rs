@@ -19,6 +19,7 @@ use std::{
 use crate::{
     config::{Config, FolderConfig, Source},
     control::{self, server, ApiError, Command, Event, Reply},
+    desktop,
     engine::{self, EngineError},
     imageio,
     models::{Inventory, Role},
@@ -123,7 +124,9 @@ pub async fn run(
     .map_err(|e| ServiceError::Probe(e.to_string()))??;
 
     let (events, _) = tokio::sync::broadcast::channel::<Event>(1024);
-    let info = Info { device, models, started: Instant::now(), events: events.clone() };
+    let (notify, notify_config) = tokio::sync::watch::channel(config.notify.clone());
+    let notifier = tokio::spawn(desktop::run(events.subscribe(), notify_config));
+    let info = Info { device, models, started: Instant::now(), events: events.clone(), notify };
     let core = Core::new(config, store, worker, tx.clone(), info)?;
     let core = std::thread::Builder::new()
         .name("veil-core".into())
@@ -185,6 +188,7 @@ pub async fn run(
     }
     let _ = tx.send(Msg::Shutdown);
     let _ = tokio::task::spawn_blocking(move || core.join()).await;
+    notifier.abort();
     Ok(())
 }
 
@@ -353,6 +357,8 @@ struct Info {
     models: Vec<String>,
     started: Instant,
     events: tokio::sync::broadcast::Sender<Event>,
+    /// The `[notify]` section for the desktop notifier, sent again on a reload.
+    notify: tokio::sync::watch::Sender<crate::config::NotifyConfig>,
 }
 
 /// Errors `veil status` shows.
@@ -1031,14 +1037,16 @@ impl Core {
                 self.emit("skipped", path, None, Some(reason));
                 tracing::info!("{reason}: skipped")
             }
-            (Ok(Some(Status::Done)), Finish::Done { output, .. }) => {
+            (Ok(Some(Status::Done)), Finish::Done { output, faces, .. }) => {
                 // A photo first found unreadable is known by its content from now on.
                 if let Err(e) = self.store.real_hash(path) {
                     tracing::warn!("{}: cannot record its content's hash: {e}", path.display());
                 }
-                self.emit("done", path, Some(output), None)
+                self.emit_done(path, output, *faces)
             }
             (Ok(Some(Status::Pending)), Finish::Requeue) => self.emit("queued", path, None, None),
+            // Gone before it could be read: nothing is left of it.
+            (Ok(None), Finish::Gone) => self.emit("removed", path, None, None),
             (Ok(_), _) => {}
             (Err(e), _) => return self.store_failed(e),
         }
@@ -1081,8 +1089,24 @@ impl Core {
         self.last_error = Some(message);
     }
 
-    /// Tells the event stream's subscribers about a job.
+    /// Tells the event stream's subscribers (`veil watch`, the desktop notifier) about a job.
     fn emit(&self, event: &str, path: &Path, output: Option<&Path>, error: Option<&str>) {
+        self.emit_job(event, path, output, error, None);
+    }
+
+    /// A `done` event for a photo the engine has just protected: with its count of faces.
+    fn emit_done(&self, path: &Path, output: &Path, faces: u32) {
+        self.emit_job("done", path, Some(output), None, Some(faces));
+    }
+
+    fn emit_job(
+        &self,
+        event: &str,
+        path: &Path,
+        output: Option<&Path>,
+        error: Option<&str>,
+        faces: Option<u32>,
+    ) {
         if self.info.events.receiver_count() == 0 {
             return;
         }
@@ -1091,6 +1115,7 @@ impl Core {
             id,
             output: output.map(control::lossy),
             error: error.map(str::to_string),
+            faces,
             ..Event::new(event, Some(path))
         });
     }
@@ -1478,6 +1503,7 @@ impl Core {
                 if let Some(refused) = self.refused.take() {
                     self.forget(&refused);
                 }
+                self.info.notify.send_replace(self.config.notify.clone());
                 let _ = self.info.events.send(Event::new("reloaded", None));
                 Ok(())
             }

@@ -885,3 +885,75 @@ fn without_models_nothing_unprotected_is_written_and_the_reason_is_recorded() {
         "{row:?}"
     );
 }
+
+#[test]
+fn a_batch_is_told_to_the_desktop_once_with_what_failed_and_a_reload_can_keep_it_to_errors() {
+    let home = Home::new();
+    let notify =
+        |when: &str| format!("settle_seconds = 0.3\n\n[notify]\nwhen = \"{when}\"\nquiet_seconds = 1");
+    home.configure(&notify("batches"), &[("In", "Out")]);
+    // The platform's notifier, as the desktop has it: `notify-send` on the PATH.
+    let bin = home.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let told = home.path().join("told");
+    let fake = bin.join("notify-send");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done >> {}\necho >> {0}\n",
+            told.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let d = Daemon::spawn(
+        home.command(env!("CARGO_BIN_EXE_veild"))
+            .args(["--config", home.config_path().to_str().unwrap()])
+            .env("PATH", path)
+            .env("VEIL_LOG", "veil=debug,info"),
+    );
+    d.wait_log("ready", Duration::from_secs(60));
+    let input = home.path().join("In");
+    std::fs::write(input.join("a.jpg"), photo(1, 24, "a.jpg")).unwrap();
+    std::fs::write(input.join("b.png"), photo(2, 24, "b.png")).unwrap();
+    std::fs::write(input.join("broken.png"), b"no photo at all").unwrap();
+    let wait_told = |n: usize| {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&told).unwrap_or_default();
+            if text.matches("--app-name=Veil").count() >= n {
+                return text;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "not told {n} time(s): {text:?}\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let text = wait_told(1);
+    let out = home.path().join("Out");
+    let expected = format!(
+        "--app-name=Veil\nVeil: 1 photo could not be protected\n2 had no face and were copied unchanged\n\
+         Copies in {}\nbroken.png: unsupported format: a text file under a photo's name, not a JPEG, PNG",
+        out.display()
+    );
+    // One notification for the batch (the formats named depend on the build).
+    assert!(text.starts_with(&expected) && text.ends_with(" file\n\n"), "{text:?}");
+    assert_eq!(text.lines().count(), 6, "{text:?}");
+
+    // Kept to errors: a batch that went well is not told, one with a failure is.
+    home.configure(&notify("errors"), &[("In", "Out")]);
+    d.signal(libc::SIGHUP);
+    d.wait_log("configuration reloaded", Duration::from_secs(20));
+    std::fs::write(input.join("c.jpg"), photo(3, 24, "c.jpg")).unwrap();
+    home.wait_settled(&d, 4, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(input.join("cut.webp"), b"RIFF\x10\0\0\0WEBPVP8 ").unwrap();
+    let text = wait_told(2);
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let second = text.split("--app-name=Veil\n").nth(2).unwrap();
+    assert!(second.starts_with("Veil: 1 photo could not be protected\ncut.webp: "), "{second:?}");
+    assert!(!second.contains("unchanged"), "c.jpg's batch was not told: {second:?}");
+    assert!(!log.contains("desktop notification not shown"), "{log}");
+}

@@ -158,7 +158,7 @@ pub struct Event {
     /// `subscribed` (first line), `queued`, `running`, `done`, `failed`, `retrying` (failed, will be
     /// tried again), `waiting` (its output folder cannot take it now: tried again later), `skipped`, `removed` (a failed photo
     /// was deleted or moved away: its failure is forgotten; or a waiting one was let go with its
-    /// folder, taken out of the configuration), `paused`, `resumed`, `reloaded`, or
+    /// folder, taken out of the configuration; or a queued one went away before it was read), `paused`, `resumed`, `reloaded`, or
     /// `lagged` (events were lost).
     pub event: String,
     /// Seconds since the epoch.
@@ -171,6 +171,10 @@ pub struct Event {
     pub output: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The faces protected, on a `done` event for a photo the engine has just protected (0: it had
+    /// none, and its copy is unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faces: Option<u32>,
 }
 
 impl Event {
@@ -182,6 +186,7 @@ impl Event {
             path: path.map(lossy),
             output: None,
             error: None,
+            faces: None,
         }
     }
 }

@@ -1,0 +1,646 @@
+//! Desktop notifications from `veild`: once the photos that came together are all done, one
+//! notification says how many were protected and where their copies are, which had no face, and
+//! which could not be protected and why.
+//!
+//! The notifier reads the event stream `veil watch` reads ([`Event`]), so it tells what a user
+//! following the daemon would have seen. A [`Batch`] gathers the events; once nothing has been left
+//! to protect for `notify.quiet_seconds`, it becomes one [`Notice`], handed to the platform's
+//! notifier (`notify-send` on Linux, `osascript` on macOS) or to `notify.command`. The daemon never
+//! waits for it: a notifier that is missing or fails is logged, and the photos go on.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{broadcast, watch};
+
+use crate::{
+    config::{NotifyConfig, NotifyWhen},
+    control::Event,
+};
+
+/// How long a batch waits for a photo that was seen coming but never seen done (events lost, a
+/// photo on a slow CPU) before what is done is told anyway.
+const STALL: Duration = Duration::from_secs(600);
+/// How long a notifier program may run before it is stopped.
+const PROGRAM_LIMIT: Duration = Duration::from_secs(10);
+/// Failed photos named one by one in a notice; the others are counted.
+const NAMED: usize = 3;
+/// Characters of one line of a notice at most.
+const LINE: usize = 160;
+
+/// What one notification says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub title: String,
+    pub body: String,
+}
+
+/// The photos of the batch being gathered, from the daemon's events.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Photos seen queued or running and not yet seen finished.
+    pending: HashSet<String>,
+    /// Photos the engine took: only their `done` is a protection (a rename's `done` is not).
+    running: HashSet<String>,
+    protected: u32,
+    /// Done with no face: copied unchanged.
+    unchanged: u32,
+    /// The folders the copies went to.
+    outputs: BTreeSet<PathBuf>,
+    /// Failed photos: path and error.
+    failed: Vec<(String, String)>,
+    /// Photos whose output folder cannot take their copy: path and why.
+    waiting: Vec<(String, String)>,
+    /// Photos already told waiting, not told again each time they are retried.
+    told_waiting: HashSet<String>,
+}
+
+impl Batch {
+    /// Takes one event of the daemon's stream into the batch.
+    pub fn see(&mut self, e: &Event) {
+        let Some(path) = e.path.clone() else {
+            if e.event == "paused" {
+                // Nothing queued moves until `veil resume`: what is done is told meanwhile.
+                self.pending.clear();
+                self.running.clear();
+            }
+            return;
+        };
+        match e.event.as_str() {
+            "queued" | "retrying" => {
+                self.pending.insert(path);
+            }
+            "running" => {
+                self.pending.insert(path.clone());
+                self.running.insert(path);
+            }
+            "done" => {
+                self.pending.remove(&path);
+                self.told_waiting.remove(&path);
+                if self.running.remove(&path) {
+                    match e.faces {
+                        Some(0) => self.unchanged += 1,
+                        _ => self.protected += 1,
+                    }
+                    if let Some(dir) = e.output.as_deref().and_then(|o| Path::new(o).parent()) {
+                        self.outputs.insert(dir.to_path_buf());
+                    }
+                }
+            }
+            "failed" => {
+                self.finish(&path);
+                self.failed.push((path, e.error.clone().unwrap_or_default()));
+            }
+            "waiting" => {
+                self.pending.remove(&path);
+                self.running.remove(&path);
+                if self.told_waiting.insert(path.clone()) {
+                    self.waiting.push((path, e.error.clone().unwrap_or_default()));
+                }
+            }
+            "skipped" | "removed" => self.finish(&path),
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self, path: &str) {
+        self.pending.remove(path);
+        self.running.remove(path);
+        self.told_waiting.remove(path);
+    }
+
+    /// Events were lost: photos seen coming may never be seen done, so none is waited for.
+    pub fn lost(&mut self) {
+        self.pending.clear();
+        self.running.clear();
+    }
+
+    /// Whether photos seen coming are not done yet.
+    pub fn busy(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Whether there is something to tell under `when`.
+    pub fn has_news(&self, when: NotifyWhen) -> bool {
+        let errors = !self.failed.is_empty() || !self.waiting.is_empty();
+        match when {
+            NotifyWhen::Off => false,
+            NotifyWhen::Errors => errors,
+            NotifyWhen::Batches => errors || self.protected + self.unchanged > 0,
+        }
+    }
+
+    /// The notice for the batch so far under `when`, if it has news; the batch starts anew.
+    pub fn take(&mut self, when: NotifyWhen) -> Option<Notice> {
+        let notice = self.has_news(when).then(|| self.notice());
+        self.protected = 0;
+        self.unchanged = 0;
+        self.outputs.clear();
+        self.failed.clear();
+        self.waiting.clear();
+        notice
+    }
+
+    fn notice(&self) -> Notice {
+        let (done, failed, waiting) = (self.protected, self.failed.len(), self.waiting.len());
+        let title = match (done, failed) {
+            (0, 0) if self.unchanged > 0 => format!("No face found in {}", photos(self.unchanged as usize)),
+            (0, 0) => format!("{} for {} output folder", wait(waiting), their(waiting)),
+            (0, k) => format!("{} could not be protected", photos(k)),
+            (n, 0) => format!("{} protected", photos(n as usize)),
+            (n, k) => format!("{} protected, {k} could not be", photos(n as usize)),
+        };
+        let mut lines = Vec::new();
+        if self.unchanged > 0 {
+            let n = self.unchanged;
+            lines.push(match (done, failed) {
+                (0, 0) => format!(
+                    "{} copied unchanged: Veil protects faces",
+                    if n == 1 { "It was" } else { "They were" }
+                ),
+                _ => format!("{n} had no face and {} copied unchanged", if n == 1 { "was" } else { "were" }),
+            });
+        }
+        if let Some(dir) = common_folder(&self.outputs) {
+            lines.push(format!("Copies in {}", dir.display()));
+        } else if !self.outputs.is_empty() {
+            lines.push(format!("Copies in {} folders", self.outputs.len()));
+        }
+        for (path, error) in self.failed.iter().take(NAMED) {
+            lines.push(why(path, error));
+        }
+        if failed > NAMED {
+            lines.push(format!("and {} more: `veil jobs --status failed`", failed - NAMED));
+        }
+        if let Some((path, error)) = self.waiting.first() {
+            let others = match waiting {
+                1 => String::new(),
+                n => format!(" ({} more wait{})", n - 1, if n == 2 { "s" } else { "" }),
+            };
+            lines.push(format!(
+                "{} waits for its output folder{others}: {}",
+                name(path),
+                reason(path, error)
+            ));
+        }
+        let body = lines.into_iter().map(|l| shorten(&l)).collect::<Vec<_>>().join("\n");
+        Notice { title, body }
+    }
+}
+
+fn photos(n: usize) -> String {
+    format!("{n} photo{}", if n == 1 { "" } else { "s" })
+}
+
+fn wait(n: usize) -> String {
+    format!("{} wait{}", photos(n), if n == 1 { "s" } else { "" })
+}
+
+fn their(n: usize) -> &'static str {
+    if n == 1 {
+        "its"
+    } else {
+        "their"
+    }
+}
+
+/// A photo's file name, as a notice names it.
+fn name(path: &str) -> String {
+    Path::new(path).file_name().map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// An error without the path it starts with (every error names its file).
+fn reason<'a>(path: &str, error: &'a str) -> &'a str {
+    error.strip_prefix(path).and_then(|e| e.strip_prefix(": ")).unwrap_or(error)
+}
+
+fn why(path: &str, error: &str) -> String {
+    format!("{}: {}", name(path), reason(path, error))
+}
+
+/// The one folder holding every copy's folder, unless that is the root.
+fn common_folder(dirs: &BTreeSet<PathBuf>) -> Option<PathBuf> {
+    let mut dirs = dirs.iter();
+    let mut common = dirs.next()?.clone();
+    for d in dirs {
+        while !d.starts_with(&common) {
+            if !common.pop() {
+                return None;
+            }
+        }
+    }
+    (common.parent().is_some()).then_some(common)
+}
+
+fn shorten(line: &str) -> String {
+    if line.chars().count() <= LINE {
+        line.to_string()
+    } else {
+        line.chars().take(LINE - 1).chain(['…']).collect()
+    }
+}
+
+/// Where notices go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// `notify-send` (libnotify) at this path.
+    NotifySend(PathBuf),
+    /// macOS's `osascript`, `display notification`.
+    Osascript,
+    /// `notify.command`: the program and its first arguments.
+    Command { program: PathBuf, args: Vec<String> },
+}
+
+impl Sink {
+    /// The notifier `config` asks for, or why there is none.
+    pub fn choose(config: &NotifyConfig) -> Result<Sink, String> {
+        if let Some((program, args)) = config.command.split_first() {
+            return Ok(Sink::Command { program: program.into(), args: args.to_vec() });
+        }
+        if cfg!(target_os = "macos") {
+            return Ok(Sink::Osascript);
+        }
+        find_program("notify-send").map(Sink::NotifySend).ok_or_else(|| {
+            "notify-send is not installed (Debian/Ubuntu: apt install libnotify-bin); \
+             or set notify.command, or notify.when = \"off\""
+                .to_string()
+        })
+    }
+
+    /// The program to run for `n`, and its arguments.
+    pub fn command(&self, n: &Notice) -> (PathBuf, Vec<String>) {
+        match self {
+            Sink::NotifySend(program) => {
+                // Notification servers read the text as markup.
+                let body = n.body.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+                (program.clone(), vec!["--app-name=Veil".into(), format!("Veil: {}", n.title), body])
+            }
+            Sink::Osascript => {
+                let quoted = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+                let script = format!(
+                    "display notification {} with title \"Veil\" subtitle {}",
+                    quoted(&n.body),
+                    quoted(&n.title)
+                );
+                ("osascript".into(), vec!["-e".into(), script])
+            }
+            Sink::Command { program, args } => {
+                let mut args = args.clone();
+                args.extend([n.title.clone(), n.body.clone()]);
+                (program.clone(), args)
+            }
+        }
+    }
+
+    /// Runs the notifier for `n`; `Err` says why it failed.
+    pub fn tell(&self, n: &Notice) -> Result<(), String> {
+        let (program, args) = self.command(n);
+        let shown = program.display().to_string();
+        let mut child = Command::new(&program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {shown}: {e}"))?;
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if start.elapsed() < PROGRAM_LIMIT => std::thread::sleep(Duration::from_millis(50)),
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("{shown} did not finish in {} s: stopped", PROGRAM_LIMIT.as_secs()));
+                }
+                Err(e) => return Err(format!("{shown}: {e}")),
+            }
+        };
+        if status.success() {
+            return Ok(());
+        }
+        let mut err = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            use std::io::Read;
+            let _ = stderr.by_ref().take(4096).read_to_string(&mut err);
+        }
+        let err = err.trim();
+        Err(format!("{shown} failed ({status}){}{err}", if err.is_empty() { "" } else { ": " }))
+    }
+}
+
+/// `name` on the `PATH`, as an executable file.
+fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// Tells the user's desktop about the daemon's batches until the event stream closes. `config` is
+/// the `[notify]` section, sent again when the configuration is reloaded.
+pub async fn run(mut events: broadcast::Receiver<Event>, mut config: watch::Receiver<NotifyConfig>) {
+    let mut batch = Batch::default();
+    let mut last_event = tokio::time::Instant::now();
+    // Whether the last notice failed (the next failure is only logged at debug level).
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut sink = choose(&config.borrow(), None);
+    loop {
+        let c = config.borrow().clone();
+        // A batch with nothing to tell under `c.when` is let go all the same, so the next one
+        // starts empty.
+        let due = batch.has_news(NotifyWhen::Batches).then(|| {
+            last_event + if batch.busy() { STALL } else { Duration::from_secs_f64(c.quiet_seconds.get()) }
+        });
+        tokio::select! {
+            e = events.recv() => {
+                match e {
+                    Ok(e) => batch.see(&e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => batch.lost(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+                last_event = tokio::time::Instant::now();
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or(last_event)), if due.is_some() => {
+                if let (Some(notice), Some(sink)) = (batch.take(c.when), &sink) {
+                    let (sink, failing) = (sink.clone(), failing.clone());
+                    // The program runs off the runtime, and nothing waits for it.
+                    std::thread::spawn(move || tell(&sink, &notice, &failing));
+                }
+            }
+            changed = config.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                sink = choose(&config.borrow(), sink.as_ref());
+            }
+        }
+    }
+}
+
+/// The sink for `config`, told in the log when it changes (or there is none).
+fn choose(config: &NotifyConfig, before: Option<&Sink>) -> Option<Sink> {
+    if config.when == NotifyWhen::Off {
+        return None;
+    }
+    match Sink::choose(config) {
+        Ok(sink) => {
+            if before != Some(&sink) {
+                tracing::debug!("desktop notifications ({}) through {sink:?}", config.when);
+            }
+            Some(sink)
+        }
+        Err(why) => {
+            tracing::info!("no desktop notifications: {why}");
+            None
+        }
+    }
+}
+
+fn tell(sink: &Sink, notice: &Notice, failing: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    match sink.tell(notice) {
+        Ok(()) => {
+            failing.store(false, Ordering::Relaxed);
+            tracing::debug!("told the desktop: {}", notice.title);
+        }
+        Err(e) if failing.swap(true, Ordering::Relaxed) => tracing::debug!("desktop notification: {e}"),
+        Err(e) => {
+            tracing::warn!("desktop notification not shown: {e} (notify.when = \"off\" turns them off)")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event: &str, path: &str) -> Event {
+        Event::new(event, Some(Path::new(path)))
+    }
+
+    fn done(path: &str, output: &str, faces: u32) -> Event {
+        Event { output: Some(output.into()), faces: Some(faces), ..event("done", path) }
+    }
+
+    fn failed(path: &str, error: &str) -> Event {
+        Event { error: Some(error.into()), ..event("failed", path) }
+    }
+
+    fn see(b: &mut Batch, events: &[Event]) {
+        events.iter().for_each(|e| b.see(e));
+    }
+
+    #[test]
+    fn a_batch_is_told_once_every_photo_that_came_is_done_with_what_failed_and_why() {
+        let mut b = Batch::default();
+        see(
+            &mut b,
+            &[
+                event("queued", "/in/a.jpg"),
+                event("queued", "/in/b.jpg"),
+                event("queued", "/in/sky.jpg"),
+                event("queued", "/in/cut.jpg"),
+                event("running", "/in/a.jpg"),
+                done("/in/a.jpg", "/out/a.jpg", 1),
+            ],
+        );
+        assert!(b.busy() && b.has_news(NotifyWhen::Batches));
+        see(
+            &mut b,
+            &[
+                event("running", "/in/b.jpg"),
+                done("/in/b.jpg", "/out/trip/b.jpg", 2),
+                event("running", "/in/sky.jpg"),
+                done("/in/sky.jpg", "/out/sky.jpg", 0),
+                Event {
+                    error: Some("/in/cut.jpg: truncated JPEG".into()),
+                    ..event("retrying", "/in/cut.jpg")
+                },
+            ],
+        );
+        assert!(b.busy(), "a photo tried again is still coming");
+        b.see(&failed("/in/cut.jpg", "/in/cut.jpg: truncated JPEG (the file ends inside the image data)"));
+        assert!(!b.busy());
+        let n = b.take(NotifyWhen::Batches).unwrap();
+        assert_eq!(n.title, "2 photos protected, 1 could not be");
+        assert_eq!(
+            n.body,
+            "1 had no face and was copied unchanged\nCopies in /out\n\
+             cut.jpg: truncated JPEG (the file ends inside the image data)"
+        );
+        // Told: the next batch starts empty.
+        assert!(!b.has_news(NotifyWhen::Batches) && b.take(NotifyWhen::Batches).is_none());
+    }
+
+    #[test]
+    fn what_is_told_follows_notify_when() {
+        let mut b = Batch::default();
+        see(&mut b, &[event("running", "/in/a.jpg"), done("/in/a.jpg", "/out/a.jpg", 1)]);
+        assert!(!b.has_news(NotifyWhen::Errors) && !b.has_news(NotifyWhen::Off));
+        assert_eq!(b.take(NotifyWhen::Errors), None, "nothing failed");
+        assert!(!b.has_news(NotifyWhen::Batches), "the batch was let go");
+        b.see(&failed("/in/x.png", "/in/x.png: unsupported format"));
+        assert!(b.has_news(NotifyWhen::Errors) && !b.has_news(NotifyWhen::Off));
+        let n = b.take(NotifyWhen::Errors).unwrap();
+        assert_eq!(
+            (n.title.as_str(), n.body.as_str()),
+            ("1 photo could not be protected", "x.png: unsupported format")
+        );
+    }
+
+    #[test]
+    fn renames_skips_and_removals_are_not_protections() {
+        let mut b = Batch::default();
+        see(
+            &mut b,
+            &[
+                // A rename takes its copy along: `done` without the engine.
+                done("/in/beach.jpg", "/out/beach.jpg", 1),
+                event("queued", "/in/copy.jpg"),
+                Event { error: Some("already protected".into()), ..event("skipped", "/in/copy.jpg") },
+                event("queued", "/in/gone.jpg"),
+                event("removed", "/in/gone.jpg"),
+            ],
+        );
+        assert!(!b.busy() && !b.has_news(NotifyWhen::Batches));
+    }
+
+    #[test]
+    fn a_photo_waiting_for_its_output_folder_is_told_once_and_no_face_alone_is_said_so() {
+        let mut b = Batch::default();
+        let wait = |p: &str| Event {
+            error: Some(format!("{p}: cannot write to /media/usb/Protected: not there")),
+            ..event("waiting", p)
+        };
+        see(
+            &mut b,
+            &[
+                event("running", "/in/a.jpg"),
+                wait("/in/a.jpg"),
+                event("running", "/in/b.jpg"),
+                wait("/in/b.jpg"),
+            ],
+        );
+        let n = b.take(NotifyWhen::Errors).unwrap();
+        assert_eq!(n.title, "2 photos wait for their output folder");
+        assert_eq!(n.body, "a.jpg waits for its output folder (1 more waits): cannot write to /media/usb/Protected: not there");
+        // Tried again 5 minutes later, still waiting: not told again.
+        see(&mut b, &[event("running", "/in/a.jpg"), wait("/in/a.jpg")]);
+        assert!(!b.has_news(NotifyWhen::Errors));
+        // Once written, a later wait is news again.
+        see(&mut b, &[event("running", "/in/a.jpg"), done("/in/a.jpg", "/media/usb/Protected/a.jpg", 0)]);
+        let n = b.take(NotifyWhen::Batches).unwrap();
+        assert_eq!(n.title, "No face found in 1 photo");
+        assert_eq!(n.body, "It was copied unchanged: Veil protects faces\nCopies in /media/usb/Protected");
+    }
+
+    #[test]
+    fn many_failures_are_counted_long_lines_cut_and_lost_events_wait_for_nothing() {
+        let mut b = Batch::default();
+        for i in 0..5 {
+            b.see(&failed(&format!("/in/{i}.jpg"), &format!("/in/{i}.jpg: {}", "x".repeat(300))));
+        }
+        let n = b.take(NotifyWhen::Batches).unwrap();
+        let lines: Vec<&str> = n.body.lines().collect();
+        assert_eq!(lines.len(), 4, "{}", n.body);
+        assert!(
+            lines[0].starts_with("0.jpg: xxx") && lines[0].chars().count() == LINE && lines[0].ends_with('…')
+        );
+        assert_eq!(lines[3], "and 2 more: `veil jobs --status failed`");
+        // A pause, or events lost, leaves nothing waited for.
+        b.see(&event("queued", "/in/z.jpg"));
+        b.lost();
+        assert!(!b.busy());
+        b.see(&event("queued", "/in/z.jpg"));
+        b.see(&Event::new("paused", None));
+        assert!(!b.busy());
+    }
+
+    #[test]
+    fn copies_in_several_folders_are_named_by_the_folder_holding_them() {
+        let set = |dirs: &[&str]| dirs.iter().map(PathBuf::from).collect::<BTreeSet<_>>();
+        assert_eq!(common_folder(&set(&["/o/a", "/o/a/b", "/o/c"])), Some(PathBuf::from("/o")));
+        assert_eq!(common_folder(&set(&["/o/a"])), Some(PathBuf::from("/o/a")));
+        assert_eq!(common_folder(&set(&["/o/a", "/p/b"])), None);
+        assert_eq!(common_folder(&set(&[])), None);
+    }
+
+    #[test]
+    fn each_notifier_gets_the_title_and_text_in_its_own_form() {
+        let n = Notice { title: "1 photo protected".into(), body: "Copies in /home/ann/R&D <2026>".into() };
+        let (p, args) = Sink::NotifySend("/usr/bin/notify-send".into()).command(&n);
+        assert_eq!(p, PathBuf::from("/usr/bin/notify-send"));
+        assert_eq!(
+            args,
+            ["--app-name=Veil", "Veil: 1 photo protected", "Copies in /home/ann/R&amp;D &lt;2026&gt;"]
+        );
+        let q = Notice { title: "say \"hi\"".into(), body: "a\\b".into() };
+        let (p, args) = Sink::Osascript.command(&q);
+        assert_eq!(p, PathBuf::from("osascript"));
+        assert_eq!(
+            args[1],
+            "display notification \"a\\\\b\" with title \"Veil\" subtitle \"say \\\"hi\\\"\""
+        );
+        let config = NotifyConfig { command: vec!["ntfy".into(), "send".into()], ..NotifyConfig::default() };
+        let (p, args) = Sink::choose(&config).unwrap().command(&n);
+        assert_eq!((p, args), (PathBuf::from("ntfy"), vec!["send".into(), n.title.clone(), n.body.clone()]));
+    }
+
+    #[test]
+    fn a_notifier_that_fails_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("told");
+        let script = format!("printf '%s|%s' \"$1\" \"$2\" > {}", log.display());
+        let n = Notice { title: "t".into(), body: "b".into() };
+        let sink = Sink::Command { program: "sh".into(), args: vec!["-c".into(), script, "sh".into()] };
+        sink.tell(&n).unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "t|b");
+        let fails = Sink::Command {
+            program: "sh".into(),
+            args: vec!["-c".into(), "echo 'Cannot autolaunch D-Bus' >&2; exit 1".into(), "sh".into()],
+        };
+        let e = fails.tell(&n).unwrap_err();
+        assert!(e.starts_with("sh failed (exit status: 1): Cannot autolaunch D-Bus"), "{e}");
+        let missing = Sink::Command { program: dir.path().join("nothing"), args: vec![] };
+        assert!(missing.tell(&n).unwrap_err().starts_with("cannot run "), "no such program");
+    }
+
+    #[tokio::test]
+    async fn the_notifier_tells_a_batch_after_the_quiet_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("told");
+        let script = format!("printf '%s\\n' \"$1\" >> {}", log.display());
+        let config = NotifyConfig {
+            quiet_seconds: 1.0.try_into().unwrap(),
+            command: vec!["sh".into(), "-c".into(), script, "sh".into()],
+            ..NotifyConfig::default()
+        };
+        let (events, rx) = broadcast::channel(16);
+        let (_config, config_rx) = watch::channel(config);
+        let task = tokio::spawn(run(rx, config_rx));
+        for e in
+            [event("running", "/in/a.jpg"), done("/in/a.jpg", "/out/a.jpg", 1), event("queued", "/in/b.jpg")]
+        {
+            events.send(e).unwrap();
+        }
+        // Not while b.jpg is coming.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!log.exists());
+        events.send(event("running", "/in/b.jpg")).unwrap();
+        events.send(done("/in/b.jpg", "/out/b.jpg", 3)).unwrap();
+        let start = Instant::now();
+        while !log.exists() && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "2 photos protected\n");
+        drop(events);
+        task.await.unwrap();
+    }
+}
