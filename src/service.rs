@@ -1274,7 +1274,18 @@ impl Core {
             Ok(photos) if photos.is_empty() => {
                 vec![fail(&format!("a folder with {}", pipeline::no_photos_in(path, &outputs)))]
             }
-            Ok(photos) => photos.iter().map(|p| self.protect_file_now(p, output)).collect(),
+            Ok(photos) => {
+                let mut outcomes: Vec<_> = photos.iter().map(|p| self.protect_file_now(p, output)).collect();
+                let raw = pipeline::raw_files_in(path, &outputs);
+                if raw > 0 {
+                    outcomes.push(control::ProtectOutcome {
+                        outcome: "left out".into(),
+                        message: Some(pipeline::raw_files(raw)),
+                        ..fail("")
+                    });
+                }
+                outcomes
+            }
             Err(e) => vec![fail(&e.to_string())],
         }
     }

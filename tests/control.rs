@@ -579,14 +579,25 @@ fn veil_add_walks_a_folder_leaving_out_hidden_entries_other_files_and_outputs() 
         photo(1 + name.len() as u32, &p);
     }
     std::fs::write(album.join("notes.txt"), "not a photo").unwrap();
+    std::fs::write(album.join("sub/DSC_0001.NEF"), b"II*\0").unwrap();
     std::fs::create_dir_all(home.path().join("Empty")).unwrap();
     let copies = album.join("copies");
     let added = home.veil_json(&["add", "--out", copies.to_str().unwrap(), album.to_str().unwrap()]);
-    let paths: Vec<&str> =
-        added["photos"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap()).collect();
+    let (queued, left_out): (Vec<&serde_json::Value>, Vec<_>) =
+        added["photos"].as_array().unwrap().iter().partition(|p| p["outcome"] == "queued");
+    let paths: Vec<&str> = queued.iter().map(|p| p["path"].as_str().unwrap()).collect();
     let want = [album.join("a.png"), album.join("sub/b.png")];
     assert_eq!(paths, want.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>(), "{added}");
-    assert!(added["photos"].as_array().unwrap().iter().all(|p| p["outcome"] == "queued"), "{added}");
+    // The camera RAW file is counted for the folder, not queued.
+    assert_eq!(left_out.len(), 1, "{added}");
+    assert_eq!(
+        (&left_out[0]["path"], &left_out[0]["outcome"]),
+        (&album.to_str().unwrap().into(), &"left out".into())
+    );
+    assert!(
+        left_out[0]["message"].as_str().unwrap().starts_with("1 camera RAW file (Veil protects"),
+        "{added}"
+    );
     // Both, in whichever order they end (`until` passes over other photos' events).
     let mut done = std::collections::BTreeSet::new();
     while done.len() < 2 {

@@ -264,6 +264,7 @@ fn protect_takes_each_photo_once_mirrors_sub_folders_names_empty_folders_and_pri
     std::fs::copy(&portrait, &latin).unwrap();
     std::fs::create_dir_all(photos.join("sub")).unwrap();
     std::fs::copy(&portrait, photos.join("sub/x.jpg")).unwrap();
+    std::fs::write(photos.join("sub/x.CR2"), b"II*\0").unwrap();
     let again = photos.join(".").join(latin.file_name().unwrap());
     // A folder of camera RAW files: no photo Veil protects, and the message says what it passed over.
     let raws = tmp.path().join("raws");
@@ -278,9 +279,14 @@ fn protect_takes_each_photo_once_mirrors_sub_folders_names_empty_folders_and_pri
     let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("empty: no photos in it"), "{stderr}");
-    let raw_message =
-        "raws: no photos Veil can protect in it: 2 camera RAW files (export them as JPEG or TIFF";
+    let raw_message = "raws: no photos Veil can protect in it: 2 camera RAW files (Veil protects \
+                       developed photos: export them as JPEG or TIFF";
     assert!(stderr.contains(raw_message), "{stderr}");
+    // Beside photos, RAW files are left out and said so.
+    assert!(
+        stderr.contains("in: left out 1 camera RAW file (Veil protects developed photos: export it"),
+        "{stderr}"
+    );
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 4, "{stdout}");
     assert!(lines[0]["error"].as_str().unwrap().contains("no photos in it"), "{stdout}");

@@ -677,6 +677,11 @@ fn protect(
                 report_error(out, json, path, &why)?;
             }
             Ok(found) => {
+                // A camera's RAW files beside its JPEGs: photos to their owner, so said.
+                let raw = if is_dir { pipeline::raw_files_in(path, &outputs) } else { 0 };
+                if raw > 0 {
+                    eprintln!("veil: {}: left out {}", path.display(), pipeline::raw_files(raw));
+                }
                 // The same path however it is spelled (hard links are two photos, as in a folder).
                 let id = |p: &PathBuf| std::fs::canonicalize(p).ok();
                 // A folder's sub-folders are mirrored under the output folder; a file goes straight in.

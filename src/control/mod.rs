@@ -118,7 +118,8 @@ pub struct ProtectRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProtectOutcome {
     pub path: String,
-    /// `queued`, `duplicate` (same content already protected or queued), `running`, or `error`.
+    /// `queued`, `duplicate` (same content already protected or queued), `running`, `error`, or, for
+    /// a folder, `left out` (its camera RAW files, counted in `message`).
     pub outcome: String,
     pub id: Option<i64>,
     pub message: Option<String>,

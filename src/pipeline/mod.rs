@@ -172,20 +172,31 @@ pub fn collect_photos(paths: &[PathBuf], outputs: &[PathBuf]) -> Result<Vec<Path
 /// Why a walk of the folder `dir` found no photo ([`collect_photos`] gave none), for the user: the
 /// camera RAW files it passed over are counted, since those are photos to their owner.
 pub fn no_photos_in(dir: &Path, outputs: &[PathBuf]) -> String {
+    match raw_files_in(dir, outputs) {
+        0 => "no photos in it (hidden entries, symbolic links and output folders are not walked)".into(),
+        n => format!("no photos Veil can protect in it: {}", raw_files(n)),
+    }
+}
+
+/// The camera RAW files a walk of the folder `dir` passes over (by their names), which
+/// [`collect_photos`] leaves out: photos to their owner, told as [`raw_files`].
+pub fn raw_files_in(dir: &Path, outputs: &[PathBuf]) -> usize {
     let outputs = identities(outputs);
     let mut raw = Vec::new();
     if let Ok(meta) = std::fs::symlink_metadata(dir) {
         // What cannot be read was told when the photos were looked for.
         let _ = walk(dir, &meta, &outputs, imageio::is_raw_extension, &mut raw);
     }
-    match raw.len() {
-        0 => "no photos in it (hidden entries, symbolic links and output folders are not walked)".into(),
-        n => format!(
-            "no photos Veil can protect in it: {n} camera RAW file{} (export {} as JPEG or TIFF and protect that)",
-            if n == 1 { "" } else { "s" },
-            if n == 1 { "it" } else { "them" }
-        ),
-    }
+    raw.len()
+}
+
+/// `n` camera RAW files, and what to do about them.
+pub fn raw_files(n: usize) -> String {
+    format!(
+        "{n} camera RAW file{} (Veil protects developed photos: export {} as JPEG or TIFF and protect that)",
+        if n == 1 { "" } else { "s" },
+        if n == 1 { "it" } else { "them" }
+    )
 }
 
 /// The identities of the folders `outputs` that exist, which a walk does not enter.
