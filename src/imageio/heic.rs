@@ -1,9 +1,10 @@
-//! HEIC/HEIF decoding through the system's libheif (cargo feature `heic`).
+//! HEIC/HEIF decoding through the system's libheif (cargo feature `heic`), and AVIF (AV1 in the
+//! same container) where that libheif has an AV1 decoder (dav1d or libaom; Debian's has both).
 //!
 //! libheif applies the file's own transformations (`irot`, `imir`, crop), so the decoded pixels are
 //! already upright; the carried EXIF's Orientation tag is therefore set to 1, or viewers would turn
 //! the copy a second time. Writing HEIC needs an HEVC encoder, so a HEIC source is written as JPEG
-//! (the configured quality and chroma) carrying its EXIF, XMP and ICC profile.
+//! (the configured quality and chroma) carrying its EXIF, XMP and ICC profile; an AVIF source too.
 
 use std::path::Path;
 
@@ -82,17 +83,30 @@ pub(super) fn decode(
 }
 
 /// The system's libheif version when it can decode HEVC-coded HEIF (what HEIC photos are), else why
-/// not: libheif built without an HEVC decoder (libde265) opens the file and then fails on it.
+/// not: libheif built without an HEVC decoder (libde265) opens the file and then fails on it. Whether
+/// it reads AVIF too is said after the version.
 pub(super) fn support() -> Result<String, String> {
     let lib = LibHeif::new();
     let [major, minor, patch] = lib.version();
-    // SAFETY: a plain query of libheif's decoder table, which `LibHeif::new` has initialized.
-    let hevc = unsafe {
-        libheif_sys::heif_have_decoder_for_format(libheif_sys::heif_compression_format_heif_compression_HEVC)
-    };
-    if hevc != 0 {
-        Ok(format!("libheif {major}.{minor}.{patch}"))
-    } else {
-        Err(format!("libheif {major}.{minor}.{patch} has no HEVC decoder (install libde265 or its plugin)"))
+    let version = format!("libheif {major}.{minor}.{patch}");
+    if !has_decoder(libheif_sys::heif_compression_format_heif_compression_HEVC) {
+        return Err(format!("{version} has no HEVC decoder (install libde265 or its plugin)"));
     }
+    Ok(if reads_avif() {
+        format!("{version}, with AVIF")
+    } else {
+        format!("{version}; AVIF refused: it has no AV1 decoder (dav1d or libaom)")
+    })
+}
+
+/// Whether libheif decodes AV1, so that AVIF photos are read.
+pub(super) fn reads_avif() -> bool {
+    has_decoder(libheif_sys::heif_compression_format_heif_compression_AV1)
+}
+
+fn has_decoder(format: libheif_sys::heif_compression_format) -> bool {
+    // Makes sure libheif is initialized (its plugins loaded) before its decoder table is asked.
+    let _lib = LibHeif::new();
+    // SAFETY: a plain query of libheif's decoder table, which `LibHeif::new` has initialized.
+    unsafe { libheif_sys::heif_have_decoder_for_format(format) != 0 }
 }

@@ -205,10 +205,10 @@ impl Format {
     }
 
     /// Whether a file named `*.ext` is taken for a photo when a folder is walked: the extensions
-    /// of the formats above, and HEIC/HEIF's (refused by name in a build without them).
+    /// of the formats above, and HEIC/HEIF's and AVIF's (refused by name in a build without them).
     pub fn is_photo_extension(ext: &str) -> bool {
         [Format::Jpeg, Format::Png, Format::Webp, Format::Tiff].iter().any(|f| f.accepts_extension(ext))
-            || matches!(ext.to_ascii_lowercase().as_str(), "heic" | "heif")
+            || matches!(ext.to_ascii_lowercase().as_str(), "heic" | "heif" | "avif")
     }
 
     fn image_format(self) -> ImageFormat {
@@ -468,7 +468,7 @@ fn decode(
 ) -> Result<Photo, ImageError> {
     let corrupt = |message: String| ImageError::Corrupt { path: path.into(), message };
     #[cfg(feature = "heic")]
-    if sniff::heif_brand(&bytes).is_some_and(|b| b != b"avif") {
+    if sniff::heif_brand(&bytes).is_some_and(|b| b != b"avif" || heic::reads_avif()) {
         return heic::decode(path, bytes, source_id, s);
     }
     let format = sniff::format(path, &bytes)?;

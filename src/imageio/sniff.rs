@@ -46,7 +46,13 @@ pub(super) fn format(path: &Path, b: &[u8]) -> Result<Format, ImageError> {
     }
     if let Some(brand) = heif_brand(b) {
         if brand == b"avif" {
-            return Err(ImageError::Unsupported { path: path.into(), what: "AVIF".into() });
+            let why = if cfg!(feature = "heic") {
+                "its libheif has no AV1 decoder (dav1d or libaom)"
+            } else {
+                "it has no libheif (install libheif-dev and pkg-config, then `make build` again)"
+            };
+            let what = format!("AVIF (this build cannot read it: {why})");
+            return Err(ImageError::Unsupported { path: path.into(), what });
         }
         return Err(ImageError::HeicNotSupported { path: path.into() });
     }
@@ -185,7 +191,7 @@ fn other_image(b: &[u8]) -> Option<&'static str> {
     } else if b.starts_with(b"8BPS") {
         "Photoshop PSD"
     } else if ftyp_brand(b) == Some(b"avis") {
-        "AVIF"
+        "animated AVIF (an image sequence, whose other frames could not be protected)"
     } else if is_text(b) && contains(&b[..b.len().min(HEAD)], b"<svg") {
         "SVG (a drawing, not a photo)"
     } else {
@@ -333,7 +339,7 @@ mod tests {
             (b"\0\0\0\x0cjP  \r\n\x87\n", "JPEG 2000"),
             (b"8BPS\0\x01", "Photoshop PSD"),
             (b"<?xml version=\"1.0\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\"/>", "SVG"),
-            (b"\0\0\0\x1cftypavis\0\0\0\0avifavis", "AVIF"),
+            (b"\0\0\0\x1cftypavis\0\0\0\0avifavis", "animated AVIF"),
         ] {
             let e = format(Path::new("p"), b).unwrap_err();
             assert!(matches!(e, ImageError::Unsupported { .. }), "{name}: {e}");

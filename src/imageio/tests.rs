@@ -430,6 +430,13 @@ fn heic_and_unknown_formats_are_clear_errors() {
             "{err}"
         );
     }
+    let avif = b"\0\0\0\x18ftypavif\0\0\0\0mif1avif".to_vec();
+    let err = decode_bytes(Path::new("x.avif"), avif, &Settings::default()).unwrap_err();
+    if cfg!(feature = "heic") {
+        assert!(err.to_string().starts_with("x.avif: "), "{err}");
+    } else {
+        assert!(err.to_string().contains("AVIF (this build cannot read it: it has no libheif"), "{err}");
+    }
     let err = decode_bytes(Path::new("x.gif"), b"GIF89a....".to_vec(), &Settings::default()).unwrap_err();
     assert!(err.to_string().contains("unsupported format: GIF"), "{err}");
     let err = decode_bytes(Path::new("e.jpg"), Vec::new(), &Settings::default()).unwrap_err();
@@ -1339,4 +1346,80 @@ fn a_file_name_that_is_not_utf8_is_kept_byte_for_byte() {
     assert_eq!(read(&first.path, &Settings::default()).unwrap().size, (32, 24));
     let renamed = output_name(&OsString::from_vec(b"x\xff.png".to_vec()), Format::Jpeg).unwrap();
     assert_eq!(renamed.as_bytes(), b"x\xff.jpg");
+}
+
+/// With `--features heic` and a libheif that decodes AV1: an AVIF photo is read like a HEIC one,
+/// upright, its EXIF carried, and written as a JPEG.
+#[cfg(feature = "heic")]
+#[test]
+fn avif_photos_are_read_through_libheif_and_written_as_jpeg_with_their_exif() {
+    use libheif_rs::{
+        Channel, ColorSpace, CompressionFormat, EncoderQuality, HeifContext, Image, LibHeif, RgbChroma,
+    };
+    if !heic::reads_avif() {
+        let e = decode_bytes(
+            Path::new("x.avif"),
+            b"\0\0\0\x18ftypavif\0\0\0\0mif1avif".to_vec(),
+            &Settings::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("AVIF (this build cannot read it: its libheif has no AV1 decoder"),
+            "{e}"
+        );
+        return;
+    }
+    let (w, h) = (96u32, 64u32);
+    let mut img = Image::new(w, h, ColorSpace::Rgb(RgbChroma::Rgb)).unwrap();
+    img.create_plane(Channel::Interleaved, w, h, 8).unwrap();
+    let expected = |x: usize, y: usize| [(x * 2) as u8, (y * 3) as u8, 128];
+    {
+        let plane = img.planes_mut().interleaved.unwrap();
+        for y in 0..h as usize {
+            for x in 0..w as usize {
+                let i = y * plane.stride + x * 3;
+                plane.data[i..i + 3].copy_from_slice(&expected(x, y));
+            }
+        }
+    }
+    let lib = LibHeif::new();
+    let mut ctx = HeifContext::new().unwrap();
+    let mut encoder = lib.encoder_for_format(CompressionFormat::Av1).unwrap();
+    encoder.set_quality(EncoderQuality::Lossy(95)).unwrap();
+    let handle = ctx.encode_image(&img, &mut encoder, None).unwrap();
+    let make = b"VeilCam\0".to_vec();
+    let mut exif = tiffmeta::header(true);
+    let pos = tiffmeta::write_ifd(
+        &mut exif,
+        &[OutEntry { tag: 271, typ: 2, count: make.len() as u32, value: OutValue::Bytes(make) }],
+        true,
+        &mut Vec::new(),
+    );
+    tiffmeta::set_ifd0(&mut exif, pos, true);
+    ctx.add_exif_metadata(&handle, &exif).unwrap();
+    let bytes = ctx.write_to_bytes().unwrap();
+    assert_eq!(sniff::heif_brand(&bytes), Some(&b"avif"[..]));
+
+    let settings = Settings::default();
+    let photo = decode_bytes(Path::new("x.avif"), bytes, &settings).unwrap();
+    assert_eq!((photo.format, photo.pixels.dimensions()), (Format::Jpeg, (w, h)));
+    let err: u32 = photo
+        .pixels
+        .enumerate_pixels()
+        .map(|(x, y, p)| {
+            let e = expected(x as usize, y as usize);
+            (0..3).map(|c| u32::from(p[c].abs_diff(e[c]))).sum::<u32>()
+        })
+        .sum();
+    assert!(
+        f64::from(err) / f64::from(w * h * 3) < 4.0,
+        "mean error {}",
+        f64::from(err) / f64::from(w * h * 3)
+    );
+    assert!(photo.meta.exif.as_deref().is_some_and(|e| e.windows(7).any(|w| w == b"VeilCam")));
+    let out = tempfile::tempdir().unwrap();
+    let written = write(&photo, out.path(), "x.avif", None, &settings).unwrap();
+    assert_eq!(written.path, out.path().join("x.jpg"));
+    let back = read(&written.path, &settings).unwrap();
+    assert!(back.meta.exif.as_deref().is_some_and(|e| e.windows(7).any(|w| w == b"VeilCam")));
 }
