@@ -503,7 +503,7 @@ fn veil_watch_into_a_pipe_prints_lines_and_a_refused_reload_leaves_the_errors_on
     assert!(first.starts_with("following veild's progress"), "{first}");
     photo(1, &home.path().join("In/a.png"));
     let done = format!(
-        "done {} -> {}",
+        "done {} -> {} (no face: copied unchanged)",
         home.path().join("In/a.png").display(),
         home.path().join("Out/a.png").display()
     );

@@ -544,7 +544,7 @@ fn watch(client: &Client, json: bool, out: &mut impl Write) -> anyhow::Result<Ex
         }
         let path = event.path.clone().unwrap_or_default();
         if !live {
-            writeln!(out, "{}", event_line(&event, path))?;
+            writeln!(out, "{}", control::client::event_line(&event))?;
             out.flush()?;
             continue;
         }
@@ -564,25 +564,11 @@ fn watch(client: &Client, json: bool, out: &mut impl Write) -> anyhow::Result<Ex
                     bar.finish_and_clear();
                     bars.remove(&bar);
                 }
-                bars.println(event_line(&event, path))?;
+                bars.println(control::client::event_line(&event))?;
             }
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// One event as `veil watch` prints it: `done /in/a.jpg -> /out/a.jpg`, `failed /in/b.jpg: …`.
-fn event_line(event: &control::Event, path: String) -> String {
-    if event.event == "subscribed" {
-        return "following veild's progress (Ctrl-C to stop)".into();
-    }
-    let detail = match (&event.output, &event.error) {
-        (Some(o), _) => format!(" -> {o}"),
-        (None, Some(e)) => format!(": {e}"),
-        (None, None) => String::new(),
-    };
-    let subject = if path.is_empty() { "veild".into() } else { path };
-    format!("{} {subject}{detail}", event.event)
 }
 
 /// The configuration in effect (`--config` or the platform file, else the defaults), resolved.

@@ -218,6 +218,28 @@ pub fn status_table(s: &StatusReport) -> String {
     out
 }
 
+/// One event as `veil watch` prints it: `done /in/a.jpg -> /out/a.jpg (2 faces)`,
+/// `failed /in/b.jpg: corrupt JPEG (…)` (an error without the path it starts with).
+pub fn event_line(event: &Event) -> String {
+    if event.event == "subscribed" {
+        return "following veild's progress (Ctrl-C to stop)".into();
+    }
+    let path = event.path.as_deref().unwrap_or_default();
+    let faces = match event.faces {
+        None => String::new(),
+        Some(0) => " (no face: copied unchanged)".into(),
+        Some(1) => " (1 face)".into(),
+        Some(n) => format!(" ({n} faces)"),
+    };
+    let detail = match (&event.output, &event.error) {
+        (Some(o), _) => format!(" -> {o}{faces}"),
+        (None, Some(e)) => format!(": {}", e.strip_prefix(&format!("{path}: ")).unwrap_or(e)),
+        (None, None) => String::new(),
+    };
+    let subject = if path.is_empty() { "veild" } else { path };
+    format!("{} {subject}{detail}", event.event)
+}
+
 /// `veil jobs` as a human reads it.
 ///
 /// The photo column is as wide as the page's longest path, and an error that starts with its photo's
@@ -293,6 +315,18 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[1].ends_with("-> /out/1.jpg"), "{table}");
         assert!(lines[2].ends_with("-> /out/2.jpg (deleted since)"), "{table}");
+    }
+
+    #[test]
+    fn an_event_line_says_the_faces_and_names_its_photo_once() {
+        let e = |event: &str| Event::new(event, Some(std::path::Path::new("/in/a.jpg")));
+        let done = |faces| Event { output: Some("/out/a.jpg".into()), faces, ..e("done") };
+        assert_eq!(event_line(&done(Some(2))), "done /in/a.jpg -> /out/a.jpg (2 faces)");
+        assert_eq!(event_line(&done(Some(0))), "done /in/a.jpg -> /out/a.jpg (no face: copied unchanged)");
+        assert_eq!(event_line(&done(None)), "done /in/a.jpg -> /out/a.jpg", "a rename takes its copy along");
+        let failed = Event { error: Some("/in/a.jpg: corrupt JPEG".into()), ..e("failed") };
+        assert_eq!(event_line(&failed), "failed /in/a.jpg: corrupt JPEG");
+        assert_eq!(event_line(&Event::new("paused", None)), "paused veild");
     }
 
     #[test]
