@@ -216,7 +216,8 @@ fn not_a_photo(b: &[u8]) -> Option<&'static str> {
         None if at(0, b"%PDF-") => "a PDF document",
         None if at(0, b"PK\x03\x04") => "a ZIP archive (or an office document)",
         None if at(0, &[0x1F, 0x8B]) || at(0, b"7z\xBC\xAF\x27\x1C") || at(0, b"Rar!") => "an archive",
-        None if is_text(b) => "a text file",
+        None if at(0, b"SQLite format 3\0") => "a database (SQLite)",
+        None if is_text(b) || is_utf16_text(b) => "a text file",
         None => return None,
     })
 }
@@ -232,6 +233,34 @@ fn is_text(b: &[u8]) -> bool {
     !head.is_empty()
         && utf8
         && head.iter().all(|&c| c >= 0x20 && c != 0x7F || matches!(c, b'\t' | b'\n' | b'\r' | 0x0C))
+}
+
+/// Whether the file starts as UTF-16 text with its byte-order mark (as Windows' Notepad saves
+/// "Unicode" text), with the same characters as [`is_text`] allows.
+fn is_utf16_text(b: &[u8]) -> bool {
+    let le = match b.get(..2) {
+        Some([0xFF, 0xFE]) => true,
+        Some([0xFE, 0xFF]) => false,
+        _ => return false,
+    };
+    let head = &b[2..b.len().min(HEAD)];
+    let units = head.chunks_exact(2).map(|u| {
+        if le {
+            u16::from_le_bytes([u[0], u[1]])
+        } else {
+            u16::from_be_bytes([u[0], u[1]])
+        }
+    });
+    let chars: Vec<_> = char::decode_utf16(units).collect();
+    // A character cut by the bytes looked at (the head of a longer file) is allowed at the end.
+    let (last, rest) = match chars.split_last() {
+        Some((last, rest)) => (last, rest),
+        None => return false,
+    };
+    let ok = |c: &Result<char, _>| {
+        c.as_ref().is_ok_and(|&c| !c.is_control() || matches!(c, '\t' | '\n' | '\r' | '\x0C'))
+    };
+    rest.iter().all(ok) && (ok(last) || (last.is_err() && b.len() >= HEAD))
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -316,6 +345,20 @@ mod tests {
         assert_eq!(not_a_photo("v.mkv", &[0x1A, 0x45, 0xDF, 0xA3, 1]), "a video (Matroska/WebM)");
         assert_eq!(not_a_photo("a.pdf", b"%PDF-1.7\n%\xE2\xE3"), "a PDF document");
         assert_eq!(not_a_photo("song", b"ID3\x04\0"), "a sound file (MP3)");
+        assert_eq!(not_a_photo("Photos.db", b"SQLite format 3\0\x10\0"), "a database (SQLite)");
+        // Windows' "Unicode" text, either byte order.
+        let utf16 = |le: bool, text: &str| -> Vec<u8> {
+            let bom: &[u8] = if le { &[0xFF, 0xFE] } else { &[0xFE, 0xFF] };
+            let units = text.encode_utf16().flat_map(|u| if le { u.to_le_bytes() } else { u.to_be_bytes() });
+            bom.iter().copied().chain(units).collect()
+        };
+        assert_eq!(not_a_photo("notes.txt", &utf16(true, "Åsa's trip\r\n")), "a text file");
+        assert_eq!(not_a_photo("notes.txt", &utf16(false, "Åsa's trip\r\n")), "a text file");
+        assert!(
+            !is_utf16_text(&utf16(true, "a\0b"))
+                && !is_utf16_text(&[0xFF, 0xFE])
+                && !is_utf16_text(&[0xFF, 0xFE, 0x00])
+        );
         // Under a photo's name, the same content is a failure the user must hear of.
         let e = format(Path::new("broken.jpg"), b"not a photo at all").unwrap_err();
         assert!(matches!(e, ImageError::Unsupported { .. }), "{e}");
