@@ -646,6 +646,11 @@ impl Config {
         let state_dir = self.paths.state_dir.as_deref().map(home).unwrap_or_else(|| dirs.state_dir.clone());
         let socket = self.paths.socket.as_deref().map(home).unwrap_or_else(|| dirs.socket.clone());
         let models_dir = self.models.dir.as_deref().map(home).unwrap_or_else(|| dirs.models_dir.clone());
+        // The program may be written from the home folder too; its arguments are left as they are.
+        let mut notify_command = self.notify.command.clone();
+        if let Some(program) = notify_command.first_mut() {
+            *program = home(Path::new(program)).to_string_lossy().into_owned();
+        }
         Config {
             engine: self.engine.clone(),
             log: self.log.clone(),
@@ -655,20 +660,7 @@ impl Config {
             protect: self.protect.clone(),
             imageio: self.imageio.clone(),
             watch: self.watch.clone(),
-            notify: NotifyConfig {
-                command: (self.notify.command.iter().enumerate())
-                    .map(
-                        |(i, w)| {
-                            if i == 0 {
-                                home(Path::new(w)).to_string_lossy().into_owned()
-                            } else {
-                                w.clone()
-                            }
-                        },
-                    )
-                    .collect(),
-                ..self.notify.clone()
-            },
+            notify: NotifyConfig { command: notify_command, ..self.notify.clone() },
             folders: self
                 .folders
                 .iter()
@@ -821,6 +813,12 @@ mod tests {
         // What `config show` prints reads back as the same configuration.
         let again = parse(&resolved.to_toml()).unwrap();
         assert_eq!(again, resolved);
+        // The notifier program may be written from home; its arguments stay as written.
+        let c = parse("[notify]\nwhen = \"errors\"\ncommand = [\"~/bin/tell\", \"~/x\"]\n").unwrap();
+        assert_eq!(c.notify.when, NotifyWhen::Errors);
+        assert_eq!(c.resolve(&dirs).notify.command, ["/home/ann/bin/tell", "~/x"]);
+        let msg = parse("[notify]\nwhen = \"always\"\n").unwrap_err().to_string();
+        assert!(msg.contains("`notify.when`") && msg.contains("line 2"), "{msg}");
     }
 
     #[test]

@@ -271,6 +271,14 @@ impl Sink {
         })
     }
 
+    /// The program that shows the notices.
+    pub fn program(&self) -> &Path {
+        match self {
+            Sink::NotifySend(program) | Sink::Command { program, .. } => program,
+            Sink::Osascript => Path::new("osascript"),
+        }
+    }
+
     /// The program to run for `n`, and its arguments.
     pub fn command(&self, n: &Notice) -> (PathBuf, Vec<String>) {
         match self {
@@ -286,7 +294,7 @@ impl Sink {
                     quoted(&n.body),
                     quoted(&n.title)
                 );
-                ("osascript".into(), vec!["-e".into(), script])
+                (self.program().into(), vec!["-e".into(), script])
             }
             Sink::Command { program, args } => {
                 let mut args = args.clone();

@@ -185,9 +185,7 @@ fn check_notify(report: &mut Report, config: &crate::config::NotifyConfig) {
     }
     match Sink::choose(config) {
         Ok(sink) => {
-            let (program, _) =
-                sink.command(&crate::desktop::Notice { title: String::new(), body: String::new() });
-            report.push(Level::Ok, "notify", format!("{} through {}", config.when, program.display()))
+            report.push(Level::Ok, "notify", format!("{} through {}", config.when, sink.program().display()))
         }
         Err(why) => report.push(Level::Warn, "notify", format!("no desktop notifications: {why}")),
     }
