@@ -399,7 +399,11 @@ fn choose(config: &NotifyConfig, before: Option<&Sink>) -> Option<Sink> {
     match Sink::choose(config) {
         Ok(sink) => {
             if before != Some(&sink) {
-                tracing::debug!("desktop notifications ({}) through {sink:?}", config.when);
+                tracing::debug!(
+                    "desktop notifications ({}) through {}",
+                    config.when,
+                    sink.program().display()
+                );
             }
             Some(sink)
         }
