@@ -350,14 +350,56 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
+/// How the notifier fares, for `veil status`: the notifier in use and whether the last notice was
+/// shown. Cloned handles share it.
+#[derive(Debug, Clone, Default)]
+pub struct Health(std::sync::Arc<std::sync::Mutex<HealthState>>);
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// `batches through /usr/bin/notify-send`, `off`, or why there is no notifier.
+    setup: String,
+    /// Why the last notice was not shown, if it was not.
+    failed: Option<String>,
+}
+
+impl Health {
+    /// One line: the notifier, and why the last notice was not shown if it was not.
+    pub fn describe(&self) -> String {
+        let Ok(h) = self.0.lock() else { return "unknown".into() };
+        match &h.failed {
+            Some(e) => format!("{}; the last notification was not shown: {e}", h.setup),
+            None => h.setup.clone(),
+        }
+    }
+
+    fn set_up(&self, setup: String) {
+        if let Ok(mut h) = self.0.lock() {
+            h.setup = setup;
+            h.failed = None;
+        }
+    }
+
+    /// Records how the last notice went; returns whether the one before had failed too.
+    fn shown(&self, result: Result<(), String>) -> bool {
+        let Ok(mut h) = self.0.lock() else { return false };
+        let before = h.failed.is_some();
+        h.failed = result.err();
+        before
+    }
+}
+
 /// Tells the user's desktop about the daemon's batches until the event stream closes. `config` is
-/// the `[notify]` section, sent again when the configuration is reloaded.
-pub async fn run(mut events: broadcast::Receiver<Event>, mut config: watch::Receiver<NotifyConfig>) {
+/// the `[notify]` section, sent again when the configuration is reloaded; `health` is kept up to
+/// date for `veil status`.
+pub async fn run(
+    mut events: broadcast::Receiver<Event>,
+    mut config: watch::Receiver<NotifyConfig>,
+    health: Health,
+) {
     let mut batch = Batch::default();
     let mut last_event = tokio::time::Instant::now();
-    // Whether the last notice failed (the next failure is only logged at debug level).
-    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut sink = choose(&config.borrow(), None);
+    let mut sink = choose(&config.borrow(), None, &health);
     loop {
         let c = config.borrow().clone();
         // A batch with nothing to tell under `c.when` is let go all the same, so the next one
@@ -376,52 +418,50 @@ pub async fn run(mut events: broadcast::Receiver<Event>, mut config: watch::Rece
             }
             _ = tokio::time::sleep_until(due.unwrap_or(last_event)), if due.is_some() => {
                 if let (Some(notice), Some(sink)) = (batch.take(c.when), &sink) {
-                    let (sink, failing) = (sink.clone(), failing.clone());
+                    let (sink, health) = (sink.clone(), health.clone());
                     // The program runs off the runtime, and nothing waits for it.
-                    std::thread::spawn(move || tell(&sink, &notice, &failing));
+                    std::thread::spawn(move || tell(&sink, &notice, &health));
                 }
             }
             changed = config.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                sink = choose(&config.borrow(), sink.as_ref());
+                sink = choose(&config.borrow(), sink.as_ref(), &health);
             }
         }
     }
 }
 
-/// The sink for `config`, told in the log when it changes (or there is none).
-fn choose(config: &NotifyConfig, before: Option<&Sink>) -> Option<Sink> {
+/// The sink for `config`, told in the log when it changes (or there is none) and in `health`.
+fn choose(config: &NotifyConfig, before: Option<&Sink>, health: &Health) -> Option<Sink> {
     if config.when == NotifyWhen::Off {
+        health.set_up("off (notify.when = \"off\")".into());
         return None;
     }
     match Sink::choose(config) {
         Ok(sink) => {
+            let setup = format!("{} through {}", config.when, sink.program().display());
             if before != Some(&sink) {
-                tracing::debug!(
-                    "desktop notifications ({}) through {}",
-                    config.when,
-                    sink.program().display()
-                );
+                tracing::debug!("desktop notifications: {setup}");
             }
+            health.set_up(setup);
             Some(sink)
         }
         Err(why) => {
             tracing::info!("no desktop notifications: {why}");
+            health.set_up(format!("none: {why}"));
             None
         }
     }
 }
 
-fn tell(sink: &Sink, notice: &Notice, failing: &std::sync::atomic::AtomicBool) {
-    use std::sync::atomic::Ordering;
-    match sink.tell(notice) {
-        Ok(()) => {
-            failing.store(false, Ordering::Relaxed);
-            tracing::debug!("told the desktop: {}", notice.title);
-        }
-        Err(e) if failing.swap(true, Ordering::Relaxed) => tracing::debug!("desktop notification: {e}"),
+fn tell(sink: &Sink, notice: &Notice, health: &Health) {
+    let result = sink.tell(notice);
+    let failing_before = health.shown(result.clone());
+    match result {
+        Ok(()) => tracing::debug!("told the desktop: {}", notice.title),
+        Err(e) if failing_before => tracing::debug!("desktop notification: {e}"),
         Err(e) => {
             tracing::warn!("desktop notification not shown: {e} (notify.when = \"off\" turns them off)")
         }
@@ -623,6 +663,20 @@ mod tests {
         assert!(missing.tell(&n).unwrap_err().starts_with("cannot run "), "no such program");
     }
 
+    #[test]
+    fn health_says_the_notifier_and_why_the_last_notice_was_not_shown() {
+        let h = Health::default();
+        let off = NotifyConfig { when: NotifyWhen::Off, ..NotifyConfig::default() };
+        assert_eq!(choose(&off, None, &h), None);
+        assert_eq!(h.describe(), "off (notify.when = \"off\")");
+        let mine = NotifyConfig { command: vec!["/bin/tell".into()], ..NotifyConfig::default() };
+        assert!(choose(&mine, None, &h).is_some());
+        assert!(!h.shown(Err("/bin/tell failed (exit status: 1)".into())));
+        assert_eq!(h.describe(), "batches through /bin/tell; the last notification was not shown: /bin/tell failed (exit status: 1)");
+        assert!(h.shown(Ok(())), "the one before had failed");
+        assert_eq!(h.describe(), "batches through /bin/tell");
+    }
+
     #[tokio::test]
     async fn the_notifier_tells_a_batch_after_the_quiet_time() {
         let dir = tempfile::tempdir().unwrap();
@@ -635,7 +689,8 @@ mod tests {
         };
         let (events, rx) = broadcast::channel(16);
         let (_config, config_rx) = watch::channel(config);
-        let task = tokio::spawn(run(rx, config_rx));
+        let health = Health::default();
+        let task = tokio::spawn(run(rx, config_rx, health.clone()));
         for e in
             [event("running", "/in/a.jpg"), done("/in/a.jpg", "/out/a.jpg", 1), event("queued", "/in/b.jpg")]
         {
@@ -652,6 +707,7 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "2 photos protected\n");
+        assert_eq!(health.describe(), "batches through sh");
         drop(events);
         task.await.unwrap();
     }

@@ -125,8 +125,9 @@ pub async fn run(
 
     let (events, _) = tokio::sync::broadcast::channel::<Event>(1024);
     let (notify, notify_config) = tokio::sync::watch::channel(config.notify.clone());
-    let notifier = tokio::spawn(desktop::run(events.subscribe(), notify_config));
-    let info = Info { device, models, started: Instant::now(), events: events.clone(), notify };
+    let notifier = desktop::Health::default();
+    let notifier_task = tokio::spawn(desktop::run(events.subscribe(), notify_config, notifier.clone()));
+    let info = Info { device, models, started: Instant::now(), events: events.clone(), notify, notifier };
     let core = Core::new(config, store, worker, tx.clone(), info)?;
     let core = std::thread::Builder::new()
         .name("veil-core".into())
@@ -188,7 +189,7 @@ pub async fn run(
     }
     let _ = tx.send(Msg::Shutdown);
     let _ = tokio::task::spawn_blocking(move || core.join()).await;
-    notifier.abort();
+    notifier_task.abort();
     Ok(())
 }
 
@@ -359,6 +360,8 @@ struct Info {
     events: tokio::sync::broadcast::Sender<Event>,
     /// The `[notify]` section for the desktop notifier, sent again on a reload.
     notify: tokio::sync::watch::Sender<crate::config::NotifyConfig>,
+    /// How the desktop notifier fares, for `veil status`.
+    notifier: desktop::Health,
 }
 
 /// Errors `veil status` shows.
@@ -1173,6 +1176,7 @@ impl Core {
                         })
                         .collect(),
                     last_errors: self.errors.iter().cloned().collect(),
+                    notify: Some(self.info.notifier.describe()),
                 })
             }
             Command::Jobs { status, after, limit } => {

@@ -931,6 +931,17 @@ fn a_batch_is_told_to_the_desktop_once_with_what_failed_and_a_reload_can_keep_it
         }
     };
     let text = wait_told(1);
+    // `veil status` names the notifier.
+    let status = output_within(
+        home.command(env!("CARGO_BIN_EXE_veil")).args([
+            "--config",
+            home.config_path().to_str().unwrap(),
+            "status",
+        ]),
+        CLI_LIMIT,
+    );
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.contains(&format!("notify: batches through {}\n", fake.display())), "{status}");
     let out = home.path().join("Out");
     let expected = format!(
         "--app-name=Veil\nVeil: 1 photo could not be protected\n2 had no face and were copied unchanged\n\

@@ -56,6 +56,10 @@ pub struct StatusReport {
     pub folders: Vec<FolderStatus>,
     /// The most recent errors, oldest first.
     pub last_errors: Vec<ErrorEntry>,
+    /// The desktop notifications: `batches through /usr/bin/notify-send`, `off`, why there are none,
+    /// or why the last one was not shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
