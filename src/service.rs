@@ -1275,16 +1275,16 @@ impl Core {
             return vec![fail("an output folder: Veil does not protect its own copies again")];
         }
         match pipeline::collect_photos(&[path.to_path_buf()], &outputs) {
-            Ok(photos) if photos.is_empty() => {
-                vec![fail(&format!("a folder with {}", pipeline::no_photos_in(path, &outputs)))]
+            Ok(found) if found.photos.is_empty() => {
+                vec![fail(&format!("a folder with {}", pipeline::no_photos(found.raw)))]
             }
-            Ok(photos) => {
-                let mut outcomes: Vec<_> = photos.iter().map(|p| self.protect_file_now(p, output)).collect();
-                let raw = pipeline::raw_files_in(path, &outputs);
-                if raw > 0 {
+            Ok(found) => {
+                let mut outcomes: Vec<_> =
+                    found.photos.iter().map(|p| self.protect_file_now(p, output)).collect();
+                if found.raw > 0 {
                     outcomes.push(control::ProtectOutcome {
                         outcome: "left out".into(),
-                        message: Some(pipeline::raw_files(raw)),
+                        message: Some(pipeline::raw_files(found.raw)),
                         ..fail("")
                     });
                 }

@@ -652,21 +652,20 @@ fn protect(
         let found = pipeline::collect_photos(std::slice::from_ref(path), &outputs);
         let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
         match found {
-            Ok(found) if found.is_empty() && is_dir => {
+            Ok(found) if found.photos.is_empty() && is_dir => {
                 unusable += 1;
                 let is_output = outputs.iter().any(|o| same_file(o, path));
                 let why = if is_output {
                     "an output folder: Veil does not protect its own copies again".to_string()
                 } else {
-                    pipeline::no_photos_in(path, &outputs)
+                    pipeline::no_photos(found.raw)
                 };
                 report_error(out, json, path, &why)?;
             }
             Ok(found) => {
                 // A camera's RAW files beside its JPEGs: photos to their owner, so said.
-                let raw = if is_dir { pipeline::raw_files_in(path, &outputs) } else { 0 };
-                if raw > 0 {
-                    eprintln!("veil: {}: left out {}", path.display(), pipeline::raw_files(raw));
+                if found.raw > 0 {
+                    eprintln!("veil: {}: left out {}", path.display(), pipeline::raw_files(found.raw));
                 }
                 // The same path however it is spelled (hard links are two photos, as in a folder).
                 let id = |p: &PathBuf| std::fs::canonicalize(p).ok();
@@ -677,6 +676,7 @@ fn protect(
                 };
                 photos.extend(
                     found
+                        .photos
                         .into_iter()
                         .filter(|p| id(p).is_none_or(|id| seen.insert(id)))
                         .map(|p| (within(&p), p)),

@@ -151,43 +151,40 @@ impl Outcome {
     }
 }
 
+/// What [`collect_photos`] found: the photos, and the camera RAW files its folder walks passed over
+/// (photos to their owner, which Veil refuses), counted to be told as [`raw_files`].
+#[derive(Debug, Default)]
+pub struct Walked {
+    pub photos: Vec<PathBuf>,
+    pub raw: usize,
+}
+
 /// The photos named by `paths`: files as given, folders walked recursively (hidden entries and files
-/// without a photo extension skipped), in a stable order. The folders `outputs` (the copies'
-/// folders, which may lie inside them) are never walked: that would protect the copies again.
-pub fn collect_photos(paths: &[PathBuf], outputs: &[PathBuf]) -> Result<Vec<PathBuf>, ImageError> {
+/// without a photo extension skipped, RAW files counted), in a stable order. The folders `outputs`
+/// (the copies' folders, which may lie inside them) are never walked: that would protect the copies
+/// again.
+pub fn collect_photos(paths: &[PathBuf], outputs: &[PathBuf]) -> Result<Walked, ImageError> {
     let outputs = identities(outputs);
-    let mut out = Vec::new();
+    let mut found = Walked::default();
     for p in paths {
         let meta =
             std::fs::symlink_metadata(p).map_err(|source| ImageError::Open { path: p.clone(), source })?;
         if meta.is_dir() {
-            walk(p, &meta, &outputs, Format::is_photo_extension, &mut out)?;
+            walk(p, &meta, &outputs, &mut found)?;
         } else {
-            out.push(p.clone());
+            found.photos.push(p.clone());
         }
     }
-    Ok(out)
+    Ok(found)
 }
 
-/// Why a walk of the folder `dir` found no photo ([`collect_photos`] gave none), for the user: the
-/// camera RAW files it passed over are counted, since those are photos to their owner.
-pub fn no_photos_in(dir: &Path, outputs: &[PathBuf]) -> String {
-    match raw_files_in(dir, outputs) {
+/// Why a walk of a folder found no photo, for the user, given the camera RAW files it passed over
+/// ([`Walked::raw`]), since those are photos to their owner.
+pub fn no_photos(raw: usize) -> String {
+    match raw {
         0 => "no photos in it (hidden entries, symbolic links and output folders are not walked)".into(),
         n => format!("no photos Veil can protect in it: {}", raw_files(n)),
     }
-}
-
-/// The camera RAW files a walk of the folder `dir` passes over (by their names), which
-/// [`collect_photos`] leaves out: photos to their owner, told as [`raw_files`].
-pub fn raw_files_in(dir: &Path, outputs: &[PathBuf]) -> usize {
-    let outputs = identities(outputs);
-    let mut raw = Vec::new();
-    if let Ok(meta) = std::fs::symlink_metadata(dir) {
-        // What cannot be read was told when the photos were looked for.
-        let _ = walk(dir, &meta, &outputs, imageio::is_raw_extension, &mut raw);
-    }
-    raw.len()
 }
 
 /// `n` camera RAW files, and what to do about them.
@@ -211,13 +208,12 @@ fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
 }
 
 /// Walks `dir`, whose metadata the caller has already read, unless it is an output folder (one of
-/// the identities `outputs`), for the files whose extension `takes`.
+/// the identities `outputs`): photos by their extension, RAW files counted.
 fn walk(
     dir: &Path,
     meta: &std::fs::Metadata,
     outputs: &[(u64, u64)],
-    takes: fn(&str) -> bool,
-    out: &mut Vec<PathBuf>,
+    found: &mut Walked,
 ) -> Result<(), ImageError> {
     use std::os::unix::ffi::OsStrExt;
     if outputs.contains(&file_id(meta)) {
@@ -236,9 +232,13 @@ fn walk(
             continue;
         }
         if meta.is_dir() {
-            walk(&p, &meta, outputs, takes, out)?;
-        } else if meta.is_file() && p.extension().and_then(|e| e.to_str()).is_some_and(takes) {
-            out.push(p);
+            walk(&p, &meta, outputs, found)?;
+        } else if meta.is_file() {
+            match p.extension().and_then(|e| e.to_str()) {
+                Some(e) if Format::is_photo_extension(e) => found.photos.push(p),
+                Some(e) if imageio::is_raw_extension(e) => found.raw += 1,
+                _ => {}
+            }
         }
     }
     Ok(())
@@ -840,26 +840,29 @@ mod tests {
         // The output folder inside the walked one is left out, however its path is written.
         for out in [root.join("out"), root.join("sub/../out")] {
             assert_eq!(
-                names(collect_photos(&[root.into()], &[out]).unwrap()),
+                names(collect_photos(&[root.into()], &[out]).unwrap().photos),
                 ["a.jpg", "sub/b.PNG", "sub/f.jfif"]
             );
         }
-        assert_eq!(names(collect_photos(&[root.into()], &[root.join("new")]).unwrap()).len(), 5);
+        assert_eq!(names(collect_photos(&[root.into()], &[root.join("new")]).unwrap().photos).len(), 5);
         // Several outputs: each is left out.
         let both = [root.join("out"), root.join("sub")];
-        assert_eq!(names(collect_photos(&[root.into()], &both).unwrap()), ["a.jpg"]);
+        assert_eq!(names(collect_photos(&[root.into()], &both).unwrap().photos), ["a.jpg"]);
         // Named as a folder it is still left out; a file in it named on its own is taken.
         let out = root.join("out");
-        assert!(collect_photos(std::slice::from_ref(&out), std::slice::from_ref(&out)).unwrap().is_empty());
+        assert!(collect_photos(std::slice::from_ref(&out), std::slice::from_ref(&out))
+            .unwrap()
+            .photos
+            .is_empty());
         assert_eq!(
-            names(collect_photos(&[out.join("c.jpg")], std::slice::from_ref(&out)).unwrap()),
+            names(collect_photos(&[out.join("c.jpg")], std::slice::from_ref(&out)).unwrap().photos),
             ["out/c.jpg"]
         );
         // A name that is not UTF-8 is not taken for a hidden one.
         use std::os::unix::ffi::OsStrExt;
         let latin = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
         std::fs::write(&latin, b"x").unwrap();
-        assert_eq!(collect_photos(&[root.into()], std::slice::from_ref(&out)).unwrap()[1], latin);
+        assert_eq!(collect_photos(&[root.into()], std::slice::from_ref(&out)).unwrap().photos[1], latin);
         let err = collect_photos(&[root.join("missing")], &[out]).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
     }
