@@ -184,7 +184,7 @@ impl Batch {
             lines.push(format!(
                 "{} waits for its output folder{others}: {}",
                 name(path),
-                reason(path, error)
+                crate::control::without_path(error, path)
             ));
         }
         let body = lines.into_iter().map(|l| shorten(&l)).collect::<Vec<_>>().join("\n");
@@ -213,13 +213,8 @@ fn name(path: &str) -> String {
     Path::new(path).file_name().map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-/// An error without the path it starts with (every error names its file).
-fn reason<'a>(path: &str, error: &'a str) -> &'a str {
-    error.strip_prefix(path).and_then(|e| e.strip_prefix(": ")).unwrap_or(error)
-}
-
 fn why(path: &str, error: &str) -> String {
-    format!("{}: {}", name(path), reason(path, error))
+    format!("{}: {}", name(path), crate::control::without_path(error, path))
 }
 
 /// The one folder holding every copy's folder, unless that is the root.

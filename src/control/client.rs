@@ -236,7 +236,7 @@ pub fn event_line(event: &Event) -> String {
     };
     let detail = match (&event.output, &event.error) {
         (Some(o), _) => format!(" -> {o}{faces}"),
-        (None, Some(e)) => format!(": {}", e.strip_prefix(&format!("{path}: ")).unwrap_or(e)),
+        (None, Some(e)) => format!(": {}", super::without_path(e, path)),
         (None, None) => String::new(),
     };
     let subject = if path.is_empty() { "veild" } else { path };
@@ -253,7 +253,7 @@ pub fn jobs_table(page: &JobsPage) -> String {
     for j in &page.jobs {
         let faces = j.faces.map_or("-".into(), |f| f.to_string());
         let detail = match (&j.error, &j.output) {
-            (Some(e), _) => e.strip_prefix(&format!("{}: ", j.path)).unwrap_or(e).to_string(),
+            (Some(e), _) => super::without_path(e, &j.path).to_string(),
             (None, Some(o)) if j.output_deleted => format!("-> {o} (deleted since)"),
             (None, Some(o)) => format!("-> {o}"),
             (None, None) => String::new(),

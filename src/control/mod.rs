@@ -196,6 +196,12 @@ impl Event {
     }
 }
 
+/// An error as shown beside its photo's path (`veil jobs`, `veil watch`, the desktop notifications):
+/// without that path, which every error starts with.
+pub fn without_path<'a>(error: &'a str, path: &str) -> &'a str {
+    error.strip_prefix(path).and_then(|e| e.strip_prefix(": ")).unwrap_or(error)
+}
+
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
