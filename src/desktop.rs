@@ -428,27 +428,31 @@ pub async fn run(
     }
 }
 
-/// The sink for `config`, told in the log when it changes (or there is none) and in `health`.
-fn choose(config: &NotifyConfig, before: Option<&Sink>, health: &Health) -> Option<Sink> {
+/// The notifier `config` sets up (none when off or missing), and how `veil doctor` and `veil status`
+/// word it.
+pub fn setup(config: &NotifyConfig) -> (Option<Sink>, String) {
     if config.when == NotifyWhen::Off {
-        health.set_up("off (notify.when = \"off\")".into());
-        return None;
+        return (None, "off (notify.when = \"off\")".into());
     }
     match Sink::choose(config) {
         Ok(sink) => {
             let setup = format!("{} through {}", config.when, sink.program().display());
-            if before != Some(&sink) {
-                tracing::debug!("desktop notifications: {setup}");
-            }
-            health.set_up(setup);
-            Some(sink)
+            (Some(sink), setup)
         }
-        Err(why) => {
-            tracing::info!("no desktop notifications: {why}");
-            health.set_up(format!("none: {why}"));
-            None
-        }
+        Err(why) => (None, format!("no desktop notifications: {why}")),
     }
+}
+
+/// The sink for `config`, told in the log when it changes (or there is none) and in `health`.
+fn choose(config: &NotifyConfig, before: Option<&Sink>, health: &Health) -> Option<Sink> {
+    let (sink, setup) = setup(config);
+    match &sink {
+        Some(s) if before != Some(s) => tracing::debug!("desktop notifications: {setup}"),
+        None if config.when != NotifyWhen::Off => tracing::info!("{setup}"),
+        _ => {}
+    }
+    health.set_up(setup);
+    sink
 }
 
 fn tell(sink: &Sink, notice: &Notice, health: &Health) {

@@ -178,17 +178,13 @@ pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
 
 /// Whether `veild`'s desktop notifications can be shown: the program that shows them is there.
 fn check_notify(report: &mut Report, config: &crate::config::NotifyConfig) {
-    use crate::{config::NotifyWhen, desktop::Sink};
-    if config.when == NotifyWhen::Off {
-        report.push(Level::Info, "notify", "off (notify.when = \"off\")");
-        return;
-    }
-    match Sink::choose(config) {
-        Ok(sink) => {
-            report.push(Level::Ok, "notify", format!("{} through {}", config.when, sink.program().display()))
-        }
-        Err(why) => report.push(Level::Warn, "notify", format!("no desktop notifications: {why}")),
-    }
+    let (sink, detail) = crate::desktop::setup(config);
+    let level = match sink {
+        Some(_) => Level::Ok,
+        None if config.when == crate::config::NotifyWhen::Off => Level::Info,
+        None => Level::Warn,
+    };
+    report.push(level, "notify", detail);
 }
 
 fn check_models(report: &mut Report, config: &Config) {
