@@ -34,6 +34,8 @@ pub struct Config {
     pub watch: WatchConfig,
     /// Desktop notifications from `veild`: when a batch of photos is done, or only on failures.
     pub notify: NotifyConfig,
+    /// What `veild` does while the computer runs on battery.
+    pub power: PowerConfig,
     /// Folders `veild` watches, each with the folder protected copies go to.
     pub folders: Vec<FolderConfig>,
 }
@@ -97,6 +99,35 @@ impl fmt::Display for NotifyWhen {
             NotifyWhen::Batches => "batches",
             NotifyWhen::Errors => "errors",
             NotifyWhen::Off => "off",
+        })
+    }
+}
+
+/// The `[power]` section: what `veild` does while the computer runs on battery (see
+/// [`crate::power`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PowerConfig {
+    pub on_battery: OnBattery,
+}
+
+/// `power.on_battery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBattery {
+    /// New photos wait for the charger (the ones in the engine finish); photos asked for by hand
+    /// (`veil add`, `veil retry`) are protected at once.
+    #[default]
+    Pause,
+    /// Protect as on mains power.
+    Run,
+}
+
+impl fmt::Display for OnBattery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnBattery::Pause => "pause",
+            OnBattery::Run => "run",
         })
     }
 }
@@ -433,6 +464,7 @@ impl Default for Config {
             imageio: crate::imageio::Settings::default(),
             watch: WatchConfig::default(),
             notify: NotifyConfig::default(),
+            power: PowerConfig::default(),
             folders: vec![FolderConfig::new("~/Pictures/Veil/To-Share", "~/Pictures/Veil/Protected")],
         }
     }
@@ -661,6 +693,7 @@ impl Config {
             imageio: self.imageio.clone(),
             watch: self.watch.clone(),
             notify: NotifyConfig { command: notify_command, ..self.notify.clone() },
+            power: self.power.clone(),
             folders: self
                 .folders
                 .iter()
@@ -819,6 +852,10 @@ mod tests {
         assert_eq!(c.resolve(&dirs).notify.command, ["/home/ann/bin/tell", "~/x"]);
         let msg = parse("[notify]\nwhen = \"always\"\n").unwrap_err().to_string();
         assert!(msg.contains("`notify.when`") && msg.contains("line 2"), "{msg}");
+        assert_eq!(Config::default().power.on_battery, OnBattery::Pause);
+        assert_eq!(parse("[power]\non_battery = \"run\"\n").unwrap().power.on_battery, OnBattery::Run);
+        let msg = parse("[power]\non_battery = \"slow\"\n").unwrap_err().to_string();
+        assert!(msg.contains("`power.on_battery`") && msg.contains("line 2"), "{msg}");
     }
 
     #[test]

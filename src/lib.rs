@@ -45,6 +45,7 @@ pub mod logging;
 pub mod models;
 pub mod paths;
 pub mod pipeline;
+pub mod power;
 pub mod preview;
 pub mod protect;
 pub mod quality;

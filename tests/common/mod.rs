@@ -88,7 +88,9 @@ impl Home {
     }
 
     /// `bin` living in this home: no `LD_LIBRARY_PATH` (the rpath must find libtorch), no journal,
-    /// no systemd notify socket, no `VEIL_LOG`, and every XDG folder inside the home.
+    /// no systemd notify socket, no `VEIL_LOG`, every XDG folder inside the home, and the power
+    /// supplies read from `power_supply` in the home (none unless a test makes them), so that a
+    /// test machine on battery holds no photo.
     pub fn command(&self, bin: &str) -> Command {
         let home = self.path();
         let mut cmd = Command::new(bin);
@@ -101,7 +103,8 @@ impl Home {
             .env("XDG_DATA_HOME", home.join(".local/share"))
             .env("XDG_STATE_HOME", home.join(".local/state"))
             .env("XDG_CACHE_HOME", home.join(".cache"))
-            .env("XDG_RUNTIME_DIR", home.join("run"));
+            .env("XDG_RUNTIME_DIR", home.join("run"))
+            .env("VEIL_POWER_SUPPLY", home.join("power_supply"));
         cmd
     }
 }
