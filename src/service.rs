@@ -17,13 +17,14 @@ use std::{
 };
 
 use crate::{
-    config::{Config, FolderConfig, Source},
+    config::{Config, FolderConfig, OnBattery, Source},
     control::{self, server, ApiError, Command, Event, Reply},
     desktop,
     engine::{self, EngineError},
     imageio,
     models::{Inventory, Role},
     pipeline,
+    power::{self, Power},
     store::{self, Finish, Observed, Status, Store, StoreError},
     systemd,
     watch::{self, Filter, Hint, Watcher},
@@ -419,6 +420,14 @@ struct Core {
     store_trouble: Option<StoreTrouble>,
     /// The last refusal of a new configuration, taken back from the last errors once one is applied.
     refused: Option<String>,
+    /// Where the computer's power came from when last looked (with the folders).
+    power: Power,
+    /// Whether new photos were last held for the charger ([`Core::held`]): a change is logged and
+    /// sent as an event.
+    was_held: bool,
+    /// Photos asked for by hand (`veil add`, `veil retry`) until they are finished: the battery
+    /// does not hold them.
+    asked: HashSet<PathBuf>,
 }
 
 struct StoreTrouble {
@@ -470,7 +479,11 @@ impl Core {
             unreadable: HashMap::new(),
             store_trouble: None,
             refused: None,
+            power: Power::now(),
+            was_held: false,
+            asked: HashSet::new(),
         };
+        core.update_hold();
         let folders = core.config.folders.clone();
         core.set_folders(&folders)?;
         Ok(core)
@@ -529,6 +542,7 @@ impl Core {
         if now >= self.next_check {
             self.next_check = now + self.poll_period();
             self.check_folders();
+            self.check_power();
         }
         let mut due = Vec::new();
         let all = now >= self.next_rescan;
@@ -899,9 +913,52 @@ impl Core {
         self.next_rescan = Instant::now();
     }
 
-    /// Hands pending jobs to the engine while its queue has room.
+    /// Where the computer's power comes from now; a change is logged, and may hold or release the
+    /// photos.
+    fn check_power(&mut self) {
+        let power = Power::now();
+        if power != self.power {
+            tracing::info!("the computer is {power} (it was {})", self.power);
+            self.power = power;
+        }
+        self.update_hold();
+    }
+
+    /// Whether new photos wait for the charger: on battery with `power.on_battery = "pause"`.
+    fn held(&self) -> bool {
+        self.power.on_battery() && self.config.power.on_battery == OnBattery::Pause
+    }
+
+    /// Tells (log and event) when new photos start or stop waiting for the charger.
+    fn update_hold(&mut self) {
+        let held = self.held();
+        if held == self.was_held {
+            return;
+        }
+        self.was_held = held;
+        if held {
+            tracing::info!("on battery: new photos wait for the charger (power.on_battery = \"pause\")");
+            let _ = self
+                .info
+                .events
+                .send(Event { error: Some(power::HELD.into()), ..Event::new("battery", None) });
+        } else {
+            tracing::info!("photos are protected again ({})", self.power);
+            let _ = self.info.events.send(Event {
+                error: Some(format!("photos are protected again ({})", self.power)),
+                ..Event::new("mains", None)
+            });
+        }
+    }
+
+    /// Hands pending jobs to the engine while its queue has room; on battery
+    /// ([`Core::held`]) only those asked for by hand.
     fn dispatch(&mut self) {
         if self.paused || self.busy.len() >= QUEUE || self.store_held().is_some() {
+            return;
+        }
+        let held = self.held();
+        if held && self.asked.is_empty() {
             return;
         }
         let pending = match self.store.pending(usize::MAX, &self.busy) {
@@ -911,6 +968,9 @@ impl Core {
         for p in pending {
             if self.busy.len() >= QUEUE {
                 break;
+            }
+            if held && !self.asked.contains(&p.path) {
+                continue;
             }
             let job = match (self.folder(&p.folder), &p.output_dir) {
                 (Some(folder), _) => self.job(&folder.config, &p.path, p.earlier.clone()),
@@ -966,6 +1026,9 @@ impl Core {
     fn finish(&mut self, report: Report) {
         let path = report.job.source;
         self.busy.retain(|p| *p != path);
+        if report.result.is_some() {
+            self.asked.remove(&path);
+        }
         let finish = match report.result {
             None => Finish::Requeue,
             Some(Ok(done)) => {
@@ -1130,8 +1193,14 @@ impl Core {
         } else if self.store_trouble.is_some() && self.busy.is_empty() {
             // Nothing moves until the database can be written: said among the last errors.
             "waiting"
-        } else if !self.busy.is_empty() || !self.candidates.is_empty() || queued > waiting {
+        } else if !self.busy.is_empty() || !self.candidates.is_empty() {
             "working"
+        } else if queued > waiting {
+            if self.held() {
+                "on battery"
+            } else {
+                "working"
+            }
         } else if waiting > 0 {
             "waiting"
         } else {
@@ -1177,6 +1246,7 @@ impl Core {
                         .collect(),
                     last_errors: self.errors.iter().cloned().collect(),
                     notify: Some(self.info.notifier.describe()),
+                    power: power::describe(self.power, self.config.power.on_battery),
                 })
             }
             Command::Jobs { status, after, limit } => {
@@ -1224,14 +1294,20 @@ impl Core {
                         Some(path) => {
                             tracing::info!("{}: queued again (control socket)", path.display());
                             self.emit("queued", &path, None, None);
+                            self.asked.insert(path);
                             1
                         }
                         None => return Err(ApiError::new(404, format!("no job {id} that can be retried"))),
                     },
                     None => {
-                        let n = self.store.retry_failed(None).map_err(store)?;
-                        tracing::info!("{n} failed or waiting photo(s) queued again (control socket)");
-                        n as u64
+                        let again = self.store.retry_failed(None).map_err(store)?;
+                        tracing::info!(
+                            "{} failed or waiting photo(s) queued again (control socket)",
+                            again.len()
+                        );
+                        let n = again.len() as u64;
+                        self.asked.extend(again);
+                        n
                     }
                 };
                 control::to_reply(&control::RetryReply { retried })
@@ -1358,11 +1434,21 @@ impl Core {
         };
         let job = self.store.job_of(path).ok().flatten();
         let id = job.map(|(id, _)| id);
+        let pending = matches!(job, Some((_, Status::Pending)));
+        if pending {
+            // Asked for now: the battery does not hold it.
+            self.asked.insert(path.to_path_buf());
+        }
+        let now = self.held().then(|| "protected now, although the computer runs on battery".to_string());
         match (observed, job) {
             (Observed::Queued, _) => {
                 tracing::info!("{}: queued (control socket)", path.display());
                 self.emit("queued", path, None, None);
-                outcome("queued", id, None)
+                outcome("queued", id, now)
+            }
+            (_, Some(_)) if pending && now.is_some() => {
+                tracing::info!("{}: protected now on battery (control socket)", path.display());
+                outcome("queued", id, now)
             }
             (Observed::Duplicate { of }, _) => {
                 outcome("duplicate", id, Some(format!("same content as {}", of.display())))
@@ -1381,9 +1467,10 @@ impl Core {
             0 => String::new(),
             n => format!(" ({n} waiting to be tried again)"),
         };
+        let held = if self.held() && queued > 0 { "; on battery: waiting for the charger" } else { "" };
         let status = match &self.last_error {
-            Some(e) => format!("{queued} photo(s) queued{waiting}; last error: {e}"),
-            None => format!("{queued} photo(s) queued{waiting}"),
+            Some(e) => format!("{queued} photo(s) queued{waiting}{held}; last error: {e}"),
+            None => format!("{queued} photo(s) queued{waiting}{held}"),
         };
         if status != self.status {
             systemd::notify(&format!("STATUS={status}"));
@@ -1520,6 +1607,7 @@ impl Core {
                 }
                 self.info.notify.send_replace(self.config.notify.clone());
                 let _ = self.info.events.send(Event::new("reloaded", None));
+                self.update_hold();
                 Ok(())
             }
             Err(e) => {

@@ -643,15 +643,15 @@ impl Store {
 
     /// Sends quarantined files, and pending ones that wait for another try after an error (all of
     /// them, or those under `under`), back to `pending` with their attempts cleared, to be tried
-    /// now; returns how many.
-    pub fn retry_failed(&self, under: Option<&Path>) -> Result<usize, StoreError> {
+    /// now; returns their paths.
+    pub fn retry_failed(&self, under: Option<&Path>) -> Result<Vec<PathBuf>, StoreError> {
         let rows = self.rows()?;
-        let mut n = 0;
+        let mut again_paths = Vec::new();
         let again =
             |r: &&Row| r.status == Status::Failed || (r.status == Status::Pending && r.error.is_some());
         for row in rows.iter().filter(again) {
             if under.is_none_or(|u| row.path.starts_with(u)) {
-                n += self
+                let n = self
                     .db
                     .execute(
                         "UPDATE files SET status = 'pending', attempts = 0, not_before = 0, \
@@ -659,9 +659,12 @@ impl Store {
                         [blob(&row.path)],
                     )
                     .map_err(|e| self.err(e))?;
+                if n > 0 {
+                    again_paths.push(row.path.clone());
+                }
             }
         }
-        Ok(n)
+        Ok(again_paths)
     }
 
     /// Sends the rows left `running` that are not in the engine (`busy`) back to `pending`, to be
@@ -1219,7 +1222,7 @@ mod tests {
         assert_eq!(due, [b]);
         assert_eq!(s.counts().unwrap().waiting, 1);
         // `veil retry --all` makes it due now.
-        assert_eq!(s.retry_failed(None).unwrap(), 1);
+        assert_eq!(s.retry_failed(None).unwrap(), [a]);
         assert_eq!(s.counts().unwrap().waiting, 0);
         assert_eq!(s.pending(10, &[]).unwrap().len(), 2);
         // Written at last: no error left.
@@ -1330,7 +1333,7 @@ mod tests {
         assert_eq!(rows[2].status, Status::Failed, "the duplicate shares the failure: {rows:?}");
         assert!(rows[2].error.as_deref().unwrap().contains("cannot decode"));
         assert_eq!(s.counts().unwrap(), Counts { queued: 0, failed: 3, waiting: 0 });
-        assert_eq!(s.retry_failed(Some(Path::new("/in/a.jpg"))).unwrap(), 1);
+        assert_eq!(s.retry_failed(Some(Path::new("/in/a.jpg"))).unwrap().len(), 1);
         assert_eq!(s.counts().unwrap(), Counts { queued: 1, failed: 2, waiting: 0 });
         s.finish(a, &Finish::Gone).unwrap();
         assert_eq!(s.rows().unwrap().len(), 2);

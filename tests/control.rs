@@ -395,6 +395,77 @@ fn status_tells_of_a_photo_waiting_for_its_output_folder_and_retry_all_sends_it_
     d.stop();
 }
 
+/// A laptop's adapter and battery as the kernel lists them, in the home's `power_supply` (which
+/// the test daemons read instead of `/sys/class/power_supply`).
+fn laptop(home: &Home, plugged_in: bool) {
+    let root = home.path().join("power_supply");
+    let (online, status) = if plugged_in { ("1", "Charging") } else { ("0", "Discharging") };
+    for (name, files) in
+        [("AC", [("type", "Mains"), ("online", online)]), ("BAT0", [("type", "Battery"), ("status", status)])]
+    {
+        std::fs::create_dir_all(root.join(name)).unwrap();
+        for (file, value) in files {
+            std::fs::write(root.join(name).join(file), format!("{value}\n")).unwrap();
+        }
+    }
+}
+
+#[test]
+fn on_battery_new_photos_wait_for_the_charger_and_veil_add_protects_one_now() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3\npoll_seconds = 1", &[("In", "Out")]);
+    laptop(&home, false);
+    let d = home.start();
+    let events = follow(&home.socket());
+    let (a, b) = (home.path().join("In/a.png"), home.path().join("In/b.png"));
+    photo(1, &a);
+    photo(2, &b);
+    let start = Instant::now();
+    let status = loop {
+        let status = home.veil_json(&["status"]);
+        if status["counts"]["pending"] == 2 {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["state"], "on battery", "{status}");
+    let human = text(&home.veil(&["status"]).stdout);
+    assert!(
+        human.contains(": on battery, up ")
+            && human.contains(
+                "power: on battery: new photos wait for the charger (power.on_battery = \"pause\"; \
+                 `veil add PHOTO` protects one now)\n"
+            ),
+        "{human}"
+    );
+    // Asked for by hand, one is protected now; the other still waits.
+    let added = home.veil_json(&["add", b.to_str().unwrap()]);
+    assert_eq!(
+        (added["photos"][0]["outcome"].as_str(), added["photos"][0]["message"].as_str()),
+        (Some("queued"), Some("protected now, although the computer runs on battery")),
+        "{added}"
+    );
+    let mut seen = Vec::new();
+    until(&events, "In/b.png", "done", &mut seen);
+    let out = home.path().join("Out");
+    assert!(out.join("b.png").is_file());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!out.join("a.png").exists(), "a.png was protected on battery:\n{}", d.log());
+    assert_eq!(home.veil_json(&["status"])["state"], "on battery");
+
+    // Plugged in: it goes on within a poll.
+    laptop(&home, true);
+    until(&events, "In/a.png", "done", &mut seen);
+    assert!(out.join("a.png").is_file());
+    let status = home.veil_json(&["status"]);
+    assert_eq!(status["state"], "idle", "{status}");
+    assert!(status["power"].as_str().unwrap().starts_with("on mains power"), "{status}");
+    let (_, log) = d.stop();
+    assert!(log.contains("on battery: new photos wait for the charger"), "{log}");
+    assert!(log.contains("photos are protected again (on mains power)"), "{log}");
+}
+
 #[test]
 fn a_failed_photo_leaves_the_last_errors_once_fixed_or_deleted() {
     let home = Home::new();

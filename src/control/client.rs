@@ -200,6 +200,9 @@ pub fn status_table(s: &StatusReport) -> String {
     );
     let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     out += &format!("jobs: {}\n", if counts.is_empty() { "none yet".into() } else { counts.join(", ") });
+    if let Some(power) = &s.power {
+        out += &format!("power: {power}\n");
+    }
     if let Some(notify) = &s.notify {
         out += &format!("notify: {notify}\n");
     }

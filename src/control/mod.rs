@@ -37,7 +37,7 @@ pub struct Version {
 pub struct StatusReport {
     /// `idle`, `working` (photos queued or in the engine), `waiting` (nothing to do but photos that
     /// wait for another try: their output folder could not take them, an attempt failed, or the
-    /// job database cannot be written) or `paused`.
+    /// job database cannot be written), `on battery` (photos wait for the charger) or `paused`.
     pub state: String,
     pub version: String,
     pub pid: u32,
@@ -60,6 +60,11 @@ pub struct StatusReport {
     /// or why the last one was not shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<String>,
+    /// Where the computer's power comes from and what that means for the photos: `on mains
+    /// power`, `on battery: new photos wait for the charger …`; absent when nothing says (no
+    /// battery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,7 +168,9 @@ pub struct Event {
     /// `subscribed` (first line), `queued`, `running`, `done`, `failed`, `retrying` (failed, will be
     /// tried again), `waiting` (its output folder cannot take it now: tried again later), `skipped`, `removed` (a failed photo
     /// was deleted or moved away: its failure is forgotten; or a waiting one was let go with its
-    /// folder, taken out of the configuration; or a queued one went away before it was read), `paused`, `resumed`, `reloaded`, or
+    /// folder, taken out of the configuration; or a queued one went away before it was read), `paused`, `resumed`, `reloaded`,
+    /// `battery` (the computer went on battery: new photos wait for the charger), `mains` (they
+    /// go on), or
     /// `lagged` (events were lost).
     pub event: String,
     /// Seconds since the epoch.
