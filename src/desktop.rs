@@ -57,30 +57,59 @@ pub struct Batch {
     waiting: Vec<(String, String)>,
     /// Photos already told waiting, not told again each time they are retried.
     told_waiting: HashSet<String>,
+    /// Whether the daemon holds new photos for the charger (the computer runs on battery).
+    on_battery: bool,
+    /// Photos queued while on battery and not taken by the engine: they wait for the charger.
+    held: HashSet<String>,
+    /// Of those, the ones already told.
+    told_held: HashSet<String>,
 }
 
 impl Batch {
     /// Takes one event of the daemon's stream into the batch.
     pub fn see(&mut self, e: &Event) {
         let Some(path) = e.path.clone() else {
-            if e.event == "paused" {
-                // Nothing queued moves until `veil resume`: what is done is told meanwhile.
-                self.pending.clear();
-                self.running.clear();
+            match e.event.as_str() {
+                "paused" => {
+                    // Nothing queued moves until `veil resume`: what is done is told meanwhile.
+                    self.pending.clear();
+                    self.running.clear();
+                }
+                "battery" => {
+                    // What is queued waits for the charger; the photos in the engine finish.
+                    self.on_battery = true;
+                    let queued: Vec<String> = self.pending.difference(&self.running).cloned().collect();
+                    for p in queued {
+                        self.pending.remove(&p);
+                        self.held.insert(p);
+                    }
+                }
+                "mains" => {
+                    self.on_battery = false;
+                    self.pending.extend(self.held.drain());
+                    self.told_held.clear();
+                }
+                _ => {}
             }
             return;
         };
         match e.event.as_str() {
+            "queued" | "retrying" if self.on_battery => {
+                self.held.insert(path);
+            }
             "queued" | "retrying" => {
                 self.pending.insert(path);
             }
             "running" => {
+                self.held.remove(&path);
                 self.pending.insert(path.clone());
                 self.running.insert(path);
             }
             "done" => {
                 self.pending.remove(&path);
                 self.told_waiting.remove(&path);
+                self.held.remove(&path);
+                self.told_held.remove(&path);
                 if self.running.remove(&path) {
                     match e.faces {
                         Some(0) => self.unchanged += 1,
@@ -111,6 +140,13 @@ impl Batch {
         self.pending.remove(path);
         self.running.remove(path);
         self.told_waiting.remove(path);
+        self.held.remove(path);
+        self.told_held.remove(path);
+    }
+
+    /// Photos waiting for the charger that were not told yet.
+    fn newly_held(&self) -> usize {
+        self.held.difference(&self.told_held).count()
     }
 
     /// Events were lost: photos seen coming may never be seen done, so none is waited for.
@@ -130,13 +166,14 @@ impl Batch {
         match when {
             NotifyWhen::Off => false,
             NotifyWhen::Errors => errors,
-            NotifyWhen::Batches => errors || self.protected + self.unchanged > 0,
+            NotifyWhen::Batches => errors || self.protected + self.unchanged > 0 || self.newly_held() > 0,
         }
     }
 
     /// The notice for the batch so far under `when`, if it has news; the batch starts anew.
     pub fn take(&mut self, when: NotifyWhen) -> Option<Notice> {
         let notice = self.has_news(when).then(|| self.notice());
+        self.told_held.extend(self.held.iter().cloned());
         self.protected = 0;
         self.unchanged = 0;
         self.outputs.clear();
@@ -147,8 +184,10 @@ impl Batch {
 
     fn notice(&self) -> Notice {
         let (done, failed, waiting) = (self.protected, self.failed.len(), self.waiting.len());
+        let held = self.newly_held();
         let title = match (done, failed) {
             (0, 0) if self.unchanged > 0 => format!("No face found in {}", photos(self.unchanged as usize)),
+            (0, 0) if waiting == 0 && held > 0 => format!("{} for the charger", wait(held)),
             (0, 0) => format!("{} for {} output folder", wait(waiting), their(waiting)),
             (0, k) => format!("{} could not be protected", photos(k)),
             (n, 0) => format!("{} protected", photos(n as usize)),
@@ -186,6 +225,17 @@ impl Batch {
                 name(path),
                 crate::control::without_path(error, path)
             ));
+        }
+        if held > 0 {
+            lines.push(if done == 0 && failed == 0 && waiting == 0 && self.unchanged == 0 {
+                format!(
+                    "The computer runs on battery: {} protected once it is plugged in (`veil add PHOTO` \
+                     protects one now)",
+                    if held == 1 { "it is" } else { "they are" }
+                )
+            } else {
+                format!("{} for the charger: the computer runs on battery", wait(held))
+            });
         }
         let body = lines.into_iter().map(|l| shorten(&l)).collect::<Vec<_>>().join("\n");
         Notice { title, body }
@@ -611,6 +661,44 @@ mod tests {
         b.see(&event("queued", "/in/z.jpg"));
         b.see(&Event::new("paused", None));
         assert!(!b.busy());
+    }
+
+    #[test]
+    fn photos_held_for_the_charger_are_told_once_and_the_photo_in_the_engine_still_counts() {
+        let mut b = Batch::default();
+        see(
+            &mut b,
+            &[event("queued", "/in/a.jpg"), event("running", "/in/a.jpg"), event("queued", "/in/b.jpg")],
+        );
+        let battery =
+            Event { error: Some("new photos wait for the charger".into()), ..Event::new("battery", None) };
+        b.see(&battery);
+        // a finishes; b waits: the batch is not held up by it.
+        b.see(&done("/in/a.jpg", "/out/a.jpg", 1));
+        b.see(&event("queued", "/in/c.jpg"));
+        assert!(!b.busy());
+        let n = b.take(NotifyWhen::Batches).unwrap();
+        assert_eq!(n.title, "1 photo protected");
+        assert_eq!(n.body, "Copies in /out\n2 photos wait for the charger: the computer runs on battery");
+        // Told once; a new one is news again, and alone it is the title.
+        assert!(!b.has_news(NotifyWhen::Batches));
+        b.see(&event("queued", "/in/d.jpg"));
+        assert!(!b.has_news(NotifyWhen::Errors), "waiting for the charger is no error");
+        let n = b.take(NotifyWhen::Batches).unwrap();
+        assert_eq!(n.title, "1 photo waits for the charger");
+        assert_eq!(
+            n.body,
+            "The computer runs on battery: it is protected once it is plugged in (`veil add PHOTO` protects one now)"
+        );
+        // `veil add` runs one on battery; the charger brings the others back as a batch.
+        see(&mut b, &[event("running", "/in/d.jpg"), done("/in/d.jpg", "/out/d.jpg", 2)]);
+        b.see(&Event::new("mains", None));
+        assert!(b.busy(), "b and c are coming");
+        see(&mut b, &[event("running", "/in/b.jpg"), done("/in/b.jpg", "/out/b.jpg", 1)]);
+        see(&mut b, &[event("running", "/in/c.jpg"), done("/in/c.jpg", "/out/c.jpg", 1)]);
+        assert!(!b.busy());
+        let n = b.take(NotifyWhen::Batches).unwrap();
+        assert_eq!((n.title.as_str(), n.body.as_str()), ("3 photos protected", "Copies in /out"));
     }
 
     #[test]
