@@ -139,6 +139,13 @@ pub fn run(explicit: Option<&Path>, dirs: &Dirs) -> Report {
     }
 
     check_notify(&mut report, &config.notify);
+    let power = crate::power::Power::now();
+    report.push(
+        Level::Info,
+        "power",
+        crate::power::describe(power, config.power.on_battery)
+            .unwrap_or_else(|| "no battery found: photos are protected whatever the power".into()),
+    );
 
     if config.imageio.jpeg_chroma == crate::imageio::Chroma::Half {
         // bench/results/jpeg420-copies-cpu-2026-11-27.md: StarGAN disrupted on 78 % of 30 val faces
