@@ -1273,20 +1273,24 @@ impl Core {
                 let pause = matches!(command, Command::Pause);
                 let changed = self.paused != pause;
                 self.paused = pause;
-                let message = match (pause, changed) {
+                let mut message = match (pause, changed) {
                     (true, true) => "paused: no new photo goes to the engine (the current ones finish)",
                     (true, false) => "already paused",
                     (false, true) => "resumed",
                     (false, false) => "not paused",
-                };
+                }
+                .to_string();
+                if !pause && self.held() {
+                    message += &format!(
+                        "; the computer runs on battery: {} (`veil add PHOTO` protects one now)",
+                        power::HELD
+                    );
+                }
                 if changed {
                     tracing::info!("{message} (control socket)");
                     let _ = self.info.events.send(Event::new(if pause { "paused" } else { "resumed" }, None));
                 }
-                control::to_reply(&control::StateReply {
-                    state: self.state().into(),
-                    message: message.into(),
-                })
+                control::to_reply(&control::StateReply { state: self.state().into(), message })
             }
             Command::Retry(request) => {
                 let retried = match request.id {

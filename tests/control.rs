@@ -453,6 +453,13 @@ fn on_battery_new_photos_wait_for_the_charger_and_veil_add_protects_one_now() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(!out.join("a.png").exists(), "a.png was protected on battery:\n{}", d.log());
     assert_eq!(home.veil_json(&["status"])["state"], "on battery");
+    // `veil resume` does not override it, and says so.
+    let resumed = home.veil(&["resume"]);
+    let said = text(&resumed.stdout) + &text(&resumed.stderr);
+    assert!(
+        said.contains("not paused; the computer runs on battery: new photos wait for the charger"),
+        "{said}"
+    );
 
     // Plugged in: it goes on within a poll.
     laptop(&home, true);
