@@ -52,7 +52,7 @@ pub fn read_source(shown: &Path, file: &Path, max: u64) -> Result<(Vec<u8>, File
     if bytes.len() as u64 > max {
         return Err(ImageError::FileTooLarge { path: shown.into(), size: bytes.len() as u64, max });
     }
-    Ok((bytes, Some((meta.dev(), meta.ino()))))
+    Ok((bytes, FileId { id: Some((meta.dev(), meta.ino())), mode: Some(meta.mode() & 0o7777) }))
 }
 
 /// Up to `n` bytes from the start of `file`, opened as [`read_source`] opens it (for a file too
@@ -71,8 +71,22 @@ fn open_source(file: &Path) -> io::Result<std::fs::File> {
         .open(file)
 }
 
-/// A file's (device, inode), which tells the source apart from any output.
-pub type FileId = Option<(u64, u64)>;
+/// What the writer of a copy knows of its source file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileId {
+    /// The source's (device, inode), which tells it apart from any output.
+    pub id: Option<(u64, u64)>,
+    /// Its permission bits: the copy is readable by no one the original is not readable by.
+    pub mode: Option<u32>,
+}
+
+impl FileId {
+    /// The permissions a copy is created with (before the umask): `rw-r--r--`, less the group's
+    /// and others' read where the source denies it (a private `rw-------` photo gets a private copy).
+    fn copy_mode(self) -> u32 {
+        0o644 & self.mode.map_or(0o777, |m| m | 0o600)
+    }
+}
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -136,8 +150,9 @@ fn candidate(name: &OsStr, k: u32) -> OsString {
 
 /// A new hidden temporary file in `dir` for a file to be named `name`, and its path: a name no
 /// other writer uses (this process's id and a counter), short enough for any file system whatever
-/// the length of `name`, never through a symbolic link.
-fn create_temporary(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
+/// the length of `name`, never through a symbolic link; with the permission bits `mode`, less the
+/// umask.
+fn create_temporary(dir: &Path, name: &OsStr, mode: u32) -> io::Result<(PathBuf, File)> {
     let short: String = name.to_string_lossy().chars().take(64).collect();
     let tmp = dir.join(format!(
         ".{short}.veil-{}-{}.tmp",
@@ -147,7 +162,7 @@ fn create_temporary(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)?;
     Ok((tmp, file))
@@ -166,13 +181,14 @@ pub fn write_atomic(
 ) -> Result<PathBuf, ImageError> {
     output_dir_exists(dir)?;
     let target = dir.join(name);
-    let (tmp, mut file) = create_temporary(dir, name).map_err(|source| match source.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
-            ImageError::OutputDirNotWritable { dir: dir.into(), source }
-        }
-        _ if is_disk_full(&source) => ImageError::DiskFull { path: target.clone() },
-        _ => ImageError::Write { path: target.clone(), source },
-    })?;
+    let (tmp, mut file) =
+        create_temporary(dir, name, source.copy_mode()).map_err(|source| match source.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+                ImageError::OutputDirNotWritable { dir: dir.into(), source }
+            }
+            _ if is_disk_full(&source) => ImageError::DiskFull { path: target.clone() },
+            _ => ImageError::Write { path: target.clone(), source },
+        })?;
     let result = (|| {
         file.write_all(bytes)?;
         file.sync_all()
@@ -191,7 +207,7 @@ pub fn write_atomic(
     }
     let mut placed = None;
     // Never over the source, nor through a symbolic link.
-    let foreign = |m: &std::fs::Metadata| source == Some((m.dev(), m.ino())) || m.file_type().is_symlink();
+    let foreign = |m: &std::fs::Metadata| source.id == Some((m.dev(), m.ino())) || m.file_type().is_symlink();
     let is_source = |path: &Path| std::fs::symlink_metadata(path).ok().is_some_and(|m| foreign(&m));
     if let Overwrite::Copy(old) = overwrite {
         let ours = old.parent() == Some(dir) && old.file_name().is_some_and(|f| is_candidate(name, f));
@@ -288,7 +304,7 @@ pub fn write_whole(path: &Path, bytes: &[u8], replace: bool) -> io::Result<()> {
     if !replace && std::fs::symlink_metadata(path).is_ok() {
         return Err(io::ErrorKind::AlreadyExists.into());
     }
-    let (tmp, mut file) = create_temporary(dir, name)?;
+    let (tmp, mut file) = create_temporary(dir, name, 0o644)?;
     let result = (|| {
         file.write_all(bytes)?;
         file.sync_all()?;
@@ -451,12 +467,15 @@ mod tests {
     #[test]
     fn never_clobbers_and_leaves_no_temporary() {
         let d = tempfile::tempdir().unwrap();
-        let a = write_atomic(d.path(), OsStr::new("p.jpg"), b"one", Overwrite::Nothing, None).unwrap();
-        let b = write_atomic(d.path(), OsStr::new("p.jpg"), b"two", Overwrite::Nothing, None).unwrap();
+        let a = write_atomic(d.path(), OsStr::new("p.jpg"), b"one", Overwrite::Nothing, FileId::default())
+            .unwrap();
+        let b = write_atomic(d.path(), OsStr::new("p.jpg"), b"two", Overwrite::Nothing, FileId::default())
+            .unwrap();
         assert_eq!(a, d.path().join("p.jpg"));
         assert_eq!(b, d.path().join("p (1).jpg"));
         assert_eq!(std::fs::read(&a).unwrap(), b"one");
-        let c = write_atomic(d.path(), OsStr::new("p.jpg"), b"three", Overwrite::SameName, None).unwrap();
+        let c = write_atomic(d.path(), OsStr::new("p.jpg"), b"three", Overwrite::SameName, FileId::default())
+            .unwrap();
         assert_eq!(c, a);
         assert_eq!(std::fs::read(&a).unwrap(), b"three");
         let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -468,7 +487,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let name = format!("{}.jpg", "é".repeat(120));
         assert_eq!(
-            write_atomic(d.path(), OsStr::new(&name), b"x", Overwrite::Nothing, None).unwrap(),
+            write_atomic(d.path(), OsStr::new(&name), b"x", Overwrite::Nothing, FileId::default()).unwrap(),
             d.path().join(&name)
         );
     }
@@ -483,8 +502,14 @@ mod tests {
         let [taken, old] = ["p.jpg", "p (2).jpg"].map(|n| d.path().join(n));
         std::fs::write(&taken, b"another photo's copy").unwrap();
         std::fs::write(&old, b"old copy").unwrap();
-        let out =
-            write_atomic(d.path(), OsStr::new("p.jpg"), b"new copy", Overwrite::Copy(&old), None).unwrap();
+        let out = write_atomic(
+            d.path(),
+            OsStr::new("p.jpg"),
+            b"new copy",
+            Overwrite::Copy(&old),
+            FileId::default(),
+        )
+        .unwrap();
         assert_eq!(out, old);
         assert_eq!(std::fs::read(&old).unwrap(), b"new copy");
         assert_eq!(std::fs::read(&taken).unwrap(), b"another photo's copy");
@@ -492,7 +517,9 @@ mod tests {
         let elsewhere = tempfile::tempdir().unwrap();
         let stray = elsewhere.path().join("p.jpg");
         for old in [stray.as_path(), &d.path().join("q.jpg")] {
-            let out = write_atomic(d.path(), OsStr::new("p.jpg"), b"x", Overwrite::Copy(old), None).unwrap();
+            let out =
+                write_atomic(d.path(), OsStr::new("p.jpg"), b"x", Overwrite::Copy(old), FileId::default())
+                    .unwrap();
             assert!(!out.ends_with("p.jpg") && !out.ends_with("p (2).jpg") && !old.exists(), "{out:?}");
         }
         assert_eq!(std::fs::read(&taken).unwrap(), b"another photo's copy");
@@ -508,10 +535,12 @@ mod tests {
         // The attempt began after that file was written: it wrote p (1).jpg, or nothing.
         let began = SystemTime::now() - std::time::Duration::from_secs(1);
         let first =
-            write_atomic(d.path(), OsStr::new("p.jpg"), b"one", Overwrite::Since(began), None).unwrap();
+            write_atomic(d.path(), OsStr::new("p.jpg"), b"one", Overwrite::Since(began), FileId::default())
+                .unwrap();
         assert_eq!(first, d.path().join("p (1).jpg"));
         let again =
-            write_atomic(d.path(), OsStr::new("p.jpg"), b"two", Overwrite::Since(began), None).unwrap();
+            write_atomic(d.path(), OsStr::new("p.jpg"), b"two", Overwrite::Since(began), FileId::default())
+                .unwrap();
         assert_eq!(again, first, "the interrupted attempt's copy is replaced, not doubled");
         assert_eq!(std::fs::read(&first).unwrap(), b"two");
         assert_eq!(std::fs::read(&other).unwrap(), b"another photo's copy");
@@ -528,7 +557,7 @@ mod tests {
             OsStr::new("p.jpg"),
             b"copy",
             Overwrite::SameName,
-            Some((m.dev(), m.ino())),
+            FileId { id: Some((m.dev(), m.ino())), mode: None },
         )
         .unwrap();
         assert_eq!(out, d.path().join("p (1).jpg"));
@@ -536,10 +565,36 @@ mod tests {
     }
 
     #[test]
+    fn a_private_photo_gets_a_private_copy() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mode_of = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for (source, denied) in [(0o600, 0o077), (0o640, 0o037), (0o400, 0o077), (0o644, 0o033)] {
+            let src = d.path().join(format!("{source:o}.jpg"));
+            std::fs::write(&src, b"original").unwrap();
+            std::fs::set_permissions(&src, std::fs::Permissions::from_mode(source)).unwrap();
+            let (_, id) = read_source(&src, &src, 100).unwrap();
+            assert_eq!(id.mode, Some(source));
+            let out = d.path().join("out");
+            std::fs::create_dir_all(&out).unwrap();
+            let copy = write_atomic(&out, src.file_name().unwrap(), b"copy", Overwrite::Nothing, id).unwrap();
+            // Whatever the umask leaves, nobody the source denies may read the copy; the owner may.
+            let mode = mode_of(&copy);
+            assert_eq!((mode & denied, mode & 0o600), (0, 0o600), "{source:o} gave {mode:o}");
+        }
+        // Before the umask: the usual rw-r--r-- for a photo everyone may read, or when the source's
+        // mode is unknown.
+        assert_eq!(FileId { id: None, mode: Some(0o664) }.copy_mode(), 0o644);
+        assert_eq!(FileId { id: None, mode: Some(0o640) }.copy_mode(), 0o640);
+        assert_eq!(FileId::default().copy_mode(), 0o644);
+    }
+
+    #[test]
     fn missing_output_directory_is_named() {
         let d = tempfile::tempdir().unwrap();
         let missing = d.path().join("nope");
-        let err = write_atomic(&missing, OsStr::new("p.jpg"), b"x", Overwrite::Nothing, None).unwrap_err();
+        let err = write_atomic(&missing, OsStr::new("p.jpg"), b"x", Overwrite::Nothing, FileId::default())
+            .unwrap_err();
         assert!(matches!(err, ImageError::OutputDirMissing { .. }));
         assert!(err.to_string().contains("nope"), "{err}");
     }

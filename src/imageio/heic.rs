@@ -16,7 +16,7 @@ use super::{tiffmeta, Format, ImageError, Meta, Native, Photo, Settings};
 pub(super) fn decode(
     path: &Path,
     bytes: Vec<u8>,
-    source_id: Option<(u64, u64)>,
+    source_id: super::fsio::FileId,
     s: &Settings,
 ) -> Result<Photo, ImageError> {
     let corrupt =

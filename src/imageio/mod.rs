@@ -457,15 +457,10 @@ pub fn decode_bytes(path: &Path, bytes: Vec<u8>, settings: &Settings) -> Result<
             max: settings.max_file_bytes,
         });
     }
-    decode(path, bytes, None, settings)
+    decode(path, bytes, fsio::FileId::default(), settings)
 }
 
-fn decode(
-    path: &Path,
-    bytes: Vec<u8>,
-    source_id: Option<(u64, u64)>,
-    s: &Settings,
-) -> Result<Photo, ImageError> {
+fn decode(path: &Path, bytes: Vec<u8>, source_id: fsio::FileId, s: &Settings) -> Result<Photo, ImageError> {
     let corrupt = |message: String| ImageError::Corrupt { path: path.into(), message };
     #[cfg(feature = "heic")]
     if sniff::heif_brand(&bytes).is_some_and(|b| b != b"avif" || heic::reads_avif()) {
