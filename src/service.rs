@@ -327,7 +327,7 @@ impl Made<'_> {
 /// holds the pid, so that a second `veild` can name the first.
 fn lock(state_dir: &Path, socket: &Path) -> Result<std::fs::File, ServiceError> {
     let path = state_dir.join("veild.lock");
-    std::fs::create_dir_all(state_dir)
+    store::create_state_dir(state_dir)
         .map_err(|source| ServiceError::Folder { path: state_dir.into(), source })?;
     server::lock_pid_file(&path).map_err(|e| match e {
         None => ServiceError::Running {

@@ -250,11 +250,19 @@ fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Creates the state folder where it is missing, with any missing parents, readable by its owner
+/// only (`rwx------`, as the XDG base directory specification asks): the job database lists every
+/// photo's path. A folder already there is left as it is.
+pub fn create_state_dir(state_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir)
+}
+
 impl Store {
     /// Opens (creating) the database in `state_dir`. Rows left `running` by a crash go back to
     /// `pending`, marked so that their protected copy, if one was written, is replaced.
     pub fn open(state_dir: &Path) -> Result<(Store, usize), StoreError> {
-        std::fs::create_dir_all(state_dir)
+        create_state_dir(state_dir)
             .map_err(|source| StoreError::Folder { path: state_dir.into(), source })?;
         let path = state_dir.join(FILE_NAME);
         let err = |source: rusqlite::Error| {
@@ -987,6 +995,21 @@ mod tests {
 
     fn seen(size: u64) -> Seen {
         Seen { size, mtime_ns: 1 }
+    }
+
+    #[test]
+    fn a_new_state_folder_is_its_owners_alone_and_an_existing_one_is_left_as_it_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let state = d.path().join("home/.local/state/veil");
+        Store::open(&state).unwrap();
+        assert_eq!((mode(&state), mode(state.parent().unwrap())), (0o700, 0o700));
+        let shared = d.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
+        Store::open(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o750);
     }
 
     #[test]
