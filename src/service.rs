@@ -865,6 +865,11 @@ impl Core {
                     )
                 }
             }
+            Ok(Observed::OwnCopy { of }) => {
+                let reason = format!("{}: {}", path.display(), store::own_copy(&of));
+                tracing::info!("{reason}: skipped");
+                self.emit("skipped", path, None, Some(&reason));
+            }
             Ok(Observed::SameContent | Observed::Unchanged) => {}
             Err(e) => {
                 // Not recorded: taken again once the database can be written.
@@ -1456,6 +1461,10 @@ impl Core {
             }
             (Observed::Duplicate { of }, _) => {
                 outcome("duplicate", id, Some(format!("same content as {}", of.display())))
+            }
+            (Observed::OwnCopy { of }, _) => {
+                tracing::info!("{}: {}: skipped (control socket)", path.display(), store::own_copy(&of));
+                outcome("skipped", id, Some(store::own_copy(&of)))
             }
             (_, Some((_, status))) => {
                 outcome(status.as_str(), id, Some("already known with this content".into()))

@@ -108,6 +108,9 @@ pub enum Observed {
     Duplicate { of: PathBuf },
     /// Touched, but the content is the one recorded.
     SameContent,
+    /// A protected copy Veil wrote of the named file (dropped back in, or copied elsewhere):
+    /// `skipped`, since a second protection would double its noise.
+    OwnCopy { of: PathBuf },
 }
 
 /// A file waiting to be protected.
@@ -210,10 +213,16 @@ CREATE TABLE IF NOT EXISTS folders (path BLOB PRIMARY KEY) WITHOUT ROWID;
 
 /// Columns added after the first schema: a stable job number (for `veil retry ID` and paging), the
 /// output folder of a photo queued by hand from outside the watched folders, whether the file was
-/// seen gone after it was protected (see [`Store::sources_gone`]), and the copy a pending job
-/// replaces ([`PendingJob::earlier`]).
-const ADDED_COLUMNS: [(&str, &str); 4] =
-    [("id", "INTEGER"), ("output_dir", "BLOB"), ("gone", "INTEGER NOT NULL DEFAULT 0"), ("replaces", "BLOB")];
+/// seen gone after it was protected (see [`Store::sources_gone`]), the copy a pending job
+/// replaces ([`PendingJob::earlier`]), and the hash of the protected copy written (see
+/// [`Observed::OwnCopy`]).
+const ADDED_COLUMNS: [(&str, &str); 5] = [
+    ("id", "INTEGER"),
+    ("output_dir", "BLOB"),
+    ("gone", "INTEGER NOT NULL DEFAULT 0"),
+    ("replaces", "BLOB"),
+    ("output_hash", "TEXT"),
+];
 
 /// [`copy_deleted`] for a copy as the database holds it.
 fn copy_deleted_blob(output: Option<&[u8]>) -> bool {
@@ -370,6 +379,39 @@ impl Store {
                     .map_err(e)?;
                 return Ok(Observed::SameContent);
             }
+        }
+        // A protected copy Veil wrote, back among the photos: not protected a second time.
+        let own: Option<Vec<u8>> = self
+            .db
+            .query_row(
+                "SELECT path FROM files WHERE output_hash = ?1 AND path != ?2 LIMIT 1",
+                params![hash, blob(path)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(e)?;
+        if let Some(of) = own {
+            let of = path_of(of);
+            self.db
+                .execute(
+                    "INSERT OR REPLACE INTO files (path, folder, size, mtime_ns, hash, status, attempts, \
+                     error, updated, id, output_dir) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'skipped', 0, ?6, ?7, \
+                     COALESCE((SELECT id FROM files WHERE path = ?1), \
+                              (SELECT COALESCE(MAX(id), 0) + 1 FROM files)), ?8)",
+                    params![
+                        blob(path),
+                        blob(folder),
+                        seen.size as i64,
+                        seen.mtime_ns,
+                        hash,
+                        own_copy(&of),
+                        now(),
+                        output_dir.map(blob)
+                    ],
+                )
+                .map_err(e)?;
+            return Ok(Observed::OwnCopy { of });
         }
         // New content under a known name: the photo was edited, and its new copy replaces the old
         // one (or, when the edit before this one is still on its way, as a slow writer's half-saved
@@ -562,12 +604,15 @@ impl Store {
         let status = match finish {
             Finish::Done { output, faces, seconds, losses } => {
                 let losses: Vec<String> = losses.iter().map(|(n, l)| format!("{n}={l}")).collect();
+                // A copy with faces protected is known again if it comes back among the photos
+                // (one without faces has the original's pixels, often its bytes).
+                let output_hash = if *faces > 0 { hash_file(output).ok() } else { None };
                 self.db
                     .execute(
                         "UPDATE files SET status = 'done', error = NULL, output = ?2, faces = ?3, \
-                         seconds = ?4, losses = ?5, replace = 0, replaces = NULL, attempts = attempts + 1, updated = ?6 \
-                         WHERE path = ?1",
-                        params![p, blob(output), faces, seconds, losses.join(","), now()],
+                         seconds = ?4, losses = ?5, replace = 0, replaces = NULL, attempts = attempts + 1, updated = ?6, \
+                         output_hash = ?7 WHERE path = ?1",
+                        params![p, blob(output), faces, seconds, losses.join(","), now(), output_hash],
                     )
                     .map_err(e)?;
                 // Files with the same content point at this copy (not those that found an earlier
@@ -969,7 +1014,18 @@ fn migrate(db: &Connection) -> rusqlite::Result<()> {
     for (n, path) in unnumbered.into_iter().enumerate() {
         db.execute("UPDATE files SET id = ?2 WHERE path = ?1", params![path, first + n as i64])?;
     }
-    db.execute_batch("CREATE UNIQUE INDEX IF NOT EXISTS files_id ON files(id)")
+    db.execute_batch(
+        "CREATE UNIQUE INDEX IF NOT EXISTS files_id ON files(id);
+         CREATE INDEX IF NOT EXISTS files_output_hash ON files(output_hash);",
+    )
+}
+
+/// Why a protected copy Veil wrote of `of` is not protected again.
+pub fn own_copy(of: &Path) -> String {
+    format!(
+        "a copy Veil already protected (from {}): protecting it twice would double its noise",
+        of.display()
+    )
 }
 
 /// The hash recorded for a file that could not be read when it was found: it matches no other
@@ -1010,6 +1066,43 @@ mod tests {
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
         Store::open(&shared).unwrap();
         assert_eq!(mode(&shared), 0o750);
+    }
+
+    #[test]
+    fn a_protected_copy_back_among_the_photos_is_skipped_and_an_unchanged_one_is_not_known() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(&d.path().join("state")).unwrap();
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let (f, a, b) = (Path::new("/in"), Path::new("/in/a.jpg"), Path::new("/in/b.jpg"));
+        assert_eq!(s.observe(f, a, seen(5), "h-a").unwrap(), Observed::Queued);
+        assert_eq!(s.observe(f, b, seen(6), "h-b").unwrap(), Observed::Queued);
+        // a had a face: its copy differs from it; b had none: its copy is its own bytes.
+        let (copy_a, copy_b) = (out.join("a.jpg"), out.join("b.jpg"));
+        std::fs::write(&copy_a, b"protected pixels").unwrap();
+        std::fs::write(&copy_b, b"the original's bytes").unwrap();
+        let done = |output: &Path, faces| Finish::Done {
+            output: output.into(),
+            faces,
+            seconds: 1.0,
+            losses: vec![],
+        };
+        s.finish(a, &done(&copy_a, 1)).unwrap();
+        s.finish(b, &done(&copy_b, 0)).unwrap();
+
+        // a's copy dropped into the folder again, under another name.
+        let back = Path::new("/in/a-shared.jpg");
+        let hash = hash_file(&copy_a).unwrap();
+        assert_eq!(s.observe(f, back, seen(16), &hash).unwrap(), Observed::OwnCopy { of: a.into() });
+        let row = s.rows().unwrap().into_iter().find(|r| r.path == back).unwrap();
+        assert_eq!(row.status, Status::Skipped);
+        assert_eq!(row.error.as_deref(), Some(own_copy(a).as_str()));
+        assert!(s.pending(10, &[]).unwrap().is_empty());
+        // Edited afterwards, it is a photo of its own.
+        assert_eq!(s.observe(f, back, seen(17), "h-edited").unwrap(), Observed::Queued);
+        // b's copy is not told apart from a photo (it has b's pixels, and nothing of Veil's).
+        let hash = hash_file(&copy_b).unwrap();
+        assert_eq!(s.observe(f, Path::new("/in/b-again.jpg"), seen(20), &hash).unwrap(), Observed::Queued);
     }
 
     #[test]

@@ -536,6 +536,43 @@ fn a_photo_dropped_again_after_its_copy_was_deleted_is_protected_again() {
 }
 
 #[test]
+fn a_protected_copy_dropped_back_among_the_photos_is_not_protected_twice() {
+    let Some(data) = common::data() else { return };
+    let mut faces: Vec<PathBuf> = std::fs::read_dir(data.join("celeba/val"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    faces.sort();
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    let (face, copy) = (home.path().join("In/face.jpg"), home.path().join("Out/face.jpg"));
+    std::fs::copy(&faces[0], &face).unwrap();
+    let rows = home.wait_settled(&d, 1, Duration::from_secs(120));
+    assert_eq!(rows[&face].status, "done", "{rows:?}\n{}", d.log());
+    assert_ne!(std::fs::read(&copy).unwrap(), std::fs::read(&face).unwrap(), "its face was protected");
+
+    // The protected copy, put back among the photos to share it from there.
+    let back = home.path().join("In/shared.jpg");
+    std::fs::copy(&copy, &back).unwrap();
+    let rows = home.wait_settled(&d, 2, Duration::from_secs(60));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(rows[&back].status, "skipped", "{rows:?}");
+    let error = rows[&back].error.clone().unwrap_or_default();
+    assert_eq!(
+        error,
+        format!(
+            "a copy Veil already protected (from {}): protecting it twice would double its noise",
+            face.display()
+        )
+    );
+    assert_eq!(files(&home.path().join("Out")), [copy], "{log}");
+    assert!(log.contains("shared.jpg: a copy Veil already protected"), "{log}");
+}
+
+#[test]
 fn a_directory_of_photos_moved_in_is_picked_up() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);
