@@ -63,6 +63,8 @@ pub struct Batch {
     held: HashSet<String>,
     /// Of those, the ones already told.
     told_held: HashSet<String>,
+    /// Protected copies put back among the photos, skipped rather than protected twice.
+    already: Vec<String>,
 }
 
 impl Batch {
@@ -131,7 +133,14 @@ impl Batch {
                     self.waiting.push((path, e.error.clone().unwrap_or_default()));
                 }
             }
-            "skipped" | "removed" => self.finish(&path),
+            "skipped" => {
+                self.finish(&path);
+                let why = e.error.as_deref().map(|e| crate::control::without_path(e, &path));
+                if why.is_some_and(|w| w.starts_with(crate::store::OWN_COPY)) {
+                    self.already.push(path);
+                }
+            }
+            "removed" => self.finish(&path),
             _ => {}
         }
     }
@@ -166,7 +175,12 @@ impl Batch {
         match when {
             NotifyWhen::Off => false,
             NotifyWhen::Errors => errors,
-            NotifyWhen::Batches => errors || self.protected + self.unchanged > 0 || self.newly_held() > 0,
+            NotifyWhen::Batches => {
+                errors
+                    || self.protected + self.unchanged > 0
+                    || self.newly_held() > 0
+                    || !self.already.is_empty()
+            }
         }
     }
 
@@ -179,6 +193,7 @@ impl Batch {
         self.outputs.clear();
         self.failed.clear();
         self.waiting.clear();
+        self.already.clear();
         notice
     }
 
@@ -188,6 +203,14 @@ impl Batch {
         let title = match (done, failed) {
             (0, 0) if self.unchanged > 0 => format!("No face found in {}", photos(self.unchanged as usize)),
             (0, 0) if waiting == 0 && held > 0 => format!("{} for the charger", wait(held)),
+            (0, 0) if waiting == 0 => format!(
+                "{} protected already",
+                if self.already.len() == 1 {
+                    "1 copy was".into()
+                } else {
+                    format!("{} copies were", self.already.len())
+                }
+            ),
             (0, 0) => format!("{} for {} output folder", wait(waiting), their(waiting)),
             (0, k) => format!("{} could not be protected", photos(k)),
             (n, 0) => format!("{} protected", photos(n as usize)),
@@ -225,6 +248,12 @@ impl Batch {
                 name(path),
                 crate::control::without_path(error, path)
             ));
+        }
+        for path in self.already.iter().take(NAMED) {
+            lines.push(format!("{}: a copy Veil protected already, not protected twice", name(path)));
+        }
+        if self.already.len() > NAMED {
+            lines.push(format!("and {} more copies protected already", self.already.len() - NAMED));
         }
         if held > 0 {
             lines.push(if done == 0 && failed == 0 && waiting == 0 && self.unchanged == 0 {
@@ -699,6 +728,33 @@ mod tests {
         assert!(!b.busy());
         let n = b.take(NotifyWhen::Batches).unwrap();
         assert_eq!((n.title.as_str(), n.body.as_str()), ("3 photos protected", "Copies in /out"));
+    }
+
+    #[test]
+    fn a_protected_copy_put_back_is_told_as_not_protected_twice() {
+        let mut b = Batch::default();
+        let own = |p: &str| Event {
+            error: Some(format!(
+                "{p}: {} (from /in/a.jpg): protecting it twice would double its noise",
+                crate::store::OWN_COPY
+            )),
+            ..event("skipped", p)
+        };
+        // A duplicate of a photo is not news; a copy of Veil's is.
+        b.see(&Event {
+            error: Some("/in/b.jpg: same content as /in/a.jpg".into()),
+            ..event("skipped", "/in/b.jpg")
+        });
+        assert!(!b.has_news(NotifyWhen::Batches));
+        b.see(&own("/in/shared.jpg"));
+        assert!(b.has_news(NotifyWhen::Batches) && !b.has_news(NotifyWhen::Errors));
+        let n = b.take(NotifyWhen::Batches).unwrap();
+        assert_eq!(n.title, "1 copy was protected already");
+        assert_eq!(n.body, "shared.jpg: a copy Veil protected already, not protected twice");
+        see(&mut b, &[event("running", "/in/c.jpg"), done("/in/c.jpg", "/out/c.jpg", 1), own("/in/x.jpg")]);
+        let n = b.take(NotifyWhen::Batches).unwrap();
+        assert_eq!(n.title, "1 photo protected");
+        assert_eq!(n.body, "Copies in /out\nx.jpg: a copy Veil protected already, not protected twice");
     }
 
     #[test]

@@ -1020,12 +1020,12 @@ fn migrate(db: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// How [`own_copy`] starts.
+pub const OWN_COPY: &str = "a copy Veil already protected";
+
 /// Why a protected copy Veil wrote of `of` is not protected again.
 pub fn own_copy(of: &Path) -> String {
-    format!(
-        "a copy Veil already protected (from {}): protecting it twice would double its noise",
-        of.display()
-    )
+    format!("{OWN_COPY} (from {}): protecting it twice would double its noise", of.display())
 }
 
 /// The hash recorded for a file that could not be read when it was found: it matches no other
