@@ -1213,6 +1213,20 @@ impl Core {
         }
     }
 
+    /// About how long the `queue` (photos pending, running or settling) takes, in seconds: those
+    /// due now at the mean pace of the last photos. `None` when nothing moves (paused, on
+    /// battery), nothing is due, or nothing was timed yet.
+    fn eta(&self, queue: u64) -> Result<Option<u64>, StoreError> {
+        if self.paused || self.held() {
+            return Ok(None);
+        }
+        let due = queue.saturating_sub(self.store.counts()?.waiting);
+        if due == 0 {
+            return Ok(None);
+        }
+        Ok(self.store.recent_seconds()?.map(|s| (s * due as f64).ceil() as u64))
+    }
+
     /// Answers the control socket.
     fn command(&mut self, command: Command) -> Reply {
         let store = |e: StoreError| ApiError::new(500, e.to_string());
@@ -1232,6 +1246,7 @@ impl Core {
                     device: self.info.device.clone(),
                     models: self.info.models.clone(),
                     queue,
+                    eta_seconds: self.eta(queue).map_err(store)?,
                     waiting: self.store.counts().map_err(store)?.waiting,
                     counts,
                     folders: self

@@ -972,6 +972,19 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(e)
     }
 
+    /// The mean time the engine took for the last [`RECENT`] photos it protected or copied, for
+    /// `veil status`'s estimate of the time left; `None` before the first.
+    pub fn recent_seconds(&self) -> Result<Option<f64>, StoreError> {
+        self.db
+            .query_row(
+                "SELECT AVG(seconds) FROM (SELECT seconds FROM files WHERE status = 'done' \
+                 AND seconds IS NOT NULL ORDER BY updated DESC LIMIT ?1)",
+                [RECENT],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// How many rows are queued, failed and waiting, in one query.
     pub fn counts(&self) -> Result<Counts, StoreError> {
         let n = |v: i64| v.max(0) as u64;
@@ -987,6 +1000,9 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 }
+
+/// Photos [`Store::recent_seconds`] averages over.
+const RECENT: i64 = 20;
 
 /// What [`Store::counts`] counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -1103,6 +1119,25 @@ mod tests {
         // b's copy is not told apart from a photo (it has b's pixels, and nothing of Veil's).
         let hash = hash_file(&copy_b).unwrap();
         assert_eq!(s.observe(f, Path::new("/in/b-again.jpg"), seen(20), &hash).unwrap(), Observed::Queued);
+    }
+
+    #[test]
+    fn the_time_a_photo_took_lately_is_the_mean_of_the_last_ones_done() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        assert_eq!(s.recent_seconds().unwrap(), None);
+        let f = Path::new("/in");
+        for (i, seconds) in [4.0, 6.0, 0.5].into_iter().enumerate() {
+            let p = PathBuf::from(format!("/in/{i}.jpg"));
+            s.observe(f, &p, seen(i as u64 + 1), &format!("h{i}")).unwrap();
+            let output = PathBuf::from(format!("/out/{i}.jpg"));
+            s.finish(&p, &Finish::Done { output, faces: u32::from(seconds > 1.0), seconds, losses: vec![] })
+                .unwrap();
+        }
+        // A failed one took no time that counts.
+        s.observe(f, Path::new("/in/x.jpg"), seen(9), "hx").unwrap();
+        s.finish(Path::new("/in/x.jpg"), &Finish::Failed { error: "x".into(), retry: false }).unwrap();
+        assert_eq!(s.recent_seconds().unwrap(), Some(3.5));
     }
 
     #[test]

@@ -185,7 +185,7 @@ impl<R: BufRead> Read for Chunked<R> {
 /// `veil status` as a human reads it.
 pub fn status_table(s: &StatusReport) -> String {
     let mut out = format!(
-        "veild {} (pid {}): {}, up {}\ndevice: {}\nmodels: {}\nqueue: {} photo(s){}\n",
+        "veild {} (pid {}): {}, up {}\ndevice: {}\nmodels: {}\nqueue: {} photo(s){}{}\n",
         s.version,
         s.pid,
         s.state,
@@ -193,6 +193,10 @@ pub fn status_table(s: &StatusReport) -> String {
         s.device,
         if s.models.is_empty() { "none loaded".into() } else { s.models.join(", ") },
         s.queue,
+        match s.eta_seconds {
+            None => String::new(),
+            Some(eta) => format!(", about {} left", estimate(eta)),
+        },
         match s.waiting {
             0 => String::new(),
             n => format!(", {n} waiting to be tried again (see the last errors)"),
@@ -274,6 +278,15 @@ fn duration(s: u64) -> String {
         0..60 => format!("{s} s"),
         60..3600 => format!("{} min {} s", s / 60, s % 60),
         _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// An estimate as a person says it: to 5 s under a minute, to the minute under an hour.
+fn estimate(s: u64) -> String {
+    match s {
+        0..60 => format!("{} s", s.div_ceil(5).max(1) * 5),
+        60..3600 => format!("{} min", (s + 30) / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600 + 30) / 60),
     }
 }
 
@@ -369,6 +382,10 @@ mod tests {
 
     #[test]
     fn durations_read_naturally() {
+        assert_eq!(
+            (estimate(0), estimate(12), estimate(89), estimate(7325)),
+            ("5 s".into(), "15 s".into(), "1 min".into(), "2 h 2 min".into())
+        );
         assert_eq!(duration(5), "5 s");
         assert_eq!(duration(125), "2 min 5 s");
         assert_eq!(duration(7325), "2 h 2 min");

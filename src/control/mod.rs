@@ -47,6 +47,10 @@ pub struct StatusReport {
     pub models: Vec<String>,
     /// Photos waiting, in the engine, or seen and settling.
     pub queue: u64,
+    /// About how long the queue will take, in seconds, at the pace of the last photos; absent
+    /// when nothing is to do now, nothing was timed yet, or the photos wait (paused, on battery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
     /// Of the queue, photos that wait for another try after an error (see `last_errors`) and are
     /// not due yet.
     #[serde(default)]
