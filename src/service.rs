@@ -948,11 +948,9 @@ impl Core {
                 .events
                 .send(Event { error: Some(power::HELD.into()), ..Event::new("battery", None) });
         } else {
-            tracing::info!("photos are protected again ({})", self.power);
-            let _ = self.info.events.send(Event {
-                error: Some(format!("photos are protected again ({})", self.power)),
-                ..Event::new("mains", None)
-            });
+            let again = format!("photos are protected again ({})", self.power);
+            tracing::info!("{again}");
+            let _ = self.info.events.send(Event { error: Some(again), ..Event::new("mains", None) });
         }
     }
 
@@ -1214,14 +1212,11 @@ impl Core {
     }
 
     /// About how long the `queue` (photos pending, running or settling) takes, in seconds: those
-    /// due now at the mean pace of the last photos. `None` when nothing moves (paused, on
-    /// battery), nothing is due, or nothing was timed yet.
-    fn eta(&self, queue: u64) -> Result<Option<u64>, StoreError> {
-        if self.paused || self.held() {
-            return Ok(None);
-        }
-        let due = queue.saturating_sub(self.store.counts()?.waiting);
-        if due == 0 {
+    /// due now (not `waiting` for another try) at the mean pace of the last photos. `None` when
+    /// nothing moves (paused, on battery), nothing is due, or nothing was timed yet.
+    fn eta(&self, queue: u64, waiting: u64) -> Result<Option<u64>, StoreError> {
+        let due = queue.saturating_sub(waiting);
+        if self.paused || self.held() || due == 0 {
             return Ok(None);
         }
         Ok(self.store.recent_seconds()?.map(|s| (s * due as f64).ceil() as u64))
@@ -1238,6 +1233,7 @@ impl Core {
                 let queue = counts.get("pending").copied().unwrap_or(0)
                     + counts.get("running").copied().unwrap_or(0)
                     + self.candidates.len() as u64;
+                let waiting = self.store.counts().map_err(store)?.waiting;
                 control::to_reply(&control::StatusReport {
                     state: self.state().into(),
                     version: env!("CARGO_PKG_VERSION").into(),
@@ -1246,8 +1242,8 @@ impl Core {
                     device: self.info.device.clone(),
                     models: self.info.models.clone(),
                     queue,
-                    eta_seconds: self.eta(queue).map_err(store)?,
-                    waiting: self.store.counts().map_err(store)?.waiting,
+                    eta_seconds: self.eta(queue, waiting).map_err(store)?,
+                    waiting,
                     counts,
                     folders: self
                         .folders
