@@ -1036,6 +1036,43 @@ fn migrate(db: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// The protected copies `veild` recorded, read by `veil protect` so that a copy of Veil's given to
+/// it is not protected twice. Reading only: the daemon's core stays the one writer. Without a
+/// database (no daemon ever ran), or with one older than [`Observed::OwnCopy`], nothing is known.
+pub struct KnownCopies(Option<Connection>);
+
+impl KnownCopies {
+    pub fn open(state_dir: &Path) -> KnownCopies {
+        let path = state_dir.join(FILE_NAME);
+        if !path.is_file() {
+            return KnownCopies(None);
+        }
+        let db = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|db| db.busy_timeout(std::time::Duration::from_secs(5)).map(|()| db));
+        match db {
+            Ok(db) => KnownCopies(Some(db)),
+            Err(e) => {
+                tracing::debug!("{}: not read for the copies veild protected: {e}", path.display());
+                KnownCopies(None)
+            }
+        }
+    }
+
+    /// The photo `file` is a protected copy of, when `veild` wrote it (same content).
+    pub fn source_of(&self, file: &Path) -> Option<PathBuf> {
+        let db = self.0.as_ref()?;
+        let hash = hash_file(file).ok()?;
+        db.query_row("SELECT path FROM files WHERE output_hash = ?1 LIMIT 1", [hash], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .optional()
+        .inspect_err(|e| tracing::debug!("the copies veild protected cannot be read: {e}"))
+        .ok()
+        .flatten()
+        .map(path_of)
+    }
+}
+
 /// How [`own_copy`] starts.
 pub const OWN_COPY: &str = "a copy Veil already protected";
 
@@ -1114,6 +1151,11 @@ mod tests {
         assert_eq!(row.status, Status::Skipped);
         assert_eq!(row.error.as_deref(), Some(own_copy(a).as_str()));
         assert!(s.pending(10, &[]).unwrap().is_empty());
+        // `veil protect` reads the same record.
+        let known = KnownCopies::open(&d.path().join("state"));
+        assert_eq!(known.source_of(&copy_a), Some(a.to_path_buf()));
+        assert_eq!(known.source_of(&copy_b), None);
+        assert_eq!(KnownCopies::open(&d.path().join("nowhere")).source_of(&copy_a), None);
         // Edited afterwards, it is a photo of its own.
         assert_eq!(s.observe(f, back, seen(17), "h-edited").unwrap(), Observed::Queued);
         // b's copy is not told apart from a photo (it has b's pixels, and nothing of Veil's).

@@ -270,6 +270,39 @@ fn protect_names_an_out_that_is_a_file() {
 }
 
 #[test]
+fn protect_leaves_a_copy_veild_protected_alone_and_says_whose_copy_it_is() {
+    let home = Home::new();
+    home.configure("", &[("In", "Out")]);
+    let (source, copy) = (home.path().join("In/a.jpg"), home.path().join("Out/a.jpg"));
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::write(&copy, b"protected pixels").unwrap();
+    // What veild records once it has protected a face in In/a.jpg.
+    let (store, _) = veil::store::Store::open(&home.path().join("state")).unwrap();
+    let seen = veil::store::Seen { size: 1, mtime_ns: 1 };
+    store.observe(&home.path().join("In"), &source, seen, "h").unwrap();
+    let done = veil::store::Finish::Done { output: copy.clone(), faces: 1, seconds: 1.0, losses: vec![] };
+    store.finish(&source, &done).unwrap();
+    drop(store);
+    // Shared from the desktop, then given to `veil protect`.
+    let shared = home.path().join("Desktop/shared.jpg");
+    std::fs::create_dir_all(shared.parent().unwrap()).unwrap();
+    std::fs::copy(&copy, &shared).unwrap();
+    let mine = home.path().join("Mine");
+    let mut cmd = home.command(env!("CARGO_BIN_EXE_veil"));
+    cmd.arg("--config").arg(home.config_path()).args(["protect", "--json", "--out"]).arg(&mine).arg(&shared);
+    let o = output_within(&mut cmd, CLI_LIMIT);
+    let why = format!(
+        "a copy Veil already protected (from {}): protecting it twice would double its noise",
+        source.display()
+    );
+    assert_eq!(o.status.code(), Some(1), "nothing was protected: {}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(line, serde_json::json!({"source": shared.to_string_lossy(), "skipped": why}));
+    assert!(stderr(&o).contains(&format!("veil: {}: {why}\n", shared.display())), "{}", stderr(&o));
+    assert!(!mine.exists());
+}
+
+#[test]
 fn protect_refuses_an_out_inside_a_watched_folder_but_not_inside_its_output() {
     let home = Home::new();
     home.configure("", &[("In", "In/Protected")]);

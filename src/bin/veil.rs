@@ -688,6 +688,23 @@ fn protect(
             }
         }
     }
+    // A copy veild protected, given back: not protected twice (told, not an error).
+    if let Some(state_dir) = &config.paths.state_dir {
+        let known = veil::store::KnownCopies::open(state_dir);
+        let mut kept = Vec::with_capacity(photos.len());
+        for (dir, p) in photos {
+            let Some(of) = known.source_of(&p) else {
+                kept.push((dir, p));
+                continue;
+            };
+            let why = veil::store::own_copy(&of);
+            if json {
+                writeln!(out, "{}", serde_json::json!({"source": p.to_string_lossy(), "skipped": why}))?;
+            }
+            eprintln!("veil: {}: {why}", p.display());
+        }
+        photos = kept;
+    }
     if photos.is_empty() {
         eprintln!("veil: no photo to protect");
         return Ok(ExitCode::FAILURE);
