@@ -381,38 +381,16 @@ impl Store {
             }
         }
         // A protected copy Veil wrote, back among the photos: not protected a second time.
-        let own: Option<Vec<u8>> = self
+        let own: Option<PathBuf> = self
             .db
             .query_row(
                 "SELECT path FROM files WHERE output_hash = ?1 AND path != ?2 LIMIT 1",
                 params![hash, blob(path)],
-                |r| r.get(0),
+                |r| r.get::<_, Vec<u8>>(0),
             )
             .optional()
-            .map_err(e)?;
-        if let Some(of) = own {
-            let of = path_of(of);
-            self.db
-                .execute(
-                    "INSERT OR REPLACE INTO files (path, folder, size, mtime_ns, hash, status, attempts, \
-                     error, updated, id, output_dir) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'skipped', 0, ?6, ?7, \
-                     COALESCE((SELECT id FROM files WHERE path = ?1), \
-                              (SELECT COALESCE(MAX(id), 0) + 1 FROM files)), ?8)",
-                    params![
-                        blob(path),
-                        blob(folder),
-                        seen.size as i64,
-                        seen.mtime_ns,
-                        hash,
-                        own_copy(&of),
-                        now(),
-                        output_dir.map(blob)
-                    ],
-                )
-                .map_err(e)?;
-            return Ok(Observed::OwnCopy { of });
-        }
+            .map_err(e)?
+            .map(path_of);
         // New content under a known name: the photo was edited, and its new copy replaces the old
         // one (or, when the edit before this one is still on its way, as a slow writer's half-saved
         // file fails and waits, the copy that edit was to replace), unless the file was seen gone
@@ -420,6 +398,8 @@ impl Store {
         // files (same content under other names): then the new copy gets a name of its own and
         // nothing is lost.
         let earlier = match &old {
+            // An own copy is skipped: it replaces nothing.
+            _ if own.is_some() => None,
             // A skipped twin's output is the other photo's copy, not its own.
             Some((_, Some(output), false, status, _)) if status != "skipped" => Some(output),
             Some((_, None, false, _, Some(replaces))) => Some(replaces),
@@ -444,7 +424,7 @@ impl Store {
         // settings), done (its copy still there) or on its way? A photo dropped into two folders
         // gets a copy in each folder's output. Not for an edit whose copy is to be replaced: that
         // copy would go on showing the old picture.
-        let twin: Option<(Vec<u8>, Option<Vec<u8>>, String)> = if replace {
+        let twin: Option<(Vec<u8>, Option<Vec<u8>>, String)> = if replace || own.is_some() {
             None
         } else {
             let mut stmt = self
@@ -470,16 +450,17 @@ impl Store {
             }
             twin
         };
-        let (status, output, duplicate_of) = match &twin {
-            Some((of, output, _)) => (Status::Skipped, output.clone(), Some(of.clone())),
-            None => (Status::Pending, None, None),
+        let (status, output, duplicate_of, error) = match (&own, &twin) {
+            (Some(of), _) => (Status::Skipped, None, None, Some(own_copy(of))),
+            (None, Some((of, output, _))) => (Status::Skipped, output.clone(), Some(of.clone()), None),
+            (None, None) => (Status::Pending, None, None, None),
         };
         self.db
             .execute(
                 "INSERT OR REPLACE INTO files (path, folder, size, mtime_ns, hash, status, attempts, \
                  error, output, faces, seconds, losses, duplicate_of, replace, not_before, updated, \
                  id, output_dir, gone, replaces) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, NULL, ?7, NULL, NULL, NULL, ?8, ?9, 0, ?10, \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?13, ?7, NULL, NULL, NULL, ?8, ?9, 0, ?10, \
                  COALESCE((SELECT id FROM files WHERE path = ?1), \
                           (SELECT COALESCE(MAX(id), 0) + 1 FROM files)), ?11, 0, ?12)",
                 params![
@@ -494,13 +475,15 @@ impl Store {
                     replace,
                     now(),
                     output_dir.map(blob),
-                    replaces
+                    replaces,
+                    error
                 ],
             )
             .map_err(e)?;
-        Ok(match twin {
-            Some((of, _, _)) => Observed::Duplicate { of: path_of(of) },
-            None => Observed::Queued,
+        Ok(match (own, twin) {
+            (Some(of), _) => Observed::OwnCopy { of },
+            (None, Some((of, _, _))) => Observed::Duplicate { of: path_of(of) },
+            (None, None) => Observed::Queued,
         })
     }
 
