@@ -123,15 +123,6 @@ pub enum OnBattery {
     Run,
 }
 
-impl fmt::Display for OnBattery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            OnBattery::Pause => "pause",
-            OnBattery::Run => "run",
-        })
-    }
-}
-
 /// A number checked to lie in `MIN..=MAX` when the file is read.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "f64", into = "f64")]

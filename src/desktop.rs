@@ -108,11 +108,10 @@ impl Batch {
                 self.running.insert(path);
             }
             "done" => {
-                self.pending.remove(&path);
-                self.told_waiting.remove(&path);
-                self.held.remove(&path);
-                self.told_held.remove(&path);
-                if self.running.remove(&path) {
+                // Only the engine's photos are protections (a rename's `done` is not).
+                let ran = self.running.contains(&path);
+                self.finish(&path);
+                if ran {
                     match e.faces {
                         Some(0) => self.unchanged += 1,
                         _ => self.protected += 1,

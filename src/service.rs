@@ -942,7 +942,7 @@ impl Core {
         }
         self.was_held = held;
         if held {
-            tracing::info!("on battery: new photos wait for the charger (power.on_battery = \"pause\")");
+            tracing::info!("on battery: {} (power.on_battery = \"pause\")", power::HELD);
             let _ = self
                 .info
                 .events

@@ -381,16 +381,7 @@ impl Store {
             }
         }
         // A protected copy Veil wrote, back among the photos: not protected a second time.
-        let own: Option<PathBuf> = self
-            .db
-            .query_row(
-                "SELECT path FROM files WHERE output_hash = ?1 AND path != ?2 LIMIT 1",
-                params![hash, blob(path)],
-                |r| r.get::<_, Vec<u8>>(0),
-            )
-            .optional()
-            .map_err(e)?
-            .map(path_of);
+        let own = copy_source(&self.db, hash, path).map_err(e)?;
         // New content under a known name: the photo was edited, and its new copy replaces the old
         // one (or, when the edit before this one is still on its way, as a slow writer's half-saved
         // file fails and waits, the copy that edit was to replace), unless the file was seen gone
@@ -1045,15 +1036,22 @@ impl KnownCopies {
     pub fn source_of(&self, file: &Path) -> Option<PathBuf> {
         let db = self.0.as_ref()?;
         let hash = hash_file(file).ok()?;
-        db.query_row("SELECT path FROM files WHERE output_hash = ?1 LIMIT 1", [hash], |r| {
-            r.get::<_, Vec<u8>>(0)
-        })
-        .optional()
-        .inspect_err(|e| tracing::debug!("the copies veild protected cannot be read: {e}"))
-        .ok()
-        .flatten()
-        .map(path_of)
+        copy_source(db, &hash, file)
+            .inspect_err(|e| tracing::debug!("the copies veild protected cannot be read: {e}"))
+            .ok()
+            .flatten()
     }
+}
+
+/// The file (other than `path`) whose protected copy has the content `hash`.
+fn copy_source(db: &Connection, hash: &str, path: &Path) -> rusqlite::Result<Option<PathBuf>> {
+    db.query_row(
+        "SELECT path FROM files WHERE output_hash = ?1 AND path != ?2 LIMIT 1",
+        params![hash, blob(path)],
+        |r| r.get::<_, Vec<u8>>(0),
+    )
+    .optional()
+    .map(|p| p.map(path_of))
 }
 
 /// How [`own_copy`] starts.
