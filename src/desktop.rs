@@ -31,6 +31,10 @@ const PROGRAM_LIMIT: Duration = Duration::from_secs(10);
 const NAMED: usize = 3;
 /// Characters of one line of a notice at most.
 const LINE: usize = 160;
+/// The event the daemon sends last, once its core has stopped: what is done is told at once.
+pub const STOPPING: &str = "stopping";
+/// How long a stopping daemon waits for its last notice.
+pub const LAST_WORD: Duration = Duration::from_secs(PROGRAM_LIMIT.as_secs() + 1);
 
 /// What one notification says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub struct Batch {
     told_held: HashSet<String>,
     /// Protected copies put back among the photos, skipped rather than protected twice.
     already: Vec<String>,
+    /// The daemon is stopping: what is queued waits until it starts again.
+    stopped: bool,
 }
 
 impl Batch {
@@ -91,6 +97,7 @@ impl Batch {
                     self.pending.extend(self.held.drain());
                     self.told_held.clear();
                 }
+                STOPPING => self.stopped = true,
                 _ => {}
             }
             return;
@@ -254,7 +261,13 @@ impl Batch {
         if self.already.len() > NAMED {
             lines.push(format!("and {} more copies protected already", self.already.len() - NAMED));
         }
-        if held > 0 {
+        let left = self.pending.union(&self.held).count();
+        if self.stopped && left > 0 {
+            lines.push(format!(
+                "veild stopped: {} protected when it starts again",
+                if left == 1 { "1 photo is".into() } else { format!("{left} photos are") }
+            ));
+        } else if held > 0 {
             lines.push(if done == 0 && failed == 0 && waiting == 0 && self.unchanged == 0 {
                 format!(
                     "The computer runs on battery: {} protected once it is plugged in (`veil add PHOTO` \
@@ -473,6 +486,7 @@ pub async fn run(
     let mut batch = Batch::default();
     let mut last_event = tokio::time::Instant::now();
     let mut sink = choose(&config.borrow(), None, &health);
+    let mut config_open = true;
     loop {
         let c = config.borrow().clone();
         // A batch with nothing to tell under `c.when` is let go all the same, so the next one
@@ -483,6 +497,15 @@ pub async fn run(
         tokio::select! {
             e = events.recv() => {
                 match e {
+                    Ok(e) if e.path.is_none() && e.event == STOPPING => {
+                        // The last word: what is done is told now, not after `quiet_seconds`.
+                        batch.see(&e);
+                        if let (Some(notice), Some(sink)) = (batch.take(c.when), sink) {
+                            let health = health.clone();
+                            let _ = tokio::task::spawn_blocking(move || tell(&sink, &notice, &health)).await;
+                        }
+                        return;
+                    }
                     Ok(e) => batch.see(&e),
                     Err(broadcast::error::RecvError::Lagged(_)) => batch.lost(),
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -496,11 +519,12 @@ pub async fn run(
                     std::thread::spawn(move || tell(&sink, &notice, &health));
                 }
             }
-            changed = config.changed() => {
-                if changed.is_err() {
-                    return;
+            changed = config.changed(), if config_open => {
+                // Closed once the core has stopped: the last events (`STOPPING`) are still to come.
+                config_open = changed.is_ok();
+                if config_open {
+                    sink = choose(&config.borrow(), sink.as_ref(), &health);
                 }
-                sink = choose(&config.borrow(), sink.as_ref(), &health);
             }
         }
     }
@@ -727,6 +751,30 @@ mod tests {
         assert!(!b.busy());
         let n = b.take(NotifyWhen::Batches).unwrap();
         assert_eq!((n.title.as_str(), n.body.as_str()), ("3 photos protected", "Copies in /out"));
+    }
+
+    #[test]
+    fn a_daemon_stopping_mid_batch_tells_what_it_did_and_what_waits() {
+        let mut b = Batch::default();
+        see(
+            &mut b,
+            &[
+                event("queued", "/in/a.jpg"),
+                event("queued", "/in/b.jpg"),
+                event("queued", "/in/c.jpg"),
+                event("running", "/in/a.jpg"),
+                done("/in/a.jpg", "/out/a.jpg", 1),
+                event("running", "/in/b.jpg"),
+            ],
+        );
+        b.see(&Event::new(STOPPING, None));
+        let n = b.take(NotifyWhen::Batches).unwrap();
+        assert_eq!(n.title, "1 photo protected");
+        assert_eq!(n.body, "Copies in /out\nveild stopped: 2 photos are protected when it starts again");
+        // Stopping with nothing done is no news.
+        let mut b = Batch::default();
+        see(&mut b, &[event("queued", "/in/a.jpg"), Event::new(STOPPING, None)]);
+        assert!(b.take(NotifyWhen::Batches).is_none());
     }
 
     #[test]

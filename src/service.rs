@@ -146,7 +146,7 @@ pub async fn run(
             to_core.lock().is_ok_and(|tx| tx.send(Msg::Control(command, reply)).is_ok())
         }),
         reload: reload_tx,
-        events,
+        events: events.clone(),
     };
     let control = tokio::spawn(server::serve(listener, handle));
     systemd::notify("READY=1\nSTATUS=watching");
@@ -190,7 +190,12 @@ pub async fn run(
     }
     let _ = tx.send(Msg::Shutdown);
     let _ = tokio::task::spawn_blocking(move || core.join()).await;
-    notifier_task.abort();
+    // Photos done since the last notification are told before veild goes, not lost with it.
+    let _ = events.send(Event::new(desktop::STOPPING, None));
+    let mut notifier_task = notifier_task;
+    if tokio::time::timeout(desktop::LAST_WORD, &mut notifier_task).await.is_err() {
+        notifier_task.abort();
+    }
     Ok(())
 }
 

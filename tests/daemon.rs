@@ -923,13 +923,9 @@ fn without_models_nothing_unprotected_is_written_and_the_reason_is_recorded() {
     );
 }
 
-#[test]
-fn a_batch_is_told_to_the_desktop_once_with_what_failed_and_a_reload_can_keep_it_to_errors() {
-    let home = Home::new();
-    let notify =
-        |when: &str| format!("settle_seconds = 0.3\n\n[notify]\nwhen = \"{when}\"\nquiet_seconds = 1");
-    home.configure(&notify("batches"), &[("In", "Out")]);
-    // The platform's notifier, as the desktop has it: `notify-send` on the PATH.
+/// `veild` with a fake `notify-send` on its PATH, as the desktop has it, which writes each
+/// notification's arguments to the returned file, one per line, a blank line after each.
+fn with_fake_notifier(home: &Home) -> (Daemon, PathBuf, PathBuf) {
     let bin = home.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let told = home.path().join("told");
@@ -952,6 +948,34 @@ fn a_batch_is_told_to_the_desktop_once_with_what_failed_and_a_reload_can_keep_it
             .env("VEIL_LOG", "veil=debug,info"),
     );
     d.wait_log("ready", Duration::from_secs(60));
+    (d, fake, told)
+}
+
+#[test]
+fn a_batch_cut_short_by_a_stop_is_told_as_veild_stops() {
+    let home = Home::new();
+    // A batch is told after ten minutes of quiet at the earliest, unless veild stops first.
+    home.configure(
+        "settle_seconds = 0.3\n\n[notify]\nwhen = \"batches\"\nquiet_seconds = 600",
+        &[("In", "Out")],
+    );
+    let (d, _, told) = with_fake_notifier(&home);
+    std::fs::write(home.path().join("In").join("a.jpg"), photo(1, 24, "a.jpg")).unwrap();
+    home.wait_settled(&d, 1, Duration::from_secs(60));
+    assert!(!told.exists(), "told before the quiet time");
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let text = std::fs::read_to_string(&told).unwrap_or_default();
+    assert!(text.starts_with("--app-name=Veil\nVeil: No face found in 1 photo\n"), "{text:?}\n{log}");
+}
+
+#[test]
+fn a_batch_is_told_to_the_desktop_once_with_what_failed_and_a_reload_can_keep_it_to_errors() {
+    let home = Home::new();
+    let notify =
+        |when: &str| format!("settle_seconds = 0.3\n\n[notify]\nwhen = \"{when}\"\nquiet_seconds = 1");
+    home.configure(&notify("batches"), &[("In", "Out")]);
+    let (d, fake, told) = with_fake_notifier(&home);
     let input = home.path().join("In");
     std::fs::write(input.join("a.jpg"), photo(1, 24, "a.jpg")).unwrap();
     std::fs::write(input.join("b.png"), photo(2, 24, "b.png")).unwrap();
