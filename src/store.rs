@@ -185,6 +185,8 @@ pub enum Finish {
 pub struct Store {
     db: Connection,
     path: PathBuf,
+    /// `veil protect`'s record of its copies ([`COPIES_FILE`]), read only, opened once it exists.
+    book: std::cell::RefCell<Option<Connection>>,
 }
 
 const SCHEMA: &str = "
@@ -292,7 +294,20 @@ impl Store {
         db.execute_batch(SCHEMA).map_err(err)?;
         migrate(&db).map_err(err)?;
         let recovered = db.execute(REQUEUE_UNRECORDED, []).map_err(err)?;
-        Ok((Store { db, path }, recovered))
+        Ok((Store { db, path, book: Default::default() }, recovered))
+    }
+
+    /// The photo a copy `veil protect` wrote with the content `hash` was made from (never an error:
+    /// an unreadable record knows nothing).
+    fn book_source(&self, hash: &str, path: &Path) -> Option<PathBuf> {
+        let mut book = self.book.borrow_mut();
+        if book.is_none() {
+            *book = open_book(self.path.parent()?, false);
+        }
+        book_source(book.as_ref()?, hash, path)
+            .inspect_err(|e| tracing::debug!("veil protect's record of its copies cannot be read: {e}"))
+            .ok()
+            .flatten()
     }
 
     /// Whether a configured folder (watched or output) at `path` was there at an earlier start or
@@ -380,8 +395,12 @@ impl Store {
                 return Ok(Observed::SameContent);
             }
         }
-        // A protected copy Veil wrote, back among the photos: not protected a second time.
-        let own = copy_source(&self.db, hash, path).map_err(e)?;
+        // A protected copy Veil wrote (veild or `veil protect`), back among the photos: not
+        // protected a second time.
+        let own = match copy_source(&self.db, hash, path).map_err(e)? {
+            Some(of) => Some(of),
+            None => self.book_source(hash, path),
+        };
         // New content under a known name: the photo was edited, and its new copy replaces the old
         // one (or, when the edit before this one is still on its way, as a slow writer's half-saved
         // file fails and waits, the copy that edit was to replace), unless the file was seen gone
@@ -1010,36 +1029,115 @@ fn migrate(db: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-/// The protected copies `veild` recorded, read by `veil protect` so that a copy of Veil's given to
-/// it is not protected twice. Reading only: the daemon's core stays the one writer. Without a
-/// database (no daemon ever ran), or with one older than [`Observed::OwnCopy`], nothing is known.
-pub struct KnownCopies(Option<Connection>);
+/// Where `veil protect` records the protected copies it writes, in the state folder beside the job
+/// database (which only `veild`'s core writes): the content's hash and the photo it came from.
+/// `veild` and `veil protect` read both, so neither protects a copy of the other's twice.
+pub const COPIES_FILE: &str = "copies.sqlite";
+
+const COPIES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS copies (
+    hash TEXT PRIMARY KEY,
+    source BLOB NOT NULL,
+    written INTEGER NOT NULL
+);
+";
+
+/// [`COPIES_FILE`] in `state_dir`: read only when it exists, or to record in (made when missing,
+/// the state folder with it). `None`, logged, when it cannot be opened.
+fn open_book(state_dir: &Path, write: bool) -> Option<Connection> {
+    let path = state_dir.join(COPIES_FILE);
+    let db = if write {
+        create_state_dir(state_dir).map_err(|e| e.to_string()).and_then(|()| {
+            let db = Connection::open(&path).map_err(|e| e.to_string())?;
+            db.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+            db.execute_batch(COPIES_SCHEMA).map_err(|e| e.to_string())?;
+            Ok(db)
+        })
+    } else if path.is_file() {
+        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|db| db.busy_timeout(std::time::Duration::from_secs(5)).map(|()| db))
+            .map_err(|e| e.to_string())
+    } else {
+        return None;
+    };
+    db.inspect_err(|e| tracing::debug!("{}: {e}", path.display())).ok()
+}
+
+/// The photo (other than `path`) whose copy written by `veil protect` has the content `hash`.
+fn book_source(db: &Connection, hash: &str, path: &Path) -> rusqlite::Result<Option<PathBuf>> {
+    db.query_row(
+        "SELECT source FROM copies WHERE hash = ?1 AND source != ?2",
+        params![hash, blob(path)],
+        |r| r.get::<_, Vec<u8>>(0),
+    )
+    .optional()
+    .map(|p| p.map(path_of))
+}
+
+/// The protected copies Veil wrote, for `veil protect`, so that a copy given to it is not protected
+/// twice: those `veild` recorded (its job database, read only: the daemon's core stays its one
+/// writer) and those `veil protect` wrote ([`COPIES_FILE`], which [`KnownCopies::record`] adds
+/// to). Without either database, or with a job database older than [`Observed::OwnCopy`], nothing
+/// is known.
+pub struct KnownCopies {
+    jobs: Option<Connection>,
+    book: Option<Connection>,
+    state_dir: PathBuf,
+}
 
 impl KnownCopies {
     pub fn open(state_dir: &Path) -> KnownCopies {
         let path = state_dir.join(FILE_NAME);
-        if !path.is_file() {
-            return KnownCopies(None);
-        }
-        let db = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .and_then(|db| db.busy_timeout(std::time::Duration::from_secs(5)).map(|()| db));
-        match db {
-            Ok(db) => KnownCopies(Some(db)),
-            Err(e) => {
-                tracing::debug!("{}: not read for the copies veild protected: {e}", path.display());
-                KnownCopies(None)
-            }
-        }
+        let jobs = if path.is_file() {
+            Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|db| db.busy_timeout(std::time::Duration::from_secs(5)).map(|()| db))
+                .inspect_err(|e| {
+                    tracing::debug!("{}: not read for the copies veild protected: {e}", path.display())
+                })
+                .ok()
+        } else {
+            None
+        };
+        KnownCopies { jobs, book: open_book(state_dir, false), state_dir: state_dir.into() }
     }
 
-    /// The photo `file` is a protected copy of, when `veild` wrote it (same content).
+    /// The photo `file` is a protected copy of, when Veil wrote it (same content).
     pub fn source_of(&self, file: &Path) -> Option<PathBuf> {
-        let db = self.0.as_ref()?;
+        if self.jobs.is_none() && self.book.is_none() {
+            return None;
+        }
         let hash = hash_file(file).ok()?;
-        copy_source(db, &hash, file)
-            .inspect_err(|e| tracing::debug!("the copies veild protected cannot be read: {e}"))
-            .ok()
-            .flatten()
+        let jobs = self.jobs.as_ref().and_then(|db| {
+            copy_source(db, &hash, file)
+                .inspect_err(|e| tracing::debug!("the copies veild protected cannot be read: {e}"))
+                .ok()
+                .flatten()
+        });
+        jobs.or_else(|| {
+            book_source(self.book.as_ref()?, &hash, file)
+                .inspect_err(|e| tracing::debug!("the copies veil protect wrote cannot be read: {e}"))
+                .ok()
+                .flatten()
+        })
+    }
+
+    /// Records `copy`, a protected copy of `source` just written, so that it is known when it comes
+    /// back. The error says why it could not be.
+    pub fn record(&mut self, source: &Path, copy: &Path) -> Result<(), String> {
+        let book_path = self.state_dir.join(COPIES_FILE);
+        let writable =
+            self.book.as_ref().is_some_and(|db| !db.is_readonly(rusqlite::MAIN_DB).unwrap_or(true));
+        if !writable {
+            self.book = open_book(&self.state_dir, true);
+        }
+        let db = self.book.as_ref().ok_or_else(|| format!("{} cannot be opened", book_path.display()))?;
+        let hash = hash_file(copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+        db.execute(
+            "INSERT OR REPLACE INTO copies (hash, source, written) VALUES (?1, ?2, ?3)",
+            params![hash, blob(source), now()],
+        )
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", book_path.display()))
     }
 }
 
@@ -1142,6 +1240,37 @@ mod tests {
         // b's copy is not told apart from a photo (it has b's pixels, and nothing of Veil's).
         let hash = hash_file(&copy_b).unwrap();
         assert_eq!(s.observe(f, Path::new("/in/b-again.jpg"), seen(20), &hash).unwrap(), Observed::Queued);
+    }
+
+    #[test]
+    fn the_copies_veil_protect_writes_are_recorded_for_it_and_for_veild() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let copy = d.path().join("copy.jpg");
+        std::fs::write(&copy, b"protected pixels").unwrap();
+        let source = Path::new("/camera/a.jpg");
+        // Nothing recorded yet: no state folder is made just to look.
+        let mut known = KnownCopies::open(&state);
+        assert_eq!(known.source_of(&copy), None);
+        assert!(!state.exists());
+        known.record(source, &copy).unwrap();
+        assert!(state.join(COPIES_FILE).is_file());
+        assert_eq!(known.source_of(&copy), Some(source.to_path_buf()));
+        assert_eq!(KnownCopies::open(&state).source_of(&copy), Some(source.to_path_buf()));
+        // veild's job database, opened before or after the record was made, knows it too.
+        let (s, _) = Store::open(&state).unwrap();
+        let hash = hash_file(&copy).unwrap();
+        let f = Path::new("/in");
+        assert_eq!(
+            s.observe(f, Path::new("/in/back.jpg"), seen(16), &hash).unwrap(),
+            Observed::OwnCopy { of: source.into() }
+        );
+        assert_eq!(s.observe(f, Path::new("/in/other.jpg"), seen(3), "h-other").unwrap(), Observed::Queued);
+        // An unwritable state folder: told, not fatal.
+        let blocked = d.path().join("file");
+        std::fs::write(&blocked, b"").unwrap();
+        let e = KnownCopies::open(&blocked.join("state")).record(source, &copy).unwrap_err();
+        assert!(e.contains("copies.sqlite cannot be opened"), "{e}");
     }
 
     #[test]

@@ -573,6 +573,54 @@ fn a_protected_copy_dropped_back_among_the_photos_is_not_protected_twice() {
 }
 
 #[test]
+fn a_copy_veil_protect_wrote_is_known_to_veil_protect_and_to_veild_when_given_back() {
+    let Some(data) = common::data() else { return };
+    let mut faces: Vec<PathBuf> = std::fs::read_dir(data.join("celeba/val"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    faces.sort();
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let face = home.path().join("Camera/face.jpg");
+    std::fs::create_dir_all(face.parent().unwrap()).unwrap();
+    std::fs::copy(&faces[0], &face).unwrap();
+    let protect = |out: &str, photo: &Path| {
+        let mut cmd = home.command(env!("CARGO_BIN_EXE_veil"));
+        cmd.arg("--config").arg(home.config_path()).args(["protect", "--json", "--out"]);
+        output_within(cmd.arg(home.path().join(out)).arg(photo), CLI_LIMIT)
+    };
+    let o = protect("Mine", &face);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let copy = home.path().join("Mine/face.jpg");
+    assert_ne!(std::fs::read(&copy).unwrap(), std::fs::read(&face).unwrap(), "its face was protected");
+    let why = format!(
+        "a copy Veil already protected (from {}): protecting it twice would double its noise",
+        face.display()
+    );
+    // Saved elsewhere, then given to `veil protect` again: told, not protected twice.
+    let shared = home.path().join("Desktop/shared.jpg");
+    std::fs::create_dir_all(shared.parent().unwrap()).unwrap();
+    std::fs::copy(&copy, &shared).unwrap();
+    let o = protect("Again", &shared);
+    assert_eq!(o.status.code(), Some(1), "nothing was protected: {}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(line, serde_json::json!({"source": shared.to_string_lossy(), "skipped": why}));
+    assert!(!home.path().join("Again").exists());
+    // Dropped among the photos veild watches: skipped there too.
+    let d = home.start();
+    let back = home.path().join("In/shared.jpg");
+    std::fs::copy(&copy, &back).unwrap();
+    let rows = home.wait_settled(&d, 1, Duration::from_secs(60));
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(rows[&back].status, "skipped", "{rows:?}");
+    assert_eq!(rows[&back].error.as_deref(), Some(why.as_str()), "{rows:?}");
+    assert!(!home.path().join("Out/shared.jpg").exists(), "{log}");
+}
+
+#[test]
 fn a_directory_of_photos_moved_in_is_picked_up() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);

@@ -688,9 +688,10 @@ fn protect(
             }
         }
     }
-    // A copy veild protected, given back: not protected twice (told, not an error).
-    if let Some(state_dir) = &config.paths.state_dir {
-        let known = veil::store::KnownCopies::open(state_dir);
+    // A copy Veil protected (veild or this command), given back: not protected twice (told, not an
+    // error). The copies written here are recorded for the next time.
+    let mut known = config.paths.state_dir.as_deref().map(veil::store::KnownCopies::open);
+    if let Some(known) = &known {
         let mut kept = Vec::with_capacity(photos.len());
         for (dir, p) in photos {
             let Some(of) = known.source_of(&p) else {
@@ -745,11 +746,15 @@ fn protect(
         });
         let mut pending = std::collections::BTreeMap::new();
         let mut next = 0;
+        let mut unrecorded = false;
         for (i, result) in results {
             pending.insert(i, result);
             while let Some(result) = pending.remove(&next) {
                 let photo = &photos[next];
                 next += 1;
+                if let (Ok(outcome), Some(known)) = (&result, known.as_mut()) {
+                    record_copy(known, outcome, &mut unrecorded);
+                }
                 match result {
                     Ok(outcome) if json => writeln!(out, "{}", outcome.to_json())?,
                     Ok(outcome) => bar.suspend(|| writeln!(out, "{}", outcome.summary()))?,
@@ -774,6 +779,21 @@ fn protect(
         eprintln!("veil: {failed} of {} photo(s) could not be protected", photos.len());
     }
     Ok(if failed + unusable > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Records a protected copy `veil protect` wrote, so that it is not protected again when it is given
+/// back (to `veil protect` or to `veild`); the first failure is told on stderr, once.
+fn record_copy(known: &mut veil::store::KnownCopies, outcome: &pipeline::Outcome, unrecorded: &mut bool) {
+    let perturbed = matches!(outcome.action, pipeline::Action::Protected | pipeline::Action::ProtectedWhole);
+    let Some(written) = outcome.written.as_ref().filter(|_| perturbed) else { return };
+    let source = std::fs::canonicalize(&outcome.source).unwrap_or_else(|_| outcome.source.clone());
+    if let Err(e) = known.record(&source, &written.path) {
+        if !std::mem::replace(unrecorded, true) {
+            eprintln!(
+                "veil: the copies written are not recorded ({e}): given back to Veil, they would be protected twice"
+            );
+        }
+    }
 }
 
 /// `{"source": …, "error": …}`, the JSON line of a photo or path that failed.
