@@ -1377,15 +1377,15 @@ impl Core {
         }
         match pipeline::collect_photos(&[path.to_path_buf()], &outputs) {
             Ok(found) if found.photos.is_empty() => {
-                vec![fail(&format!("a folder with {}", pipeline::no_photos(found.raw)))]
+                vec![fail(&format!("a folder with {}", found.no_photos()))]
             }
             Ok(found) => {
                 let mut outcomes: Vec<_> =
                     found.photos.iter().map(|p| self.protect_file_now(p, output)).collect();
-                if found.raw > 0 {
+                if let Some(what) = found.left_out() {
                     outcomes.push(control::ProtectOutcome {
                         outcome: "left out".into(),
-                        message: Some(pipeline::raw_files(found.raw)),
+                        message: Some(what),
                         ..fail("")
                     });
                 }
@@ -1411,8 +1411,8 @@ impl Core {
         let Some(seen) = watch::stat(path) else {
             return fail("not a regular file (or it does not exist)".into());
         };
-        if path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".")) {
-            return fail("a hidden file: Veil leaves hidden files alone (rename it to protect it)".into());
+        if pipeline::is_hidden(path) {
+            return fail(pipeline::HIDDEN_FILE.into());
         }
         // A copy Veil wrote (in a folder's output, however the path is spelled).
         let real = watch::resolved(path);

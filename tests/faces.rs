@@ -566,6 +566,16 @@ fn veil_faces_prints_a_table_json_and_draws() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("mine.jpg: is the photo itself"), "{err}");
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&photo).unwrap());
+    // The drawing is a PNG: under another photo's name it would be misread.
+    let jpg = home.path().join("drawn.jpg");
+    let out = veil_faces(home.path(), &["faces", photo_arg, "--draw", jpg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("drawn.jpg: the drawing is written as a PNG; give --draw a name ending in .png"),
+        "{err}"
+    );
+    assert!(!jpg.exists());
     // No temporary file is left beside the drawing.
     let names: Vec<_> = std::fs::read_dir(home.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(!names.iter().any(|n| n.to_string_lossy().ends_with(".tmp")), "{names:?}");

@@ -281,7 +281,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Service { command } => service(command, cli.config.as_deref(), &mut out),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "veil", &mut out);
+            // Into memory first: clap_complete panics when its writer fails (a closed pipe, a full
+            // disk), where a write error here is reported like any other command's.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "veil", &mut script);
+            out.write_all(&script)?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir } => write_man_pages(&dir),
@@ -363,15 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     sheet.display()
                 );
             }
-            if !sheet.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
-                anyhow::bail!(
-                    "{}: the sheet is written as a PNG; give --out a name ending in .png",
-                    sheet.display()
-                );
-            }
-            if sheet.is_dir() {
-                anyhow::bail!("{}: is a folder; give --out a file name ending in .png", sheet.display());
-            }
+            png_target(&sheet, "the sheet", "--out")?;
             if std::fs::symlink_metadata(&sheet).is_ok() && !force {
                 return Err(preview::PreviewError::Exists { path: sheet }.into());
             }
@@ -439,6 +436,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch { json } => watch(&client(cli.config.as_deref(), &dirs()?)?, json, &mut out),
         Command::Config { command: ConfigCommand::Show } => {
             let (config, source) = effective_config(cli.config.as_deref())?;
+            // Weights are per model: checked against the models folder's manifest where it reads
+            // (`veil doctor` tells what is wrong with the models themselves).
+            if let Some(dir) = &config.models.dir {
+                if let Ok(manifest) = veil::models::Manifest::load(dir) {
+                    veil::protect::ensemble::check_weights(dir, &manifest, &config.protect.weights)
+                        .with_context(|| format!("configuration {source}"))?;
+                }
+            }
             writeln!(out, "# effective configuration; source: {source}")?;
             write!(out, "{}", config.to_toml())?;
             Ok(ExitCode::SUCCESS)
@@ -652,20 +657,24 @@ fn protect(
         let found = pipeline::collect_photos(std::slice::from_ref(path), &outputs);
         let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
         match found {
+            Ok(_) if !is_dir && pipeline::is_hidden(path) => {
+                unusable += 1;
+                report_error(out, json, path, pipeline::HIDDEN_FILE)?;
+            }
             Ok(found) if found.photos.is_empty() && is_dir => {
                 unusable += 1;
                 let is_output = outputs.iter().any(|o| same_file(o, path));
                 let why = if is_output {
                     "an output folder: Veil does not protect its own copies again".to_string()
                 } else {
-                    pipeline::no_photos(found.raw)
+                    found.no_photos()
                 };
                 report_error(out, json, path, &why)?;
             }
             Ok(found) => {
-                // A camera's RAW files beside its JPEGs: photos to their owner, so said.
-                if found.raw > 0 {
-                    eprintln!("veil: {}: left out {}", path.display(), pipeline::raw_files(found.raw));
+                // A camera's RAW files beside its JPEGs, a GIF, a link: photos to their owner, so said.
+                if let Some(what) = found.left_out() {
+                    eprintln!("veil: {}: left out {what}", path.display());
                 }
                 // The same path however it is spelled (hard links are two photos, as in a folder).
                 let id = |p: &PathBuf| std::fs::canonicalize(p).ok();
@@ -763,7 +772,7 @@ fn protect(
                         if json {
                             writeln!(out, "{}", error_json(photo, &e.to_string()))?;
                         }
-                        bar.suspend(|| eprintln!("veil: {e}"));
+                        bar.suspend(|| eprintln!("veil: {}", naming(photo, &e.to_string())));
                     }
                 }
                 bar.inc(1);
@@ -807,8 +816,19 @@ fn report_error(out: &mut impl Write, json: bool, path: &std::path::Path, why: &
     if json {
         writeln!(out, "{}", error_json(path, why))?;
     }
-    eprintln!("veil: {}: {why}", path.display());
+    eprintln!("veil: {}", naming(path, why));
     Ok(())
+}
+
+/// `message` about `path`, starting with the path unless it already names it (an output folder that
+/// cannot be written names no photo).
+fn naming(path: &std::path::Path, message: &str) -> String {
+    let shown = path.display().to_string();
+    if message.starts_with(&shown) {
+        message.to_string()
+    } else {
+        format!("{shown}: {message}")
+    }
 }
 
 /// Whether `a` and `b` are the same file (device and inode, whatever the paths), both there.
@@ -817,6 +837,18 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
         (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => false,
     }
+}
+
+/// Refuses `path`, where `what` (a PNG) is to be written as `flag` says, unless it is a file name
+/// ending in `.png`: PNG bytes under another photo's name would be misread.
+fn png_target(path: &std::path::Path, what: &str, flag: &str) -> anyhow::Result<()> {
+    if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        anyhow::bail!("{}: {what} is written as a PNG; give {flag} a name ending in .png", path.display());
+    }
+    if path.is_dir() {
+        anyhow::bail!("{}: is a folder; give {flag} a file name ending in .png", path.display());
+    }
+    Ok(())
 }
 
 /// `veil faces --draw`: where the drawing goes, and whether it may replace a file there.
@@ -839,6 +871,7 @@ fn find_faces(
         if photos.iter().any(|p| same_file(p, target)) {
             anyhow::bail!("{}: is the photo itself; --draw would replace it", target.display());
         }
+        png_target(target, "the drawing", "--draw")?;
         if !force && std::fs::symlink_metadata(target).is_ok() {
             return Err(preview::PreviewError::Exists { path: target.clone() }.into());
         }

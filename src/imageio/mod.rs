@@ -34,7 +34,7 @@ mod tiffmeta;
 mod webp;
 mod xmp;
 
-pub use sniff::is_raw_extension;
+pub use sniff::{is_other_image_extension, is_raw_extension};
 
 use std::{
     ffi::{OsStr, OsString},

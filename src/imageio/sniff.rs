@@ -106,6 +106,16 @@ fn has_photo_extension(path: &Path) -> bool {
     extension(path).is_some_and(|e| Format::is_photo_extension(&e) || is_raw_extension(&e))
 }
 
+/// Picture formats Veil does not read, by extension: what a folder walk passes over and counts.
+const OTHER_IMAGE_EXTENSIONS: &[&str] = &[
+    "gif", "bmp", "dib", "jxl", "jp2", "j2k", "jpx", "psd", "psb", "svg", "ico", "tga", "xcf", "exr", "qoi",
+];
+
+/// Whether a file named `*.ext` is a picture in a format Veil does not read (`gif`, `bmp`, `psd`, …).
+pub fn is_other_image_extension(ext: &str) -> bool {
+    OTHER_IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
+}
+
 /// Whether a file named `*.ext` is a camera RAW file (`nef`, `dng`, `cr2`, …), which Veil refuses.
 pub fn is_raw_extension(ext: &str) -> bool {
     RAW_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())

@@ -152,17 +152,64 @@ impl Outcome {
 }
 
 /// What [`collect_photos`] found: the photos, and the camera RAW files its folder walks passed over
-/// (photos to their owner, which Veil refuses), counted to be told as [`raw_files`].
+/// (photos to their owner, which Veil refuses), pictures in formats Veil does not read and symbolic
+/// links, counted to be told ([`Walked::left_out`]).
 #[derive(Debug, Default)]
 pub struct Walked {
     pub photos: Vec<PathBuf>,
     pub raw: usize,
+    /// GIF, BMP, PSD, … by their extension.
+    pub other_images: usize,
+    /// Symbolic links to files or folders, not followed.
+    pub links: usize,
+}
+
+impl Walked {
+    /// What the walk passed over that a user may take for photos, and what to do about each kind:
+    /// `2 camera RAW files (…); 1 symbolic link (…)`. `None` when nothing was.
+    pub fn left_out(&self) -> Option<String> {
+        let s = |n: usize| if n == 1 { "" } else { "s" };
+        let mut kinds = Vec::new();
+        if self.raw > 0 {
+            kinds.push(raw_files(self.raw));
+        }
+        if self.other_images > 0 {
+            let n = self.other_images;
+            kinds.push(format!(
+                "{n} picture{} in a format Veil does not protect (GIF, BMP, PSD, …: save {} as JPEG or PNG and \
+                 protect that)",
+                s(n),
+                if n == 1 { "it" } else { "them" }
+            ));
+        }
+        if self.links > 0 {
+            let n = self.links;
+            kinds.push(format!(
+                "{n} symbolic link{} (not followed in a folder: give Veil the photo{} {})",
+                s(n),
+                s(n),
+                if n == 1 { "itself" } else { "themselves" }
+            ));
+        }
+        (!kinds.is_empty()).then(|| kinds.join("; "))
+    }
+
+    /// Why a walk of a folder found no photo, for the user, with what it passed over
+    /// ([`Walked::left_out`]), since those may be photos to their owner.
+    pub fn no_photos(&self) -> String {
+        match self.left_out() {
+            None => {
+                "no photos in it (hidden entries, symbolic links and output folders are not walked)".into()
+            }
+            Some(what) => format!("no photos Veil can protect in it: {what}"),
+        }
+    }
 }
 
 /// The photos named by `paths`: files as given, folders walked recursively (hidden entries and files
-/// without a photo extension skipped, RAW files counted), in a stable order. The folders `outputs`
-/// (the copies' folders, which may lie inside them) are never walked: that would protect the copies
-/// again.
+/// without a photo extension skipped; RAW files, other pictures and symbolic links counted), in a
+/// stable order. The folders `outputs` (the copies' folders, which may lie inside them) are never
+/// walked: that would protect the copies again.
 pub fn collect_photos(paths: &[PathBuf], outputs: &[PathBuf]) -> Result<Walked, ImageError> {
     let outputs = identities(outputs);
     let mut found = Walked::default();
@@ -178,17 +225,18 @@ pub fn collect_photos(paths: &[PathBuf], outputs: &[PathBuf]) -> Result<Walked, 
     Ok(found)
 }
 
-/// Why a walk of a folder found no photo, for the user, given the camera RAW files it passed over
-/// ([`Walked::raw`]), since those are photos to their owner.
-pub fn no_photos(raw: usize) -> String {
-    match raw {
-        0 => "no photos in it (hidden entries, symbolic links and output folders are not walked)".into(),
-        n => format!("no photos Veil can protect in it: {}", raw_files(n)),
-    }
+/// Why a hidden file named on its own is not protected (its copy would be hidden too, and `veild`
+/// takes hidden names for temporary files).
+pub const HIDDEN_FILE: &str = "a hidden file: Veil leaves hidden files alone (rename it to protect it)";
+
+/// Whether `path`'s file name is a hidden one (by its bytes: a name that is not UTF-8 is not).
+pub fn is_hidden(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    path.file_name().is_some_and(|n| n.as_bytes().starts_with(b"."))
 }
 
 /// `n` camera RAW files, and what to do about them.
-pub fn raw_files(n: usize) -> String {
+fn raw_files(n: usize) -> String {
     format!(
         "{n} camera RAW file{} (Veil protects developed photos: export {} as JPEG or TIFF and protect that)",
         if n == 1 { "" } else { "s" },
@@ -237,8 +285,11 @@ fn walk(
             match p.extension().and_then(|e| e.to_str()) {
                 Some(e) if Format::is_photo_extension(e) => found.photos.push(p),
                 Some(e) if imageio::is_raw_extension(e) => found.raw += 1,
+                Some(e) if imageio::is_other_image_extension(e) => found.other_images += 1,
                 _ => {}
             }
+        } else if meta.file_type().is_symlink() {
+            found.links += 1;
         }
     }
     Ok(())
@@ -865,6 +916,35 @@ mod tests {
         assert_eq!(collect_photos(&[root.into()], std::slice::from_ref(&out)).unwrap().photos[1], latin);
         let err = collect_photos(&[root.join("missing")], &[out]).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn what_a_walk_passes_over_is_counted_and_told() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for f in ["a.jpg", "anim.gif", "scan.BMP", "shot.NEF", "notes.txt", "sub/b.psd"] {
+            let p = root.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        std::os::unix::fs::symlink(root.join("a.jpg"), root.join("link.jpg")).unwrap();
+        let found = collect_photos(&[root.into()], &[]).unwrap();
+        assert_eq!(found.photos, [root.join("a.jpg")]);
+        assert_eq!((found.raw, found.other_images, found.links), (1, 3, 1));
+        assert_eq!(
+            found.left_out().unwrap(),
+            "1 camera RAW file (Veil protects developed photos: export it as JPEG or TIFF and protect that); \
+             3 pictures in a format Veil does not protect (GIF, BMP, PSD, …: save them as JPEG or PNG and \
+             protect that); 1 symbolic link (not followed in a folder: give Veil the photo itself)"
+        );
+        // Nothing else: the folder's error says why.
+        let sub = collect_photos(&[root.join("sub")], &[]).unwrap();
+        assert!(sub.photos.is_empty());
+        assert!(sub.no_photos().starts_with("no photos Veil can protect in it: 1 picture in a format"));
+        std::fs::create_dir(root.join("empty")).unwrap();
+        let empty = collect_photos(&[root.join("empty")], &[]).unwrap();
+        assert_eq!(empty.left_out(), None);
+        assert!(empty.no_photos().starts_with("no photos in it"));
     }
 
     #[test]

@@ -213,6 +213,22 @@ pub struct Ensemble {
     pub parallel_generators: bool,
 }
 
+/// Refuses `weights` (`protect.weights`) naming a model that `dir`'s `manifest` does not list.
+pub fn check_weights(
+    dir: &Path,
+    manifest: &Manifest,
+    weights: &BTreeMap<String, f64>,
+) -> Result<(), ProtectError> {
+    match weights.keys().find(|n| !manifest.models.iter().any(|m| &&m.name == n)) {
+        Some(name) => Err(ProtectError::UnknownWeight {
+            name: name.clone(),
+            manifest: dir.join(crate::models::MANIFEST).display().to_string(),
+            known: manifest.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Ensemble {
     /// Loads every model of `roles` from `dir/manifest.toml` onto `device` in fp32, with gradients
     /// off for their parameters (backward then computes only the input gradient). `weights` overrides
@@ -224,13 +240,7 @@ impl Ensemble {
         weights: &BTreeMap<String, f64>,
     ) -> Result<Ensemble, ProtectError> {
         let manifest = Manifest::load(dir)?;
-        if let Some(name) = weights.keys().find(|n| !manifest.models.iter().any(|m| &&m.name == n)) {
-            return Err(ProtectError::UnknownWeight {
-                name: name.clone(),
-                manifest: dir.join(crate::models::MANIFEST).display().to_string(),
-                known: manifest.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
-            });
-        }
+        check_weights(dir, &manifest, weights)?;
         let mut generators = Vec::new();
         for entry in manifest.models.iter().filter(|m| roles.contains(&m.role)) {
             let err = |message: String| ProtectError::Model { name: entry.name.clone(), message };
