@@ -56,6 +56,10 @@ pub enum ServiceError {
     Signal(std::io::Error),
 }
 
+/// Why a file skipped as a twin of another is queued after all: that one went before it was
+/// protected (renamed, moved or deleted).
+const ORPHAN: &str =
+    "the file with the same content it was waiting for went before it was protected: protected on its own";
 /// How long a stopping service waits for the photo being protected before it requeues it.
 const STOP_GRACE: Duration = Duration::from_secs(8);
 /// Jobs waiting for the engine thread at most.
@@ -99,6 +103,10 @@ pub async fn run(
 
     if recovered > 0 {
         tracing::warn!("{recovered} photo(s) were being protected when veild last stopped: queued again");
+    }
+    // A database from a veild that left twins waiting for a photo renamed away before it was protected.
+    for path in store.adopt_orphans()? {
+        tracing::info!("{}: {ORPHAN}", path.display());
     }
 
     let (tx, rx) = mpsc::channel::<Msg>();
@@ -740,10 +748,27 @@ impl Core {
         }
         match self.store.sources_gone(under, present) {
             Ok(dropped) => {
+                let any = !dropped.is_empty();
                 for path in dropped {
                     tracing::info!("{} is gone: its failure is forgotten", path.display());
                     self.take_back(&path);
                     self.emit("removed", &path, None, None);
+                }
+                if any {
+                    self.adopt_orphans();
+                }
+            }
+            Err(e) => self.store_failed(e),
+        }
+    }
+
+    /// Queues the twins whose photo went before it was protected ([`Store::adopt_orphans`]).
+    fn adopt_orphans(&mut self) {
+        match self.store.adopt_orphans() {
+            Ok(queued) => {
+                for path in queued {
+                    tracing::info!("{}: {ORPHAN}", path.display());
+                    self.emit("queued", &path, None, None);
                 }
             }
             Err(e) => self.store_failed(e),
@@ -1119,8 +1144,11 @@ impl Core {
                 self.emit_done(path, output, *faces)
             }
             (Ok(Some(Status::Pending)), Finish::Requeue) => self.emit("queued", path, None, None),
-            // Gone before it could be read: nothing is left of it.
-            (Ok(None), Finish::Gone) => self.emit("removed", path, None, None),
+            // Gone before it could be read: nothing is left of it, but its twins are protected.
+            (Ok(None), Finish::Gone) => {
+                self.emit("removed", path, None, None);
+                self.adopt_orphans();
+            }
             (Ok(_), _) => {}
             (Err(e), _) => return self.store_failed(e),
         }

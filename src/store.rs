@@ -7,7 +7,7 @@
 //! content is never protected twice and changed content is protected again.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     os::unix::ffi::{OsStrExt, OsStringExt},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -781,6 +781,50 @@ impl Store {
         Ok(dropped)
     }
 
+    /// Twins left without their photo: files `skipped` as having the content of another one that
+    /// was still on its way (`duplicate_of`, no copy yet), whose row is gone since (that file was
+    /// deleted, or renamed or moved away, before it was protected; or it failed and was deleted).
+    /// Nothing would ever protect them: the first of each group goes back to `pending`, the others
+    /// now wait for its copy. Returns the paths queued again.
+    pub fn adopt_orphans(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let e = |e| self.err(e);
+        let orphans: Vec<(Vec<u8>, Vec<u8>)> = {
+            let mut stmt = self
+                .db
+                .prepare_cached(
+                    "SELECT path, duplicate_of FROM files AS t WHERE status = 'skipped' \
+                     AND duplicate_of IS NOT NULL AND output IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM files WHERE path = t.duplicate_of) ORDER BY id",
+                )
+                .map_err(e)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(e)?;
+            rows.collect::<Result<_, _>>().map_err(e)?
+        };
+        let mut heirs: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut queued = Vec::new();
+        for (path, of) in orphans {
+            match heirs.get(&of) {
+                Some(heir) => {
+                    self.db
+                        .execute("UPDATE files SET duplicate_of = ?2 WHERE path = ?1", params![path, heir])
+                        .map_err(e)?;
+                }
+                None => {
+                    self.db
+                        .execute(
+                            "UPDATE files SET status = 'pending', duplicate_of = NULL, error = NULL, \
+                             attempts = 0, not_before = 0, updated = ?2 WHERE path = ?1",
+                            params![path, now()],
+                        )
+                        .map_err(e)?;
+                    queued.push(path_of(path.clone()));
+                    heirs.insert(of, path);
+                }
+            }
+        }
+        Ok(queued)
+    }
+
     /// For `path`, just recorded as having the content of `of`: `of`'s protected copy, when `of`
     /// was seen gone (renamed or moved within its folder: this is the same photo under its new
     /// name) and no other file shares that copy. The caller renames the copy after the photo and
@@ -1271,6 +1315,34 @@ mod tests {
         std::fs::write(&blocked, b"").unwrap();
         let e = KnownCopies::open(&blocked.join("state")).record(source, &copy).unwrap_err();
         assert!(e.contains("copies.sqlite cannot be opened"), "{e}");
+    }
+
+    #[test]
+    fn twins_of_a_photo_that_went_before_it_was_protected_are_protected_in_its_place() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let f = Path::new("/in");
+        let (a, b, c, x) =
+            (Path::new("/in/a.jpg"), Path::new("/in/b.jpg"), Path::new("/in/c.jpg"), Path::new("/in/x.jpg"));
+        assert_eq!(s.observe(f, a, seen(5), "h").unwrap(), Observed::Queued);
+        assert!(matches!(s.observe(f, b, seen(5), "h").unwrap(), Observed::Duplicate { .. }));
+        assert!(matches!(s.observe(f, c, seen(5), "h").unwrap(), Observed::Duplicate { .. }));
+        assert_eq!(s.observe(f, x, seen(6), "other").unwrap(), Observed::Queued);
+        assert!(s.adopt_orphans().unwrap().is_empty(), "a is still on its way");
+        // a was renamed away before the engine reached it.
+        assert_eq!(s.finish(a, &Finish::Gone).unwrap(), None);
+        assert_eq!(s.adopt_orphans().unwrap(), [b.to_path_buf()]);
+        assert!(s.adopt_orphans().unwrap().is_empty());
+        let rows = s.rows().unwrap();
+        let row = |p: &Path| rows.iter().find(|r| r.path == p).unwrap().clone();
+        assert_eq!((row(b).status, row(b).duplicate_of), (Status::Pending, None));
+        assert_eq!((row(c).status, row(c).duplicate_of), (Status::Skipped, Some(b.to_path_buf())));
+        // b's copy is c's too.
+        let done = Finish::Done { output: "/out/b.jpg".into(), faces: 1, seconds: 1.0, losses: vec![] };
+        s.finish(b, &done).unwrap();
+        let rows = s.rows().unwrap();
+        let c_row = rows.iter().find(|r| r.path == c).unwrap();
+        assert_eq!(c_row.output.as_deref(), Some(Path::new("/out/b.jpg")));
     }
 
     #[test]

@@ -474,6 +474,37 @@ fn on_battery_new_photos_wait_for_the_charger_and_veil_add_protects_one_now() {
 }
 
 #[test]
+fn a_photo_renamed_while_it_waits_is_protected_under_its_new_name() {
+    let home = Home::new();
+    home.configure("settle_seconds = 0.3", &[("In", "Out")]);
+    let d = home.start();
+    let events = follow(&home.socket());
+    let mut seen = Vec::new();
+    home.veil_json(&["pause"]);
+    let input = home.path().join("In");
+    // Queued while paused, then renamed (and one copied, then its first name deleted): the new
+    // names have the content of a photo still on its way, and are skipped as its twins until it goes.
+    photo(1, &input.join("IMG_0001.png"));
+    until(&events, "In/IMG_0001.png", "queued", &mut seen);
+    std::fs::rename(input.join("IMG_0001.png"), input.join("holiday.png")).unwrap();
+    d.wait_log("holiday.png: same content as", Duration::from_secs(30));
+    photo(2, &input.join("IMG_0002.png"));
+    until(&events, "In/IMG_0002.png", "queued", &mut seen);
+    std::fs::copy(input.join("IMG_0002.png"), input.join("IMG_0002 copy.png")).unwrap();
+    d.wait_log("IMG_0002 copy.png: same content as", Duration::from_secs(30));
+    std::fs::remove_file(input.join("IMG_0002.png")).unwrap();
+    home.veil_json(&["resume"]);
+    until(&events, "In/holiday.png", "done", &mut seen);
+    until(&events, "In/IMG_0002 copy.png", "done", &mut seen);
+    let (status, log) = d.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let out = home.path().join("Out");
+    assert!(out.join("holiday.png").is_file() && out.join("IMG_0002 copy.png").is_file(), "{log}");
+    assert!(!out.join("IMG_0001.png").exists() && !out.join("IMG_0002.png").exists(), "{log}");
+    assert!(log.contains("holiday.png: the file with the same content it was waiting for went"), "{log}");
+}
+
+#[test]
 fn a_failed_photo_leaves_the_last_errors_once_fixed_or_deleted() {
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);
