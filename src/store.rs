@@ -826,13 +826,16 @@ impl Store {
     }
 
     /// For `path`, just recorded as having the content of `of`: `of`'s protected copy, when `of`
-    /// was seen gone (renamed or moved within its folder: this is the same photo under its new
-    /// name) and no other file shares that copy. The caller renames the copy after the photo and
-    /// records it with [`Store::carry_over`].
+    /// was seen gone with the modification time `path` has (renamed or moved within its folder,
+    /// which keeps it: this is the same photo under its new name; a photo deleted and later copied
+    /// in again has the time of that copy, and the copy of its first name stays where it is) and no
+    /// other file shares that copy. The caller renames the copy after the photo and records it with
+    /// [`Store::carry_over`].
     pub fn renamed_copy(&self, of: &Path, path: &Path) -> Result<Option<PathBuf>, StoreError> {
         self.db
             .query_row(
                 "SELECT output FROM files AS f WHERE path = ?1 AND status = 'done' AND gone = 1 \
+                 AND mtime_ns = (SELECT mtime_ns FROM files WHERE path = ?2) \
                  AND output IS NOT NULL AND NOT EXISTS (SELECT 1 FROM files AS o \
                  WHERE o.output = f.output AND o.path != ?1 AND o.path != ?2)",
                 params![blob(of), blob(path)],
@@ -1343,6 +1346,25 @@ mod tests {
         let rows = s.rows().unwrap();
         let c_row = rows.iter().find(|r| r.path == c).unwrap();
         assert_eq!(c_row.output.as_deref(), Some(Path::new("/out/b.jpg")));
+    }
+
+    #[test]
+    fn a_photo_deleted_then_copied_in_again_is_no_rename_and_its_copy_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let f = Path::new("/in");
+        let (a, b, c) = (Path::new("/in/a.jpg"), Path::new("/in/b.jpg"), Path::new("/in/c.jpg"));
+        s.observe(f, a, seen(1), "ha").unwrap();
+        let done = Finish::Done { output: "/out/a.jpg".into(), faces: 1, seconds: 1.0, losses: vec![] };
+        s.finish(a, &done).unwrap();
+        s.sources_gone(f, &Default::default()).unwrap();
+        // Copied in again: the copy's own modification time.
+        let later = Seen { size: 1, mtime_ns: 2 };
+        assert_eq!(s.observe(f, b, later, "ha").unwrap(), Observed::Duplicate { of: a.into() });
+        assert_eq!(s.renamed_copy(a, b).unwrap(), None, "not renamed: a's copy stays");
+        // b points at a's copy now: not even a file with a's time (a rename) takes it from b.
+        assert_eq!(s.observe(f, c, seen(1), "ha").unwrap(), Observed::Duplicate { of: a.into() });
+        assert_eq!(s.renamed_copy(a, c).unwrap(), None, "b shares the copy");
     }
 
     #[test]
