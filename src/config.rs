@@ -609,6 +609,24 @@ impl Config {
         Ok((config, Source::File(path)))
     }
 
+    /// The configuration the daemon's commands fall back on when the file does not load (being
+    /// edited, say): the defaults with its `paths.socket` where that much of it reads, so that
+    /// `veil status`, `pause`, `resume` and `reload` still reach the `veild` that runs on the
+    /// configuration it loaded before. `None` where the file cannot be read at all.
+    pub fn socket_only(explicit: Option<&Path>, dirs: &Dirs) -> Option<Config> {
+        let path = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| dirs.config_dir.as_ref().map(|d| d.join(FILE_NAME)))?;
+        let text = std::fs::read_to_string(path).ok()?;
+        let socket = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("paths")?.get("socket")?.as_str().map(PathBuf::from));
+        let mut config = Config::default();
+        config.paths.socket = socket;
+        Some(config)
+    }
+
     /// Parses TOML text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let line_of = |span: Option<std::ops::Range<usize>>| {

@@ -635,6 +635,19 @@ fn veil_watch_into_a_pipe_prints_lines_and_a_refused_reload_leaves_the_errors_on
     let o = home.veil(&["reload"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(told(&home).iter().any(|m| m.contains("not applied")), "{:?}", told(&home));
+    // A file that does not load (a typo while editing it) still lets `veil` reach veild: told on
+    // stderr, and `veil reload` has veild say what is wrong.
+    home.configure("settle_secs = 0.3", &[("In", "Out")]);
+    let o = home.veil(&["status"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("warning: config file") && text(&o.stderr).contains("settle_secs"));
+    let o = home.veil(&["reload"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("keeping the old one") || text(&o.stderr).contains("invalid"),
+        "{}",
+        text(&o.stderr)
+    );
     home.configure("settle_seconds = 0.3", &[("In", "Out"), ("In2", "Out2")]);
     let o = home.veil(&["reload"]);
     assert!(o.status.success(), "{}", text(&o.stderr));

@@ -498,9 +498,21 @@ fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The client of the socket the configuration names.
-fn client(config: Option<&std::path::Path>, dirs: &Dirs) -> anyhow::Result<Client> {
-    let (config, _) = Config::load(config, dirs)?;
+/// The client of the socket the configuration names. A configuration that does not load (one
+/// being edited) is told, and the socket is taken from what of it reads, else the default one: the
+/// running `veild` keeps the configuration it loaded, and `veil reload` has it say what is wrong.
+fn client(path: Option<&std::path::Path>, dirs: &Dirs) -> anyhow::Result<Client> {
+    let config = match Config::load(path, dirs) {
+        Ok((config, _)) => config,
+        Err(e @ veil::config::ConfigError::Read { .. }) => return Err(e.into()),
+        Err(e) => match Config::socket_only(path, dirs) {
+            Some(config) => {
+                eprintln!("veil: warning: {e} (a running veild keeps the configuration it loaded)");
+                config
+            }
+            None => return Err(e.into()),
+        },
+    };
     Ok(Client::new(&config.resolve(dirs).paths.socket.unwrap_or_else(|| dirs.socket.clone())))
 }
 
