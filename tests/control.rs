@@ -599,6 +599,7 @@ fn veil_watch_into_a_pipe_prints_lines_and_a_refused_reload_leaves_the_errors_on
         .configured(env!("CARGO_BIN_EXE_veil"))
         .arg("watch")
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let (tx, lines) = mpsc::channel();
@@ -623,8 +624,6 @@ fn veil_watch_into_a_pipe_prints_lines_and_a_refused_reload_leaves_the_errors_on
             Err(_) => panic!("no '{done}' in {got:?}\n{}", d.log()),
         }
     }
-    let _ = watch.kill();
-    let _ = watch.wait();
 
     let told = |home: &Home| -> Vec<String> {
         let status = home.veil_json(&["status"]);
@@ -653,6 +652,22 @@ fn veil_watch_into_a_pipe_prints_lines_and_a_refused_reload_leaves_the_errors_on
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(!told(&home).iter().any(|m| m.contains("not applied")), "{:?}", told(&home));
     d.stop();
+    // veild stopped: `veil watch` says so and ends with status 3 (not running).
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = watch.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = watch.kill();
+            panic!("veil watch went on after veild stopped");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("veild stopped"), "{stderr}");
 }
 
 #[test]

@@ -585,10 +585,14 @@ fn watch(client: &Client, json: bool, out: &mut impl Write) -> anyhow::Result<Ex
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    // veild closes the stream only as it stops: a script following it learns so.
+    for bar in running.into_values() {
+        bar.finish_and_clear();
+    }
+    eprintln!("veil: veild stopped (its event stream ended)");
+    Ok(ExitCode::from(NOT_RUNNING))
 }
 
-/// The configuration in effect (`--config` or the platform file, else the defaults), resolved.
 /// `--tilt`: degrees from -90 to 90 (a bad value is a usage error, exit status 2).
 fn tilt_degrees(s: &str) -> Result<f64, String> {
     let t: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of degrees"))?;
