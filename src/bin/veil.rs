@@ -36,7 +36,7 @@ enum Command {
     Doctor,
     /// Find the faces in photos: boxes, scores and landmarks, in full-resolution pixels.
     Faces {
-        /// Photos to look at (JPEG or PNG).
+        /// Photos to look at (JPEG, PNG, WebP, TIFF; HEIC/HEIF and AVIF where the build reads them).
         #[arg(required = true, value_name = "PHOTO")]
         photos: Vec<PathBuf>,
         /// Print JSON instead of a table.
@@ -52,6 +52,7 @@ enum Command {
     /// Protect photos (files or folders) without the daemon: writes OUT/<same name> with the
     /// original's metadata. The originals are never modified.
     Protect {
+        /// Photos, and folders to walk (sub-folders mirrored in DIR).
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
         /// Folder for the protected copies (default: the first configured folder's output). Walking a
@@ -71,11 +72,13 @@ enum Command {
         /// A CelebA-style folder: attributes.csv and one folder per split.
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+        /// The split to measure on: val (to tune on) or test (to report).
         #[arg(long, default_value = "val", value_parser = ["val", "test"])]
         split: String,
         /// Evaluate only the first N images of the split.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
+        /// auto, fast, balanced, strong or cpu (default: the configured preset).
         #[arg(long, value_name = "P")]
         preset: Option<Preset>,
         /// Seed of the random starts and spread draws.
@@ -94,6 +97,7 @@ enum Command {
         /// about a third of the time.
         #[arg(long)]
         no_baselines: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -106,8 +110,10 @@ enum Command {
         /// Timed runs per measurement (their median is reported).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
         runs: u16,
+        /// Untimed runs before each measurement.
         #[arg(long, default_value_t = 1)]
         warmup: usize,
+        /// auto, fast, balanced, strong or cpu (default: the configured preset).
         #[arg(long, value_name = "P")]
         preset: Option<Preset>,
         /// Also time the attack on this many faces at once (1: only one face).
@@ -121,12 +127,14 @@ enum Command {
         /// 16 on a GPU; none when the engine takes one photo at a time, as on a CPU); 1 leaves it out.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
         photos: Option<u16>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Write one PNG sheet showing what face generators make of a photo's faces before and after
     /// protection, with the MSE per generator and condition and a verdict per generator.
     Preview {
+        /// The photo to protect in memory (it is not written).
         #[arg(value_name = "PHOTO")]
         photo: PathBuf,
         /// The sheet to write (default: <photo stem>-preview.png in the current folder).
@@ -144,6 +152,7 @@ enum Command {
     },
     /// The daemon: state, device, models, queue, counts, folders, last errors.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -152,52 +161,62 @@ enum Command {
         /// Only jobs with this status: pending, running, done, failed or skipped.
         #[arg(long, value_name = "S", value_parser = ["pending", "running", "done", "failed", "skipped"])]
         status: Option<String>,
-        /// At most N jobs (1 or more).
-        #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        /// At most N jobs (1 to 1000).
+        #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Jobs numbered above N (the next page).
         #[arg(long, default_value_t = 0, value_name = "N")]
         after: i64,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Stop handing photos to the engine (the current ones finish).
     Pause {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Hand photos to the engine again.
     Resume {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Make the daemon read its configuration again (like SIGHUP).
     Reload {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Have the daemon protect these files or folders now, inside the watched folders or not.
     Add {
+        /// Photos, and folders to walk.
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
         /// Output folder for photos outside the watched folders (default: the first folder's output).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Try a job again (by its number), or every failed one and every one waiting for another try
     /// (--all).
     Retry {
+        /// The job's number, as `veil jobs` shows it.
         #[arg(value_name = "ID", required_unless_present = "all", conflicts_with = "all")]
         id: Option<i64>,
+        /// Every failed job, and every one waiting for another try.
         #[arg(long)]
         all: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Follow the daemon's progress live (bars per photo); --json prints the event stream.
     Watch {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -540,7 +559,14 @@ fn post(
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let reply: control::StateReply = client(config, dirs)?.call("POST", path, None::<&()>)?;
-    print(out, json, &reply, |r| format!("{} (veild is {})\n", r.message, r.state))
+    // The state is told where the message does not already start with it (`paused: …`).
+    print(out, json, &reply, |r| {
+        if r.message.starts_with(&r.state) {
+            format!("{}\n", r.message)
+        } else {
+            format!("{} (veild is {})\n", r.message, r.state)
+        }
+    })
 }
 
 /// `veil watch`: a bar per photo from queued to done, until interrupted.
