@@ -203,6 +203,7 @@ enum Command {
     },
     /// Try a job again (by its number), or every failed one and every one waiting for another try
     /// (--all).
+    #[command(override_usage = "veil retry <ID|--all> [--json]")]
     Retry {
         /// The job's number, as `veil jobs` shows it.
         #[arg(value_name = "ID", required_unless_present = "all", conflicts_with = "all")]
