@@ -419,7 +419,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume { json } => post(cli.config.as_deref(), &dirs()?, "/v1/resume", json, &mut out),
         Command::Reload { json } => post(cli.config.as_deref(), &dirs()?, "/v1/reload", json, &mut out),
         Command::Add { paths, out: out_dir, json } => {
-            let absolute = |p: &PathBuf| std::path::absolute(p).with_context(|| format!("{}", p.display()));
+            let absolute = |p: &PathBuf| {
+                std::path::absolute(p)
+                    .map(|a| control::client::without_dot_dot(&a))
+                    .with_context(|| format!("{}", p.display()))
+            };
             let request = control::ProtectRequest {
                 paths: paths.iter().map(absolute).collect::<anyhow::Result<_>>()?,
                 output: out_dir.as_ref().map(absolute).transpose()?,

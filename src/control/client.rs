@@ -293,6 +293,33 @@ fn estimate(s: u64) -> String {
 /// How long [`Client`] calls may wait on a busy daemon.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `path` (absolute) with its `..` taken out, where that leads to the same file (a `..` after a
+/// symbolic link to a folder leads elsewhere: then `path` as it is), so the daemon knows one file
+/// by one name.
+pub fn without_dot_dot(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    if !path.components().any(|c| c == Component::ParentDir) {
+        return path.to_path_buf();
+    }
+    let mut clean = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    let id = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    };
+    match (id(&clean), id(path)) {
+        (Some(a), Some(b)) if a == b => clean,
+        _ => path.to_path_buf(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,5 +416,24 @@ mod tests {
         assert_eq!(duration(5), "5 s");
         assert_eq!(duration(125), "2 min 5 s");
         assert_eq!(duration(7325), "2 h 2 min");
+    }
+
+    #[test]
+    fn a_dot_dot_is_taken_out_only_where_it_leads_to_the_same_file() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(root.join("x/y")).unwrap();
+        std::fs::write(root.join("a/p.jpg"), b"x").unwrap();
+        std::fs::write(root.join("x/p.jpg"), b"y").unwrap();
+        assert_eq!(without_dot_dot(&root.join("a/b/../p.jpg")), root.join("a/p.jpg"));
+        assert_eq!(without_dot_dot(&root.join("a/p.jpg")), root.join("a/p.jpg"));
+        // Through a link to a folder, `..` is the link target's parent: left as it is.
+        std::os::unix::fs::symlink(root.join("x/y"), root.join("a/link")).unwrap();
+        let through = root.join("a/link/../p.jpg");
+        assert_eq!(without_dot_dot(&through), through);
+        // A file that is not there is left as it is too.
+        let missing = root.join("a/b/../none.jpg");
+        assert_eq!(without_dot_dot(&missing), missing);
     }
 }
