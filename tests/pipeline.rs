@@ -232,20 +232,24 @@ fn protect_refuses_a_missing_path_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = fixture_config(tmp.path());
     let (missing, out) = (tmp.path().join("nope.jpg"), tmp.path().join("x"));
-    let o = veil(
-        tmp.path(),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "protect",
-            "--out",
-            out.to_str().unwrap(),
-            missing.to_str().unwrap(),
-        ],
-    );
+    let protect = |photo: &Path, out: &Path| {
+        let args = ["--config", cfg.to_str().unwrap(), "protect", "--out", out.to_str().unwrap()];
+        let mut args = args.to_vec();
+        args.push(photo.to_str().unwrap());
+        veil(tmp.path(), &args)
+    };
+    let o = protect(&missing, &out);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jpg"));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stderr.matches("nope.jpg").count(), 1, "named once: {stderr}");
     assert!(!out.exists(), "no output folder is made for nothing");
+    // A photo that fails once read: the folders made for its copy go again.
+    let broken = tmp.path().join("broken.jpg");
+    std::fs::write(&broken, b"no photo at all").unwrap();
+    let deep = tmp.path().join("y/z");
+    let o = protect(&broken, &deep);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!tmp.path().join("y").exists(), "empty output folders are left behind");
 }
 
 #[test]

@@ -768,11 +768,18 @@ fn protect(
     }
     let mut failed = 0;
     // Made once the photos are known to be there (a folder that did not exist holds none of them).
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let dirs: std::collections::BTreeSet<&PathBuf> = photos.iter().map(|(dir, _)| dir).collect();
     // A mirrored sub-folder may reach into a watched folder too (`--out ~` for `~/Backup/Pictures`).
     dirs.iter().try_for_each(|d| not_watched(d))?;
-    for dir in dirs {
+    // Those made here, taken away again at the end where no copy went into them.
+    let mut made: Vec<PathBuf> = std::iter::once(&out_dir)
+        .chain(dirs.iter().copied())
+        .flat_map(|d| d.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()))
+        .map(std::path::Path::to_path_buf)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for dir in std::iter::once(&out_dir).chain(dirs) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let (dirs, photos): (Vec<PathBuf>, Vec<PathBuf>) = photos.into_iter().unzip();
@@ -831,6 +838,11 @@ fn protect(
         Ok(())
     })?;
     bar.finish_and_clear();
+    // Deepest first; a folder holding anything stays (remove_dir refuses it).
+    made.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for dir in made {
+        let _ = std::fs::remove_dir(dir);
+    }
     if failed > 0 {
         eprintln!("veil: {failed} of {} photo(s) could not be protected", photos.len());
     }

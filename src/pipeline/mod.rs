@@ -131,7 +131,9 @@ impl Outcome {
         let what = match self.action {
             Action::Protected => format!("{} face(s) protected", self.faces),
             Action::ProtectedWhole => format!("{none}; whole image protected"),
-            Action::CopiedNoFace => format!("{none}; unchanged copy written"),
+            // Its pixels, not always its bytes (a HEIC written as JPEG, metadata taken out): the
+            // PSNR below tells.
+            Action::CopiedNoFace => format!("{none}; copied without protection"),
             Action::SkippedNoFace => format!("{none}; skipped"),
         };
         let mut line = format!("{}: {what}", self.source.display());
@@ -146,6 +148,10 @@ impl Outcome {
             (Some(p), _) if p.is_infinite() => line += ", pixels identical to the original's",
             (Some(p), Some(s)) => line += &format!(", PSNR {p:.1} dB, SSIM {s:.4}"),
             _ => {}
+        }
+        if !self.losses.is_empty() {
+            let losses: Vec<String> = self.losses.iter().map(|(name, l)| format!("{name} {l:.3}")).collect();
+            line += &format!(", disruption (MSE) {}", losses.join(" "));
         }
         line + &format!(", {:.1} s", self.seconds)
     }
@@ -866,6 +872,13 @@ mod tests {
         assert!(outcome(Action::CopiedNoFace, 0, 0).summary().starts_with("a.jpg: no face found;"));
         let some = outcome(Action::Protected, 1, 1).summary();
         assert!(some.contains("1 face(s) protected (1 more smaller than faces.min_face_px"), "{some}");
+        // The final loss per generator, as the JSON has it.
+        let with_losses = Outcome {
+            losses: vec![("stargan".into(), 0.3125), ("attgan".into(), 0.02)],
+            ..outcome(Action::Protected, 1, 0)
+        };
+        let line = with_losses.summary();
+        assert!(line.ends_with(", disruption (MSE) stargan 0.312 attgan 0.020, 1.0 s"), "{line}");
     }
 
     #[test]
