@@ -830,6 +830,8 @@ impl Core {
                         copy.display(),
                         to.display()
                     );
+                    // A failed file under the new name, replaced by this photo: its failure is over.
+                    self.take_back(path);
                     self.emit("done", path, Some(&to), None);
                     true
                 }

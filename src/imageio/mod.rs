@@ -290,8 +290,9 @@ impl ImageError {
     /// slow copy). `veild` tries such a file again before calling it failed.
     pub fn may_be_incomplete(&self) -> bool {
         match self {
-            ImageError::Corrupt { message, .. } => message.starts_with("truncated"),
-            ImageError::Unsupported { what, .. } => what == sniff::EMPTY,
+            ImageError::Corrupt { message, .. } => {
+                message.starts_with("truncated") || message == sniff::EMPTY
+            }
             _ => false,
         }
     }

@@ -11,7 +11,7 @@ use super::{tiffmeta::Tiff, Format, ImageError};
 pub const READABLE: &str =
     if cfg!(feature = "heic") { "JPEG, PNG, WebP, TIFF or HEIC/HEIF" } else { "JPEG, PNG, WebP or TIFF" };
 
-pub(super) const EMPTY: &str = "the file is empty";
+pub(super) const EMPTY: &str = "the file is empty (nothing has been written in it yet)";
 
 /// Extensions of camera RAW files (sensor data before development).
 const RAW_EXTENSIONS: &[&str] = &[
@@ -58,7 +58,8 @@ pub(super) fn format(path: &Path, b: &[u8]) -> Result<Format, ImageError> {
     }
     let unsupported = |what: String| Err(ImageError::Unsupported { path: path.into(), what });
     if b.is_empty() {
-        return unsupported(EMPTY.into());
+        // No format at all: a download's placeholder, or a copy not begun.
+        return Err(ImageError::Corrupt { path: path.into(), message: EMPTY.into() });
     }
     if let Some(image) = other_image(b) {
         return unsupported(image.into());
