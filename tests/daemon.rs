@@ -535,15 +535,21 @@ fn a_photo_dropped_again_after_its_copy_was_deleted_is_protected_again() {
     assert_eq!(files(&home.path().join("Out")), std::slice::from_ref(&copy), "{log}");
 }
 
-#[test]
-fn a_protected_copy_dropped_back_among_the_photos_is_not_protected_twice() {
-    let Some(data) = common::data() else { return };
+/// The CelebA `val` faces in `data`, in order.
+fn val_faces(data: &Path) -> Vec<PathBuf> {
     let mut faces: Vec<PathBuf> = std::fs::read_dir(data.join("celeba/val"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
         .collect();
     faces.sort();
+    faces
+}
+
+#[test]
+fn a_protected_copy_dropped_back_among_the_photos_is_not_protected_twice() {
+    let Some(data) = common::data() else { return };
+    let faces = val_faces(&data);
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);
     let d = home.start();
@@ -575,12 +581,7 @@ fn a_protected_copy_dropped_back_among_the_photos_is_not_protected_twice() {
 #[test]
 fn a_copy_veil_protect_wrote_is_known_to_veil_protect_and_to_veild_when_given_back() {
     let Some(data) = common::data() else { return };
-    let mut faces: Vec<PathBuf> = std::fs::read_dir(data.join("celeba/val"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        .collect();
-    faces.sort();
+    let faces = val_faces(&data);
     let home = Home::new();
     home.configure("settle_seconds = 0.3", &[("In", "Out")]);
     let face = home.path().join("Camera/face.jpg");
