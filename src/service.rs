@@ -104,9 +104,11 @@ pub async fn run(
     if recovered > 0 {
         tracing::warn!("{recovered} photo(s) were being protected when veild last stopped: queued again");
     }
-    // A database from a veild that left twins waiting for a photo renamed away before it was protected.
-    for path in store.adopt_orphans()? {
-        tracing::info!("{}: {ORPHAN}", path.display());
+    // A database from a veild that left twins waiting for a photo renamed away before it was
+    // protected. Not a reason not to start: they are looked at again after the next gone photo.
+    match store.adopt_orphans() {
+        Ok(queued) => queued.iter().for_each(|path| tracing::info!("{}: {ORPHAN}", path.display())),
+        Err(e) => tracing::warn!("{e}"),
     }
 
     let (tx, rx) = mpsc::channel::<Msg>();

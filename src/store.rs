@@ -48,6 +48,11 @@ pub enum StoreError {
         path.display()
     )]
     Damaged { path: PathBuf, cause: rusqlite::Error },
+    /// `veil protect`'s record of its copies ([`COPIES_FILE`]).
+    #[error("the record of the copies veil protect wrote, {}: {source}", path.display())]
+    Copies { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot read the copy {}: {source}", path.display())]
+    ReadCopy { path: PathBuf, source: std::io::Error },
 }
 
 /// Where a file stands.
@@ -302,7 +307,7 @@ impl Store {
     fn book_source(&self, hash: &str, path: &Path) -> Option<PathBuf> {
         let mut book = self.book.borrow_mut();
         if book.is_none() {
-            *book = open_book(self.path.parent()?, false);
+            *book = open_read_only(&self.path.parent()?.join(COPIES_FILE));
         }
         book_source(book.as_ref()?, hash, path)
             .inspect_err(|e| tracing::debug!("veil protect's record of its copies cannot be read: {e}"))
@@ -1089,25 +1094,26 @@ CREATE TABLE IF NOT EXISTS copies (
 );
 ";
 
-/// [`COPIES_FILE`] in `state_dir`: read only when it exists, or to record in (made when missing,
-/// the state folder with it). `None`, logged, when it cannot be opened.
-fn open_book(state_dir: &Path, write: bool) -> Option<Connection> {
-    let path = state_dir.join(COPIES_FILE);
-    let db = if write {
-        create_state_dir(state_dir).map_err(|e| e.to_string()).and_then(|()| {
-            let db = Connection::open(&path).map_err(|e| e.to_string())?;
-            db.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
-            db.execute_batch(COPIES_SCHEMA).map_err(|e| e.to_string())?;
-            Ok(db)
-        })
-    } else if path.is_file() {
-        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .and_then(|db| db.busy_timeout(std::time::Duration::from_secs(5)).map(|()| db))
-            .map_err(|e| e.to_string())
-    } else {
+/// The database at `path`, read only, where there is one (`None`, logged, when it cannot be opened).
+fn open_read_only(path: &Path) -> Option<Connection> {
+    if !path.is_file() {
         return None;
-    };
-    db.inspect_err(|e| tracing::debug!("{}: {e}", path.display())).ok()
+    }
+    Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|db| db.busy_timeout(std::time::Duration::from_secs(5)).map(|()| db))
+        .inspect_err(|e| tracing::debug!("{}: not read for the copies Veil protected: {e}", path.display()))
+        .ok()
+}
+
+/// [`COPIES_FILE`] in `state_dir`, to record in: made when missing, the state folder with it.
+fn open_book_to_write(state_dir: &Path) -> Result<Connection, StoreError> {
+    create_state_dir(state_dir).map_err(|source| StoreError::Folder { path: state_dir.into(), source })?;
+    let path = state_dir.join(COPIES_FILE);
+    let err = |source| StoreError::Copies { path: path.clone(), source };
+    let db = Connection::open(&path).map_err(err)?;
+    db.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+    db.execute_batch(COPIES_SCHEMA).map_err(err)?;
+    Ok(db)
 }
 
 /// The photo (other than `path`) whose copy written by `veil protect` has the content `hash`.
@@ -1134,18 +1140,11 @@ pub struct KnownCopies {
 
 impl KnownCopies {
     pub fn open(state_dir: &Path) -> KnownCopies {
-        let path = state_dir.join(FILE_NAME);
-        let jobs = if path.is_file() {
-            Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .and_then(|db| db.busy_timeout(std::time::Duration::from_secs(5)).map(|()| db))
-                .inspect_err(|e| {
-                    tracing::debug!("{}: not read for the copies veild protected: {e}", path.display())
-                })
-                .ok()
-        } else {
-            None
-        };
-        KnownCopies { jobs, book: open_book(state_dir, false), state_dir: state_dir.into() }
+        KnownCopies {
+            jobs: open_read_only(&state_dir.join(FILE_NAME)),
+            book: open_read_only(&state_dir.join(COPIES_FILE)),
+            state_dir: state_dir.into(),
+        }
     }
 
     /// The photo `file` is a protected copy of, when Veil wrote it (same content).
@@ -1170,21 +1169,21 @@ impl KnownCopies {
 
     /// Records `copy`, a protected copy of `source` just written, so that it is known when it comes
     /// back. The error says why it could not be.
-    pub fn record(&mut self, source: &Path, copy: &Path) -> Result<(), String> {
-        let book_path = self.state_dir.join(COPIES_FILE);
-        let writable =
-            self.book.as_ref().is_some_and(|db| !db.is_readonly(rusqlite::MAIN_DB).unwrap_or(true));
-        if !writable {
-            self.book = open_book(&self.state_dir, true);
-        }
-        let db = self.book.as_ref().ok_or_else(|| format!("{} cannot be opened", book_path.display()))?;
-        let hash = hash_file(copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+    pub fn record(&mut self, source: &Path, copy: &Path) -> Result<(), StoreError> {
+        let path = self.state_dir.join(COPIES_FILE);
+        // Opened read only at first (or not at all, when missing): for writing now.
+        let db = match self.book.take().filter(|db| !db.is_readonly(rusqlite::MAIN_DB).unwrap_or(true)) {
+            Some(db) => db,
+            None => open_book_to_write(&self.state_dir)?,
+        };
+        let db = self.book.insert(db);
+        let hash = hash_file(copy).map_err(|source| StoreError::ReadCopy { path: copy.into(), source })?;
         db.execute(
             "INSERT OR REPLACE INTO copies (hash, source, written) VALUES (?1, ?2, ?3)",
             params![hash, blob(source), now()],
         )
         .map(drop)
-        .map_err(|e| format!("{}: {e}", book_path.display()))
+        .map_err(|source| StoreError::Copies { path, source })
     }
 }
 
@@ -1316,8 +1315,8 @@ mod tests {
         // An unwritable state folder: told, not fatal.
         let blocked = d.path().join("file");
         std::fs::write(&blocked, b"").unwrap();
-        let e = KnownCopies::open(&blocked.join("state")).record(source, &copy).unwrap_err();
-        assert!(e.contains("copies.sqlite cannot be opened"), "{e}");
+        let e = KnownCopies::open(&blocked.join("state")).record(source, &copy).unwrap_err().to_string();
+        assert!(e.starts_with("cannot create the state folder"), "{e}");
     }
 
     #[test]

@@ -816,7 +816,9 @@ fn protect(
                 let photo = &photos[next];
                 next += 1;
                 if let (Ok(outcome), Some(known)) = (&result, known.as_mut()) {
-                    record_copy(known, outcome, &mut unrecorded);
+                    if let Some(warning) = record_copy(known, outcome, &mut unrecorded) {
+                        bar.suspend(|| eprintln!("{warning}"));
+                    }
                 }
                 match result {
                     Ok(outcome) if json => writeln!(out, "{}", outcome.to_json())?,
@@ -850,18 +852,19 @@ fn protect(
 }
 
 /// Records a protected copy `veil protect` wrote, so that it is not protected again when it is given
-/// back (to `veil protect` or to `veild`); the first failure is told on stderr, once.
-fn record_copy(known: &mut veil::store::KnownCopies, outcome: &pipeline::Outcome, unrecorded: &mut bool) {
+/// back (to `veil protect` or to `veild`); the warning to tell for the first failure (once).
+fn record_copy(
+    known: &mut veil::store::KnownCopies,
+    outcome: &pipeline::Outcome,
+    unrecorded: &mut bool,
+) -> Option<String> {
     let perturbed = matches!(outcome.action, pipeline::Action::Protected | pipeline::Action::ProtectedWhole);
-    let Some(written) = outcome.written.as_ref().filter(|_| perturbed) else { return };
+    let written = outcome.written.as_ref().filter(|_| perturbed)?;
     let source = std::fs::canonicalize(&outcome.source).unwrap_or_else(|_| outcome.source.clone());
-    if let Err(e) = known.record(&source, &written.path) {
-        if !std::mem::replace(unrecorded, true) {
-            eprintln!(
-                "veil: the copies written are not recorded ({e}): given back to Veil, they would be protected twice"
-            );
-        }
-    }
+    let e = known.record(&source, &written.path).err()?;
+    (!std::mem::replace(unrecorded, true)).then(|| {
+        format!("veil: the copies written are not recorded ({e}): given back to Veil, they would be protected twice")
+    })
 }
 
 /// `{"source": …, "error": …}`, the JSON line of a photo or path that failed.

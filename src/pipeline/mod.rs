@@ -166,7 +166,7 @@ pub struct Walked {
     pub raw: usize,
     /// GIF, BMP, PSD, … by their extension.
     pub other_images: usize,
-    /// Symbolic links to files or folders, not followed.
+    /// Symbolic links under a photo's name, not followed.
     pub links: usize,
 }
 
@@ -294,7 +294,10 @@ fn walk(
                 Some(e) if imageio::is_other_image_extension(e) => found.other_images += 1,
                 _ => {}
             }
-        } else if meta.file_type().is_symlink() {
+        } else if meta.file_type().is_symlink()
+            && p.extension().and_then(|e| e.to_str()).is_some_and(Format::is_photo_extension)
+        {
+            // Under a photo's name: a photo to its owner.
             found.links += 1;
         }
     }
@@ -941,6 +944,7 @@ mod tests {
             std::fs::write(p, b"x").unwrap();
         }
         std::os::unix::fs::symlink(root.join("a.jpg"), root.join("link.jpg")).unwrap();
+        std::os::unix::fs::symlink(root.join("sub"), root.join("sub-link")).unwrap();
         let found = collect_photos(&[root.into()], &[]).unwrap();
         assert_eq!(found.photos, [root.join("a.jpg")]);
         assert_eq!((found.raw, found.other_images, found.links), (1, 3, 1));
