@@ -1453,6 +1453,8 @@ impl Core {
         }
         let watched =
             self.folders.iter().find(|f| path.starts_with(&f.config.path)).map(|f| f.config.path.clone());
+        // An output folder made here for a photo that turns out to need none goes again.
+        let mut made = None;
         let (root, output_dir) = match watched {
             Some(root) => (root, None),
             None => {
@@ -1469,6 +1471,9 @@ impl Core {
                 };
                 if output.exists() && !output.is_dir() {
                     return fail(format!("the output {} is not a folder", output.display()));
+                }
+                if !output.exists() {
+                    made = Some(output.clone());
                 }
                 if let Err(e) = std::fs::create_dir_all(&output) {
                     return fail(format!("cannot create the output folder {}: {e}", output.display()));
@@ -1497,6 +1502,11 @@ impl Core {
             self.asked.insert(path.to_path_buf());
         }
         let now = self.held().then(|| "protected now, although the computer runs on battery".to_string());
+        if !matches!(observed, Observed::Queued) && !pending {
+            if let Some(dir) = made {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
         match (observed, job) {
             (Observed::Queued, _) => {
                 tracing::info!("{}: queued (control socket)", path.display());
@@ -1515,7 +1525,11 @@ impl Core {
                 outcome("skipped", id, Some(store::own_copy(&of)))
             }
             (_, Some((_, status))) => {
-                outcome(status.as_str(), id, Some("already known with this content".into()))
+                let known = match self.store.copy_of(path).ok().flatten() {
+                    Some(copy) => format!("already known with this content; its copy is {}", copy.display()),
+                    None => "already known with this content".into(),
+                };
+                outcome(status.as_str(), id, Some(known))
             }
             (_, None) => fail("the job database lost it".into()),
         }

@@ -970,6 +970,17 @@ impl Store {
     }
 
     /// The number and status of the job for `path`, if it has one.
+    /// The protected copy recorded for `path`, if it has one.
+    pub fn copy_of(&self, path: &Path) -> Result<Option<PathBuf>, StoreError> {
+        self.db
+            .query_row("SELECT output FROM files WHERE path = ?1 AND output IS NOT NULL", [blob(path)], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .optional()
+            .map(|o| o.map(path_of))
+            .map_err(|e| self.err(e))
+    }
+
     pub fn job_of(&self, path: &Path) -> Result<Option<(i64, Status)>, StoreError> {
         self.db
             .query_row("SELECT id, status FROM files WHERE path = ?1", [blob(path)], |r| {

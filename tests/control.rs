@@ -180,6 +180,16 @@ fn every_endpoint_over_the_real_socket() {
     until(&events, "elsewhere/b.png", "done", &mut seen);
     assert_eq!(seen, ["queued", "running", "done"]);
     assert!(home.path().join("Out/b.png").is_file());
+    // Asked for again with another output folder: where its copy is is told, and no folder is made.
+    let elsewhere = home.path().join("Elsewhere");
+    let again = home.veil_json(&["add", "--out", elsewhere.to_str().unwrap(), outside.to_str().unwrap()]);
+    assert_eq!(again["photos"][0]["outcome"], "done", "{again}");
+    let message = again["photos"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.ends_with(&format!("its copy is {}", home.path().join("Out/b.png").display())),
+        "{again}"
+    );
+    assert!(!elsewhere.exists());
     // Raw, with an output folder and a missing file.
     for i in 3..6 {
         photo(i, &home.path().join(format!("elsewhere/p{i}.png")));

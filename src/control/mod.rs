@@ -132,7 +132,8 @@ pub struct ProtectRequest {
 pub struct ProtectOutcome {
     pub path: String,
     /// `queued`, `duplicate` (same content already protected or queued), `running`, `error`, or, for
-    /// a folder, `left out` (its camera RAW files, counted in `message`).
+    /// a folder, `left out` (what its walk passed over: camera RAW files, other pictures, links, counted in
+    /// `message`).
     pub outcome: String,
     pub id: Option<i64>,
     pub message: Option<String>,
