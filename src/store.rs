@@ -309,10 +309,7 @@ impl Store {
         if book.is_none() {
             *book = open_read_only(&self.path.parent()?.join(COPIES_FILE));
         }
-        book_source(book.as_ref()?, hash, path)
-            .inspect_err(|e| tracing::debug!("veil protect's record of its copies cannot be read: {e}"))
-            .ok()
-            .flatten()
+        known_source(book.as_ref(), BOOK_COPY, hash, path)
     }
 
     /// Whether a configured folder (watched or output) at `path` was there at an earlier start or
@@ -402,7 +399,7 @@ impl Store {
         }
         // A protected copy Veil wrote (veild or `veil protect`), back among the photos: not
         // protected a second time.
-        let own = match copy_source(&self.db, hash, path).map_err(e)? {
+        let own = match copy_source(&self.db, JOBS_COPY, hash, path).map_err(e)? {
             Some(of) => Some(of),
             None => self.book_source(hash, path),
         };
@@ -1127,17 +1124,6 @@ fn open_book_to_write(state_dir: &Path) -> Result<Connection, StoreError> {
     Ok(db)
 }
 
-/// The photo (other than `path`) whose copy written by `veil protect` has the content `hash`.
-fn book_source(db: &Connection, hash: &str, path: &Path) -> rusqlite::Result<Option<PathBuf>> {
-    db.query_row(
-        "SELECT source FROM copies WHERE hash = ?1 AND source != ?2",
-        params![hash, blob(path)],
-        |r| r.get::<_, Vec<u8>>(0),
-    )
-    .optional()
-    .map(|p| p.map(path_of))
-}
-
 /// The protected copies Veil wrote, for `veil protect`, so that a copy given to it is not protected
 /// twice: those `veild` recorded (its job database, read only: the daemon's core stays its one
 /// writer) and those `veil protect` wrote ([`COPIES_FILE`], which [`KnownCopies::record`] adds
@@ -1164,18 +1150,8 @@ impl KnownCopies {
             return None;
         }
         let hash = hash_file(file).ok()?;
-        let jobs = self.jobs.as_ref().and_then(|db| {
-            copy_source(db, &hash, file)
-                .inspect_err(|e| tracing::debug!("the copies veild protected cannot be read: {e}"))
-                .ok()
-                .flatten()
-        });
-        jobs.or_else(|| {
-            book_source(self.book.as_ref()?, &hash, file)
-                .inspect_err(|e| tracing::debug!("the copies veil protect wrote cannot be read: {e}"))
-                .ok()
-                .flatten()
-        })
+        known_source(self.jobs.as_ref(), JOBS_COPY, &hash, file)
+            .or_else(|| known_source(self.book.as_ref(), BOOK_COPY, &hash, file))
     }
 
     /// Records `copy`, a protected copy of `source` just written, so that it is known when it comes
@@ -1198,15 +1174,26 @@ impl KnownCopies {
     }
 }
 
-/// The file (other than `path`) whose protected copy has the content `hash`.
-fn copy_source(db: &Connection, hash: &str, path: &Path) -> rusqlite::Result<Option<PathBuf>> {
-    db.query_row(
-        "SELECT path FROM files WHERE output_hash = ?1 AND path != ?2 LIMIT 1",
-        params![hash, blob(path)],
-        |r| r.get::<_, Vec<u8>>(0),
-    )
-    .optional()
-    .map(|p| p.map(path_of))
+/// In the job database: the file whose copy `veild` protected has the content `?1`, other than `?2`.
+const JOBS_COPY: &str = "SELECT path FROM files WHERE output_hash = ?1 AND path != ?2 LIMIT 1";
+/// In [`COPIES_FILE`]: the photo whose copy `veil protect` wrote has the content `?1`, other than `?2`.
+const BOOK_COPY: &str = "SELECT source FROM copies WHERE hash = ?1 AND source != ?2";
+
+/// The photo (other than `path`) whose protected copy has the content `hash`, in the record `sql`
+/// reads ([`JOBS_COPY`] or [`BOOK_COPY`]).
+fn copy_source(db: &Connection, sql: &str, hash: &str, path: &Path) -> rusqlite::Result<Option<PathBuf>> {
+    db.query_row(sql, params![hash, blob(path)], |r| r.get::<_, Vec<u8>>(0))
+        .optional()
+        .map(|p| p.map(path_of))
+}
+
+/// [`copy_source`] where the record is only a hint: one that is missing or cannot be read knows
+/// nothing (logged).
+fn known_source(db: Option<&Connection>, sql: &str, hash: &str, path: &Path) -> Option<PathBuf> {
+    copy_source(db?, sql, hash, path)
+        .inspect_err(|e| tracing::debug!("the record of the copies Veil protected cannot be read: {e}"))
+        .ok()
+        .flatten()
 }
 
 /// How [`own_copy`] starts.

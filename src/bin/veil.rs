@@ -772,12 +772,10 @@ fn protect(
     // A mirrored sub-folder may reach into a watched folder too (`--out ~` for `~/Backup/Pictures`).
     dirs.iter().try_for_each(|d| not_watched(d))?;
     // Those made here, taken away again at the end where no copy went into them.
-    let mut made: Vec<PathBuf> = std::iter::once(&out_dir)
+    let made: std::collections::BTreeSet<PathBuf> = std::iter::once(&out_dir)
         .chain(dirs.iter().copied())
         .flat_map(|d| d.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()))
         .map(std::path::Path::to_path_buf)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
         .collect();
     for dir in std::iter::once(&out_dir).chain(dirs) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -840,9 +838,9 @@ fn protect(
         Ok(())
     })?;
     bar.finish_and_clear();
-    // Deepest first; a folder holding anything stays (remove_dir refuses it).
-    made.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-    for dir in made {
+    // Deepest first (a folder sorts before what is in it); one holding anything stays (remove_dir
+    // refuses it).
+    for dir in made.iter().rev() {
         let _ = std::fs::remove_dir(dir);
     }
     if failed > 0 {

@@ -269,7 +269,6 @@ fn walk(
     outputs: &[(u64, u64)],
     found: &mut Walked,
 ) -> Result<(), ImageError> {
-    use std::os::unix::ffi::OsStrExt;
     if outputs.contains(&file_id(meta)) {
         tracing::info!("{}: the output folder, left out", dir.display());
         return Ok(());
@@ -279,12 +278,10 @@ fn walk(
     let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
     paths.sort();
     for p in paths {
-        // By its bytes: a name that is not UTF-8 is a photo like any other.
-        let hidden = p.file_name().is_none_or(|n| n.as_bytes().starts_with(b"."));
-        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
-        if hidden {
+        if is_hidden(&p) {
             continue;
         }
+        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
         if meta.is_dir() {
             walk(&p, &meta, outputs, found)?;
         } else if meta.is_file() {
